@@ -1,0 +1,92 @@
+//! Commands: what a caller asks for. Each is decided against state at an instant.
+
+use crate::model::{BillingMode, Policy, PoolType, Price, Term};
+use rust_decimal::Decimal;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Put a spec's prices in the catalog (prices in force from this instant).
+    SetPrice { spec: String, price: Price },
+    /// Set the customer levels (R6, R12).
+    SetPolicy { policy: Policy },
+    OpenAccount { account: String, balance: Decimal, level: String, discount: Decimal },
+    TopUp { account: String, amount: Decimal },
+    Purchase {
+        account: String,
+        pool: String,
+        spec: String,
+        nodes: u32,
+        mode: BillingMode,
+        /// Required for subscriptions, absent for on-demand.
+        term: Option<Term>,
+        pool_type: PoolType,
+        region: Option<String>,
+        /// An on-demand pool that is ready at once (R4).
+        ready: bool,
+    },
+    Ready { pool: String },
+    Delete { pool: String },
+    Renew { pool: String, term: Term, align_day: Option<u32> },
+    SetAutoRenew { pool: String, enabled: bool, term: Option<Term>, days_before: u32, count: Option<u32> },
+    Convert { pool: String, term: Term },
+    Scale { pool: String, nodes: Option<u32>, spec: Option<String> },
+    Unsubscribe { pool: String },
+    BuyPackage {
+        account: String,
+        package: String,
+        spec: String,
+        quantity: u32,
+        hours: u32,
+        valid_days: u32,
+        price: Decimal,
+        region: Option<String>,
+        alert_below: Option<Decimal>,
+    },
+    StartJob {
+        account: String,
+        job: String,
+        kind: JobKind,
+        spec: String,
+        nodes: u32,
+        pool: Option<String>,
+        model: Option<String>,
+        disk_gb: Option<u32>,
+        disk_hourly: Option<Decimal>,
+    },
+    StopJob { job: String },
+    DeleteJob { job: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    Training,
+    Notebook,
+    Service,
+    Workflow,
+    AutoLearning,
+}
+
+impl Command {
+    /// The command's type as the scenario format names it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Command::SetPrice { .. } => "set_price",
+            Command::SetPolicy { .. } => "set_policy",
+            Command::OpenAccount { .. } => "open_account",
+            Command::TopUp { .. } => "top_up",
+            Command::Purchase { .. } => "purchase",
+            Command::Ready { .. } => "ready",
+            Command::Delete { .. } => "delete",
+            Command::Renew { .. } => "renew",
+            Command::SetAutoRenew { .. } => "set_auto_renew",
+            Command::Convert { .. } => "convert",
+            Command::Scale { .. } => "scale",
+            Command::Unsubscribe { .. } => "unsubscribe",
+            Command::BuyPackage { .. } => "buy_package",
+            Command::StartJob { .. } => "start_job",
+            Command::StopJob { .. } => "stop_job",
+            Command::DeleteJob { .. } => "delete_job",
+        }
+    }
+}

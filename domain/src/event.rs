@@ -1,0 +1,155 @@
+//! Events: immutable facts. Each names the stream (consistency boundary) it belongs to and
+//! carries a schema version; older versions are upcast on read, never rewritten.
+
+use crate::model::{BillLine, BillingMode, Period, Policy, PoolType, Price, Rule};
+use crate::time::Instant;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The schema version written for every event type today.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    PriceSet { spec: String, price: Price },
+    PolicySet { policy: Policy },
+    AccountOpened { account: String, balance: Decimal, level: String, discount: Decimal },
+    /// `balance` is the balance after the top-up.
+    ToppedUp { account: String, amount: Decimal, balance: Decimal },
+    PoolPurchased {
+        account: String,
+        pool: String,
+        spec: String,
+        nodes: u32,
+        mode: BillingMode,
+        pool_type: PoolType,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        region: Option<String>,
+        /// The subscription period; none for on-demand pools.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        period: Option<Period>,
+    },
+    /// Creation succeeded: on-demand metering starts at `hourly` (R4).
+    PoolReady { account: String, pool: String, hourly: Decimal },
+    /// A new configuration from this instant; `hourly` is set for on-demand pools (R10).
+    PoolScaled {
+        account: String,
+        pool: String,
+        spec: String,
+        nodes: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hourly: Option<Decimal>,
+    },
+    PoolRenewed { account: String, pool: String, months: u32, end: Instant, auto: bool },
+    PoolConverted { account: String, pool: String, mode: BillingMode, months: u32, period: Period },
+    PoolDeleted { account: String, pool: String },
+    ExpiryWarned { account: String, pool: String, expires_at: Instant },
+    PoolExpired { account: String, pool: String },
+    PoolFrozen { account: String, pool: String },
+    PoolReleased { account: String, pool: String },
+    /// One flow-bill line: a charge (positive payable) or refund (negative) (R5).
+    Charged { line: BillLine },
+    /// The account's metered usage in `[start, end)` has been billed (R4, R12).
+    CycleSettled { account: String, start: Instant, end: Instant },
+    /// A refused command, kept so that a log tells why nothing happened (R17 retries included).
+    CommandRejected {
+        command: String,
+        rule: Rule,
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        index: Option<u64>,
+    },
+}
+
+impl Event {
+    /// The stream this event is appended to. An account's stream holds everything its balance
+    /// depends on, so that one expected-version check covers a whole decision.
+    pub fn stream(&self) -> String {
+        match self {
+            Event::PriceSet { .. } => "catalog".to_string(),
+            Event::PolicySet { .. } => "policy".to_string(),
+            Event::CommandRejected { .. } => "rejections".to_string(),
+            Event::Charged { line } => account_stream(&line.account),
+            Event::AccountOpened { account, .. }
+            | Event::ToppedUp { account, .. }
+            | Event::PoolPurchased { account, .. }
+            | Event::PoolReady { account, .. }
+            | Event::PoolScaled { account, .. }
+            | Event::PoolRenewed { account, .. }
+            | Event::PoolConverted { account, .. }
+            | Event::PoolDeleted { account, .. }
+            | Event::ExpiryWarned { account, .. }
+            | Event::PoolExpired { account, .. }
+            | Event::PoolFrozen { account, .. }
+            | Event::PoolReleased { account, .. }
+            | Event::CycleSettled { account, .. } => account_stream(account),
+        }
+    }
+
+    /// The payload and type tag to store.
+    pub fn encode(&self) -> (String, serde_json::Value) {
+        let value = serde_json::to_value(self).expect("events always serialise");
+        let name = value.get("type").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        (name, value)
+    }
+
+    /// Read a stored payload of any known schema version, upcasting it to today's shape.
+    pub fn decode(event_type: &str, schema_version: u32, payload: &serde_json::Value) -> Result<Event, DecodeError> {
+        let upcast = upcast(event_type, schema_version, payload.clone())?;
+        serde_json::from_value(upcast).map_err(|e| DecodeError {
+            event_type: event_type.to_string(),
+            schema_version,
+            detail: e.to_string(),
+        })
+    }
+}
+
+pub fn account_stream(account: &str) -> String {
+    format!("account-{account}")
+}
+
+/// Bring a payload written under an older schema version up to [`SCHEMA_VERSION`]. Every
+/// event type is at version 1 today; each future shape change adds one step here.
+fn upcast(event_type: &str, schema_version: u32, mut payload: serde_json::Value) -> Result<serde_json::Value, DecodeError> {
+    if schema_version == 0 || schema_version > SCHEMA_VERSION {
+        return Err(DecodeError {
+            event_type: event_type.to_string(),
+            schema_version,
+            detail: format!("schema version {schema_version} is not one this build reads (1..={SCHEMA_VERSION})"),
+        });
+    }
+    // The envelope's type is authoritative: a payload that disagrees is not this event.
+    if let serde_json::Value::Object(map) = &mut payload {
+        match map.get("type") {
+            Some(serde_json::Value::String(t)) if t != event_type => {
+                return Err(DecodeError {
+                    event_type: event_type.to_string(),
+                    schema_version,
+                    detail: format!("payload says type {t:?}"),
+                })
+            }
+            Some(_) => {}
+            None => {
+                map.insert("type".to_string(), serde_json::Value::String(event_type.to_string()));
+            }
+        }
+    }
+    Ok(payload)
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodeError {
+    pub event_type: String,
+    pub schema_version: u32,
+    pub detail: String,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot read event {:?} (schema v{}): {}", self.event_type, self.schema_version, self.detail)
+    }
+}
+
+impl std::error::Error for DecodeError {}

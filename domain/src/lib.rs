@@ -1,0 +1,28 @@
+//! poolbill's domain: the billing rules of `billing-rules.md` (R1…R17) as pure functions.
+//!
+//! - [`decide`]: a command against state at an instant → events, or a rejection naming its rule.
+//! - [`evolve`]: state + one event (at its instant) → the next state.
+//! - [`agenda`]: what the clock's passing makes due (settlement, expiry, freezing, release).
+//!
+//! No I/O and no system clock here: every instant is given, so a log replays the same forever.
+
+pub mod agenda;
+pub mod command;
+pub mod decide;
+pub mod event;
+pub mod model;
+pub mod money;
+pub mod state;
+pub mod time;
+
+pub use agenda::{due_events, next_due, tick};
+pub use command::{Command, JobKind};
+pub use decide::decide;
+pub use event::{DecodeError, Event, SCHEMA_VERSION};
+pub use model::*;
+pub use money::Amounts;
+pub use state::{evolve, PoolStatus, State};
+pub use time::Instant;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,478 @@
+//! Given/when/then tests of the state machine: given events, when a command (or the clock
+//! passing an instant), then events or a rejection naming its rule.
+
+use crate::*;
+use chrono::DateTime;
+use rust_decimal::Decimal;
+use rust_decimal_macros::dec;
+
+const SPEC: &str = "modelarts.vm.cpu.8ud";
+const BIG: &str = "modelarts.vm.cpu.16ud";
+
+fn t(s: &str) -> Instant {
+    DateTime::parse_from_rfc3339(s).unwrap()
+}
+
+/// A world with the seed's prices and one account.
+struct World {
+    state: State,
+}
+
+impl World {
+    fn new(balance: Decimal) -> World {
+        let mut w = World { state: State::default() };
+        let at = t("2023-01-01T00:00:00+08:00");
+        w.ok(at, Command::SetPrice { spec: SPEC.into(), price: price("3.50", "1750.00", Some("17500.00")) });
+        w.ok(at, Command::SetPrice { spec: BIG.into(), price: price("7.00", "3500.00", None) });
+        w.ok(at, Command::OpenAccount { account: "acct-1".into(), balance, level: "standard".into(), discount: dec!(0) });
+        w
+    }
+
+    /// When `command` at `at` (after the clock has passed `at`), then accepted: apply and
+    /// return its events.
+    fn ok(&mut self, at: Instant, command: Command) -> Vec<Event> {
+        self.advance(at);
+        let events = decide(&self.state, &command, at).unwrap_or_else(|r| panic!("{command:?} refused: {r}"));
+        for e in &events {
+            self.state.apply(e, at);
+        }
+        events
+    }
+
+    /// When `command` at `at`, then refused under `rule`, and nothing changes.
+    fn refused(&mut self, at: Instant, command: Command, rule: Rule) -> Rejection {
+        self.advance(at);
+        let before = self.state.clone();
+        let rejection = decide(&self.state, &command, at).expect_err("should be refused");
+        assert_eq!(rejection.rule, rule, "{command:?}: {rejection}");
+        assert_eq!(self.state, before);
+        rejection
+    }
+
+    /// The clock passes `to`: every time-driven event due by then, in instant order.
+    fn advance(&mut self, to: Instant) -> Vec<(Instant, Event)> {
+        let mut out = Vec::new();
+        while let Some((at, events)) = tick(&self.state, to) {
+            assert!(!events.is_empty(), "a due instant must produce events");
+            for e in events {
+                self.state.apply(&e, at);
+                out.push((at, e));
+            }
+        }
+        out
+    }
+
+    fn pool(&self, id: &str) -> &state::Pool {
+        &self.state.pools[id]
+    }
+    fn balance(&self) -> Decimal {
+        self.state.accounts["acct-1"].balance
+    }
+}
+
+fn price(hourly: &str, monthly: &str, yearly: Option<&str>) -> Price {
+    Price { hourly: Some(hourly.parse().unwrap()), monthly: Some(monthly.parse().unwrap()), yearly: yearly.map(|y| y.parse().unwrap()) }
+}
+
+fn buy(pool: &str, mode: BillingMode, term: Option<Term>, nodes: u32, ready: bool) -> Command {
+    Command::Purchase {
+        account: "acct-1".into(),
+        pool: pool.into(),
+        spec: SPEC.into(),
+        nodes,
+        mode,
+        term,
+        pool_type: PoolType::Dedicated,
+        region: None,
+        ready,
+    }
+}
+
+fn monthly(pool: &str, months: u32) -> Command {
+    buy(pool, BillingMode::Monthly, Some(Term::Months(months)), 1, false)
+}
+
+fn on_demand(pool: &str, nodes: u32, ready: bool) -> Command {
+    buy(pool, BillingMode::OnDemand, None, nodes, ready)
+}
+
+fn lines(events: &[(Instant, Event)]) -> Vec<BillLine> {
+    events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Charged { line } => Some(line.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn charged(events: &[Event]) -> Vec<BillLine> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Charged { line } => Some(line.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+// --- R3 subscriptions -------------------------------------------------------------------
+
+#[test]
+fn purchase_and_renewal_seed_1_2() {
+    let mut w = World::new(dec!(10000));
+    let events = w.ok(t("2023-03-08T15:50:04+08:00"), monthly("pool-1", 1));
+    let line = &charged(&events)[0];
+    assert_eq!((line.item, line.amounts.payable), (Item::Purchase, dec!(1750)));
+    assert_eq!(w.pool("pool-1").period.unwrap().end, t("2023-04-08T23:59:59+08:00"));
+    assert_eq!(w.pool("pool-1").status, PoolStatus::Running);
+
+    let events = w.ok(t("2023-03-20T10:00:00+08:00"), Command::Renew { pool: "pool-1".into(), term: Term::Months(1), align_day: None });
+    let line = &charged(&events)[0];
+    assert_eq!((line.item, line.start, line.end), (Item::Renewal, t("2023-04-08T23:59:59+08:00"), t("2023-05-08T23:59:59+08:00")));
+    // Seed §1.2: 1,750 × 1 × 2 = 3,500 in all.
+    assert_eq!(w.balance(), dec!(10000) - dec!(3500));
+}
+
+#[test]
+fn purchase_refusals() {
+    let mut w = World::new(dec!(1000));
+    let at = t("2023-03-08T15:50:04+08:00");
+    // R12: the fee is refused when the balance does not cover it.
+    let r = w.refused(at, monthly("pool-1", 1), Rule::R12);
+    assert!(r.reason.contains("1750"), "{r}");
+    w.ok(at, Command::TopUp { account: "acct-1".into(), amount: dec!(750) });
+    w.ok(at, monthly("pool-1", 1));
+    assert_eq!(w.balance(), dec!(0));
+    // R17: an id that exists.
+    w.refused(at, on_demand("pool-1", 1, true), Rule::R17);
+    // Unknown account and spec, refused by the purchase's own rule.
+    let mut c = on_demand("pool-2", 1, true);
+    if let Command::Purchase { account, .. } = &mut c {
+        *account = "nobody".into();
+    }
+    w.refused(at, c, Rule::R4);
+    let mut c = monthly("pool-2", 1);
+    if let Command::Purchase { spec, .. } = &mut c {
+        *spec = "no.such.spec".into();
+    }
+    w.refused(at, c, Rule::R3);
+    // Subscriptions are for dedicated pools (seed table 1-1).
+    let mut c = monthly("pool-2", 1);
+    if let Command::Purchase { pool_type, .. } = &mut c {
+        *pool_type = PoolType::Public;
+    }
+    w.refused(at, c, Rule::R3);
+    // R1: nothing before the last recorded instant.
+    w.refused(t("2023-03-01T00:00:00+08:00"), on_demand("pool-3", 1, true), Rule::R1);
+}
+
+#[test]
+fn yearly_uses_the_yearly_price_else_twelve_months() {
+    let mut w = World::new(dec!(100000));
+    let at = t("2023-04-08T10:00:00+08:00");
+    let events = w.ok(at, buy("y1", BillingMode::Yearly, Some(Term::Years(1)), 2, false));
+    assert_eq!(charged(&events)[0].amounts.payable, dec!(35000)); // 17500 × 2 nodes
+    assert_eq!(w.pool("y1").period.unwrap().end, t("2024-04-08T23:59:59+08:00"));
+    let mut c = buy("y2", BillingMode::Yearly, Some(Term::Years(1)), 1, false);
+    if let Command::Purchase { spec, .. } = &mut c {
+        *spec = BIG.into(); // no yearly price: 12 × 3500
+    }
+    assert_eq!(charged(&w.ok(at, c))[0].amounts.payable, dec!(42000));
+}
+
+#[test]
+fn renewal_unified_expiry_r3() {
+    let mut w = World::new(dec!(10000));
+    w.ok(t("2023-04-08T10:00:00+08:00"), monthly("pool-1", 1));
+    let events = w.ok(t("2023-04-20T10:00:00+08:00"), Command::Renew { pool: "pool-1".into(), term: Term::Months(1), align_day: Some(15) });
+    // 05-08 + 1 month = 06-08, aligned to 06-15: 7/30 = 0.2333 → 1750 × 0.2333 = 408.27.
+    let line = &charged(&events)[0];
+    assert_eq!(line.end, t("2023-06-15T23:59:59+08:00"));
+    assert_eq!(line.amounts.payable, dec!(1750) + dec!(408.27));
+}
+
+// --- R6/R7 lifecycle ------------------------------------------------------------------------
+
+#[test]
+fn lifecycle_warn_expire_freeze_release_r6_r7() {
+    let mut w = World::new(dec!(10000));
+    w.ok(t("2023-03-08T15:50:04+08:00"), monthly("pool-1", 1));
+    let happened = w.advance(t("2023-06-01T00:00:00+08:00"));
+    let steps: Vec<(Instant, &str)> = happened
+        .iter()
+        .map(|(at, e)| {
+            let name = match e {
+                Event::ExpiryWarned { .. } => "warned",
+                Event::PoolExpired { .. } => "expired",
+                Event::PoolFrozen { .. } => "frozen",
+                Event::PoolReleased { .. } => "released",
+                other => panic!("unexpected {other:?}"),
+            };
+            (*at, name)
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            (t("2023-04-01T23:59:59+08:00"), "warned"),   // E − 7 days
+            (t("2023-04-09T00:00:00+08:00"), "expired"),  // E + 1 s
+            (t("2023-04-24T00:00:00+08:00"), "frozen"),   // + 15 days grace
+            (t("2023-05-09T00:00:00+08:00"), "released"), // + 15 days retention
+        ]
+    );
+    // Released is terminal: every command refused.
+    let at = t("2023-06-01T00:00:00+08:00");
+    w.refused(at, Command::Renew { pool: "pool-1".into(), term: Term::Months(1), align_day: None }, Rule::R6);
+    w.refused(at, Command::Scale { pool: "pool-1".into(), nodes: Some(2), spec: None }, Rule::R17);
+    w.refused(at, Command::Delete { pool: "pool-1".into() }, Rule::R17);
+    w.refused(at, Command::Ready { pool: "pool-1".into() }, Rule::R4);
+}
+
+#[test]
+fn expired_pool_refuses_scaling_and_renews_anchored_on_old_end() {
+    let mut w = World::new(dec!(10000));
+    w.ok(t("2023-03-08T15:50:04+08:00"), monthly("pool-1", 1));
+    let at = t("2023-04-12T09:00:00+08:00");
+    w.advance(at);
+    assert_eq!(w.pool("pool-1").status, PoolStatus::Expired);
+    w.refused(at, Command::Scale { pool: "pool-1".into(), nodes: Some(2), spec: None }, Rule::R9);
+    w.refused(at, Command::Delete { pool: "pool-1".into() }, Rule::R16);
+    let events = w.ok(at, Command::Renew { pool: "pool-1".into(), term: Term::Months(1), align_day: None });
+    assert_eq!(charged(&events)[0].start, t("2023-04-08T23:59:59+08:00"));
+    assert_eq!(w.pool("pool-1").status, PoolStatus::Running);
+    assert_eq!(w.pool("pool-1").period.unwrap().end, t("2023-05-08T23:59:59+08:00"));
+}
+
+#[test]
+fn frozen_pool_renews_back_to_running_even_when_the_new_end_has_passed() {
+    let mut w = World::new(dec!(10000));
+    // E = 2023-02-28 23:59:59; frozen from 03-16; renewed 03-10 + ... choose a date after freezing.
+    w.ok(t("2023-01-31T10:00:00+08:00"), monthly("pool-1", 1));
+    let at = t("2023-03-29T12:00:00+08:00");
+    w.advance(at);
+    assert_eq!(w.pool("pool-1").status, PoolStatus::Frozen);
+    w.ok(at, Command::Renew { pool: "pool-1".into(), term: Term::Months(1), align_day: None });
+    // Anchored on 02-28: new end 03-28 23:59:59, already past, so it expires again at once,
+    // with a fresh grace period counted from the new end.
+    assert_eq!(w.pool("pool-1").period.unwrap().end, t("2023-03-28T23:59:59+08:00"));
+    let after = w.advance(at);
+    assert!(matches!(after.as_slice(), [(when, Event::PoolExpired { .. })] if *when == at), "{after:?}");
+    w.advance(t("2023-04-12T23:59:59+08:00"));
+    assert_eq!(w.pool("pool-1").status, PoolStatus::Expired);
+    w.advance(t("2023-04-13T00:00:00+08:00"));
+    assert_eq!(w.pool("pool-1").status, PoolStatus::Frozen);
+}
+
+#[test]
+fn policy_levels_set_grace_and_retention() {
+    let mut w = World::new(dec!(10000));
+    let mut policy = Policy::default();
+    policy.levels.insert("gold".into(), Level { grace_days: 30, retention_days: 60 });
+    let at = t("2023-03-01T00:00:00+08:00");
+    w.ok(at, Command::SetPolicy { policy: policy.clone() });
+    w.refused(at, Command::SetPolicy { policy }, Rule::R17);
+    w.ok(at, Command::OpenAccount { account: "gold-1".into(), balance: dec!(5000), level: "gold".into(), discount: dec!(0) });
+    w.refused(at, Command::OpenAccount { account: "x".into(), balance: dec!(0), level: "platinum".into(), discount: dec!(0) }, Rule::R6);
+    let mut c = monthly("g", 1);
+    if let Command::Purchase { account, .. } = &mut c {
+        *account = "gold-1".into();
+    }
+    w.ok(t("2023-03-08T15:50:04+08:00"), c);
+    w.advance(t("2023-05-08T23:59:59+08:00")); // 04-09 + 30 days = 05-09
+    assert_eq!(w.pool("g").status, PoolStatus::Expired);
+    w.advance(t("2023-05-09T00:00:00+08:00"));
+    assert_eq!(w.pool("g").status, PoolStatus::Frozen);
+}
+
+// --- R9 subscription scaling ------------------------------------------------------------------
+
+#[test]
+fn upgrade_and_downgrade_seed_1_2() {
+    let mut w = World::new(dec!(10000));
+    w.ok(t("2023-04-08T10:00:00+08:00"), monthly("pool-1", 1));
+    let events = w.ok(t("2023-04-18T00:00:00+08:00"), Command::Scale { pool: "pool-1".into(), nodes: Some(2), spec: None });
+    let line = &charged(&events)[0];
+    assert_eq!((line.item, line.amounts.payable), (Item::Upgrade, dec!(1151.67)));
+    assert!(matches!(&line.basis, Basis::Change { factor, .. } if *factor == dec!(0.6581)));
+    assert_eq!(w.balance(), dec!(10000) - dec!(1750) - dec!(1151.67));
+    // Back to one node the same day: the same difference is refunded.
+    let events = w.ok(t("2023-04-18T00:00:00+08:00"), Command::Scale { pool: "pool-1".into(), nodes: Some(1), spec: None });
+    let line = &charged(&events)[0];
+    assert_eq!((line.item, line.amounts.payable), (Item::Downgrade, dec!(-1151.67)));
+    assert_eq!(w.balance(), dec!(10000) - dec!(1750));
+    // A spec change prices the new spec: 3500 − 1750 again.
+    let events = w.ok(t("2023-04-18T00:00:00+08:00"), Command::Scale { pool: "pool-1".into(), nodes: None, spec: Some(BIG.into()) });
+    assert_eq!(charged(&events)[0].amounts.payable, dec!(1151.67));
+    // R17: the current size.
+    w.refused(t("2023-04-19T00:00:00+08:00"), Command::Scale { pool: "pool-1".into(), nodes: Some(1), spec: None }, Rule::R17);
+}
+
+#[test]
+fn upgrade_refused_without_balance_r12() {
+    let mut w = World::new(dec!(2000));
+    w.ok(t("2023-04-08T10:00:00+08:00"), monthly("pool-1", 1));
+    w.refused(t("2023-04-18T00:00:00+08:00"), Command::Scale { pool: "pool-1".into(), nodes: Some(2), spec: None }, Rule::R12);
+    assert_eq!(w.pool("pool-1").nodes, 1);
+}
+
+// --- R4, R10, R16 pay-per-use ---------------------------------------------------------------
+
+#[test]
+fn on_demand_two_cycles_seed_1_3() {
+    let mut w = World::new(dec!(100));
+    w.ok(t("2023-04-18T09:59:30+08:00"), on_demand("pool-1", 1, true));
+    let mut happened = w.advance(t("2023-04-18T10:45:46+08:00"));
+    w.ok(t("2023-04-18T10:45:46+08:00"), Command::Delete { pool: "pool-1".into() });
+    happened.extend(w.advance(t("2023-04-18T12:00:00+08:00")));
+    let got: Vec<(Instant, Decimal)> = lines(&happened).iter().map(|l| (l.start, l.amounts.payable)).collect();
+    assert_eq!(got, vec![(t("2023-04-18T09:59:30+08:00"), dec!(0.02)), (t("2023-04-18T10:00:00+08:00"), dec!(2.66))]);
+    // Settled at each cycle's end, even after deletion (R16).
+    assert_eq!(happened.iter().filter(|(_, e)| matches!(e, Event::Charged { .. })).map(|(at, _)| *at).collect::<Vec<_>>(), vec![
+        t("2023-04-18T10:00:00+08:00"),
+        t("2023-04-18T11:00:00+08:00")
+    ]);
+    assert_eq!(w.balance(), dec!(97.32));
+    assert!(w.state.meters.is_empty(), "nothing left to bill");
+    w.refused(t("2023-04-18T12:00:00+08:00"), Command::Delete { pool: "pool-1".into() }, Rule::R17);
+}
+
+#[test]
+fn creating_pool_costs_nothing_and_accepts_only_ready_and_delete_r4() {
+    let mut w = World::new(dec!(100));
+    w.ok(t("2023-07-10T16:37:15+08:00"), on_demand("pool-1", 1, false));
+    assert_eq!(w.pool("pool-1").status, PoolStatus::Creating);
+    let at = t("2023-07-10T16:40:00+08:00");
+    w.refused(at, Command::Scale { pool: "pool-1".into(), nodes: Some(2), spec: None }, Rule::R4);
+    w.refused(at, Command::Convert { pool: "pool-1".into(), term: Term::Months(1) }, Rule::R11);
+    w.refused(at, Command::Renew { pool: "pool-1".into(), term: Term::Months(1), align_day: None }, Rule::R3);
+    // Seed §6: ready at 16:47:08, so the first line is 772 s.
+    w.ok(t("2023-07-10T16:47:08+08:00"), Command::Ready { pool: "pool-1".into() });
+    w.refused(t("2023-07-10T16:50:00+08:00"), Command::Ready { pool: "pool-1".into() }, Rule::R17);
+    let happened = w.advance(t("2023-07-10T17:00:00+08:00"));
+    let line = &lines(&happened)[0];
+    assert_eq!(line.amounts, Amounts { list_price: dec!(0.75055555), discount: dec!(0), round_off: dec!(0.00055555), payable: dec!(0.75) });
+    assert!(matches!(line.basis, Basis::Usage { seconds: 772, .. }));
+}
+
+#[test]
+fn deleting_a_creating_pool_bills_nothing() {
+    let mut w = World::new(dec!(100));
+    w.ok(t("2023-04-18T08:45:30+08:00"), on_demand("pool-1", 1, false));
+    w.ok(t("2023-04-18T08:55:30+08:00"), Command::Delete { pool: "pool-1".into() });
+    assert!(w.advance(t("2023-04-18T12:00:00+08:00")).is_empty());
+    assert_eq!(w.balance(), dec!(100));
+}
+
+#[test]
+fn subscription_pool_refuses_ready_and_delete() {
+    let mut w = World::new(dec!(10000));
+    w.ok(t("2023-04-08T10:00:00+08:00"), monthly("pool-1", 1));
+    w.refused(t("2023-04-08T10:00:00+08:00"), Command::Ready { pool: "pool-1".into() }, Rule::R4);
+    w.refused(t("2023-04-08T10:00:00+08:00"), Command::Delete { pool: "pool-1".into() }, Rule::R16);
+    w.refused(t("2023-04-08T10:00:00+08:00"), Command::Convert { pool: "pool-1".into(), term: Term::Months(1) }, Rule::R11);
+    w.refused(t("2023-04-08T10:00:00+08:00"), Command::Ready { pool: "nope".into() }, Rule::R4);
+}
+
+#[test]
+fn scaling_mid_cycle_makes_two_lines_seed_1_3() {
+    let mut w = World::new(dec!(100));
+    w.ok(t("2023-04-18T09:00:00+08:00"), on_demand("pool-1", 2, true));
+    w.ok(t("2023-04-18T09:30:00+08:00"), Command::Scale { pool: "pool-1".into(), nodes: Some(4), spec: None });
+    let happened = w.advance(t("2023-04-18T10:00:00+08:00"));
+    let got: Vec<(Instant, Instant, u32, Decimal)> = lines(&happened)
+        .iter()
+        .map(|l| match &l.basis {
+            Basis::Usage { nodes, .. } => (l.start, l.end, *nodes, l.amounts.payable),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (t("2023-04-18T09:00:00+08:00"), t("2023-04-18T09:30:00+08:00"), 2, dec!(3.50)),
+            (t("2023-04-18T09:30:00+08:00"), t("2023-04-18T10:00:00+08:00"), 4, dec!(7.00)),
+        ]
+    );
+    // The next cycle bills four nodes for the whole hour.
+    let happened = w.advance(t("2023-04-18T11:00:00+08:00"));
+    assert_eq!(lines(&happened)[0].amounts.payable, dec!(14.00));
+}
+
+#[test]
+fn settlement_may_overdraw_the_balance_r12() {
+    let mut w = World::new(dec!(1));
+    w.ok(t("2023-04-18T09:00:00+08:00"), on_demand("pool-1", 1, true));
+    w.advance(t("2023-04-18T10:00:00+08:00"));
+    assert_eq!(w.balance(), dec!(-2.50));
+}
+
+#[test]
+fn discount_applies_to_every_line_r2() {
+    let mut w = World::new(dec!(10000));
+    let at = t("2023-07-10T16:00:00+08:00");
+    w.ok(at, Command::OpenAccount { account: "vip".into(), balance: dec!(10000), level: "standard".into(), discount: dec!(0.10) });
+    w.refused(at, Command::OpenAccount { account: "bad".into(), balance: dec!(0), level: "standard".into(), discount: dec!(1) }, Rule::R2);
+    let mut c = on_demand("p", 1, true);
+    if let Command::Purchase { account, .. } = &mut c {
+        *account = "vip".into();
+    }
+    w.ok(t("2023-07-10T16:47:08+08:00"), c);
+    let happened = w.advance(t("2023-07-10T17:00:00+08:00"));
+    assert_eq!(lines(&happened)[0].amounts.payable, dec!(0.67));
+    let mut c = monthly("m", 1);
+    if let Command::Purchase { account, .. } = &mut c {
+        *account = "vip".into();
+    }
+    let events = w.ok(t("2023-07-10T17:00:00+08:00"), c);
+    assert_eq!(charged(&events)[0].amounts.discount, dec!(175));
+    assert_eq!(charged(&events)[0].amounts.payable, dec!(1575));
+}
+
+// --- R11 conversion ---------------------------------------------------------------------------
+
+#[test]
+fn conversion_bills_the_partial_cycle_and_charges_for_current_nodes_r11() {
+    let mut w = World::new(dec!(10000));
+    w.ok(t("2023-03-18T15:30:00+08:00"), on_demand("pool-1", 1, true));
+    w.ok(t("2023-03-20T09:00:00+08:00"), Command::Scale { pool: "pool-1".into(), nodes: Some(2), spec: None });
+    let events = w.ok(t("2023-03-20T10:30:00+08:00"), Command::Convert { pool: "pool-1".into(), term: Term::Months(1) });
+    let fee = &charged(&events)[0];
+    assert_eq!((fee.item, fee.mode, fee.amounts.payable), (Item::Conversion, BillingMode::Monthly, dec!(3500)));
+    assert_eq!(fee.end, t("2023-04-20T23:59:59+08:00"));
+    let happened = w.advance(t("2023-03-20T12:00:00+08:00"));
+    let last = lines(&happened);
+    assert_eq!(last.len(), 1, "only the partial 10:00–10:30 line remains: {last:?}");
+    assert_eq!((last[0].end, last[0].amounts.payable), (t("2023-03-20T10:30:00+08:00"), dec!(3.50)));
+    assert_eq!(w.pool("pool-1").mode, BillingMode::Monthly);
+    // Public pools do not convert.
+    let mut c = on_demand("pub", 1, true);
+    if let Command::Purchase { pool_type, .. } = &mut c {
+        *pool_type = PoolType::Public;
+    }
+    w.ok(t("2023-03-20T12:00:00+08:00"), c);
+    w.refused(t("2023-03-20T12:00:00+08:00"), Command::Convert { pool: "pub".into(), term: Term::Months(1) }, Rule::R11);
+}
+
+#[test]
+fn commands_not_yet_built_are_refused_with_their_rule() {
+    let mut w = World::new(dec!(10));
+    let at = t("2023-03-20T12:00:00+08:00");
+    w.refused(at, Command::Unsubscribe { pool: "p".into() }, Rule::R15);
+    w.refused(at, Command::StopJob { job: "j".into() }, Rule::R14);
+}
+
+#[test]
+fn events_round_trip_through_their_stored_form() {
+    let mut w = World::new(dec!(10000));
+    let mut all = w.ok(t("2023-04-08T10:00:00+08:00"), monthly("pool-1", 1));
+    all.extend(w.ok(t("2023-04-18T00:00:00+08:00"), Command::Scale { pool: "pool-1".into(), nodes: Some(2), spec: None }));
+    all.extend(w.ok(t("2023-04-18T09:00:00+08:00"), on_demand("od", 1, true)));
+    all.extend(w.advance(t("2023-04-18T11:00:00+08:00")).into_iter().map(|(_, e)| e));
+    for event in all {
+        let (name, payload) = event.encode();
+        assert_eq!(Event::decode(&name, SCHEMA_VERSION, &payload).unwrap(), event);
+        assert!(Event::decode(&name, SCHEMA_VERSION + 1, &payload).is_err());
+        assert!(Event::decode("pool_deleted", SCHEMA_VERSION, &payload).is_err() || name == "pool_deleted");
+    }
+}
