@@ -1,1 +1,439 @@
+//! The engine: runs commands and the clock against a sled-backed event log, for embedding in an
+//! async (tokio) service.
+//!
+//! One actor task owns the state. It takes every request queued at the moment, decides them in
+//! order against the state its predecessors leave (applying their events speculatively), and
+//! writes the lot as one chain with one flush (group commit). Only then does it answer: an
+//! acknowledged command is on disk. If the write fails, the state is rebuilt from the log.
 
+mod clock;
+
+pub use clock::{spawn_clock, Clock, ManualClock, SystemClock};
+
+use poolbill_domain::{decide, tick, Command, Event, Instant, Rejection, Rule, SCHEMA_VERSION};
+use poolbill_projections::Projections;
+use poolbill_replay::{replay, ReplayError, Upto};
+use poolbill_store::{AppendOutcome, AppendRequest, CommandRecord, ExpectedVersion, NewEvent, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use tokio::sync::{mpsc, oneshot};
+
+/// How many queued requests one group commit takes at most.
+const MAX_BATCH: usize = 256;
+/// How many appends are written per flush at most (a long clock advance writes in parts).
+const MAX_CHAIN: usize = 1024;
+
+/// A handle on a running engine; clone it freely.
+#[derive(Clone)]
+pub struct Engine {
+    tx: mpsc::Sender<Request>,
+    store: Store,
+}
+
+/// What became of a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    Accepted,
+    Rejected { rule: Rule, reason: String },
+}
+
+/// The acknowledged result of a command: on disk before it is returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Executed {
+    pub outcome: Outcome,
+    /// The log positions its events (or its rejection record) took.
+    pub first_position: Option<u64>,
+    pub last_position: Option<u64>,
+    /// True when the command id had been seen before: this is the first result, and nothing
+    /// was appended again.
+    pub duplicate: bool,
+}
+
+#[derive(Debug)]
+pub enum EngineError {
+    Store(StoreError),
+    Replay(ReplayError),
+    /// Not written because an earlier request in the same group commit failed; safe to retry.
+    Aborted(String),
+    /// The engine task has stopped.
+    Closed,
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::Store(e) => write!(f, "event store: {e}"),
+            EngineError::Replay(e) => write!(f, "{e}"),
+            EngineError::Aborted(why) => write!(f, "not written, retry: {why}"),
+            EngineError::Closed => write!(f, "the engine has stopped"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        EngineError::Store(e)
+    }
+}
+
+impl From<ReplayError> for EngineError {
+    fn from(e: ReplayError) -> Self {
+        EngineError::Replay(e)
+    }
+}
+
+type Reader = Box<dyn FnOnce(&Projections) + Send>;
+
+enum Request {
+    Execute { id: String, at: Instant, command: Command, index: Option<u64>, reply: oneshot::Sender<Result<Executed, EngineError>> },
+    Advance { to: Instant, reply: oneshot::Sender<Result<u64, EngineError>> },
+    Read(Reader),
+}
+
+impl Engine {
+    /// Open (or create) the store at `path`, rebuild state from its log, start the engine.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Engine, EngineError> {
+        let path = path.as_ref().to_path_buf();
+        let store = blocking(move || Store::open(path).map_err(EngineError::from)).await?;
+        Engine::start(store).await
+    }
+
+    /// An engine on a temporary store, gone when dropped.
+    pub async fn temporary() -> Result<Engine, EngineError> {
+        let store = blocking(|| Store::temporary().map_err(EngineError::from)).await?;
+        Engine::start(store).await
+    }
+
+    /// Start an engine on an open store: one sequential scan rebuilds its state.
+    pub async fn start(store: Store) -> Result<Engine, EngineError> {
+        let scan = store.clone();
+        let (projections, versions) = blocking(move || load(&scan)).await?;
+        let (tx, rx) = mpsc::channel(1024);
+        let actor = Actor::new(store.clone(), projections, versions, rx);
+        tokio::spawn(actor.run());
+        Ok(Engine { tx, store })
+    }
+
+    /// Decide `command` at instant `at` (the clock first passes `at`, so every time-driven event
+    /// due by then happens before it). A repeated `id` returns the first result.
+    /// `index` is the caller's own reference (e.g. a scenario's command index), kept with a
+    /// rejection.
+    pub async fn execute(&self, id: impl Into<String>, at: Instant, command: Command, index: Option<u64>) -> Result<Executed, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Execute { id: id.into(), at, command, index, reply }).await?;
+        rx.await.map_err(|_| EngineError::Closed)?
+    }
+
+    /// Let the clock pass `to`: every time-driven event due by then, in instant order. Returns
+    /// how many events that appended.
+    pub async fn advance_to(&self, to: Instant) -> Result<u64, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Advance { to, reply }).await?;
+        rx.await.map_err(|_| EngineError::Closed)?
+    }
+
+    /// Read the current (acknowledged) projections.
+    pub async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Projections) -> T + Send + 'static) -> Result<T, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Read(Box::new(move |p| {
+            let _ = reply.send(f(p));
+        })))
+        .await?;
+        rx.await.map_err(|_| EngineError::Closed)
+    }
+
+    /// The contract's output document, as of now.
+    pub async fn document(&self) -> Result<poolbill_projections::Document, EngineError> {
+        self.read(|p| p.document()).await
+    }
+
+    /// When something next falls due, if anything does.
+    pub async fn next_due(&self) -> Result<Option<Instant>, EngineError> {
+        self.read(|p| poolbill_domain::next_due(&p.state)).await
+    }
+
+    /// Time travel: projections rebuilt from the log as it stood at `upto`.
+    pub async fn as_of(&self, upto: Upto) -> Result<Projections, EngineError> {
+        let store = self.store.clone();
+        blocking(move || replay(&store, upto).map_err(EngineError::from)).await
+    }
+
+    /// The store underneath, for reading the log.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    async fn send(&self, request: Request) -> Result<(), EngineError> {
+        self.tx.send(request).await.map_err(|_| EngineError::Closed)
+    }
+}
+
+/// Run blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, EngineError> + Send + 'static) -> Result<T, EngineError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| EngineError::Aborted(format!("blocking task failed: {e}")))?
+}
+
+/// Rebuild projections and stream versions from the whole log.
+fn load(store: &Store) -> Result<(Projections, HashMap<String, u64>), EngineError> {
+    let mut projections = Projections::new();
+    let mut versions = HashMap::new();
+    for envelope in store.read_all(1) {
+        let envelope = envelope?;
+        projections.apply(&envelope).map_err(|e| EngineError::Replay(ReplayError::Projection(e)))?;
+        versions.insert(envelope.stream.clone(), envelope.version);
+    }
+    Ok((projections, versions))
+}
+
+/// A request's answer, given once its chain is on disk.
+enum Waiter {
+    /// A new command: its answer is the append numbered `seq`.
+    Execute { seq: u64, reply: oneshot::Sender<Result<Executed, EngineError>> },
+    /// A command id already recorded: in the log, or by the append `seq` of this batch.
+    Known { record: Result<CommandRecord, u64>, reply: oneshot::Sender<Result<Executed, EngineError>> },
+    Advance { events: Result<u64, EngineError>, reply: oneshot::Sender<Result<u64, EngineError>> },
+}
+
+struct Actor {
+    store: Store,
+    projections: Projections,
+    /// Each stream's version as the pending chain leaves it.
+    versions: HashMap<String, u64>,
+    rx: mpsc::Receiver<Request>,
+    /// Appends decided but not yet written, numbered.
+    pending: Vec<(u64, AppendRequest)>,
+    next_seq: u64,
+    /// What became of this batch's written appends, by number.
+    written: HashMap<u64, Result<CommandRecord, EngineError>>,
+    /// Set when a write failed: the rest of the batch is refused, to be retried.
+    broken: Option<String>,
+}
+
+impl Actor {
+    fn new(store: Store, projections: Projections, versions: HashMap<String, u64>, rx: mpsc::Receiver<Request>) -> Actor {
+        Actor { store, projections, versions, rx, pending: Vec::new(), next_seq: 0, written: HashMap::new(), broken: None }
+    }
+
+    async fn run(mut self) {
+        while let Some(first) = self.rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.process(batch).await;
+        }
+    }
+
+    async fn process(&mut self, batch: Vec<Request>) {
+        let mut writes = Vec::new();
+        let mut reads = Vec::new();
+        for request in batch {
+            match request {
+                Request::Read(f) => reads.push(f),
+                other => writes.push(other),
+            }
+        }
+        if !writes.is_empty() {
+            self.write(writes).await;
+        }
+        // Reads come after the batch is on disk: they never see unacknowledged state.
+        for read in reads {
+            read(&self.projections);
+        }
+    }
+
+    async fn write(&mut self, writes: Vec<Request>) {
+        let ids: Vec<String> = writes
+            .iter()
+            .filter_map(|w| match w {
+                Request::Execute { id, .. } => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        let store = self.store.clone();
+        let known = blocking(move || {
+            let mut known = HashMap::new();
+            for id in ids {
+                if let Some(record) = store.command(&id)? {
+                    known.insert(id, record);
+                }
+            }
+            Ok(known)
+        })
+        .await;
+        let known = match known {
+            Ok(k) => k,
+            Err(e) => {
+                self.broken = Some(e.to_string());
+                HashMap::new()
+            }
+        };
+
+        let mut waiters = Vec::new();
+        let mut seq_by_id: HashMap<String, u64> = HashMap::new();
+        for write in writes {
+            match write {
+                Request::Execute { id, at, command, index, reply } => {
+                    if let Some(record) = known.get(&id) {
+                        waiters.push(Waiter::Known { record: Ok(record.clone()), reply });
+                    } else if let Some(seq) = seq_by_id.get(&id) {
+                        waiters.push(Waiter::Known { record: Err(*seq), reply });
+                    } else if self.broken.is_none() {
+                        let _ = self.advance(at).await;
+                        let seq = self.decide(at, &command, index, id.clone());
+                        seq_by_id.insert(id, seq);
+                        waiters.push(Waiter::Execute { seq, reply });
+                    } else {
+                        waiters.push(Waiter::Execute { seq: u64::MAX, reply });
+                    }
+                }
+                Request::Advance { to, reply } => {
+                    let events = self.advance(to).await;
+                    waiters.push(Waiter::Advance { events, reply });
+                }
+                Request::Read(_) => unreachable!("reads are split off"),
+            }
+        }
+        self.flush_pending().await;
+        self.answer(waiters);
+        self.written.clear();
+        self.broken = None;
+    }
+
+    /// Queue every time-driven event due by `to`, writing long runs as they grow; returns how
+    /// many events that was.
+    async fn advance(&mut self, to: Instant) -> Result<u64, EngineError> {
+        let mut count = 0;
+        while self.broken.is_none() {
+            let Some((at, events)) = tick(&self.projections.state, to) else { break };
+            count += events.len() as u64;
+            self.queue(None, events, at, serde_json::Value::Null);
+            if self.pending.len() >= MAX_CHAIN {
+                self.flush_pending().await;
+            }
+        }
+        match &self.broken {
+            None => Ok(count),
+            Some(why) => Err(EngineError::Aborted(why.clone())),
+        }
+    }
+
+    /// Decide one command and queue its events, or its rejection record. Returns its number.
+    fn decide(&mut self, at: Instant, command: &Command, index: Option<u64>, id: String) -> u64 {
+        match decide(&self.projections.state, command, at) {
+            Ok(events) => self.queue(Some(id), events, at, outcome_json(&Outcome::Accepted)),
+            Err(Rejection { rule, reason }) => {
+                // A refusal changes nothing but the record of it, stamped no earlier than the log.
+                let stamp = self.projections.last_instant.map_or(at, |last| last.max(at));
+                let record = Event::CommandRejected { command: command.type_name().to_string(), rule, reason: reason.clone(), index };
+                self.queue(Some(id), vec![record], stamp, outcome_json(&Outcome::Rejected { rule, reason }))
+            }
+        }
+    }
+
+    /// Append `events` to the pending chain, applying them to the state now (speculatively: a
+    /// failed write rebuilds the state from the log).
+    fn queue(&mut self, command_id: Option<String>, events: Vec<Event>, at: Instant, outcome: serde_json::Value) -> u64 {
+        let mut expected: Vec<(String, ExpectedVersion)> = Vec::new();
+        let mut new_events = Vec::with_capacity(events.len());
+        for event in &events {
+            let stream = event.stream();
+            if stream != "rejections" && !expected.iter().any(|(s, _)| s == &stream) {
+                let current = self.versions.get(&stream).copied().unwrap_or(0);
+                expected.push((stream.clone(), if current == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exactly(current) }));
+            }
+            *self.versions.entry(stream.clone()).or_insert(0) += 1;
+            let (event_type, payload) = event.encode();
+            new_events.push(NewEvent { stream, event_type, schema_version: SCHEMA_VERSION, at, payload });
+            let position = self.projections.last_position + 1;
+            self.projections.apply_event(position, at, event);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pending.push((seq, AppendRequest { command_id, expected, events: new_events, outcome }));
+        seq
+    }
+
+    /// Write the pending chain with one flush and note what became of each append. A failure
+    /// rebuilds the state from the log and refuses the rest of the batch.
+    async fn flush_pending(&mut self) {
+        let chain = std::mem::take(&mut self.pending);
+        if chain.is_empty() {
+            return;
+        }
+        let seqs: Vec<u64> = chain.iter().map(|(seq, _)| *seq).collect();
+        let requests: Vec<AppendRequest> = chain.into_iter().map(|(_, r)| r).collect();
+        let store = self.store.clone();
+        let result = blocking(move || store.append_chain(requests).map_err(EngineError::from)).await;
+        let (outcomes, failure) = match result {
+            Ok(r) => r,
+            Err(e) => (Vec::new(), Some((0, StoreError::Storage(e.to_string())))),
+        };
+        for (i, seq) in seqs.iter().enumerate() {
+            let answer = match (outcomes.get(i), &failure) {
+                (Some(AppendOutcome::Appended(r) | AppendOutcome::Duplicate(r)), _) => Ok(r.clone()),
+                (None, Some((at, e))) if *at == i => Err(EngineError::Store(e.clone())),
+                (None, Some((at, e))) => Err(EngineError::Aborted(format!("an earlier write in the same commit failed ({at}): {e}"))),
+                (None, None) => Err(EngineError::Aborted("not written".to_string())),
+            };
+            self.written.insert(*seq, answer);
+        }
+        if let Some((_, e)) = failure {
+            self.broken = Some(e.to_string());
+            self.reload().await;
+        }
+    }
+
+    fn answer(&mut self, waiters: Vec<Waiter>) {
+        for waiter in waiters {
+            match waiter {
+                Waiter::Execute { seq, reply } => {
+                    let _ = reply.send(self.record(seq).map(|r| executed(r, false)));
+                }
+                Waiter::Known { record, reply } => {
+                    let record = record.or_else(|seq| self.record(seq));
+                    let _ = reply.send(record.map(|r| executed(r, true)));
+                }
+                Waiter::Advance { events, reply } => {
+                    let _ = reply.send(events);
+                }
+            }
+        }
+    }
+
+    fn record(&self, seq: u64) -> Result<CommandRecord, EngineError> {
+        match self.written.get(&seq) {
+            Some(Ok(r)) => Ok(r.clone()),
+            Some(Err(e)) => Err(EngineError::Aborted(e.to_string())),
+            None => Err(EngineError::Aborted(self.broken.clone().unwrap_or_else(|| "not written".to_string()))),
+        }
+    }
+
+    /// After a failed write: forget speculative state, rebuild from what is on disk.
+    async fn reload(&mut self) {
+        self.pending.clear();
+        let store = self.store.clone();
+        if let Ok((projections, versions)) = blocking(move || load(&store)).await {
+            self.projections = projections;
+            self.versions = versions;
+        }
+    }
+}
+
+fn outcome_json(outcome: &Outcome) -> serde_json::Value {
+    serde_json::to_value(outcome).expect("outcomes serialise")
+}
+
+fn executed(record: CommandRecord, duplicate: bool) -> Executed {
+    let outcome = serde_json::from_value(record.outcome.clone())
+        .unwrap_or(Outcome::Rejected { rule: Rule::R17, reason: format!("unreadable recorded outcome {}", record.outcome) });
+    Executed { outcome, first_position: record.first_position, last_position: record.last_position, duplicate }
+}

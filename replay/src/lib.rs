@@ -1,1 +1,77 @@
+//! Replay: rebuild projections from a log, whole or as of an instant or position. One
+//! sequential scan; instants never go backwards in a log, so "as of T" is a prefix.
 
+use poolbill_domain::Instant;
+use poolbill_projections::{ProjectionError, Projections};
+use poolbill_store::{Envelope, Store, StoreError};
+use std::fmt;
+
+/// How much of the log to fold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upto {
+    All,
+    /// Everything that had happened by this instant, inclusive (time travel).
+    Instant(Instant),
+    /// Everything up to and including this global position.
+    Position(u64),
+}
+
+impl Upto {
+    fn includes(&self, envelope: &Envelope) -> bool {
+        match self {
+            Upto::All => true,
+            Upto::Instant(t) => envelope.at <= *t,
+            Upto::Position(p) => envelope.position <= *p,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ReplayError {
+    Store(StoreError),
+    Projection(ProjectionError),
+}
+
+impl fmt::Display for ReplayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplayError::Store(e) => write!(f, "reading the log: {e}"),
+            ReplayError::Projection(e) => write!(f, "replaying the log: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ReplayError {}
+
+impl From<StoreError> for ReplayError {
+    fn from(e: StoreError) -> Self {
+        ReplayError::Store(e)
+    }
+}
+
+impl From<ProjectionError> for ReplayError {
+    fn from(e: ProjectionError) -> Self {
+        ReplayError::Projection(e)
+    }
+}
+
+/// Fold envelopes in log order until the first one past `upto`.
+pub fn fold<I>(envelopes: I, upto: Upto) -> Result<Projections, ReplayError>
+where
+    I: IntoIterator<Item = Result<Envelope, StoreError>>,
+{
+    let mut projections = Projections::new();
+    for envelope in envelopes {
+        let envelope = envelope?;
+        if !upto.includes(&envelope) {
+            break;
+        }
+        projections.apply(&envelope)?;
+    }
+    Ok(projections)
+}
+
+/// Projections of a store's log as of `upto`.
+pub fn replay(store: &Store, upto: Upto) -> Result<Projections, ReplayError> {
+    fold(store.read_all(1), upto)
+}

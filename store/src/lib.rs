@@ -377,6 +377,29 @@ impl Store {
         Ok(results)
     }
 
+    /// Group commit of a chain: requests where each was decided on the state its predecessors
+    /// leave. Applied in order until the first one that fails; the rest are not applied, since
+    /// they may depend on it. One flush either way, so the applied prefix is durable. Returns
+    /// the outcomes of the applied prefix and, if one failed, its index and error.
+    pub fn append_chain(
+        &self,
+        reqs: Vec<AppendRequest>,
+    ) -> Result<(Vec<AppendOutcome>, Option<(usize, StoreError)>), StoreError> {
+        let mut applied = Vec::with_capacity(reqs.len());
+        let mut failed = None;
+        for (i, req) in reqs.iter().enumerate() {
+            match self.apply(req) {
+                Ok(outcome) => applied.push(outcome),
+                Err(e) => {
+                    failed = Some((i, e));
+                    break;
+                }
+            }
+        }
+        self.flush()?;
+        Ok((applied, failed))
+    }
+
     fn apply(&self, req: &AppendRequest) -> Result<AppendOutcome, StoreError> {
         let trees = (
             &self.events,

@@ -575,3 +575,24 @@ fn concurrent_appends_are_gapless_and_lose_nothing() {
         }
     );
 }
+
+#[test]
+fn a_chain_stops_at_its_first_failure_and_keeps_the_prefix() {
+    let store = Store::temporary().unwrap();
+    let mut conflicting = req(Some("c2"), vec![ev("a", "x", T1, json!(2))]);
+    conflicting.expected = vec![("a".to_string(), ExpectedVersion::Exactly(7))];
+    let (applied, failed) = store
+        .append_chain(vec![
+            req(Some("c1"), vec![ev("a", "x", T0, json!(1))]),
+            conflicting,
+            req(Some("c3"), vec![ev("b", "x", T2, json!(3))]),
+        ])
+        .unwrap();
+    assert_eq!(applied.len(), 1);
+    let (index, error) = failed.expect("the second request conflicts");
+    assert_eq!(index, 1);
+    assert!(matches!(error, StoreError::Conflict { actual: 1, .. }), "{error}");
+    // The third was never applied: it may have depended on the second.
+    assert_eq!(all(&store).len(), 1);
+    assert_eq!(store.command("c3").unwrap(), None);
+}

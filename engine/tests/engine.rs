@@ -1,0 +1,189 @@
+//! The engine end to end on a real sled store: acknowledgement, idempotency, group commit,
+//! restart, time travel and the live clock.
+
+use chrono::DateTime;
+use poolbill_domain::{BillingMode, Command, Instant, PoolStatus, PoolType, Price, Rule, Term};
+use poolbill_engine::{spawn_clock, Engine, ManualClock, Outcome};
+use poolbill_replay::Upto;
+use rust_decimal::Decimal;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn t(s: &str) -> Instant {
+    DateTime::parse_from_rfc3339(s).unwrap()
+}
+
+fn d(s: &str) -> Decimal {
+    s.parse().unwrap()
+}
+
+async fn setup(engine: &Engine, balance: &str) {
+    let at = t("2023-01-01T00:00:00+08:00");
+    let price = Price { hourly: Some(d("3.50")), monthly: Some(d("1750.00")), yearly: None };
+    engine.execute("price", at, Command::SetPrice { spec: "cpu".into(), price }, None).await.unwrap();
+    let open = Command::OpenAccount { account: "a".into(), balance: d(balance), level: "standard".into(), discount: Decimal::ZERO };
+    engine.execute("open", at, open, None).await.unwrap();
+}
+
+fn on_demand(pool: &str) -> Command {
+    Command::Purchase {
+        account: "a".into(),
+        pool: pool.into(),
+        spec: "cpu".into(),
+        nodes: 1,
+        mode: BillingMode::OnDemand,
+        term: None,
+        pool_type: PoolType::Dedicated,
+        region: None,
+        ready: true,
+    }
+}
+
+fn monthly(pool: &str) -> Command {
+    Command::Purchase {
+        account: "a".into(),
+        pool: pool.into(),
+        spec: "cpu".into(),
+        nodes: 1,
+        mode: BillingMode::Monthly,
+        term: Some(Term::Months(1)),
+        pool_type: PoolType::Dedicated,
+        region: None,
+        ready: false,
+    }
+}
+
+async fn balance(engine: &Engine) -> Decimal {
+    engine.read(|p| p.state.accounts["a"].balance).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_repeated_command_id_returns_the_first_result_and_appends_nothing() {
+    let engine = Engine::temporary().await.unwrap();
+    setup(&engine, "5000").await;
+    let at = t("2023-04-08T10:00:00+08:00");
+    let first = engine.execute("buy-1", at, monthly("p"), None).await.unwrap();
+    assert_eq!(first.outcome, Outcome::Accepted);
+    assert!(!first.duplicate);
+    let events = engine.store().last_position().unwrap();
+    // The retry, even with another command under the same id, is the first result.
+    let again = engine.execute("buy-1", at, monthly("other"), None).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!((again.outcome, again.first_position), (first.outcome, first.first_position));
+    assert_eq!(engine.store().last_position().unwrap(), events);
+    assert_eq!(balance(&engine).await, d("3250"));
+    // A rejection is a result too: retried, it is the same rejection.
+    let refused = engine.execute("buy-2", at, monthly("p"), Some(7)).await.unwrap();
+    assert!(matches!(refused.outcome, Outcome::Rejected { rule: Rule::R17, .. }));
+    let again = engine.execute("buy-2", at, monthly("q"), Some(7)).await.unwrap();
+    assert_eq!(again.outcome, refused.outcome);
+    let rejections = engine.read(|p| p.rejections.clone()).await.unwrap();
+    assert_eq!(rejections.len(), 1);
+    assert_eq!(rejections[0].index, Some(7));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commands_are_serialised_and_each_acknowledged_once() {
+    let engine = Engine::temporary().await.unwrap();
+    setup(&engine, "10000").await;
+    let at = t("2023-04-08T10:00:00+08:00");
+    // 20 tasks race to buy 1750 subscriptions with 10000: exactly 5 can be paid for (R12).
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move { engine.execute(format!("buy-{i}"), at, monthly(&format!("p{i}")), None).await.unwrap() }));
+    }
+    let mut accepted = 0;
+    for task in tasks {
+        match task.await.unwrap().outcome {
+            Outcome::Accepted => accepted += 1,
+            Outcome::Rejected { rule, .. } => assert_eq!(rule, Rule::R12),
+        }
+    }
+    assert_eq!(accepted, 5);
+    assert_eq!(balance(&engine).await, d("1250"));
+    // The same id sent concurrently is appended once.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move { engine.execute("same", at, on_demand("od"), None).await.unwrap() }));
+    }
+    let results: Vec<_> = futures_join(tasks).await;
+    assert_eq!(results.iter().filter(|r| !r.duplicate).count(), 1);
+    assert!(results.iter().all(|r| r.first_position == results[0].first_position));
+    assert_eq!(engine.read(|p| p.state.pools.len()).await.unwrap(), 6);
+    engine.store().verify().unwrap();
+}
+
+async fn futures_join<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_reopened_store_continues_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = Engine::open(dir.path()).await.unwrap();
+        setup(&engine, "100").await;
+        engine.execute("od", t("2023-04-18T09:59:30+08:00"), on_demand("p"), None).await.unwrap();
+        engine.advance_to(t("2023-04-18T10:30:00+08:00")).await.unwrap();
+    }
+    // sled releases its lock when the last handle goes: wait for the engine task to end.
+    let engine = loop {
+        match Engine::open(dir.path()).await {
+            Ok(e) => break e,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    assert_eq!(balance(&engine).await, d("99.98")); // the 30 s line, 0.02
+    engine.execute("del", t("2023-04-18T10:45:46+08:00"), Command::Delete { pool: "p".into() }, None).await.unwrap();
+    engine.advance_to(t("2023-04-18T12:00:00+08:00")).await.unwrap();
+    assert_eq!(balance(&engine).await, d("97.32"));
+    // The ids recorded before the restart are still known.
+    assert!(engine.execute("od", t("2023-04-18T12:00:00+08:00"), on_demand("p"), None).await.unwrap().duplicate);
+}
+
+#[tokio::test]
+async fn time_travel_reads_the_log_as_it_stood() {
+    let engine = Engine::temporary().await.unwrap();
+    setup(&engine, "10000").await;
+    engine.execute("buy", t("2023-03-08T15:50:04+08:00"), monthly("p"), None).await.unwrap();
+    engine.advance_to(t("2023-05-20T00:00:00+08:00")).await.unwrap();
+    let status = |p: &poolbill_projections::Projections| p.state.pools["p"].status;
+    for (at, expected) in [
+        ("2023-04-08T23:59:59+08:00", PoolStatus::Running),
+        ("2023-04-09T00:00:00+08:00", PoolStatus::Expired),
+        ("2023-04-23T23:59:59+08:00", PoolStatus::Expired),
+        ("2023-04-24T00:00:00+08:00", PoolStatus::Frozen),
+        ("2023-05-09T00:00:00+08:00", PoolStatus::Released),
+    ] {
+        let then = engine.as_of(Upto::Instant(t(at))).await.unwrap();
+        assert_eq!(status(&then), expected, "at {at}");
+    }
+    // The whole log replayed equals the live projections.
+    let replayed = engine.as_of(Upto::All).await.unwrap().document();
+    assert_eq!(replayed, engine.document().await.unwrap());
+}
+
+#[tokio::test]
+async fn the_live_clock_drives_the_same_path() {
+    let engine = Engine::temporary().await.unwrap();
+    setup(&engine, "100").await;
+    engine.execute("od", t("2023-04-18T09:00:00+08:00"), on_demand("p"), None).await.unwrap();
+    let clock = Arc::new(ManualClock::new(t("2023-04-18T09:30:00+08:00")));
+    let driver = spawn_clock(engine.clone(), clock.clone(), Duration::from_millis(10));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(balance(&engine).await, d("100"), "nothing due before 10:00");
+    clock.set(t("2023-04-18T12:00:00+08:00"));
+    let mut waited = 0;
+    while balance(&engine).await != d("89.50") && waited < 200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    assert_eq!(balance(&engine).await, d("89.50"), "three hours settled by the clock");
+    driver.abort();
+}
