@@ -1,0 +1,558 @@
+//! Reading a scenario (`scenario-format.md`) strictly: every problem is reported with the path
+//! of the field at fault (`commands[3].nodes`), and nothing is run unless the whole file is valid.
+
+use chrono::{DateTime, Timelike};
+use poolbill_domain::time::to_beijing;
+use poolbill_domain::{BillingMode, Command, Instant, JobKind, Level, Policy, PoolType, Price, Term, DEFAULT_LEVEL};
+use rust_decimal::Decimal;
+use serde_json::{Map, Value};
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+/// A valid scenario, commands in the order they run (by `at`, ties in file order).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scenario {
+    pub name: String,
+    pub catalog: Vec<(String, Price)>,
+    pub policy: Option<Policy>,
+    pub accounts: Vec<AccountSpec>,
+    pub commands: Vec<Step>,
+    pub until: Instant,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccountSpec {
+    pub id: String,
+    pub balance: Decimal,
+    pub level: String,
+    pub discount: Decimal,
+}
+
+/// One command of the file: its index in `commands`, its instant, the command.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    pub index: usize,
+    pub at: Instant,
+    pub command: Command,
+}
+
+/// What is wrong with an input, and where (`commands[3].nodes`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScenarioError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+type Result<T> = std::result::Result<T, ScenarioError>;
+
+fn err<T>(path: impl Into<String>, message: impl Into<String>) -> Result<T> {
+    Err(ScenarioError { path: path.into(), message: message.into() })
+}
+
+/// Largest amount accepted anywhere: far beyond any bill, far below where arithmetic overflows.
+const MAX_MONEY: i64 = 1_000_000_000_000;
+const MAX_NODES: u64 = 100_000;
+const MAX_MONTHS: u64 = 1200;
+const MAX_ID_LEN: usize = 256;
+/// Fields any object may carry for people and that are otherwise ignored.
+const REMARKS: [&str; 2] = ["note", "comment"];
+
+pub fn parse(text: &str) -> Result<Scenario> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| ScenarioError { path: "(file)".into(), message: format!("not valid JSON at line {} column {}: {e}", e.line(), e.column()) })?;
+    let top = object(&value, "(file)")?;
+    allow_only(top, "", &["name", "catalog", "accounts", "commands", "until", "policy"])?;
+    let name = match top.get("name") {
+        None => "scenario".to_string(),
+        Some(_) => id(top, "name", "")?,
+    };
+    let policy = match top.get("policy") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(policy(v, "policy")?),
+    };
+    let levels = policy.clone().unwrap_or_default();
+
+    let mut catalog = Vec::new();
+    let mut specs = BTreeSet::new();
+    for (i, entry) in array_opt(top, "catalog", "")?.iter().enumerate() {
+        let path = format!("catalog[{i}]");
+        let obj = object(entry, &path)?;
+        allow_only(obj, &path, &["spec", "hourly", "monthly", "yearly"])?;
+        let spec = id(obj, "spec", &path)?;
+        if !specs.insert(spec.clone()) {
+            return err(format!("{path}.spec"), format!("spec {spec:?} is listed twice"));
+        }
+        let price = price_fields(obj, &path)?;
+        catalog.push((spec, price));
+    }
+
+    let mut accounts = Vec::new();
+    let mut ids = BTreeSet::new();
+    for (i, entry) in array_opt(top, "accounts", "")?.iter().enumerate() {
+        let path = format!("accounts[{i}]");
+        let obj = object(entry, &path)?;
+        allow_only(obj, &path, &["id", "balance", "level", "discount"])?;
+        let account = id(obj, "id", &path)?;
+        if !ids.insert(account.clone()) {
+            return err(format!("{path}.id"), format!("account {account:?} is listed twice"));
+        }
+        let balance = match obj.get("balance") {
+            None => Decimal::ZERO,
+            Some(_) => money(obj, "balance", &path, Sign::Any, 2)?,
+        };
+        let level = opt_id(obj, "level", &path)?.unwrap_or_else(|| DEFAULT_LEVEL.to_string());
+        if !levels.levels.contains_key(&level) {
+            let known: Vec<&String> = levels.levels.keys().collect();
+            return err(format!("{path}.level"), format!("unknown customer level {level:?} (the policy defines {known:?})"));
+        }
+        let discount = discount(obj, &path)?;
+        accounts.push(AccountSpec { id: account, balance, level, discount });
+    }
+
+    let mut commands = Vec::new();
+    for (i, entry) in array(top, "commands", "")?.iter().enumerate() {
+        let path = format!("commands[{i}]");
+        let (at, command) = command(entry, &path)?;
+        commands.push(Step { index: i, at, command });
+    }
+    // Commands run in order of `at`; a stable sort keeps ties in file order.
+    commands.sort_by_key(|s| s.at);
+
+    let until = match top.get("until") {
+        None | Some(Value::Null) => commands.last().map(|s| s.at).unwrap_or_else(|| to_beijing(DateTime::UNIX_EPOCH.fixed_offset())),
+        Some(_) => instant(top, "until", "")?,
+    };
+    if let Some(late) = commands.iter().find(|s| s.at > until) {
+        return err(format!("commands[{}].at", late.index), format!("{} is after until {}", late.at.to_rfc3339(), until.to_rfc3339()));
+    }
+    Ok(Scenario { name, catalog, policy, accounts, commands, until })
+}
+
+/// One command object, as in a scenario's `commands` (also one line of `poolbill serve`).
+/// Besides the contract's types it reads `open_account` and `set_price`.
+pub fn command(value: &Value, path: &str) -> Result<(Instant, Command)> {
+    let obj = object(value, path)?;
+    let kind = string(obj, "type", path)?;
+    let at = instant(obj, "at", path)?;
+    let p = path;
+    let command = match kind.as_str() {
+        "top_up" => {
+            allow_only(obj, p, &["at", "type", "account", "amount"])?;
+            Command::TopUp { account: id(obj, "account", p)?, amount: money(obj, "amount", p, Sign::Positive, 2)? }
+        }
+        "purchase" => {
+            allow_only(obj, p, &["at", "type", "account", "pool", "spec", "nodes", "mode", "months", "years", "pool_type", "region", "ready"])?;
+            let mode = match string(obj, "mode", p)?.as_str() {
+                "on_demand" => BillingMode::OnDemand,
+                "monthly" => BillingMode::Monthly,
+                "yearly" => BillingMode::Yearly,
+                other => return err(format!("{p}.mode"), format!("{other:?} is not on_demand, monthly or yearly")),
+            };
+            let term = if mode == BillingMode::OnDemand {
+                if obj.contains_key("months") || obj.contains_key("years") {
+                    return err(format!("{p}.months"), "an on_demand purchase takes no months or years");
+                }
+                None
+            } else {
+                Some(term_for(obj, p, mode)?)
+            };
+            let pool_type = match opt_string(obj, "pool_type", p)?.as_deref() {
+                None | Some("dedicated") => PoolType::Dedicated,
+                Some("public") => PoolType::Public,
+                Some(other) => return err(format!("{p}.pool_type"), format!("{other:?} is not dedicated or public")),
+            };
+            Command::Purchase {
+                account: id(obj, "account", p)?,
+                pool: id(obj, "pool", p)?,
+                spec: id(obj, "spec", p)?,
+                nodes: nodes(obj, "nodes", p)?,
+                mode,
+                term,
+                pool_type,
+                region: opt_id(obj, "region", p)?,
+                ready: opt_bool(obj, "ready", p)?.unwrap_or(false),
+            }
+        }
+        "ready" | "delete" | "unsubscribe" => {
+            allow_only(obj, p, &["at", "type", "pool"])?;
+            let pool = id(obj, "pool", p)?;
+            match kind.as_str() {
+                "ready" => Command::Ready { pool },
+                "delete" => Command::Delete { pool },
+                _ => Command::Unsubscribe { pool },
+            }
+        }
+        "renew" => {
+            allow_only(obj, p, &["at", "type", "pool", "months", "years", "align_day"])?;
+            let align_day = match obj.get("align_day") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(integer(obj, "align_day", p, 1, 28)? as u32),
+            };
+            Command::Renew { pool: id(obj, "pool", p)?, term: any_term(obj, p)?, align_day }
+        }
+        "set_auto_renew" => {
+            allow_only(obj, p, &["at", "type", "pool", "enabled", "months", "years", "days_before", "count"])?;
+            let enabled = bool_field(obj, "enabled", p)?;
+            let term = if enabled || obj.contains_key("months") || obj.contains_key("years") { Some(any_term(obj, p)?) } else { None };
+            let days_before = match obj.get("days_before") {
+                None | Some(Value::Null) => 7,
+                Some(_) => integer(obj, "days_before", p, 1, 7)? as u32,
+            };
+            let count = match obj.get("count") {
+                None | Some(Value::Null) => None,
+                Some(_) => Some(integer(obj, "count", p, 1, 1000)? as u32),
+            };
+            Command::SetAutoRenew { pool: id(obj, "pool", p)?, enabled, term, days_before, count }
+        }
+        "convert" => {
+            allow_only(obj, p, &["at", "type", "pool", "mode", "months", "years"])?;
+            let mode = match string(obj, "mode", p)?.as_str() {
+                "monthly" => BillingMode::Monthly,
+                "yearly" => BillingMode::Yearly,
+                other => return err(format!("{p}.mode"), format!("{other:?} is not monthly or yearly")),
+            };
+            Command::Convert { pool: id(obj, "pool", p)?, term: term_for(obj, p, mode)? }
+        }
+        "scale" => {
+            allow_only(obj, p, &["at", "type", "pool", "nodes", "spec"])?;
+            let nodes = if obj.contains_key("nodes") { Some(nodes(obj, "nodes", p)?) } else { None };
+            let spec = opt_id(obj, "spec", p)?;
+            if nodes.is_none() && spec.is_none() {
+                return err(format!("{p}.nodes"), "scale needs nodes, spec or both");
+            }
+            Command::Scale { pool: id(obj, "pool", p)?, nodes, spec }
+        }
+        "buy_package" => {
+            allow_only(obj, p, &["at", "type", "account", "package", "spec", "quantity", "hours", "valid_days", "price", "region", "alert_below"])?;
+            let alert_below = match obj.get("alert_below") {
+                None | Some(Value::Null) => None,
+                Some(Value::Number(_)) => Some(Decimal::from(integer(obj, "alert_below", p, 0, MAX_NODES * 100_000)?)),
+                Some(_) => Some(money(obj, "alert_below", p, Sign::NonNegative, 8)?),
+            };
+            Command::BuyPackage {
+                account: id(obj, "account", p)?,
+                package: id(obj, "package", p)?,
+                spec: id(obj, "spec", p)?,
+                quantity: integer(obj, "quantity", p, 1, MAX_NODES)? as u32,
+                hours: integer(obj, "hours", p, 1, 1_000_000)? as u32,
+                valid_days: integer(obj, "valid_days", p, 1, 36_500)? as u32,
+                price: money(obj, "price", p, Sign::NonNegative, 2)?,
+                region: opt_id(obj, "region", p)?,
+                alert_below,
+            }
+        }
+        "start_job" => {
+            allow_only(obj, p, &["at", "type", "account", "job", "kind", "spec", "nodes", "pool", "model", "disk_gb", "disk_hourly"])?;
+            let kind = match string(obj, "kind", p)?.as_str() {
+                "training" => JobKind::Training,
+                "notebook" => JobKind::Notebook,
+                "service" => JobKind::Service,
+                "workflow" => JobKind::Workflow,
+                "auto_learning" => JobKind::AutoLearning,
+                other => return err(format!("{p}.kind"), format!("{other:?} is not training, notebook, service, workflow or auto_learning")),
+            };
+            let model = opt_id(obj, "model", p)?;
+            if kind == JobKind::Service && model.is_none() {
+                return err(format!("{p}.model"), "a service needs the id of the model it serves (R5)");
+            }
+            Command::StartJob {
+                account: id(obj, "account", p)?,
+                job: id(obj, "job", p)?,
+                kind,
+                spec: id(obj, "spec", p)?,
+                nodes: nodes(obj, "nodes", p)?,
+                pool: opt_id(obj, "pool", p)?,
+                model,
+                disk_gb: match obj.get("disk_gb") {
+                    None | Some(Value::Null) => None,
+                    Some(_) => Some(integer(obj, "disk_gb", p, 1, 1_000_000)? as u32),
+                },
+                disk_hourly: match obj.get("disk_hourly") {
+                    None | Some(Value::Null) => None,
+                    Some(_) => Some(money(obj, "disk_hourly", p, Sign::NonNegative, 8)?),
+                },
+            }
+        }
+        "stop_job" | "delete_job" => {
+            allow_only(obj, p, &["at", "type", "job"])?;
+            let job = id(obj, "job", p)?;
+            if kind == "stop_job" {
+                Command::StopJob { job }
+            } else {
+                Command::DeleteJob { job }
+            }
+        }
+        "open_account" => {
+            allow_only(obj, p, &["at", "type", "account", "balance", "level", "discount"])?;
+            Command::OpenAccount {
+                account: id(obj, "account", p)?,
+                balance: money(obj, "balance", p, Sign::Any, 2)?,
+                level: opt_id(obj, "level", p)?.unwrap_or_else(|| DEFAULT_LEVEL.to_string()),
+                discount: discount(obj, p)?,
+            }
+        }
+        "set_price" => {
+            allow_only(obj, p, &["at", "type", "spec", "hourly", "monthly", "yearly"])?;
+            Command::SetPrice { spec: id(obj, "spec", p)?, price: price_fields(obj, p)? }
+        }
+        other => return err(format!("{p}.type"), format!("unknown command type {other:?}")),
+    };
+    Ok((at, command))
+}
+
+fn policy(value: &Value, path: &str) -> Result<Policy> {
+    let obj = object(value, path)?;
+    allow_only(obj, path, &["levels"])?;
+    let levels_path = format!("{path}.levels");
+    let levels = object(obj.get("levels").ok_or_else(|| missing(&levels_path))?, &levels_path)?;
+    let mut policy = Policy { levels: Default::default() };
+    for (name, level) in levels {
+        let p = format!("{levels_path}.{name}");
+        let obj = object(level, &p)?;
+        allow_only(obj, &p, &["grace_days", "retention_days"])?;
+        policy.levels.insert(
+            name.clone(),
+            Level { grace_days: integer(obj, "grace_days", &p, 0, 3650)? as u32, retention_days: integer(obj, "retention_days", &p, 0, 3650)? as u32 },
+        );
+    }
+    if policy.levels.is_empty() {
+        return err(levels_path, "at least one customer level is needed");
+    }
+    Ok(policy)
+}
+
+fn price_fields(obj: &Map<String, Value>, path: &str) -> Result<Price> {
+    let opt = |key: &str| -> Result<Option<Decimal>> {
+        match obj.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => money(obj, key, path, Sign::NonNegative, 8).map(Some),
+        }
+    };
+    let price = Price { hourly: opt("hourly")?, monthly: opt("monthly")?, yearly: opt("yearly")? };
+    if price.hourly.is_none() && price.monthly.is_none() && price.yearly.is_none() {
+        return err(format!("{path}.hourly"), "a catalog entry needs at least one of hourly, monthly, yearly");
+    }
+    Ok(price)
+}
+
+fn discount(obj: &Map<String, Value>, path: &str) -> Result<Decimal> {
+    match obj.get("discount") {
+        None | Some(Value::Null) => Ok(Decimal::ZERO),
+        Some(_) => {
+            let rate = money(obj, "discount", path, Sign::NonNegative, 8)?;
+            if rate >= Decimal::ONE {
+                return err(format!("{path}.discount"), format!("a discount rate is below 1 (R2), not {rate}"));
+            }
+            Ok(rate)
+        }
+    }
+}
+
+/// months for a monthly order, years for a yearly one.
+fn term_for(obj: &Map<String, Value>, path: &str, mode: BillingMode) -> Result<Term> {
+    let term = any_term(obj, path)?;
+    match (mode, term) {
+        (BillingMode::Monthly, Term::Years(_)) => err(format!("{path}.years"), "a monthly order takes months"),
+        (BillingMode::Yearly, Term::Months(_)) => err(format!("{path}.months"), "a yearly order takes years"),
+        _ => Ok(term),
+    }
+}
+
+/// Exactly one of months or years.
+fn any_term(obj: &Map<String, Value>, path: &str) -> Result<Term> {
+    match (obj.contains_key("months"), obj.contains_key("years")) {
+        (true, true) => err(format!("{path}.years"), "give months or years, not both"),
+        (true, false) => Ok(Term::Months(integer(obj, "months", path, 1, MAX_MONTHS)? as u32)),
+        (false, true) => Ok(Term::Years(integer(obj, "years", path, 1, MAX_MONTHS / 12)? as u32)),
+        (false, false) => Err(missing(&format!("{path}.months"))),
+    }
+}
+
+fn nodes(obj: &Map<String, Value>, key: &str, path: &str) -> Result<u32> {
+    Ok(integer(obj, key, path, 1, MAX_NODES)? as u32)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Sign {
+    Any,
+    NonNegative,
+    Positive,
+}
+
+/// Money is a JSON string of a plain decimal (`"1750.00"`): not a number, no exponent, no
+/// letters, at most `places` decimal places.
+fn money(obj: &Map<String, Value>, key: &str, path: &str, sign: Sign, places: u32) -> Result<Decimal> {
+    let at = format!("{path}.{key}");
+    let text = match obj.get(key) {
+        None => return Err(missing(&at)),
+        Some(Value::String(s)) => s,
+        Some(Value::Number(n)) => return err(at, format!("money is written as a string (\"{n}\"), not a JSON number")),
+        Some(other) => return err(at, format!("expected a decimal string, found {}", kind_of(other))),
+    };
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let plain = !digits.is_empty()
+        && digits.split('.').count() <= 2
+        && digits.split('.').all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()));
+    if !plain {
+        return err(at, format!("{text:?} is not a decimal amount like \"1750.00\""));
+    }
+    let value = Decimal::from_str(text).map_err(|e| ScenarioError { path: at.clone(), message: format!("{text:?}: {e}") })?;
+    if value.abs() > Decimal::from(MAX_MONEY) {
+        return err(at, format!("{text} is out of range (at most {MAX_MONEY} in magnitude)"));
+    }
+    if value.normalize().scale() > places {
+        return err(at, format!("{text} has more than {places} decimal places"));
+    }
+    match sign {
+        Sign::Positive if value <= Decimal::ZERO => err(at, format!("must be positive, not {text}")),
+        Sign::NonNegative if value < Decimal::ZERO => err(at, format!("must not be negative, not {text}")),
+        _ => Ok(value),
+    }
+}
+
+/// An RFC 3339 instant with an offset, to the second (R1), kept in Beijing time.
+fn instant(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Instant> {
+    let at = format!("{path}.{key}");
+    let text = string(obj, key, path)?;
+    let t = DateTime::parse_from_rfc3339(&text).map_err(|e| ScenarioError {
+        path: at.clone(),
+        message: format!("{text:?} is not an RFC 3339 instant with an offset, like 2023-04-08T10:00:00+08:00 ({e})"),
+    })?;
+    if t.nanosecond() != 0 {
+        return err(at, format!("{text:?} has a fraction of a second; instants are whole seconds (R1)"));
+    }
+    Ok(to_beijing(t))
+}
+
+fn integer(obj: &Map<String, Value>, key: &str, path: &str, min: u64, max: u64) -> Result<u64> {
+    let at = format!("{path}.{key}");
+    match obj.get(key) {
+        None => Err(missing(&at)),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(v) if (min..=max).contains(&v) => Ok(v),
+            Some(v) => err(at, format!("{v} is out of range {min}..={max}")),
+            None if n.as_i64().is_some() => err(at, format!("{n} is negative; expected {min}..={max}")),
+            None => err(at, format!("{n} is not a whole number")),
+        },
+        Some(other) => err(at, format!("expected a whole number, found {}", kind_of(other))),
+    }
+}
+
+fn string(obj: &Map<String, Value>, key: &str, path: &str) -> Result<String> {
+    let at = format!("{path}.{key}");
+    match obj.get(key) {
+        None => Err(missing(&at)),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(other) => err(at, format!("expected a string, found {}", kind_of(other))),
+    }
+}
+
+fn opt_string(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Option<String>> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => string(obj, key, path).map(Some),
+    }
+}
+
+/// An identifier: a non-empty string of printable characters.
+fn id(obj: &Map<String, Value>, key: &str, path: &str) -> Result<String> {
+    let text = string(obj, key, path)?;
+    let at = format!("{path}.{key}");
+    if text.trim().is_empty() {
+        return err(at, "must not be empty");
+    }
+    if text.chars().count() > MAX_ID_LEN {
+        return err(at, format!("longer than {MAX_ID_LEN} characters"));
+    }
+    if text.chars().any(char::is_control) {
+        return err(at, "contains a control character");
+    }
+    Ok(text)
+}
+
+fn opt_id(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Option<String>> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => id(obj, key, path).map(Some),
+    }
+}
+
+fn bool_field(obj: &Map<String, Value>, key: &str, path: &str) -> Result<bool> {
+    match obj.get(key) {
+        None => Err(missing(&format!("{path}.{key}"))),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => err(format!("{path}.{key}"), format!("expected true or false, found {}", kind_of(other))),
+    }
+}
+
+fn opt_bool(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Option<bool>> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => bool_field(obj, key, path).map(Some),
+    }
+}
+
+fn object<'a>(value: &'a Value, path: &str) -> Result<&'a Map<String, Value>> {
+    match value {
+        Value::Object(map) => Ok(map),
+        other => err(path, format!("expected an object, found {}", kind_of(other))),
+    }
+}
+
+fn array<'a>(obj: &'a Map<String, Value>, key: &str, path: &str) -> Result<&'a Vec<Value>> {
+    let at = join(path, key);
+    match obj.get(key) {
+        None => Err(missing(&at)),
+        Some(Value::Array(items)) => Ok(items),
+        Some(other) => err(at, format!("expected an array, found {}", kind_of(other))),
+    }
+}
+
+fn array_opt<'a>(obj: &'a Map<String, Value>, key: &str, path: &str) -> Result<&'a [Value]> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(_) => array(obj, key, path).map(|v| v.as_slice()),
+    }
+}
+
+/// Unknown fields are refused: a misspelt optional field must not pass silently.
+fn allow_only(obj: &Map<String, Value>, path: &str, known: &[&str]) -> Result<()> {
+    for key in obj.keys() {
+        if !known.contains(&key.as_str()) && !REMARKS.contains(&key.as_str()) {
+            return err(join(path, key), format!("unknown field (expected one of {})", known.join(", ")));
+        }
+    }
+    Ok(())
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn missing(path: &str) -> ScenarioError {
+    ScenarioError { path: path.to_string(), message: "missing field".to_string() }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
