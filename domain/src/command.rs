@@ -57,6 +57,9 @@ pub enum Command {
     DeleteJob { job: String },
 }
 
+/// R14: a notebook's EVS disk when the command gives no size.
+pub const DEFAULT_DISK_GB: u32 = 5;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
@@ -65,6 +68,18 @@ pub enum JobKind {
     Service,
     Workflow,
     AutoLearning,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Training => "training",
+            JobKind::Notebook => "notebook",
+            JobKind::Service => "service",
+            JobKind::Workflow => "workflow",
+            JobKind::AutoLearning => "auto_learning",
+        }
+    }
 }
 
 impl Command {

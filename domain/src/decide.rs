@@ -3,10 +3,11 @@
 
 use crate::command::Command;
 use crate::event::Event;
-use crate::model::{Alignment, Basis, BillLine, BillingMode, Item, Period, PoolType, Price, Rejection, Rule, Term};
+use crate::command::JobKind;
+use crate::model::{Alignment, Basis, BillLine, BillingMode, Item, Period, PoolType, Price, Rejection, Rule, Term, UnusedPart};
 use crate::money::{remaining_factor, trunc2, Amounts};
-use crate::state::{Account, Pool, PoolStatus, State};
-use crate::time::{align_to_day, period_end, Instant};
+use crate::state::{billing_id, Account, JobStatus, Pool, PoolStatus, State};
+use crate::time::{align_to_day, days, period_end, Instant};
 use rust_decimal::Decimal;
 
 pub fn decide(state: &State, command: &Command, now: Instant) -> Result<Vec<Event>, Rejection> {
@@ -48,7 +49,13 @@ pub fn decide(state: &State, command: &Command, now: Instant) -> Result<Vec<Even
             if *amount <= Decimal::ZERO {
                 return Err(Rejection::new(Rule::R12, format!("a top-up must be positive, not {amount}")));
             }
-            Ok(vec![Event::ToppedUp { account: account.clone(), amount: *amount, balance: acct.balance + *amount }])
+            let balance = acct.balance + *amount;
+            let mut events = vec![Event::ToppedUp { account: account.clone(), amount: *amount, balance }];
+            // R12: a top-up to zero or more ends the arrears; billing resumes now.
+            if acct.arrears.is_some() && balance >= Decimal::ZERO {
+                events.push(Event::ArrearsEnded { account: account.clone() });
+            }
+            Ok(events)
         }
         Command::Purchase { account, pool, spec, nodes, mode, term, pool_type, region, ready } => {
             purchase(state, now, account, pool, spec, *nodes, *mode, *term, *pool_type, region, *ready)
@@ -58,15 +65,49 @@ pub fn decide(state: &State, command: &Command, now: Instant) -> Result<Vec<Even
         Command::Renew { pool, term, align_day } => renew(state, pool, *term, *align_day),
         Command::Convert { pool, term } => convert(state, now, pool, *term),
         Command::Scale { pool, nodes, spec } => scale(state, now, pool, *nodes, spec.as_deref()),
-        Command::SetAutoRenew { .. } => Err(not_yet(Rule::R8, "auto-renewal")),
-        Command::Unsubscribe { .. } => Err(not_yet(Rule::R15, "unsubscribing")),
-        Command::BuyPackage { .. } => Err(not_yet(Rule::R13, "packages")),
-        Command::StartJob { .. } | Command::StopJob { .. } | Command::DeleteJob { .. } => Err(not_yet(Rule::R14, "workloads")),
+        Command::SetAutoRenew { pool, enabled, term, days_before, count } => set_auto_renew(state, pool, *enabled, *term, *days_before, *count),
+        Command::Unsubscribe { pool } => unsubscribe(state, now, pool),
+        Command::BuyPackage { account, package, spec, quantity, hours, valid_days, price, region, alert_below } => {
+            buy_package(state, now, account, package, spec, (*quantity, *hours, *valid_days), *price, region, *alert_below)
+        }
+        Command::StartJob { account, job, kind, spec, nodes, pool, model, disk_gb, disk_hourly } => {
+            let job_spec = JobSpec { account, job, kind: *kind, spec, nodes: *nodes, pool, model, disk_gb: *disk_gb, disk_hourly: *disk_hourly };
+            start_job(state, job_spec)
+        }
+        Command::StopJob { job } => stop_job(state, job),
+        Command::DeleteJob { job } => delete_job(state, job),
     }
 }
 
-fn not_yet(rule: Rule, what: &str) -> Rejection {
-    Rejection::new(rule, format!("{what} is not supported yet"))
+/// R12: while an account is in arrears, these are refused (seed table 1-6) and nothing can be
+/// paid for but by a top-up.
+fn not_in_arrears(acct: &Account, what: &str) -> Result<(), Rejection> {
+    match acct.arrears {
+        Some(arrears) => Err(Rejection::new(
+            Rule::R12,
+            format!(
+                "account {:?} is in arrears since {} (balance {}): {what} is refused until a top-up brings it to 0 or more",
+                acct.id,
+                arrears.since.to_rfc3339(),
+                acct.balance
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Ids are unique across pools, jobs and packages: bills name resources by them (R5, R17).
+fn id_is_free(state: &State, id: &str) -> Result<(), Rejection> {
+    let kind = if state.pools.contains_key(id) {
+        "pool"
+    } else if state.jobs.contains_key(id) {
+        "job"
+    } else if state.packages.contains_key(id) {
+        "package"
+    } else {
+        return Ok(());
+    };
+    Err(Rejection::new(Rule::R17, format!("{kind} {id:?} already exists")))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -85,9 +126,8 @@ fn purchase(
 ) -> Result<Vec<Event>, Rejection> {
     let rule = if mode.is_subscription() { Rule::R3 } else { Rule::R4 };
     let acct = find_account(state, account, rule)?;
-    if state.pools.contains_key(pool) {
-        return Err(Rejection::new(Rule::R17, format!("pool {pool:?} already exists")));
-    }
+    id_is_free(state, pool)?;
+    not_in_arrears(acct, "creating a pool")?;
     let price = find_price(state, spec, rule)?;
     let purchased = |period| Event::PoolPurchased {
         account: account.to_string(),
@@ -149,6 +189,7 @@ fn delete(state: &State, pool_id: &str) -> Result<Vec<Event>, Rejection> {
     if pool.mode.is_subscription() {
         return Err(Rejection::new(Rule::R16, format!("pool {pool_id:?} is a subscription: unsubscribe it instead (R15)")));
     }
+    not_in_arrears(find_account(state, &pool.account, Rule::R16)?, "deleting a pool")?;
     Ok(vec![Event::PoolDeleted { account: pool.account.clone(), pool: pool_id.to_string() }])
 }
 
@@ -162,6 +203,12 @@ fn renew(state: &State, pool_id: &str, term: Term, align_day: Option<u32>) -> Re
         return Err(Rejection::new(Rule::R6, format!("pool {pool_id:?} is {}: nothing can be renewed", pool.status.as_str())));
     }
     let acct = find_account(state, &pool.account, Rule::R3)?;
+    not_in_arrears(acct, "paying for a renewal")?;
+    renewal(state, acct, pool, period, term, align_day, false)
+}
+
+/// R3: the events of renewing `pool` by `term` (manual, or an R8 attempt), its fee charged.
+pub(crate) fn renewal(state: &State, acct: &Account, pool: &Pool, period: Period, term: Term, align_day: Option<u32>, auto: bool) -> Result<Vec<Event>, Rejection> {
     let price = find_price(state, &pool.spec, Rule::R3)?;
     // R3: anchored on the old end, also when renewed after it.
     let months_end = period_end(period.end, term.months());
@@ -179,11 +226,8 @@ fn renew(state: &State, pool_id: &str, term: Term, align_day: Option<u32>) -> Re
         }
     }
     let basis = Basis::Term { spec: pool.spec.clone(), nodes: pool.nodes, term, unit_price, align };
-    let charge = charge(acct, pool_id, term.mode(), Item::Renewal, Period { start: period.end, end }, list, basis)?;
-    Ok(vec![
-        Event::PoolRenewed { account: pool.account.clone(), pool: pool_id.to_string(), months: term.months(), end, auto: false },
-        charge,
-    ])
+    let charge = charge(acct, &pool.id, term.mode(), Item::Renewal, Period { start: period.end, end }, list, basis)?;
+    Ok(vec![Event::PoolRenewed { account: pool.account.clone(), pool: pool.id.clone(), months: term.months(), end, auto }, charge])
 }
 
 fn convert(state: &State, now: Instant, pool_id: &str, term: Term) -> Result<Vec<Event>, Rejection> {
@@ -198,6 +242,7 @@ fn convert(state: &State, now: Instant, pool_id: &str, term: Term) -> Result<Vec
         return Err(Rejection::new(Rule::R11, format!("pool {pool_id:?} is {}: only a running pool converts", pool.status.as_str())));
     }
     let acct = find_account(state, &pool.account, Rule::R11)?;
+    not_in_arrears(acct, "paying for a conversion")?;
     let price = find_price(state, &pool.spec, Rule::R11)?;
     let period = Period { start: now, end: period_end(now, term.months()) };
     // R11: the fee is for the pool's nodes at the moment of conversion.
@@ -224,6 +269,7 @@ fn scale(state: &State, now: Instant, pool_id: &str, nodes: Option<u32>, spec: O
     if to_spec == pool.spec && to_nodes == pool.nodes {
         return Err(Rejection::new(Rule::R17, format!("pool {pool_id:?} already has {to_nodes} nodes of {to_spec}")));
     }
+    not_in_arrears(find_account(state, &pool.account, probe_rule)?, "scaling")?;
     let scaled = |hourly| Event::PoolScaled {
         account: pool.account.clone(),
         pool: pool_id.to_string(),
@@ -318,4 +364,225 @@ fn find_pool<'a>(state: &'a State, id: &str, rule: Rule) -> Result<&'a Pool, Rej
 
 fn find_price<'a>(state: &'a State, spec: &str, rule: Rule) -> Result<&'a Price, Rejection> {
     state.catalog.get(spec).ok_or_else(|| Rejection::new(rule, format!("spec {spec:?} is not in the catalog")))
+}
+
+/// R8: turn auto-renewal on (or change it), or off.
+fn set_auto_renew(state: &State, pool_id: &str, enabled: bool, term: Option<Term>, days_before: u32, count: Option<u32>) -> Result<Vec<Event>, Rejection> {
+    let pool = find_pool(state, pool_id, Rule::R8)?;
+    if !pool.mode.is_subscription() {
+        return Err(Rejection::new(Rule::R8, format!("pool {pool_id:?} is on demand: only subscriptions renew")));
+    }
+    if pool.status.is_gone() {
+        return Err(Rejection::new(Rule::R17, format!("pool {pool_id:?} is already {}", pool.status.as_str())));
+    }
+    if !(1..=7).contains(&days_before) {
+        return Err(Rejection::new(Rule::R8, format!("days_before is 1..=7, not {days_before}")));
+    }
+    let event = |term| Event::AutoRenewSet { account: pool.account.clone(), pool: pool_id.to_string(), enabled, term, days_before, count };
+    if !enabled {
+        return match pool.auto_renew {
+            None => Err(Rejection::new(Rule::R17, format!("auto-renewal of pool {pool_id:?} is already off"))),
+            Some(_) => Ok(vec![event(None)]),
+        };
+    }
+    // Seed §5.3: auto-renewal is opened before the pool expires.
+    if pool.status != PoolStatus::Running {
+        return Err(Rejection::new(Rule::R8, format!("pool {pool_id:?} is {}: auto-renewal is set before expiry", pool.status.as_str())));
+    }
+    let term = term.ok_or_else(|| Rejection::new(Rule::R8, "auto-renewal needs months or years"))?;
+    if let Some(current) = &pool.auto_renew {
+        if current.term == term && current.days_before == days_before && current.remaining == count {
+            return Err(Rejection::new(Rule::R17, format!("auto-renewal of pool {pool_id:?} is already set so")));
+        }
+    }
+    Ok(vec![event(Some(term))])
+}
+
+/// R15: refund what is unused (all of it within five days) and release the pool at once.
+fn unsubscribe(state: &State, now: Instant, pool_id: &str) -> Result<Vec<Event>, Rejection> {
+    let pool = find_pool(state, pool_id, Rule::R15)?;
+    if pool.status.is_gone() {
+        return Err(Rejection::new(Rule::R17, format!("pool {pool_id:?} is already {}", pool.status.as_str())));
+    }
+    let period = match (pool.mode.is_subscription(), pool.period) {
+        (true, Some(period)) => period,
+        _ => return Err(Rejection::new(Rule::R15, format!("pool {pool_id:?} is on demand: delete it instead (R16)"))),
+    };
+    // R6: during grace and retention, unsubscribing is refused.
+    if pool.status != PoolStatus::Running {
+        return Err(Rejection::new(Rule::R6, format!("pool {pool_id:?} is {}: unsubscribing is refused", pool.status.as_str())));
+    }
+    let acct = find_account(state, &pool.account, Rule::R15)?;
+    let since = pool.subscribed_at.unwrap_or(period.start);
+    let (amounts, basis) = if now - since <= days(5) {
+        // Everything paid comes back, exactly: no discount is taken off again.
+        (Amounts::of(-pool.paid, Decimal::ZERO), Basis::Refund { full: true, unused: None, unbegun: Decimal::ZERO })
+    } else {
+        let current_end = pool.terms.iter().find(|t| t.start <= now && now <= t.end).map_or(period.end, |t| t.end);
+        let unbegun: Decimal = pool.terms.iter().filter(|t| t.start > now).map(|t| t.list).sum();
+        let monthly = monthly(find_price(state, &pool.spec, Rule::R15)?, &pool.spec, Rule::R15)?;
+        let factor = remaining_factor(now, current_end);
+        let amount = trunc2(monthly * Decimal::from(pool.nodes) * factor);
+        let unused = UnusedPart { monthly, nodes: pool.nodes, factor, period_end: current_end, amount };
+        (Amounts::of(-(amount + unbegun), acct.discount), Basis::Refund { full: false, unused: Some(unused), unbegun })
+    };
+    let line = BillLine {
+        resource: pool_id.to_string(),
+        account: acct.id.clone(),
+        mode: pool.mode,
+        item: Item::Refund,
+        start: now,
+        end: period.end,
+        amounts,
+        basis,
+        balance: acct.balance - amounts.payable,
+    };
+    Ok(vec![Event::PoolUnsubscribed { account: acct.id.clone(), pool: pool_id.to_string() }, Event::Charged { line }])
+}
+
+/// R13: buy a package; its price is paid now and never refunded.
+#[allow(clippy::too_many_arguments)]
+fn buy_package(
+    state: &State,
+    now: Instant,
+    account: &str,
+    package: &str,
+    spec: &str,
+    (quantity, hours, valid_days): (u32, u32, u32),
+    price: Decimal,
+    region: &Option<String>,
+    alert_below: Option<Decimal>,
+) -> Result<Vec<Event>, Rejection> {
+    let acct = find_account(state, account, Rule::R13)?;
+    id_is_free(state, package)?;
+    not_in_arrears(acct, "buying a package")?;
+    find_price(state, spec, Rule::R13)?;
+    let expires_at = now + days(valid_days);
+    let amounts = Amounts::of(price, Decimal::ZERO);
+    if acct.balance < amounts.payable {
+        return Err(Rejection::new(Rule::R13, format!("balance {} of account {account:?} does not cover the package price {price}", acct.balance)));
+    }
+    let line = BillLine {
+        resource: package.to_string(),
+        account: account.to_string(),
+        mode: BillingMode::Package,
+        item: Item::Package,
+        start: now,
+        end: expires_at,
+        amounts,
+        basis: Basis::PackagePrice { spec: spec.to_string(), quantity, hours, price },
+        balance: acct.balance - amounts.payable,
+    };
+    Ok(vec![
+        Event::PackageBought {
+            account: account.to_string(),
+            package: package.to_string(),
+            spec: spec.to_string(),
+            region: region.clone(),
+            quantity,
+            hours,
+            expires_at,
+            price,
+            alert_below,
+        },
+        Event::Charged { line },
+    ])
+}
+
+struct JobSpec<'a> {
+    account: &'a str,
+    job: &'a str,
+    kind: JobKind,
+    spec: &'a str,
+    nodes: u32,
+    pool: &'a Option<String>,
+    model: &'a Option<String>,
+    disk_gb: Option<u32>,
+    disk_hourly: Option<Decimal>,
+}
+
+/// R14: start a job, or restart a stopped one; on the public pool its compute is billed (R4).
+fn start_job(state: &State, job: JobSpec) -> Result<Vec<Event>, Rejection> {
+    let acct = find_account(state, job.account, Rule::R14)?;
+    match state.jobs.get(job.job) {
+        None => id_is_free(state, job.job)?,
+        Some(existing) => match existing.status {
+            JobStatus::Running => return Err(Rejection::new(Rule::R17, format!("job {:?} is already running", job.job))),
+            JobStatus::Deleted | JobStatus::Released => {
+                return Err(Rejection::new(Rule::R17, format!("job {:?} is already {}", job.job, existing.status.as_str())))
+            }
+            JobStatus::Stopped if existing.account != job.account || existing.kind != job.kind => {
+                return Err(Rejection::new(
+                    Rule::R14,
+                    format!("job {:?} is a {} job of account {:?}", job.job, existing.kind.as_str(), existing.account),
+                ))
+            }
+            JobStatus::Stopped => {}
+        },
+    }
+    not_in_arrears(acct, "starting a job")?;
+    let restart = state.jobs.get(job.job);
+    // A restart keeps the disk it was created with (R14).
+    let (disk_gb, disk_hourly) = match restart {
+        Some(j) => (j.disk_gb, j.disk_hourly),
+        None => (job.disk_gb, job.disk_hourly),
+    };
+    let hourly = match job.pool {
+        None => {
+            let price = find_price(state, job.spec, Rule::R14)?;
+            Some(price.hourly.ok_or_else(|| Rejection::new(Rule::R4, format!("spec {:?} has no hourly price", job.spec)))?)
+        }
+        Some(pool_id) => {
+            let pool = find_pool(state, pool_id, Rule::R14)?;
+            if pool.account != job.account {
+                return Err(Rejection::new(Rule::R14, format!("pool {pool_id:?} belongs to account {:?}", pool.account)));
+            }
+            if pool.pool_type != PoolType::Dedicated {
+                return Err(Rejection::new(Rule::R14, format!("pool {pool_id:?} is public: leave out pool to run on the public pool")));
+            }
+            // A pool runs in its grace period too (R6); frozen, creating or gone, it does not.
+            if !matches!(pool.status, PoolStatus::Running | PoolStatus::Expired) || pool.hold == Some(crate::state::Hold::Frozen) {
+                return Err(Rejection::new(Rule::R14, format!("pool {pool_id:?} is {}: jobs cannot run on it", pool.shown_state())));
+            }
+            None
+        }
+    };
+    if job.kind == JobKind::Service && job.model.is_none() {
+        return Err(Rejection::new(Rule::R5, "a service is billed as <service name>-<model id>: model is needed"));
+    }
+    // Ids a job bills under must not be another resource's (R5).
+    let billed = billing_id(job.kind, job.job, job.model.as_deref());
+    if billed != job.job && restart.is_none() {
+        id_is_free(state, &billed)?;
+    }
+    Ok(vec![Event::JobStarted {
+        account: job.account.to_string(),
+        job: job.job.to_string(),
+        kind: job.kind,
+        spec: job.spec.to_string(),
+        nodes: job.nodes,
+        pool: job.pool.clone(),
+        model: job.model.clone(),
+        hourly,
+        disk_gb: disk_hourly.map(|_| disk_gb.unwrap_or(crate::command::DEFAULT_DISK_GB)),
+        disk_hourly,
+    }])
+}
+
+/// R16: stopping ends compute billing (a notebook's disk is still billed).
+fn stop_job(state: &State, job_id: &str) -> Result<Vec<Event>, Rejection> {
+    let job = state.jobs.get(job_id).ok_or_else(|| Rejection::new(Rule::R16, format!("unknown job {job_id:?}")))?;
+    match job.status {
+        JobStatus::Running => Ok(vec![Event::JobStopped { account: job.account.clone(), job: job_id.to_string() }]),
+        other => Err(Rejection::new(Rule::R17, format!("job {job_id:?} is already {}", other.as_str()))),
+    }
+}
+
+/// R16: deleting ends all billing, the disk's included.
+fn delete_job(state: &State, job_id: &str) -> Result<Vec<Event>, Rejection> {
+    let job = state.jobs.get(job_id).ok_or_else(|| Rejection::new(Rule::R16, format!("unknown job {job_id:?}")))?;
+    match job.status {
+        JobStatus::Running | JobStatus::Stopped => Ok(vec![Event::JobDeleted { account: job.account.clone(), job: job_id.to_string() }]),
+        other => Err(Rejection::new(Rule::R17, format!("job {job_id:?} is already {}", other.as_str()))),
+    }
 }

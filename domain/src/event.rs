@@ -1,7 +1,8 @@
 //! Events: immutable facts. Each names the stream (consistency boundary) it belongs to and
 //! carries a schema version; older versions are upcast on read, never rewritten.
 
-use crate::model::{BillLine, BillingMode, Period, Policy, PoolType, Price, Rule};
+use crate::command::JobKind;
+use crate::model::{BillLine, BillingMode, Period, Policy, PoolType, Price, Rule, Term};
 use crate::time::Instant;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,73 @@ pub enum Event {
     PoolExpired { account: String, pool: String },
     PoolFrozen { account: String, pool: String },
     PoolReleased { account: String, pool: String },
+    /// R15: unsubscribed; released at once (its refund is the `charged` line beside it).
+    PoolUnsubscribed { account: String, pool: String },
+    /// R8: auto-renewal set (or turned off with `enabled: false`).
+    AutoRenewSet {
+        account: String,
+        pool: String,
+        enabled: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        term: Option<Term>,
+        days_before: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        count: Option<u32>,
+    },
+    /// R8: one 03:00 attempt; a success is followed by `pool_renewed` and its `charged` line.
+    AutoRenewAttempted {
+        account: String,
+        pool: String,
+        succeeded: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// R14: a job started, or a stopped one restarted. `hourly` is set when its compute is billed
+    /// (public pool); `disk_hourly` per GB-hour when it has an EVS disk (notebooks).
+    JobStarted {
+        account: String,
+        job: String,
+        kind: JobKind,
+        spec: String,
+        nodes: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pool: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hourly: Option<Decimal>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disk_gb: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disk_hourly: Option<Decimal>,
+    },
+    JobStopped { account: String, job: String },
+    JobDeleted { account: String, job: String },
+    /// R13: a package of `quantity × hours` node-hours for one spec (and region).
+    PackageBought {
+        account: String,
+        package: String,
+        spec: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        region: Option<String>,
+        quantity: u32,
+        hours: u32,
+        expires_at: Instant,
+        price: Decimal,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        alert_below: Option<Decimal>,
+    },
+    /// R13: the package's remainder fell below its threshold (once).
+    PackageAlerted { account: String, package: String, remaining_node_hours: Decimal },
+    PackageExpired { account: String, package: String },
+    /// R12: a settlement left the balance negative: pay-per-use resources enter grace.
+    ArrearsStarted { account: String, balance: Decimal },
+    /// R12: grace is over: pay-per-use resources are frozen and stop billing.
+    ArrearsFrozen { account: String },
+    /// R12: retention is over: frozen resources are released.
+    ArrearsReleased { account: String },
+    /// R12: a top-up brought the balance to zero or more: resources run, billing resumes.
+    ArrearsEnded { account: String },
     /// One flow-bill line: a charge (positive payable) or refund (negative) (R5).
     Charged { line: BillLine },
     /// The account's metered usage in `[start, end)` has been billed (R4, R12).
@@ -84,7 +152,20 @@ impl Event {
             | Event::PoolExpired { account, .. }
             | Event::PoolFrozen { account, .. }
             | Event::PoolReleased { account, .. }
-            | Event::CycleSettled { account, .. } => account_stream(account),
+            | Event::CycleSettled { account, .. }
+            | Event::PoolUnsubscribed { account, .. }
+            | Event::AutoRenewSet { account, .. }
+            | Event::AutoRenewAttempted { account, .. }
+            | Event::JobStarted { account, .. }
+            | Event::JobStopped { account, .. }
+            | Event::JobDeleted { account, .. }
+            | Event::PackageBought { account, .. }
+            | Event::PackageAlerted { account, .. }
+            | Event::PackageExpired { account, .. }
+            | Event::ArrearsStarted { account, .. }
+            | Event::ArrearsFrozen { account }
+            | Event::ArrearsReleased { account }
+            | Event::ArrearsEnded { account } => account_stream(account),
         }
     }
 

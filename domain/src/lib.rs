@@ -21,7 +21,7 @@ pub use decide::decide;
 pub use event::{DecodeError, Event, SCHEMA_VERSION};
 pub use model::*;
 pub use money::Amounts;
-pub use state::{evolve, PoolStatus, State};
+pub use state::{evolve, Hold, JobStatus, PoolStatus, State};
 pub use time::Instant;
 
 #[cfg(test)]

@@ -176,8 +176,30 @@ pub struct Period {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Basis {
-    /// R4: hourly price × nodes × seconds / 3600.
-    Usage { spec: String, nodes: u32, seconds: i64, hourly: Decimal },
+    /// R4: hourly price × (nodes × seconds − node-seconds a package covered) / 3600.
+    Usage {
+        spec: String,
+        nodes: u32,
+        seconds: i64,
+        hourly: Decimal,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        covered_node_seconds: i64,
+    },
+    /// R13: node-seconds of a usage stretch taken from a package (paid for when it was bought).
+    Package { package: String, spec: String, nodes: u32, seconds: i64, node_seconds: i64 },
+    /// R13: a package's price, paid when it is bought.
+    PackagePrice { spec: String, quantity: u32, hours: u32, price: Decimal },
+    /// R15: a refund of what a subscription has not used.
+    Refund {
+        /// Within five days of the first purchase: everything paid back.
+        full: bool,
+        /// Otherwise: monthly price × nodes × factor to the current period's end…
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unused: Option<UnusedPart>,
+        /// …plus the list price of each renewal period not yet begun.
+        #[serde(default)]
+        unbegun: Decimal,
+    },
     /// R3: unit price × nodes × units (months or years), plus a unified-expiry extension.
     Term {
         spec: String,
@@ -189,6 +211,20 @@ pub enum Basis {
     },
     /// R9: (new − old monthly price of the pool) × remaining factor.
     Change { from_spec: String, from_nodes: u32, to_spec: String, to_nodes: u32, old_monthly: Decimal, new_monthly: Decimal, factor: Decimal },
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+/// R15: the unused part of the current period, by the R9 factor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnusedPart {
+    pub monthly: Decimal,
+    pub nodes: u32,
+    pub factor: Decimal,
+    pub period_end: Instant,
+    pub amount: Decimal,
 }
 
 /// R3 unified expiry: the days from the N-month end to the aligned end.

@@ -1,8 +1,9 @@
 //! State: what decisions need to know, built by `evolve` from events alone.
 
+use crate::command::JobKind;
 use crate::event::Event;
-use crate::model::{BillingMode, Item, Period, Policy, PoolType, Price};
-use crate::time::Instant;
+use crate::model::{Basis, BillingMode, Item, Period, Policy, PoolType, Price, Term};
+use crate::time::{after, Instant};
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 
@@ -14,7 +15,9 @@ pub struct State {
     pub policy: Policy,
     pub accounts: BTreeMap<String, Account>,
     pub pools: BTreeMap<String, Pool>,
-    /// Pay-per-use usage not yet settled, by (resource, item) (R4).
+    pub jobs: BTreeMap<String, Job>,
+    pub packages: BTreeMap<String, Package>,
+    /// Pay-per-use usage not yet settled, by (billed resource id, item) (R4).
     pub meters: BTreeMap<(String, Item), Meter>,
 }
 
@@ -24,6 +27,25 @@ pub struct Account {
     pub balance: Decimal,
     pub level: String,
     pub discount: Decimal,
+    /// R12: set from the settlement that left the balance negative until a top-up ends it.
+    pub arrears: Option<Arrears>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arrears {
+    pub since: Instant,
+    pub phase: Hold,
+}
+
+/// R12: where an account's pay-per-use resources are in arrears.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// Still running and billed.
+    Grace,
+    /// Stopped, not billed.
+    Frozen,
+    /// Retention is over (resources are released).
+    Released,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,10 +85,139 @@ pub struct Pool {
     pub pool_type: PoolType,
     pub region: Option<String>,
     pub status: PoolStatus,
+    /// R12: an on-demand pool of an account in arrears.
+    pub hold: Option<Hold>,
     /// The current subscription period (subscriptions only).
     pub period: Option<Period>,
+    /// When the subscription began (purchase or conversion), for R15's five days.
+    pub subscribed_at: Option<Instant>,
+    /// Every subscription period paid for, with its list price (R15 refunds unbegun ones).
+    pub terms: Vec<PaidTerm>,
+    /// All that was paid for the subscription (R15 full refund).
+    pub paid: Decimal,
     /// The period end for which the R7 warning was given.
     pub warned_for: Option<Instant>,
+    pub auto_renew: Option<AutoRenew>,
+}
+
+impl Pool {
+    /// The state a person sees: an arrears hold shows over the pool's own status.
+    pub fn shown_state(&self) -> &'static str {
+        match self.hold {
+            Some(Hold::Grace) => "grace",
+            Some(Hold::Frozen) => "frozen",
+            _ => self.status.as_str(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PaidTerm {
+    pub start: Instant,
+    pub end: Instant,
+    pub list: Decimal,
+}
+
+/// R8: auto-renewal settings, and the instant from which the next attempt may be made.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AutoRenew {
+    pub term: Term,
+    pub days_before: u32,
+    /// Successes left; none = unlimited.
+    pub remaining: Option<u32>,
+    pub not_before: Instant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobStatus {
+    Running,
+    Stopped,
+    Deleted,
+    Released,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Running => "running",
+            JobStatus::Stopped => "stopped",
+            JobStatus::Deleted => "deleted",
+            JobStatus::Released => "released",
+        }
+    }
+}
+
+/// R14: a training job, notebook, service, workflow or auto-learning job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Job {
+    pub id: String,
+    pub account: String,
+    pub kind: JobKind,
+    pub spec: String,
+    pub nodes: u32,
+    /// The dedicated pool it runs on; none = the public pool (billed by R4).
+    pub pool: Option<String>,
+    pub model: Option<String>,
+    pub disk_gb: Option<u32>,
+    pub disk_hourly: Option<Decimal>,
+    pub status: JobStatus,
+    pub hold: Option<Hold>,
+}
+
+impl Job {
+    /// R5: the resource id its bills carry.
+    pub fn billing_id(&self) -> String {
+        billing_id(self.kind, &self.id, self.model.as_deref())
+    }
+
+    /// Whether it costs anything by the hour: compute on the public pool, or a disk.
+    pub fn is_pay_per_use(&self) -> bool {
+        (self.pool.is_none() && self.status == JobStatus::Running) || (self.disk_hourly.is_some() && self.status != JobStatus::Deleted)
+    }
+
+    pub fn shown_state(&self) -> &'static str {
+        match self.hold {
+            Some(Hold::Grace) => "grace",
+            Some(Hold::Frozen) => "frozen",
+            _ => self.status.as_str(),
+        }
+    }
+}
+
+/// R5 resource ids: `training_<job id>`, `<service name>-<model id>`, otherwise the id.
+pub fn billing_id(kind: JobKind, job: &str, model: Option<&str>) -> String {
+    match (kind, model) {
+        (JobKind::Training, _) => format!("training_{job}"),
+        (JobKind::Service, Some(model)) => format!("{job}-{model}"),
+        _ => job.to_string(),
+    }
+}
+
+/// R13: node-hours of one spec (and region), valid for a while, used before pay-per-use.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Package {
+    pub id: String,
+    pub account: String,
+    pub spec: String,
+    pub region: Option<String>,
+    pub quantity: u32,
+    pub bought_at: Instant,
+    pub expires_at: Instant,
+    pub quota_node_seconds: i64,
+    pub used_node_seconds: i64,
+    pub alert_below_node_seconds: Option<Decimal>,
+    pub alerted: bool,
+    pub expired: bool,
+}
+
+impl Package {
+    pub fn remaining_node_seconds(&self) -> i64 {
+        self.quota_node_seconds - self.used_node_seconds
+    }
+    /// Usable for a line that starts at `t`: bought by then and not yet expired.
+    pub fn valid_at(&self, t: Instant) -> bool {
+        self.bought_at <= t && t < self.expires_at
+    }
 }
 
 /// One configuration's usage within a settlement cycle.
@@ -83,8 +234,12 @@ pub struct Stretch {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Meter {
     pub account: String,
+    /// The id its bills carry (R5).
     pub resource: String,
     pub item: Item,
+    /// On the public pool, where packages apply (R13).
+    pub public: bool,
+    pub region: Option<String>,
     pub closed: Vec<Stretch>,
     pub open: Option<OpenStretch>,
 }
@@ -133,6 +288,15 @@ pub fn evolve(mut state: State, event: &Event, at: Instant) -> State {
     state
 }
 
+/// What a new meter is for.
+struct MeterFor<'a> {
+    account: &'a str,
+    resource: String,
+    item: Item,
+    public: bool,
+    region: Option<String>,
+}
+
 impl State {
     pub fn apply(&mut self, event: &Event, at: Instant) {
         self.clock = Some(self.clock.map_or(at, |c| c.max(at)));
@@ -144,7 +308,7 @@ impl State {
             Event::AccountOpened { account, balance, level, discount } => {
                 self.accounts.insert(
                     account.clone(),
-                    Account { id: account.clone(), balance: *balance, level: level.clone(), discount: *discount },
+                    Account { id: account.clone(), balance: *balance, level: level.clone(), discount: *discount, arrears: None },
                 );
             }
             Event::ToppedUp { account, amount, .. } => {
@@ -165,23 +329,26 @@ impl State {
                         pool_type: *pool_type,
                         region: region.clone(),
                         status,
+                        hold: None,
                         period: *period,
+                        subscribed_at: None,
+                        terms: Vec::new(),
+                        paid: Decimal::ZERO,
                         warned_for: None,
+                        auto_renew: None,
                     },
                 );
             }
             Event::PoolReady { account, pool, hourly } => {
-                if let Some(p) = self.pools.get_mut(pool) {
-                    p.status = PoolStatus::Running;
-                    let open = OpenStretch { since: at, spec: p.spec.clone(), nodes: p.nodes, hourly: *hourly };
-                    let meter = self.meters.entry((pool.clone(), Item::Compute)).or_insert_with(|| Meter {
-                        account: account.clone(),
-                        resource: pool.clone(),
-                        item: Item::Compute,
-                        closed: Vec::new(),
-                        open: None,
-                    });
-                    meter.open = Some(open);
+                let phase = self.accounts.get(account).and_then(|a| a.arrears).map(|a| a.phase);
+                let Some(p) = self.pools.get_mut(pool) else { return };
+                p.status = PoolStatus::Running;
+                // Readied during arrears: it joins its account's phase (R12).
+                p.hold = phase.filter(|h| *h != Hold::Released);
+                let (spec, nodes, public, region) = (p.spec.clone(), p.nodes, p.pool_type == PoolType::Public, p.region.clone());
+                if phase != Some(Hold::Frozen) {
+                    let meter = MeterFor { account, resource: pool.clone(), item: Item::Compute, public, region };
+                    self.open_meter(meter, at, spec, nodes, *hourly);
                 }
             }
             Event::PoolScaled { pool, spec, nodes, hourly, .. } => {
@@ -204,6 +371,10 @@ impl State {
                     }
                     // R6: renewal brings an expired or frozen pool back to running.
                     p.status = PoolStatus::Running;
+                    // R8: auto-renewal stays on, aimed at the new end.
+                    if let Some(auto) = &mut p.auto_renew {
+                        auto.not_before = auto.not_before.max(at);
+                    }
                 }
             }
             Event::PoolConverted { pool, mode, period, .. } => {
@@ -213,6 +384,7 @@ impl State {
                     p.mode = *mode;
                     p.period = Some(*period);
                     p.status = PoolStatus::Running;
+                    p.hold = None;
                     p.warned_for = None;
                 }
             }
@@ -221,6 +393,13 @@ impl State {
                 self.close_meter(pool, Item::Compute, at);
                 if let Some(p) = self.pools.get_mut(pool) {
                     p.status = PoolStatus::Deleted;
+                    p.hold = None;
+                }
+            }
+            Event::PoolUnsubscribed { pool, .. } => {
+                if let Some(p) = self.pools.get_mut(pool) {
+                    p.status = PoolStatus::Released;
+                    p.auto_renew = None;
                 }
             }
             Event::ExpiryWarned { pool, expires_at, .. } => {
@@ -228,12 +407,137 @@ impl State {
                     p.warned_for = Some(*expires_at);
                 }
             }
-            Event::PoolExpired { pool, .. } => self.set_status(pool, PoolStatus::Expired),
-            Event::PoolFrozen { pool, .. } => self.set_status(pool, PoolStatus::Frozen),
-            Event::PoolReleased { pool, .. } => self.set_status(pool, PoolStatus::Released),
+            Event::PoolExpired { pool, .. } => self.set_pool_status(pool, PoolStatus::Expired),
+            Event::PoolFrozen { pool, .. } => self.set_pool_status(pool, PoolStatus::Frozen),
+            Event::PoolReleased { pool, .. } => {
+                self.set_pool_status(pool, PoolStatus::Released);
+                if let Some(p) = self.pools.get_mut(pool) {
+                    p.auto_renew = None;
+                }
+            }
+            Event::AutoRenewSet { pool, enabled, term, days_before, count, .. } => {
+                if let Some(p) = self.pools.get_mut(pool) {
+                    p.auto_renew = match (enabled, term) {
+                        (true, Some(term)) => Some(AutoRenew { term: *term, days_before: *days_before, remaining: *count, not_before: at }),
+                        _ => None,
+                    };
+                }
+            }
+            Event::AutoRenewAttempted { pool, succeeded, .. } => {
+                if let Some(p) = self.pools.get_mut(pool) {
+                    if let Some(auto) = &mut p.auto_renew {
+                        auto.not_before = after(at);
+                        if *succeeded {
+                            auto.remaining = auto.remaining.map(|n| n.saturating_sub(1));
+                        }
+                    }
+                    // R8: at zero, auto-renewal turns off.
+                    if p.auto_renew.as_ref().is_some_and(|a| a.remaining == Some(0)) {
+                        p.auto_renew = None;
+                    }
+                }
+            }
+            Event::JobStarted { account, job, kind, spec, nodes, pool, model, hourly, disk_gb, disk_hourly } => {
+                let first = !self.jobs.contains_key(job);
+                let j = Job {
+                    id: job.clone(),
+                    account: account.clone(),
+                    kind: *kind,
+                    spec: spec.clone(),
+                    nodes: *nodes,
+                    pool: pool.clone(),
+                    model: model.clone(),
+                    disk_gb: *disk_gb,
+                    disk_hourly: *disk_hourly,
+                    status: JobStatus::Running,
+                    hold: None,
+                };
+                let resource = j.billing_id();
+                self.jobs.insert(job.clone(), j);
+                if let Some(hourly) = hourly {
+                    let meter = MeterFor { account, resource, item: Item::Compute, public: true, region: None };
+                    self.open_meter(meter, at, spec.clone(), *nodes, *hourly);
+                }
+                // R14: the disk is billed from creation to deletion, also while stopped.
+                if let (true, Some(price)) = (first, disk_hourly) {
+                    let gb = disk_gb.unwrap_or(crate::command::DEFAULT_DISK_GB);
+                    let meter = MeterFor { account, resource: job.clone(), item: Item::Storage, public: false, region: None };
+                    self.open_meter(meter, at, EVS_SPEC.to_string(), gb, *price);
+                }
+            }
+            Event::JobStopped { job, .. } => {
+                if let Some(j) = self.jobs.get_mut(job) {
+                    j.status = JobStatus::Stopped;
+                    let resource = j.billing_id();
+                    self.close_meter(&resource, Item::Compute, at);
+                }
+            }
+            Event::JobDeleted { job, .. } => {
+                if let Some(j) = self.jobs.get_mut(job) {
+                    j.status = JobStatus::Deleted;
+                    j.hold = None;
+                    let resource = j.billing_id();
+                    self.close_meter(&resource, Item::Compute, at);
+                    self.close_meter(job, Item::Storage, at);
+                }
+            }
+            Event::PackageBought { account, package, spec, region, quantity, hours, expires_at, alert_below, .. } => {
+                self.packages.insert(
+                    package.clone(),
+                    Package {
+                        id: package.clone(),
+                        account: account.clone(),
+                        spec: spec.clone(),
+                        region: region.clone(),
+                        quantity: *quantity,
+                        bought_at: at,
+                        expires_at: *expires_at,
+                        quota_node_seconds: i64::from(*quantity) * i64::from(*hours) * 3600,
+                        used_node_seconds: 0,
+                        alert_below_node_seconds: alert_below.map(|h| h * Decimal::from(3600)),
+                        alerted: false,
+                        expired: false,
+                    },
+                );
+            }
+            Event::PackageAlerted { package, .. } => {
+                if let Some(p) = self.packages.get_mut(package) {
+                    p.alerted = true;
+                }
+            }
+            Event::PackageExpired { package, .. } => {
+                if let Some(p) = self.packages.get_mut(package) {
+                    p.expired = true;
+                }
+            }
+            Event::ArrearsStarted { account, .. } => self.arrears_started(account, at),
+            Event::ArrearsFrozen { account } => self.arrears_frozen(account, at),
+            Event::ArrearsReleased { account } => self.arrears_released(account),
+            Event::ArrearsEnded { account } => self.arrears_ended(account, at),
             Event::Charged { line } => {
                 if let Some(a) = self.accounts.get_mut(&line.account) {
                     a.balance -= line.amounts.payable;
+                }
+                if let Basis::Package { package, node_seconds, .. } = &line.basis {
+                    if let Some(p) = self.packages.get_mut(package) {
+                        p.used_node_seconds += node_seconds;
+                    }
+                }
+                // What a subscription has been paid, for R15 refunds.
+                if let Some(p) = self.pools.get_mut(&line.resource) {
+                    match line.item {
+                        Item::Purchase | Item::Conversion => {
+                            p.subscribed_at = Some(line.start);
+                            p.terms = vec![PaidTerm { start: line.start, end: line.end, list: line.amounts.list_price }];
+                            p.paid = line.amounts.payable;
+                        }
+                        Item::Renewal => {
+                            p.terms.push(PaidTerm { start: line.start, end: line.end, list: line.amounts.list_price });
+                            p.paid += line.amounts.payable;
+                        }
+                        Item::Upgrade | Item::Downgrade => p.paid += line.amounts.payable,
+                        _ => {}
+                    }
                 }
             }
             Event::CycleSettled { account, end, .. } => {
@@ -247,18 +551,126 @@ impl State {
         }
     }
 
-    fn set_status(&mut self, pool: &str, status: PoolStatus) {
+    fn set_pool_status(&mut self, pool: &str, status: PoolStatus) {
         if let Some(p) = self.pools.get_mut(pool) {
             p.status = status;
         }
     }
 
+    fn open_meter(&mut self, what: MeterFor, at: Instant, spec: String, nodes: u32, hourly: Decimal) {
+        let meter = self.meters.entry((what.resource.clone(), what.item)).or_insert_with(|| Meter {
+            account: what.account.to_string(),
+            resource: what.resource,
+            item: what.item,
+            public: what.public,
+            region: what.region,
+            closed: Vec::new(),
+            open: None,
+        });
+        meter.close(at);
+        meter.open = Some(OpenStretch { since: at, spec, nodes, hourly });
+    }
+
     fn close_meter(&mut self, resource: &str, item: Item, at: Instant) {
-        if let Some(meter) = self.meters.get_mut(&(resource.to_string(), item)) {
+        let key = (resource.to_string(), item);
+        if let Some(meter) = self.meters.get_mut(&key) {
             meter.close(at);
             if meter.is_idle() {
-                self.meters.remove(&(resource.to_string(), item));
+                self.meters.remove(&key);
             }
         }
     }
+
+    /// R12: the account's pay-per-use resources enter grace: they run and are billed.
+    fn arrears_started(&mut self, account: &str, at: Instant) {
+        if let Some(a) = self.accounts.get_mut(account) {
+            a.arrears = Some(Arrears { since: at, phase: Hold::Grace });
+        }
+        for p in self.pools.values_mut().filter(|p| p.account == account) {
+            if p.mode == BillingMode::OnDemand && p.status == PoolStatus::Running {
+                p.hold = Some(Hold::Grace);
+            }
+        }
+        for j in self.jobs.values_mut().filter(|j| j.account == account) {
+            if j.is_pay_per_use() {
+                j.hold = Some(Hold::Grace);
+            }
+        }
+    }
+
+    /// R12: grace is over: held resources stop, and their billing with them.
+    fn arrears_frozen(&mut self, account: &str, at: Instant) {
+        if let Some(arrears) = self.accounts.get_mut(account).and_then(|a| a.arrears.as_mut()) {
+            arrears.phase = Hold::Frozen;
+        }
+        let mut stop = Vec::new();
+        for p in self.pools.values_mut().filter(|p| p.account == account && p.hold == Some(Hold::Grace)) {
+            p.hold = Some(Hold::Frozen);
+            stop.push((p.id.clone(), Item::Compute));
+        }
+        for j in self.jobs.values_mut().filter(|j| j.account == account && j.hold == Some(Hold::Grace)) {
+            j.hold = Some(Hold::Frozen);
+            stop.push((j.billing_id(), Item::Compute));
+            stop.push((j.id.clone(), Item::Storage));
+        }
+        for (resource, item) in stop {
+            self.close_meter(&resource, item, at);
+        }
+    }
+
+    /// R12: retention is over: frozen resources are released.
+    fn arrears_released(&mut self, account: &str) {
+        if let Some(arrears) = self.accounts.get_mut(account).and_then(|a| a.arrears.as_mut()) {
+            arrears.phase = Hold::Released;
+        }
+        for p in self.pools.values_mut().filter(|p| p.account == account && p.hold == Some(Hold::Frozen)) {
+            p.hold = None;
+            p.status = PoolStatus::Released;
+        }
+        for j in self.jobs.values_mut().filter(|j| j.account == account && j.hold == Some(Hold::Frozen)) {
+            j.hold = None;
+            j.status = JobStatus::Released;
+        }
+    }
+
+    /// R12: the arrears end; frozen resources run again and are billed from this instant.
+    fn arrears_ended(&mut self, account: &str, at: Instant) {
+        if let Some(a) = self.accounts.get_mut(account) {
+            a.arrears = None;
+        }
+        let mut reopen: Vec<(MeterFor, String, u32, Decimal)> = Vec::new();
+        let hourly = |catalog: &BTreeMap<String, Price>, spec: &str| catalog.get(spec).and_then(|p| p.hourly);
+        for p in self.pools.values_mut().filter(|p| p.account == account && p.hold.is_some()) {
+            if p.hold == Some(Hold::Frozen) {
+                if let Some(price) = hourly(&self.catalog, &p.spec) {
+                    let meter =
+                        MeterFor { account, resource: p.id.clone(), item: Item::Compute, public: p.pool_type == PoolType::Public, region: p.region.clone() };
+                    reopen.push((meter, p.spec.clone(), p.nodes, price));
+                }
+            }
+            p.hold = None;
+        }
+        for j in self.jobs.values_mut().filter(|j| j.account == account && j.hold.is_some()) {
+            if j.hold == Some(Hold::Frozen) {
+                if j.status == JobStatus::Running && j.pool.is_none() {
+                    if let Some(price) = hourly(&self.catalog, &j.spec) {
+                        let meter = MeterFor { account, resource: j.billing_id(), item: Item::Compute, public: true, region: None };
+                        reopen.push((meter, j.spec.clone(), j.nodes, price));
+                    }
+                }
+                if let Some(price) = j.disk_hourly {
+                    let gb = j.disk_gb.unwrap_or(crate::command::DEFAULT_DISK_GB);
+                    let meter = MeterFor { account, resource: j.id.clone(), item: Item::Storage, public: false, region: None };
+                    reopen.push((meter, EVS_SPEC.to_string(), gb, price));
+                }
+            }
+            j.hold = None;
+        }
+        for (meter, spec, nodes, price) in reopen {
+            self.open_meter(meter, at, spec, nodes, price);
+        }
+    }
 }
+
+/// The spec name a notebook's EVS disk is metered under: its "nodes" are gigabytes.
+pub const EVS_SPEC: &str = "evs";

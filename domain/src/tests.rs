@@ -455,14 +455,6 @@ fn conversion_bills_the_partial_cycle_and_charges_for_current_nodes_r11() {
 }
 
 #[test]
-fn commands_not_yet_built_are_refused_with_their_rule() {
-    let mut w = World::new(dec!(10));
-    let at = t("2023-03-20T12:00:00+08:00");
-    w.refused(at, Command::Unsubscribe { pool: "p".into() }, Rule::R15);
-    w.refused(at, Command::StopJob { job: "j".into() }, Rule::R14);
-}
-
-#[test]
 fn events_round_trip_through_their_stored_form() {
     let mut w = World::new(dec!(10000));
     let mut all = w.ok(t("2023-04-08T10:00:00+08:00"), monthly("pool-1", 1));
@@ -475,4 +467,353 @@ fn events_round_trip_through_their_stored_form() {
         assert!(Event::decode(&name, SCHEMA_VERSION + 1, &payload).is_err());
         assert!(Event::decode("pool_deleted", SCHEMA_VERSION, &payload).is_err() || name == "pool_deleted");
     }
+}
+
+// --- R12 arrears ----------------------------------------------------------------------------
+
+fn events_named(happened: &[(Instant, Event)]) -> Vec<(Instant, String)> {
+    happened.iter().map(|(at, e)| (*at, e.encode().0)).collect()
+}
+
+#[test]
+fn arrears_grace_frozen_and_recovery_r12() {
+    let mut w = World::new(dec!(5));
+    w.ok(t("2023-04-18T09:00:00+08:00"), on_demand("p", 1, true));
+    // 10:00 settles 3.50 (balance 1.50), 11:00 another 3.50: −2.00, in arrears from 11:00.
+    let happened = w.advance(t("2023-04-18T11:00:00+08:00"));
+    assert!(events_named(&happened).contains(&(t("2023-04-18T11:00:00+08:00"), "arrears_started".into())));
+    assert_eq!(w.balance(), dec!(-2.00));
+    assert_eq!(w.pool("p").shown_state(), "grace");
+    // Seed table 1-6: refused while in arrears, each naming R12.
+    let at = t("2023-04-18T11:30:00+08:00");
+    w.refused(at, on_demand("q", 1, true), Rule::R12);
+    w.refused(at, Command::Scale { pool: "p".into(), nodes: Some(2), spec: None }, Rule::R12);
+    w.refused(at, Command::Delete { pool: "p".into() }, Rule::R12);
+    w.refused(at, training("job-1", None), Rule::R12);
+    // Grace is still billed; frozen 15 days after the arrears began, billing stops there.
+    let happened = w.advance(t("2023-05-03T11:00:00+08:00"));
+    let billed = lines(&happened);
+    assert_eq!(billed.last().unwrap().end, t("2023-05-03T11:00:00+08:00"));
+    assert_eq!(w.pool("p").shown_state(), "frozen");
+    assert!(w.advance(t("2023-05-05T12:00:00+08:00")).is_empty(), "a frozen pool is not billed");
+    // A top-up that leaves the balance negative does not end the arrears.
+    let owed = -w.balance();
+    w.ok(t("2023-05-05T12:00:00+08:00"), Command::TopUp { account: "acct-1".into(), amount: dec!(1) });
+    assert_eq!(w.pool("p").shown_state(), "frozen");
+    let events = w.ok(t("2023-05-05T12:00:00+08:00"), Command::TopUp { account: "acct-1".into(), amount: owed });
+    assert!(matches!(events.last(), Some(Event::ArrearsEnded { .. })));
+    assert_eq!(w.pool("p").shown_state(), "running");
+    // Billing resumes at the top-up instant.
+    let happened = w.advance(t("2023-05-05T13:00:00+08:00"));
+    assert_eq!((lines(&happened)[0].start, lines(&happened)[0].amounts.payable), (t("2023-05-05T12:00:00+08:00"), dec!(3.50)));
+}
+
+#[test]
+fn arrears_release_after_retention_and_subscriptions_keep_running_r12() {
+    let mut w = World::new(dec!(1760));
+    w.ok(t("2023-04-01T10:00:00+08:00"), monthly("sub", 1));
+    w.ok(t("2023-04-01T10:00:00+08:00"), on_demand("p", 1, true));
+    w.advance(t("2023-04-01T14:00:00+08:00"));
+    assert!(w.state.accounts["acct-1"].arrears.is_some());
+    assert_eq!(w.pool("sub").shown_state(), "running", "subscriptions keep running in arrears");
+    w.refused(t("2023-04-01T14:00:00+08:00"), Command::Renew { pool: "sub".into(), term: Term::Months(1), align_day: None }, Rule::R12);
+    let since = w.state.accounts["acct-1"].arrears.unwrap().since;
+    w.advance(since + chrono::Duration::days(30) - chrono::Duration::seconds(1));
+    assert_eq!(w.pool("p").shown_state(), "frozen");
+    w.advance(since + chrono::Duration::days(30));
+    assert_eq!(w.pool("p").shown_state(), "released");
+    w.refused(since + chrono::Duration::days(30), Command::Delete { pool: "p".into() }, Rule::R17);
+}
+
+// --- R8 auto-renewal ------------------------------------------------------------------------
+
+fn auto(pool: &str, months: u32, days_before: u32, count: Option<u32>) -> Command {
+    Command::SetAutoRenew { pool: pool.into(), enabled: true, term: Some(Term::Months(months)), days_before, count }
+}
+
+#[test]
+fn auto_renewal_fails_twice_then_succeeds_after_a_top_up_r8() {
+    let mut w = World::new(dec!(1800));
+    w.ok(t("2023-04-08T10:00:00+08:00"), monthly("p", 1)); // E = 2023-05-08 23:59:59
+    w.ok(t("2023-04-08T10:00:00+08:00"), auto("p", 1, 3, None));
+    let happened = w.advance(t("2023-05-06T12:00:00+08:00"));
+    let attempts: Vec<(Instant, bool)> = happened
+        .iter()
+        .filter_map(|(at, e)| match e {
+            Event::AutoRenewAttempted { succeeded, reason, .. } => {
+                assert!(*succeeded || reason.as_deref().unwrap().contains("R12"), "{reason:?}");
+                Some((*at, *succeeded))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(attempts, vec![(t("2023-05-05T03:00:00+08:00"), false), (t("2023-05-06T03:00:00+08:00"), false)]);
+    w.ok(t("2023-05-06T12:00:00+08:00"), Command::TopUp { account: "acct-1".into(), amount: dec!(2000) });
+    let happened = w.advance(t("2023-05-07T03:00:00+08:00"));
+    assert!(matches!(happened.first(), Some((_, Event::AutoRenewAttempted { succeeded: true, .. }))), "{happened:?}");
+    let renewal = &lines(&happened)[0];
+    assert_eq!((renewal.item, renewal.start, renewal.end), (Item::Renewal, t("2023-05-08T23:59:59+08:00"), t("2023-06-08T23:59:59+08:00")));
+    // Aimed at the new end: next attempt 2023-06-05 03:00.
+    let happened = w.advance(t("2023-06-05T03:00:00+08:00"));
+    assert_eq!(happened.iter().filter(|(_, e)| matches!(e, Event::AutoRenewAttempted { .. })).count(), 1);
+}
+
+#[test]
+fn auto_renewal_count_runs_down_and_manual_renewal_keeps_it_r8() {
+    let mut w = World::new(dec!(100000));
+    w.ok(t("2023-04-08T10:00:00+08:00"), monthly("p", 1));
+    // Set after 7 days before E: the next 03:00 is the first attempt.
+    w.ok(t("2023-05-02T10:00:00+08:00"), auto("p", 1, 7, Some(1)));
+    let happened = w.advance(t("2023-05-03T03:00:00+08:00"));
+    assert!(matches!(happened.as_slice(), [(at, Event::AutoRenewAttempted { succeeded: true, .. }), ..] if *at == t("2023-05-03T03:00:00+08:00")));
+    assert!(w.pool("p").auto_renew.is_none(), "a count of one is used up");
+    w.ok(t("2023-05-10T00:00:00+08:00"), auto("p", 2, 1, None));
+    w.ok(t("2023-05-10T00:00:00+08:00"), Command::Renew { pool: "p".into(), term: Term::Months(1), align_day: None });
+    // E is now 2023-07-08: the first attempt is 2023-07-07 03:00, renewing two months.
+    let happened = w.advance(t("2023-07-07T03:00:00+08:00"));
+    let renewal = lines(&happened);
+    assert_eq!(renewal.len(), 1);
+    assert_eq!(renewal[0].end, t("2023-09-08T23:59:59+08:00"));
+}
+
+#[test]
+fn auto_renewal_refusals_r8() {
+    let mut w = World::new(dec!(100000));
+    let at = t("2023-04-08T10:00:00+08:00");
+    w.ok(at, monthly("p", 1));
+    w.ok(at, on_demand("od", 1, true));
+    w.refused(at, auto("od", 1, 7, None), Rule::R8);
+    w.refused(at, Command::SetAutoRenew { pool: "p".into(), enabled: false, term: None, days_before: 7, count: None }, Rule::R17);
+    w.ok(at, auto("p", 1, 7, None));
+    w.refused(at, auto("p", 1, 7, None), Rule::R17);
+    w.refused(at, auto("p", 1, 9, None), Rule::R8);
+    w.refused(at, auto("nope", 1, 7, None), Rule::R8);
+}
+
+// --- R13 packages ---------------------------------------------------------------------------
+
+fn package(id: &str, quantity: u32, hours: u32, valid_days: u32, alert_below: Option<Decimal>) -> Command {
+    Command::BuyPackage {
+        account: "acct-1".into(),
+        package: id.into(),
+        spec: SPEC.into(),
+        quantity,
+        hours,
+        valid_days,
+        price: dec!(20),
+        region: None,
+        alert_below,
+    }
+}
+
+fn training(job: &str, pool: Option<&str>) -> Command {
+    Command::StartJob {
+        account: "acct-1".into(),
+        job: job.into(),
+        kind: JobKind::Training,
+        spec: SPEC.into(),
+        nodes: 2,
+        pool: pool.map(str::to_string),
+        model: None,
+        disk_gb: None,
+        disk_hourly: None,
+    }
+}
+
+#[test]
+fn packages_are_used_first_expiring_first_then_pay_per_use_r13() {
+    let mut w = World::new(dec!(100));
+    let at = t("2023-04-01T10:00:00+08:00");
+    let events = w.ok(at, package("long", 1, 10, 30, Some(dec!(5))));
+    assert_eq!(charged(&events)[0].amounts.payable, dec!(20));
+    w.ok(at, package("short", 1, 1, 7, None));
+    w.ok(at, training("job-1", None)); // 2 nodes: 2 node-hours an hour
+    let happened = w.advance(t("2023-04-01T11:00:00+08:00"));
+    let got: Vec<(BillingMode, String)> = lines(&happened).iter().map(|l| (l.mode, format!("{:?}", l.basis))).collect();
+    // The short-lived package first (1 node-hour), then the long one (1 node-hour).
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got[0].1.contains("\"short\""), "{got:?}");
+    assert!(got[1].1.contains("\"long\""), "{got:?}");
+    assert!(lines(&happened).iter().all(|l| l.resource == "training_job-1" && l.amounts.payable.is_zero()));
+    // The long one's 9 node-hours left: 7, 5, then 3 < 5 at 14:00 — the alert, once.
+    let happened = w.advance(t("2023-04-01T15:00:00+08:00"));
+    let alerts = happened.iter().filter(|(_, e)| matches!(e, Event::PackageAlerted { .. })).count();
+    assert_eq!(alerts, 1);
+    // 10 node-hours in all; the fifth and sixth hours: 1 node-hour covered, 1 billed at 3.50.
+    let happened = w.advance(t("2023-04-01T16:00:00+08:00"));
+    let billed: Vec<(BillingMode, Decimal)> = lines(&happened).iter().map(|l| (l.mode, l.amounts.payable)).collect();
+    assert_eq!(billed, vec![(BillingMode::Package, dec!(0)), (BillingMode::OnDemand, dec!(3.50))]);
+    let happened = w.advance(t("2023-04-01T17:00:00+08:00"));
+    assert_eq!(lines(&happened).iter().map(|l| l.amounts.payable).collect::<Vec<_>>(), vec![dec!(7.00)]);
+    // Refused: not enough balance (R13); an id in use (R17).
+    let at = t("2023-04-01T17:00:00+08:00");
+    w.refused(at, BuyPackageFields { price: dec!(1000), ..unwrap_buy(package("big", 1, 1, 1, None)) }.into(), Rule::R13);
+    w.refused(at, package("job-1", 1, 1, 1, None), Rule::R17);
+}
+
+fn unwrap_buy(c: Command) -> BuyPackageFields {
+    match c {
+        Command::BuyPackage { account, package, spec, quantity, hours, valid_days, price, region, alert_below } => {
+            BuyPackageFields { account, package, spec, quantity, hours, valid_days, price, region, alert_below }
+        }
+        _ => unreachable!(),
+    }
+}
+
+struct BuyPackageFields {
+    account: String,
+    package: String,
+    spec: String,
+    quantity: u32,
+    hours: u32,
+    valid_days: u32,
+    price: Decimal,
+    region: Option<String>,
+    alert_below: Option<Decimal>,
+}
+
+impl From<BuyPackageFields> for Command {
+    fn from(f: BuyPackageFields) -> Command {
+        Command::BuyPackage {
+            account: f.account,
+            package: f.package,
+            spec: f.spec,
+            quantity: f.quantity,
+            hours: f.hours,
+            valid_days: f.valid_days,
+            price: f.price,
+            region: f.region,
+            alert_below: f.alert_below,
+        }
+    }
+}
+
+#[test]
+fn packages_cover_only_the_public_pool_of_their_spec_and_region_r13() {
+    let mut w = World::new(dec!(1000));
+    let at = t("2023-04-01T10:00:00+08:00");
+    w.ok(at, package("pk", 10, 10, 30, None));
+    w.ok(at, on_demand("dedicated", 1, true)); // a dedicated pool: not covered
+    let mut public = on_demand("public", 1, true);
+    if let Command::Purchase { pool_type, region, .. } = &mut public {
+        *pool_type = PoolType::Public;
+        *region = Some("cn-north-4".into()); // another region than the package's
+    }
+    w.ok(at, public);
+    let happened = w.advance(t("2023-04-01T11:00:00+08:00"));
+    assert!(lines(&happened).iter().all(|l| l.mode == BillingMode::OnDemand && l.amounts.payable == dec!(3.50)));
+    // Expired packages are not used.
+    w.advance(t("2023-05-01T10:00:00+08:00"));
+    assert!(w.state.packages["pk"].expired);
+}
+
+// --- R14 workloads --------------------------------------------------------------------------
+
+fn notebook(job: &str, pool: Option<&str>) -> Command {
+    Command::StartJob {
+        account: "acct-1".into(),
+        job: job.into(),
+        kind: JobKind::Notebook,
+        spec: SPEC.into(),
+        nodes: 1,
+        pool: pool.map(str::to_string),
+        model: None,
+        disk_gb: None,
+        disk_hourly: Some(dec!(0.0014)),
+    }
+}
+
+#[test]
+fn workloads_bill_compute_on_the_public_pool_and_disks_until_deleted_r14() {
+    let mut w = World::new(dec!(10000));
+    let at = t("2023-04-01T10:00:00+08:00");
+    w.ok(at, notebook("nb", None));
+    w.refused(at, notebook("nb", None), Rule::R17);
+    let mut happened = w.advance(t("2023-04-01T11:00:00+08:00"));
+    w.ok(t("2023-04-01T11:00:00+08:00"), Command::StopJob { job: "nb".into() });
+    w.refused(t("2023-04-01T11:00:00+08:00"), Command::StopJob { job: "nb".into() }, Rule::R17);
+    happened.extend(w.advance(t("2023-04-01T12:00:00+08:00")));
+    // 10–11: compute 3.50 and disk 5 GB × 0.0014 = 0.007 (all round-off); 11–12: the disk only.
+    let got: Vec<(Item, Instant, Decimal, Decimal)> =
+        lines(&happened).iter().map(|l| (l.item, l.start, l.amounts.list_price, l.amounts.payable)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (Item::Compute, t("2023-04-01T10:00:00+08:00"), dec!(3.5), dec!(3.50)),
+            (Item::Storage, t("2023-04-01T10:00:00+08:00"), dec!(0.007), dec!(0)),
+            (Item::Storage, t("2023-04-01T11:00:00+08:00"), dec!(0.007), dec!(0)),
+        ]
+    );
+    // Restarting resumes compute; deleting ends everything.
+    w.ok(t("2023-04-01T12:30:00+08:00"), notebook("nb", None));
+    let mut happened = w.advance(t("2023-04-01T13:00:00+08:00"));
+    w.ok(t("2023-04-01T13:00:00+08:00"), Command::DeleteJob { job: "nb".into() });
+    w.refused(t("2023-04-01T13:00:00+08:00"), Command::DeleteJob { job: "nb".into() }, Rule::R17);
+    w.refused(t("2023-04-01T13:00:00+08:00"), notebook("nb", None), Rule::R17);
+    happened.extend(w.advance(t("2023-04-01T15:00:00+08:00")));
+    let compute: Vec<Decimal> = lines(&happened).iter().filter(|l| l.item == Item::Compute).map(|l| l.amounts.payable).collect();
+    assert_eq!(compute, vec![dec!(1.75)], "12:30–13:00 after the restart");
+    assert!(lines(&happened).iter().all(|l| l.end <= t("2023-04-01T13:00:00+08:00")));
+    assert!(w.state.meters.is_empty());
+}
+
+#[test]
+fn jobs_on_a_dedicated_pool_cost_nothing_and_bill_under_r5_ids_r14() {
+    let mut w = World::new(dec!(10000));
+    let at = t("2023-04-01T10:00:00+08:00");
+    w.ok(at, monthly("pool-1", 1));
+    w.ok(at, training("t1", Some("pool-1")));
+    w.ok(at, training("t2", None));
+    let mut service = training("svc", None);
+    if let Command::StartJob { kind, model, .. } = &mut service {
+        *kind = JobKind::Service;
+        *model = Some("b9c9".into());
+    }
+    w.ok(at, service);
+    let happened = w.advance(t("2023-04-01T11:00:00+08:00"));
+    let resources: Vec<String> = lines(&happened).iter().map(|l| l.resource.clone()).collect();
+    assert_eq!(resources, vec!["svc-b9c9".to_string(), "training_t2".to_string()]);
+    // Refused: a pool that is not there, or another account's, or on demand and creating.
+    let at = t("2023-04-01T11:00:00+08:00");
+    w.refused(at, training("t3", Some("nope")), Rule::R14);
+    w.ok(at, Command::OpenAccount { account: "other".into(), balance: dec!(0), level: "standard".into(), discount: dec!(0) });
+    let mut theirs = training("t4", Some("pool-1"));
+    if let Command::StartJob { account, .. } = &mut theirs {
+        *account = "other".into();
+    }
+    w.refused(t("2023-04-01T11:00:00+08:00"), theirs, Rule::R14);
+    w.ok(t("2023-04-01T11:00:00+08:00"), on_demand("creating", 1, false));
+    w.refused(t("2023-04-01T11:00:00+08:00"), training("t5", Some("creating")), Rule::R14);
+}
+
+// --- R15 unsubscribing ----------------------------------------------------------------------
+
+#[test]
+fn unsubscribe_within_five_days_refunds_everything_r15() {
+    let mut w = World::new(dec!(10000));
+    w.ok(t("2023-04-08T10:00:00+08:00"), monthly("p", 1));
+    w.ok(t("2023-04-09T10:00:00+08:00"), Command::Scale { pool: "p".into(), nodes: Some(2), spec: None });
+    let paid = dec!(10000) - w.balance();
+    let events = w.ok(t("2023-04-13T10:00:00+08:00"), Command::Unsubscribe { pool: "p".into() });
+    let refund = &charged(&events)[0];
+    assert_eq!((refund.item, refund.amounts.payable), (Item::Refund, -paid));
+    assert_eq!(w.balance(), dec!(10000));
+    assert_eq!(w.pool("p").status, PoolStatus::Released);
+    w.refused(t("2023-04-13T10:00:00+08:00"), Command::Unsubscribe { pool: "p".into() }, Rule::R17);
+}
+
+#[test]
+fn unsubscribe_later_refunds_the_unused_part_and_unbegun_renewals_r15() {
+    let mut w = World::new(dec!(10000));
+    w.ok(t("2023-04-08T10:00:00+08:00"), monthly("p", 1));
+    w.ok(t("2023-04-10T10:00:00+08:00"), Command::Renew { pool: "p".into(), term: Term::Months(1), align_day: None });
+    let events = w.ok(t("2023-04-18T10:00:00+08:00"), Command::Unsubscribe { pool: "p".into() });
+    // 1750 × (12/30 + 8/31 = 0.6581) = 1151.67, plus the unbegun renewal 1750.
+    assert_eq!(charged(&events)[0].amounts.payable, dec!(-2901.67));
+    // Refused: on demand (delete it), expired (R6).
+    w.ok(t("2023-04-18T10:00:00+08:00"), on_demand("od", 1, true));
+    w.refused(t("2023-04-18T10:00:00+08:00"), Command::Unsubscribe { pool: "od".into() }, Rule::R15);
+    w.ok(t("2023-04-18T10:00:00+08:00"), monthly("q", 1));
+    w.advance(t("2023-05-19T00:00:00+08:00"));
+    w.refused(t("2023-05-19T00:00:00+08:00"), Command::Unsubscribe { pool: "q".into() }, Rule::R6);
 }

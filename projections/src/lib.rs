@@ -117,8 +117,13 @@ impl Projections {
                 amounts: Amounts::zero(),
                 lines: 0,
             });
-            if let Basis::Usage { nodes, seconds, .. } = &line.basis {
-                entry.usage_hours += Decimal::from(*nodes) * Decimal::from(*seconds) / Decimal::from(3600);
+            match &line.basis {
+                // Node-hours billed on demand, and those a package covered (mode `package`).
+                Basis::Usage { nodes, seconds, covered_node_seconds, .. } => {
+                    entry.usage_hours += (Decimal::from(*nodes) * Decimal::from(*seconds) - Decimal::from(*covered_node_seconds)) / Decimal::from(3600)
+                }
+                Basis::Package { node_seconds, .. } => entry.usage_hours += Decimal::from(*node_seconds) / Decimal::from(3600),
+                _ => {}
             }
             entry.amounts = entry.amounts.add(line.amounts);
             entry.lines += 1;
@@ -148,26 +153,49 @@ impl Projections {
                 }
             })
             .collect();
-        let resources = self
-            .state
-            .pools
-            .values()
-            .map(|p| ResourceView {
-                id: p.id.clone(),
-                state: p.status.as_str(),
-                nodes: p.nodes,
-                expires_at: p.period.filter(|_| p.mode.is_subscription()).map(|per| to_beijing(per.end).to_rfc3339()),
-                kind: "pool",
-                account: p.account.clone(),
-                mode: p.mode.as_str(),
-                spec: p.spec.clone(),
-            })
-            .collect();
+        let pools = self.state.pools.values().map(|p| ResourceView {
+            id: p.id.clone(),
+            state: p.shown_state(),
+            nodes: p.nodes,
+            expires_at: p.period.filter(|_| p.mode.is_subscription()).map(|per| to_beijing(per.end).to_rfc3339()),
+            kind: "pool",
+            account: p.account.clone(),
+            mode: p.mode.as_str(),
+            spec: p.spec.clone(),
+            billed_as: p.id.clone(),
+            pool: None,
+        });
+        let jobs = self.state.jobs.values().map(|j| ResourceView {
+            id: j.id.clone(),
+            state: j.shown_state(),
+            nodes: j.nodes,
+            expires_at: None,
+            kind: j.kind.as_str(),
+            account: j.account.clone(),
+            mode: if j.pool.is_some() { "dedicated_pool" } else { "on_demand" },
+            spec: j.spec.clone(),
+            billed_as: j.billing_id(),
+            pool: j.pool.clone(),
+        });
+        let packages = self.state.packages.values().map(|p| ResourceView {
+            id: p.id.clone(),
+            state: if p.expired { "expired" } else { "running" },
+            nodes: p.quantity,
+            expires_at: Some(to_beijing(p.expires_at).to_rfc3339()),
+            kind: "package",
+            account: p.account.clone(),
+            mode: "package",
+            spec: p.spec.clone(),
+            billed_as: p.id.clone(),
+            pool: None,
+        });
+        let mut resources: Vec<ResourceView> = pools.chain(jobs).chain(packages).collect();
+        resources.sort_by(|a, b| a.id.cmp(&b.id));
         let accounts = self
             .state
             .accounts
             .values()
-            .map(|a| AccountView { id: a.id.clone(), balance: fmt_cents(a.balance), in_arrears: a.balance < Decimal::ZERO })
+            .map(|a| AccountView { id: a.id.clone(), balance: fmt_cents(a.balance), in_arrears: a.arrears.is_some() })
             .collect();
         let rejections = self
             .rejections
@@ -250,6 +278,10 @@ pub struct ResourceView {
     pub account: String,
     pub mode: &'static str,
     pub spec: String,
+    /// The resource id its bills carry (R5): `training_<job>`, `<service>-<model>`, or the id.
+    pub billed_as: String,
+    /// The dedicated pool a job runs on.
+    pub pool: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

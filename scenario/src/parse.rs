@@ -264,6 +264,9 @@ pub fn command(value: &Value, path: &str) -> Result<(Instant, Command)> {
             if kind == JobKind::Service && model.is_none() {
                 return err(format!("{p}.model"), "a service needs the id of the model it serves (R5)");
             }
+            if kind == JobKind::Notebook && !obj.contains_key("disk_hourly") {
+                return err(format!("{p}.disk_hourly"), "a notebook needs its EVS disk's price per GB-hour (R14)");
+            }
             Command::StartJob {
                 account: id(obj, "account", p)?,
                 job: id(obj, "job", p)?,
