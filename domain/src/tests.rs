@@ -593,17 +593,11 @@ fn auto_renewal_refusals_r8() {
 // --- R13 packages ---------------------------------------------------------------------------
 
 fn package(id: &str, quantity: u32, hours: u32, valid_days: u32, alert_below: Option<Decimal>) -> Command {
-    Command::BuyPackage {
-        account: "acct-1".into(),
-        package: id.into(),
-        spec: SPEC.into(),
-        quantity,
-        hours,
-        valid_days,
-        price: dec!(20),
-        region: None,
-        alert_below,
-    }
+    priced_package(id, quantity, hours, valid_days, alert_below, dec!(20))
+}
+
+fn priced_package(id: &str, quantity: u32, hours: u32, valid_days: u32, alert_below: Option<Decimal>, price: Decimal) -> Command {
+    Command::BuyPackage { account: "acct-1".into(), package: id.into(), spec: SPEC.into(), quantity, hours, valid_days, price, region: None, alert_below }
 }
 
 fn training(job: &str, pool: Option<&str>) -> Command {
@@ -647,45 +641,8 @@ fn packages_are_used_first_expiring_first_then_pay_per_use_r13() {
     assert_eq!(lines(&happened).iter().map(|l| l.amounts.payable).collect::<Vec<_>>(), vec![dec!(7.00)]);
     // Refused: not enough balance (R13); an id in use (R17).
     let at = t("2023-04-01T17:00:00+08:00");
-    w.refused(at, BuyPackageFields { price: dec!(1000), ..unwrap_buy(package("big", 1, 1, 1, None)) }.into(), Rule::R13);
+    w.refused(at, priced_package("big", 1, 1, 1, None, dec!(1000)), Rule::R13);
     w.refused(at, package("job-1", 1, 1, 1, None), Rule::R17);
-}
-
-fn unwrap_buy(c: Command) -> BuyPackageFields {
-    match c {
-        Command::BuyPackage { account, package, spec, quantity, hours, valid_days, price, region, alert_below } => {
-            BuyPackageFields { account, package, spec, quantity, hours, valid_days, price, region, alert_below }
-        }
-        _ => unreachable!(),
-    }
-}
-
-struct BuyPackageFields {
-    account: String,
-    package: String,
-    spec: String,
-    quantity: u32,
-    hours: u32,
-    valid_days: u32,
-    price: Decimal,
-    region: Option<String>,
-    alert_below: Option<Decimal>,
-}
-
-impl From<BuyPackageFields> for Command {
-    fn from(f: BuyPackageFields) -> Command {
-        Command::BuyPackage {
-            account: f.account,
-            package: f.package,
-            spec: f.spec,
-            quantity: f.quantity,
-            hours: f.hours,
-            valid_days: f.valid_days,
-            price: f.price,
-            region: f.region,
-            alert_below: f.alert_below,
-        }
-    }
 }
 
 #[test]
