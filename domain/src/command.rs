@@ -2,8 +2,11 @@
 
 use crate::model::{BillingMode, Policy, PoolType, Price, Term};
 use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, PartialEq)]
+/// Kept in the log as it was given (`command_received`), so a log can be re-run (what-if).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
     /// Put a spec's prices in the catalog (prices in force from this instant).
     SetPrice { spec: String, price: Price },

@@ -10,6 +10,31 @@ use crate::state::{billing_id, Account, JobStatus, Pool, PoolStatus, State};
 use crate::time::{align_to_day, days, period_end, Instant};
 use rust_decimal::Decimal;
 
+/// A command as the log keeps it: its input (`command_received`), then its events, or the
+/// record of its refusal stamped no earlier than the log's last instant.
+pub struct Handled {
+    pub at: Instant,
+    pub events: Vec<Event>,
+    pub rejection: Option<Rejection>,
+}
+
+pub fn handle(state: &State, command: &Command, at: Instant, index: Option<u64>) -> Handled {
+    let received = Event::CommandReceived { command: command.clone(), index };
+    match decide(state, command, at) {
+        Ok(events) => Handled { at, events: std::iter::once(received).chain(events).collect(), rejection: None },
+        Err(rejection) => {
+            let stamp = state.clock.map_or(at, |clock| clock.max(at));
+            let record = Event::CommandRejected {
+                command: command.type_name().to_string(),
+                rule: rejection.rule,
+                reason: rejection.reason.clone(),
+                index,
+            };
+            Handled { at: stamp, events: vec![received, record], rejection: Some(rejection) }
+        }
+    }
+}
+
 pub fn decide(state: &State, command: &Command, now: Instant) -> Result<Vec<Event>, Rejection> {
     if let Some(clock) = state.clock {
         if now < clock {

@@ -1,7 +1,7 @@
 //! Events: immutable facts. Each names the stream (consistency boundary) it belongs to and
 //! carries a schema version; older versions are upcast on read, never rewritten.
 
-use crate::command::JobKind;
+use crate::command::{Command, JobKind};
 use crate::model::{BillLine, BillingMode, Period, Policy, PoolType, Price, Rule, Term};
 use crate::time::Instant;
 use rust_decimal::Decimal;
@@ -121,6 +121,12 @@ pub enum Event {
     Charged { line: BillLine },
     /// The account's metered usage in `[start, end)` has been billed (R4, R12).
     CycleSettled { account: String, start: Instant, end: Instant },
+    /// A command as it was given, first of what it appended (its id is the envelope's).
+    CommandReceived {
+        command: Command,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        index: Option<u64>,
+    },
     /// A refused command, kept so that a log tells why nothing happened (R17 retries included).
     CommandRejected {
         command: String,
@@ -139,6 +145,7 @@ impl Event {
             Event::PriceSet { .. } => "catalog".to_string(),
             Event::PolicySet { .. } => "policy".to_string(),
             Event::CommandRejected { .. } => "rejections".to_string(),
+            Event::CommandReceived { .. } => "commands".to_string(),
             Event::Charged { line } => account_stream(&line.account),
             Event::AccountOpened { account, .. }
             | Event::ToppedUp { account, .. }

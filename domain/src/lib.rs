@@ -17,7 +17,7 @@ pub mod time;
 
 pub use agenda::{due_events, next_due, tick};
 pub use command::{Command, JobKind};
-pub use decide::decide;
+pub use decide::{decide, handle, Handled};
 pub use event::{DecodeError, Event, SCHEMA_VERSION};
 pub use model::*;
 pub use money::Amounts;

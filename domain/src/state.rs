@@ -547,7 +547,7 @@ impl State {
                 // A meter with nothing left to bill is forgotten, so state stays small.
                 self.meters.retain(|_, m| !m.is_idle());
             }
-            Event::CommandRejected { .. } => {}
+            Event::CommandRejected { .. } | Event::CommandReceived { .. } => {}
         }
     }
 

@@ -10,7 +10,7 @@ mod clock;
 
 pub use clock::{spawn_clock, Clock, ManualClock, SystemClock};
 
-use poolbill_domain::{decide, tick, Command, Event, Instant, Rejection, Rule, SCHEMA_VERSION};
+use poolbill_domain::{handle, tick, Command, Event, Instant, Rejection, Rule, SCHEMA_VERSION};
 use poolbill_projections::Projections;
 use poolbill_replay::{replay, ReplayError, Upto};
 use poolbill_store::{AppendOutcome, AppendRequest, CommandRecord, ExpectedVersion, NewEvent, Store, StoreError};
@@ -326,17 +326,15 @@ impl Actor {
         }
     }
 
-    /// Decide one command and queue its events, or its rejection record. Returns its number.
+    /// Decide one command and queue what it appends (its input, then its events or the record
+    /// of its refusal). Returns its number.
     fn decide(&mut self, at: Instant, command: &Command, index: Option<u64>, id: String) -> u64 {
-        match decide(&self.projections.state, command, at) {
-            Ok(events) => self.queue(Some(id), events, at, outcome_json(&Outcome::Accepted)),
-            Err(Rejection { rule, reason }) => {
-                // A refusal changes nothing but the record of it, stamped no earlier than the log.
-                let stamp = self.projections.last_instant.map_or(at, |last| last.max(at));
-                let record = Event::CommandRejected { command: command.type_name().to_string(), rule, reason: reason.clone(), index };
-                self.queue(Some(id), vec![record], stamp, outcome_json(&Outcome::Rejected { rule, reason }))
-            }
-        }
+        let handled = handle(&self.projections.state, command, at, index);
+        let outcome = match handled.rejection {
+            None => Outcome::Accepted,
+            Some(Rejection { rule, reason }) => Outcome::Rejected { rule, reason },
+        };
+        self.queue(Some(id), handled.events, handled.at, outcome_json(&outcome))
     }
 
     /// Append `events` to the pending chain, applying them to the state now (speculatively: a
@@ -346,7 +344,9 @@ impl Actor {
         let mut new_events = Vec::with_capacity(events.len());
         for event in &events {
             let stream = event.stream();
-            if stream != "rejections" && !expected.iter().any(|(s, _)| s == &stream) {
+            // Records of commands and refusals change no state: nothing to check them against.
+            let record = matches!(event, Event::CommandReceived { .. } | Event::CommandRejected { .. });
+            if !record && !expected.iter().any(|(s, _)| s == &stream) {
                 let current = self.versions.get(&stream).copied().unwrap_or(0);
                 expected.push((stream.clone(), if current == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exactly(current) }));
             }

@@ -1,5 +1,12 @@
-//! Replay: rebuild projections from a log, whole or as of an instant or position. One
-//! sequential scan; instants never go backwards in a log, so "as of T" is a prefix.
+//! Replay: rebuild projections from a log — a store or a portable JSON-lines file — whole or as
+//! of an instant or position (one sequential scan; instants never go backwards in a log, so "as
+//! of T" is a prefix); and re-run a log's commands for audits and what-if questions.
+
+pub mod bills;
+pub mod explain;
+pub mod jsonl;
+pub mod rerun;
+pub mod timeline;
 
 use poolbill_domain::Instant;
 use poolbill_projections::{ProjectionError, Projections};
@@ -55,8 +62,8 @@ impl From<ProjectionError> for ReplayError {
     }
 }
 
-/// Fold envelopes in log order until the first one past `upto`.
-pub fn fold<I>(envelopes: I, upto: Upto) -> Result<Projections, ReplayError>
+/// Fold envelopes in log order until the first one past `upto`, reporting progress as it goes.
+pub fn fold_with<I>(envelopes: I, upto: Upto, mut progress: impl FnMut(u64)) -> Result<Projections, ReplayError>
 where
     I: IntoIterator<Item = Result<Envelope, StoreError>>,
 {
@@ -67,8 +74,17 @@ where
             break;
         }
         projections.apply(&envelope)?;
+        progress(envelope.position);
     }
     Ok(projections)
+}
+
+/// Fold envelopes in log order until the first one past `upto`.
+pub fn fold<I>(envelopes: I, upto: Upto) -> Result<Projections, ReplayError>
+where
+    I: IntoIterator<Item = Result<Envelope, StoreError>>,
+{
+    fold_with(envelopes, upto, |_| {})
 }
 
 /// Projections of a store's log as of `upto`.
