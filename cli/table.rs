@@ -8,8 +8,10 @@ pub fn render(doc: &Document) -> String {
     let rows: Vec<Vec<String>> = doc
         .bills
         .iter()
-        .map(|b| {
+        .enumerate()
+        .map(|(i, b)| {
             vec![
+                (i + 1).to_string(),
                 b.start.clone(),
                 b.end.clone(),
                 b.resource.clone(),
@@ -23,7 +25,8 @@ pub fn render(doc: &Document) -> String {
             ]
         })
         .collect();
-    grid(&mut out, &["start", "end", "resource", "account", "mode", "item", "list", "discount", "round-off", "payable"], &rows);
+    // `#` is the number `poolbill explain --bill N` takes.
+    grid(&mut out, &["#", "start", "end", "resource", "account", "mode", "item", "list", "discount", "round-off", "payable"], &rows);
 
     out.push_str("\nBILLS (detail, by month)\n");
     let rows: Vec<Vec<String>> = doc

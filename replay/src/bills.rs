@@ -1,1 +1,150 @@
-//! (being written)
+//! Detail bills of one Beijing calendar month (R5): one row per account, resource and billing
+//! mode, with totals, and the month's flow-bill payables beside them (they must agree, to the
+//! cent, because each line is truncated before it is summed: R2, R5).
+
+use chrono::Datelike;
+use poolbill_domain::money::{fmt_cents, fmt_exact};
+use poolbill_domain::time::beijing_date;
+use poolbill_projections::{DetailView, Projections};
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct MonthBills {
+    pub month: String,
+    pub rows: Vec<DetailView>,
+    pub total_payable: String,
+    pub total_round_off: String,
+    pub total_list: String,
+    pub total_discount: String,
+    /// The sum of that month's flow-bill payables: must equal `total_payable` (R5).
+    pub flow_payable: String,
+}
+
+/// The detail bills of `month` ("2023-04"); months group lines by the Beijing date of their
+/// start (R1, R5). A malformed month is an error naming it.
+pub fn month_bills(projections: &Projections, month: &str) -> Result<MonthBills, String> {
+    check_month(month)?;
+    let rows: Vec<DetailView> = projections.document().detail_bills.into_iter().filter(|d| d.month == month).collect();
+    let sums = projections.detail_bills().into_iter().filter(|d| d.month == month).fold([Decimal::ZERO; 4], |mut s, d| {
+        s[0] += d.amounts.list_price;
+        s[1] += d.amounts.discount;
+        s[2] += d.amounts.round_off;
+        s[3] += d.amounts.payable;
+        s
+    });
+    // Summed from the flow bills themselves, not the detail rows, so that the two can be compared.
+    let flow: Decimal = projections.bills.iter().filter(|b| month_of(b.line.start) == month).map(|b| b.line.amounts.payable).sum();
+    Ok(MonthBills {
+        month: month.to_string(),
+        rows,
+        total_list: fmt_exact(sums[0]),
+        total_discount: fmt_exact(sums[1]),
+        total_round_off: fmt_exact(sums[2]),
+        total_payable: fmt_cents(sums[3]),
+        flow_payable: fmt_cents(flow),
+    })
+}
+
+/// "YYYY-MM" with a month 01..=12.
+fn check_month(month: &str) -> Result<(), String> {
+    let bad = || format!("month {month:?} is not a calendar month written YYYY-MM (e.g. 2023-04)");
+    let (year, mm) = month.split_once('-').ok_or_else(bad)?;
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(year, 4) || !digits(mm, 2) {
+        return Err(bad());
+    }
+    match mm.parse::<u32>() {
+        Ok(1..=12) => Ok(()),
+        _ => Err(bad()),
+    }
+}
+
+fn month_of(t: poolbill_domain::Instant) -> String {
+    let date = beijing_date(t);
+    format!("{:04}-{:02}", date.year(), date.month())
+}
+
+const HEADER: [&str; 10] = ["month", "account", "resource", "mode", "usage_hours", "list_price", "discount", "round_off", "payable", "lines"];
+
+impl MonthBills {
+    /// Every row as its fields, then the total row.
+    fn records(&self) -> Vec<Vec<String>> {
+        let mut records: Vec<Vec<String>> = self
+            .rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.month.clone(),
+                    r.account.clone(),
+                    r.resource.clone(),
+                    r.mode.to_string(),
+                    r.usage_hours.clone(),
+                    r.list_price.clone(),
+                    r.discount.clone(),
+                    r.round_off.clone(),
+                    r.payable.clone(),
+                    r.lines.to_string(),
+                ]
+            })
+            .collect();
+        records.push(vec![
+            "total".to_string(),
+            String::new(),
+            String::new(),
+            String::new(),
+            fmt_exact(self.usage_hours()),
+            self.total_list.clone(),
+            self.total_discount.clone(),
+            self.total_round_off.clone(),
+            self.total_payable.clone(),
+            self.rows.iter().map(|r| r.lines).sum::<u64>().to_string(),
+        ]);
+        records
+    }
+
+    /// The rows' usage summed (each row's figure is already rounded to 8 places for display).
+    fn usage_hours(&self) -> Decimal {
+        self.rows.iter().filter_map(|r| r.usage_hours.parse::<Decimal>().ok()).sum()
+    }
+
+    /// Aligned columns, a total row, and whether the flow bills agree (R5).
+    pub fn to_table(&self) -> String {
+        let mut lines = vec![HEADER.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
+        lines.extend(self.records());
+        let widths: Vec<usize> = (0..HEADER.len()).map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0)).collect();
+        let mut out = format!("DETAIL BILLS {}\n", self.month);
+        for line in &lines {
+            let cells: Vec<String> = line.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            out.push_str(&format!("  {}\n", cells.join("  ").trim_end()));
+        }
+        let agree = if self.flow_payable == self.total_payable { "agrees" } else { "DIFFERS from the detail total" };
+        out.push_str(&format!("flow bills' payable {}: {agree} (R5)\n", self.flow_payable));
+        out
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("month bills serialise")
+    }
+
+    /// RFC 4180 CSV (lines end with "\n"): a header, the rows, then a `total` row.
+    pub fn to_csv(&self) -> String {
+        let mut out = HEADER.join(",");
+        out.push('\n');
+        for record in self.records() {
+            let fields: Vec<String> = record.iter().map(|f| csv_field(f)).collect();
+            out.push_str(&fields.join(","));
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// RFC 4180: a field with a comma, quote or line break is quoted, its quotes doubled.
+fn csv_field(field: &str) -> String {
+    if field.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", field.replace('"', "\"\""))
+    } else {
+        field.to_string()
+    }
+}

@@ -2,7 +2,9 @@
 //! of an instant or position (one sequential scan; instants never go backwards in a log, so "as
 //! of T" is a prefix); and re-run a log's commands for audits and what-if questions.
 
+pub mod audit;
 pub mod bills;
+pub mod diff;
 pub mod explain;
 pub mod jsonl;
 pub mod rerun;

@@ -3,7 +3,7 @@
 
 mod parse;
 
-pub use parse::{command, parse, AccountSpec, Scenario, ScenarioError, Step};
+pub use parse::{command, parse, parse_policy_file, AccountSpec, Scenario, ScenarioError, Step};
 
 use poolbill_domain::{Command, Policy};
 use poolbill_engine::{Engine, EngineError, Executed};

@@ -137,6 +137,27 @@ pub fn parse(text: &str) -> Result<Scenario> {
     Ok(Scenario { name, catalog, policy, accounts, commands, until })
 }
 
+/// A policy file (scenario-format.md: the `policy` object saved alone, `{"levels": …}`), which
+/// may also carry a `catalog` like a scenario's: the terms of a what-if replay.
+pub fn parse_policy_file(text: &str) -> Result<(Option<Policy>, Vec<(String, Price)>)> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| ScenarioError { path: "(file)".into(), message: format!("not valid JSON at line {} column {}: {e}", e.line(), e.column()) })?;
+    let top = object(&value, "(file)")?;
+    allow_only(top, "", &["levels", "catalog"])?;
+    let policy = if top.contains_key("levels") { Some(policy(&value, "")?) } else { None };
+    let mut catalog = Vec::new();
+    for (i, entry) in array_opt(top, "catalog", "")?.iter().enumerate() {
+        let path = format!("catalog[{i}]");
+        let obj = object(entry, &path)?;
+        allow_only(obj, &path, &["spec", "hourly", "monthly", "yearly"])?;
+        catalog.push((id(obj, "spec", &path)?, price_fields(obj, &path)?));
+    }
+    if policy.is_none() && catalog.is_empty() {
+        return err("(file)", "a policy file needs levels, a catalog, or both");
+    }
+    Ok((policy, catalog))
+}
+
 /// One command object, as in a scenario's `commands` (also one line of `poolbill serve`).
 /// Besides the contract's types it reads `open_account` and `set_price`.
 pub fn command(value: &Value, path: &str) -> Result<(Instant, Command)> {
@@ -314,8 +335,10 @@ pub fn command(value: &Value, path: &str) -> Result<(Instant, Command)> {
 
 fn policy(value: &Value, path: &str) -> Result<Policy> {
     let obj = object(value, path)?;
-    allow_only(obj, path, &["levels"])?;
-    let levels_path = format!("{path}.levels");
+    if !path.is_empty() {
+        allow_only(obj, path, &["levels"])?;
+    }
+    let levels_path = join(path, "levels");
     let levels = object(obj.get("levels").ok_or_else(|| missing(&levels_path))?, &levels_path)?;
     let mut policy = Policy { levels: Default::default() };
     for (name, level) in levels {

@@ -1,0 +1,130 @@
+//! `poolbill run` and `poolbill serve`: the engine on a sled store.
+
+use crate::args::Args;
+use crate::{format, parse_instant, print_out, table, to_json, Failure, USAGE};
+use poolbill_engine::{Engine, Outcome};
+use poolbill_replay::Upto;
+use std::io::BufRead;
+use std::path::PathBuf;
+
+pub async fn run(args: &[String]) -> Result<(), Failure> {
+    let args = Args::parse(args, &["at", "format", "store", "export"], USAGE)?;
+    let path = args.file("a scenario file", USAGE)?;
+    let at = args.get("at").map(|t| parse_instant("at", t)).transpose()?;
+    let format = format(args.get("format"), &["table", "json"])?;
+    let text = std::fs::read_to_string(path).map_err(|e| Failure::Input(format!("cannot read {path}: {e}")))?;
+    // The whole file is checked before anything is opened or written.
+    let scenario = poolbill_scenario::parse(&text).map_err(|e| Failure::Input(format!("{path}: {e}")))?;
+    let engine = match args.get("store") {
+        Some(dir) => Engine::open(dir).await,
+        None => Engine::temporary().await,
+    }
+    .map_err(|e| Failure::Runtime(e.to_string()))?;
+    poolbill_scenario::run(&engine, &scenario).await.map_err(|e| Failure::Runtime(e.to_string()))?;
+    if let Some(out) = args.get("export") {
+        export(&engine, out)?;
+    }
+    let document = match at {
+        // Time travel reads the same log as it stood then.
+        Some(at) => engine.as_of(Upto::Instant(at)).await.map(|p| p.document()),
+        None => engine.document().await,
+    }
+    .map_err(|e| Failure::Runtime(e.to_string()))?;
+    print_out(&match format {
+        "json" => to_json(&document)?,
+        _ => table::render(&document),
+    })
+}
+
+/// Write the log as JSON lines, whole or not at all (a temporary file renamed into place).
+fn export(engine: &Engine, out: &str) -> Result<(), Failure> {
+    let target = PathBuf::from(out);
+    let partial = target.with_extension("jsonl.partial");
+    let fail = |e: String| Failure::Runtime(format!("exporting to {out}: {e}"));
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&partial).map_err(|e| fail(e.to_string()))?);
+    poolbill_replay::jsonl::export(engine.store(), &mut file).map_err(|e| fail(e.to_string()))?;
+    std::io::Write::flush(&mut file).map_err(|e| fail(e.to_string()))?;
+    drop(file);
+    std::fs::rename(&partial, &target).map_err(|e| fail(e.to_string()))
+}
+
+/// One command per line: `{"id": "…", "at": "…", "type": "…", …fields}` (the scenario's command
+/// fields, plus `open_account` and `set_price`), or `{"type": "advance", "at": "…"}`. Each line is
+/// answered once what it did is on disk.
+pub async fn serve(args: &[String]) -> Result<(), Failure> {
+    let args = Args::parse(args, &["store"], USAGE)?;
+    let dir = args.get("store").ok_or_else(|| Failure::Input(format!("serve needs --store DIR\n{USAGE}")))?;
+    if !args.positional.is_empty() {
+        return Err(Failure::Input(USAGE.to_string()));
+    }
+    let engine = Engine::open(dir).await.map_err(|e| Failure::Runtime(e.to_string()))?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
+    // Standard input is read on a thread of its own: it blocks.
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { return };
+            if tx.blocking_send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut number = 0u64;
+    while let Some(line) = rx.recv().await {
+        number += 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let answer = serve_line(&engine, &line, number).await;
+        print_out(&(answer.to_string() + "\n"))?;
+    }
+    Ok(())
+}
+
+async fn serve_line(engine: &Engine, line: &str, number: u64) -> serde_json::Value {
+    use serde_json::json;
+    let value: serde_json::Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => return json!({"line": number, "error": format!("not valid JSON: {e}")}),
+    };
+    let path = format!("line {number}");
+    if value.get("type").and_then(|t| t.as_str()) == Some("advance") {
+        let at = match value.get("at").and_then(|v| v.as_str()).map(|t| parse_instant("at", t)) {
+            Some(Ok(at)) => at,
+            _ => return json!({"line": number, "error": format!("{path}.at: an RFC 3339 instant is needed")}),
+        };
+        return match engine.advance_to(at).await {
+            Ok(events) => json!({"line": number, "advanced_to": at.to_rfc3339(), "events": events}),
+            Err(e) => json!({"line": number, "error": e.to_string()}),
+        };
+    }
+    let id = match value.get("id").and_then(|v| v.as_str()) {
+        Some(id) if !id.is_empty() => id.to_string(),
+        _ => return json!({"line": number, "error": format!("{path}.id: missing command id")}),
+    };
+    let mut fields = value.clone();
+    if let Some(obj) = fields.as_object_mut() {
+        obj.remove("id");
+    }
+    let (at, command) = match poolbill_scenario::command(&fields, &path) {
+        Ok(parsed) => parsed,
+        Err(e) => return json!({"line": number, "id": id, "error": e.to_string()}),
+    };
+    match engine.execute(id.clone(), at, command, None).await {
+        Ok(done) => {
+            let mut answer = json!({
+                "line": number, "id": id, "duplicate": done.duplicate,
+                "first_position": done.first_position, "last_position": done.last_position,
+            });
+            match done.outcome {
+                Outcome::Accepted => answer["status"] = json!("accepted"),
+                Outcome::Rejected { rule, reason } => {
+                    answer["status"] = json!("rejected");
+                    answer["rule"] = json!(rule.to_string());
+                    answer["reason"] = json!(reason);
+                }
+            }
+            answer
+        }
+        Err(e) => json!({"line": number, "id": id, "error": e.to_string()}),
+    }
+}
