@@ -228,3 +228,46 @@ fn diff_shows_what_came_later_and_what_a_policy_would_change() {
     std::fs::write(&policy, r#"{"levels": {"standard": {"grace_days": -5}}}"#).unwrap();
     assert_eq!(run(&["diff", log.to_str().unwrap(), "--policy", policy.to_str().unwrap()]).status.code(), Some(2));
 }
+
+#[test]
+fn every_tool_works_on_every_fixture() {
+    use poolbill_replay::{bills, explain, timeline};
+    use rust_decimal::Decimal;
+    let dec = |v: &Value| v.as_str().unwrap().parse::<Decimal>().unwrap();
+    for dir in fixtures() {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let log = dir.join("log.jsonl");
+        let envelopes = jsonl::read_file(&log).unwrap();
+        let projections = fold(jsonl::as_results(&envelopes), Upto::All).unwrap();
+        let doc = serde_json::to_value(projections.document()).unwrap();
+        // explain: every line (a spread of them in the two month-long fixtures, each explanation
+        // folding the whole log), and its steps account for the whole payable.
+        let all = doc["bills"].as_array().unwrap();
+        let every = if all.len() > 200 { 17 } else { 1 };
+        for (i, bill) in all.iter().enumerate().filter(|(i, _)| i % every == 0 || *i == all.len() - 1) {
+            let e = serde_json::to_value(explain::explain_bill(&envelopes, i + 1).unwrap()).unwrap();
+            assert_eq!(e["bill"]["payable"], bill["payable"], "{name}: bill {}", i + 1);
+            let (list, discount, round_off, payable) = (dec(&e["bill"]["list_price"]), dec(&e["bill"]["discount"]), dec(&e["bill"]["round_off"]), dec(&e["bill"]["payable"]));
+            assert_eq!(list - discount - round_off, payable, "{name}: bill {} adds up", i + 1);
+            let steps = e["steps"].as_array().unwrap();
+            assert!(steps.iter().all(|s| s["rule"].as_str().unwrap().starts_with('R')), "{name}: every step cites its rule");
+            assert!(!steps.iter().any(|s| s["what"].as_str().unwrap().starts_with("Recorded amounts differ")), "{name}: bill {} recomputes to itself", i + 1);
+        }
+        // bills: every month that has lines totals its flow bills.
+        let mut months: Vec<String> = doc["bills"].as_array().unwrap().iter().map(|b| b["start"].as_str().unwrap()[..7].to_string()).collect();
+        months.dedup();
+        for month in months {
+            let m = bills::month_bills(&projections, &month).unwrap();
+            assert_eq!(m.total_payable, m.flow_payable, "{name}: {month}");
+        }
+        // timeline: every resource draws.
+        for r in doc["resources"].as_array().unwrap() {
+            let t = timeline::timeline(&envelopes, r["id"].as_str().unwrap()).unwrap();
+            assert!(timeline::render_svg(&t).contains(r["id"].as_str().unwrap()), "{name}: {}", r["id"]);
+        }
+        // diff: halfway through, nothing known then is changed later.
+        let mid = envelopes[envelopes.len() / 2].at.to_rfc3339();
+        let d = run_json(&["diff", log.to_str().unwrap(), "--at", &mid, "--format", "json"]);
+        assert_eq!((d["removed"].as_array().unwrap().len(), d["changed"].as_array().unwrap().len()), (0, 0), "{name}: an append-only log corrects nothing");
+    }
+}
