@@ -23,7 +23,8 @@ pub const USAGE: &str = "usage:
   poolbill explain LOG.jsonl (--resource ID --at INSTANT | --bill N) [--format json|text]
   poolbill diff LOG.jsonl (--at INSTANT | --policy POLICY.json) [--format json|table]
   poolbill bills LOG.jsonl --month YYYY-MM [--format table|json|csv]
-  poolbill timeline LOG.jsonl --resource ID --svg OUT.svg";
+  poolbill timeline LOG.jsonl --resource ID --svg OUT.svg
+  poolbill verify (--store DIR | LOG.jsonl)             (exit 0 sound, 1 damaged, 2 bad arguments)";
 
 pub enum Failure {
     /// Invalid input or arguments: nothing was written.
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
         Some("diff") => logs::diff(rest),
         Some("bills") => logs::bills(rest),
         Some("timeline") => logs::timeline(rest),
+        Some("verify") => logs::verify(rest),
         Some("help" | "--help" | "-h") => print_out(&format!("{USAGE}\n")),
         _ => Err(Failure::Input(USAGE.to_string())),
     };

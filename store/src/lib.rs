@@ -193,6 +193,9 @@ const META_LAST_INSTANT: &[u8] = b"last_instant";
 /// Handle on the event log. Cheap to clone (sled handles are reference counted).
 #[derive(Clone)]
 pub struct Store {
+    /// Where the high-water mark is kept (stores on disk only); the lock orders its writers.
+    watermark: Option<std::path::PathBuf>,
+    watermark_lock: std::sync::Arc<std::sync::Mutex<()>>,
     db: sled::Db,
     events: sled::Tree,
     streams: sled::Tree,
@@ -203,6 +206,25 @@ pub struct Store {
 
 fn storage(context: impl fmt::Display) -> impl FnOnce(sled::Error) -> StoreError {
     move |e| StoreError::Storage(format!("{context}: {e}"))
+}
+
+/// The file beside sled's that holds the last acknowledged position and its checksum.
+pub const WATERMARK_FILE: &str = "poolbill.watermark";
+
+/// `None` when there is no mark yet (a new store).
+fn read_watermark(path: &Path) -> Result<Option<(u64, u32)>, StoreError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::Storage(format!("reading {}: {e}", path.display()))),
+    };
+    let mut parts = text.split_whitespace();
+    let position = parts.next().and_then(|p| p.parse::<u64>().ok());
+    let crc = parts.next().and_then(|c| u32::from_str_radix(c, 16).ok());
+    match (position, crc) {
+        (Some(p), Some(c)) => Ok(Some((p, c))),
+        _ => Err(corrupt(0, format!("{} is unreadable: {text:?}", path.display()))),
+    }
 }
 
 fn corrupt(position: u64, detail: impl Into<String>) -> StoreError {
@@ -315,17 +337,40 @@ fn abort<T>(e: StoreError) -> TxResult<T> {
 }
 
 impl Store {
-    /// Opens (or creates) the store at `path`.
+    /// Opens (or creates) the store at `path`, and checks that it still holds everything it
+    /// ever acknowledged (its high-water mark): a damaged or truncated store is refused with
+    /// the position it should reach, never silently used.
     pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
         let path = path.as_ref();
-        let db = sled::Config::new()
-            .path(path)
-            .open()
-            .map_err(storage(format_args!(
-                "opening sled database at {}",
-                path.display()
-            )))?;
-        Store::from_db(db)
+        let mark_path = path.join(WATERMARK_FILE);
+        let mark = read_watermark(&mark_path)?;
+        let damaged = |detail: String| match mark {
+            Some((position, _)) => corrupt(
+                position,
+                format!("the store at {} is damaged ({detail}); it had acknowledged events up to position {position}", path.display()),
+            ),
+            None => StoreError::Storage(format!("opening sled database at {}: {detail}", path.display())),
+        };
+        // sled may panic rather than err on some damage: that is damage too.
+        let opened = std::panic::catch_unwind(|| sled::Config::new().path(path).open())
+            .map_err(|_| damaged("sled panicked while recovering its files".to_string()))?;
+        let db = opened.map_err(|e| damaged(format!("sled: {e}")))?;
+        let mut store = Store::from_db(db)?;
+        store.watermark = Some(mark_path);
+        if let Some((position, crc)) = mark {
+            let last = store.last_position()?;
+            if last < position {
+                return Err(corrupt(
+                    last + 1,
+                    format!("the log ends at position {last} but positions up to {position} had been acknowledged: the store was truncated or damaged"),
+                ));
+            }
+            match store.events.get(position.to_be_bytes()).map_err(storage("reading the acknowledged position"))? {
+                Some(value) if value.len() >= 4 && value[..4] == crc.to_be_bytes() => {}
+                _ => return Err(corrupt(position, "the acknowledged event at this position is not the one that was acknowledged")),
+            }
+        }
+        Ok(store)
     }
 
     /// A store that lives in a temporary directory and vanishes on drop.
@@ -343,6 +388,8 @@ impl Store {
                 .map_err(storage(format_args!("opening tree {name}")))
         };
         Ok(Store {
+            watermark: None,
+            watermark_lock: Default::default(),
             events: open("events")?,
             streams: open("streams")?,
             stream_index: open("stream_index")?,
@@ -684,12 +731,37 @@ impl Store {
         })
     }
 
-    /// sled's synchronous flush of everything written so far.
+    /// sled's synchronous flush of everything written so far; then the high-water mark moves
+    /// to the last position, so that it never claims more than is on disk.
     pub fn flush(&self) -> Result<(), StoreError> {
+        // Only what was written before the flush began is known to be on disk after it.
+        let durable = self.last_position()?;
         self.db
             .flush()
             .map(|_| ())
-            .map_err(storage("flushing sled database to disk"))
+            .map_err(storage("flushing sled database to disk"))?;
+        self.write_watermark(durable)
+    }
+
+    /// Record the last position and its value's checksum in a small file of its own, written
+    /// to a temporary file, synced, then renamed into place (a crash leaves the old mark, which
+    /// only ever lags).
+    fn write_watermark(&self, last: u64) -> Result<(), StoreError> {
+        let Some(path) = &self.watermark else { return Ok(()) };
+        let _writer = self.watermark_lock.lock().unwrap_or_else(|e| e.into_inner());
+        // It only moves forward.
+        if last == 0 || read_watermark(path)?.is_some_and(|(p, _)| p >= last) {
+            return Ok(());
+        }
+        let value = self.events.get(last.to_be_bytes()).map_err(storage("reading the last position"))?;
+        let Some(value) = value.filter(|v| v.len() >= 4) else { return Err(corrupt(last, "the last position has no event")) };
+        let crc = u32::from_be_bytes([value[0], value[1], value[2], value[3]]);
+        let io = |what: &str, e: std::io::Error| StoreError::Storage(format!("{what} {}: {e}", path.display()));
+        let partial = path.with_extension("partial");
+        let mut file = std::fs::File::create(&partial).map_err(|e| io("creating", e))?;
+        std::io::Write::write_all(&mut file, format!("{last} {crc:08x}\n").as_bytes()).map_err(|e| io("writing", e))?;
+        file.sync_all().map_err(|e| io("syncing", e))?;
+        std::fs::rename(&partial, path).map_err(|e| io("renaming into", e))
     }
 
     /// Test hook: raw access to the events tree, to plant corruption.
