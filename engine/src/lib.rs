@@ -20,6 +20,8 @@ use std::fmt;
 use std::path::Path;
 use tokio::sync::{mpsc, oneshot};
 
+/// How often a command whose write failed is tried again.
+pub const RETRIES: u32 = 3;
 /// How many queued requests one group commit takes at most.
 const MAX_BATCH: usize = 256;
 /// How many appends are written per flush at most (a long clock advance writes in parts).
@@ -123,10 +125,21 @@ impl Engine {
     /// due by then happens before it). A repeated `id` returns the first result.
     /// `index` is the caller's own reference (e.g. a scenario's command index), kept with a
     /// rejection.
+    ///
+    /// A write that failed (an expected-version conflict with another writer, a failed flush) is
+    /// retried, at most [`RETRIES`] times, on state rebuilt from the log; the id keeps a retry
+    /// from ever applying twice.
     pub async fn execute(&self, id: impl Into<String>, at: Instant, command: Command, index: Option<u64>) -> Result<Executed, EngineError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Request::Execute { id: id.into(), at, command, index, reply }).await?;
-        rx.await.map_err(|_| EngineError::Closed)?
+        let id = id.into();
+        let mut attempt = 0;
+        loop {
+            let (reply, rx) = oneshot::channel();
+            self.send(Request::Execute { id: id.clone(), at, command: command.clone(), index, reply }).await?;
+            match rx.await.map_err(|_| EngineError::Closed)? {
+                Err(EngineError::Aborted(_)) if attempt < RETRIES => attempt += 1,
+                done => return done,
+            }
+        }
     }
 
     /// Let the clock pass `to`: every time-driven event due by then, in instant order. Returns

@@ -1,0 +1,169 @@
+//! Concurrent commands are serialised correctly: many tokio tasks issue conflicting commands on
+//! the same pool and account; exactly the allowed ones succeed, the rest are refused with their
+//! rule, and the balance equals the ledger. A conflict with another writer is retried.
+
+use chrono::{DateTime, Duration};
+use poolbill_domain::{BillingMode, Command, Event, Instant, PoolType, Price, Rule, Term};
+use poolbill_engine::{Engine, Outcome};
+use poolbill_store::{AppendRequest, NewEvent};
+use rust_decimal::Decimal;
+
+fn t(s: &str) -> Instant {
+    DateTime::parse_from_rfc3339(s).unwrap()
+}
+
+fn d(s: &str) -> Decimal {
+    s.parse().unwrap()
+}
+
+async fn engine_with(balance: &str) -> Engine {
+    let engine = Engine::temporary().await.unwrap();
+    let at = t("2023-01-01T00:00:00+08:00");
+    let price = Price { hourly: Some(d("3.50")), monthly: Some(d("1750.00")), yearly: None };
+    engine.execute("price", at, Command::SetPrice { spec: "cpu".into(), price }, None).await.unwrap();
+    let open = Command::OpenAccount { account: "a".into(), balance: d(balance), level: "standard".into(), discount: Decimal::ZERO };
+    engine.execute("open", at, open, None).await.unwrap();
+    engine
+}
+
+fn purchase(pool: &str, mode: BillingMode) -> Command {
+    Command::Purchase {
+        account: "a".into(),
+        pool: pool.into(),
+        spec: "cpu".into(),
+        nodes: 1,
+        mode,
+        term: (mode != BillingMode::OnDemand).then_some(Term::Months(1)),
+        pool_type: PoolType::Dedicated,
+        region: None,
+        ready: true,
+    }
+}
+
+/// Opening balance + top-ups − everything charged = the balance, from the projections.
+async fn assert_ledger(engine: &Engine, opening: Decimal) {
+    let (balance, charged) =
+        engine.read(|p| (p.state.accounts["a"].balance, p.bills.iter().map(|b| b.line.amounts.payable).sum::<Decimal>())).await.unwrap();
+    let top_ups: Decimal = engine
+        .store()
+        .read_all(1)
+        .map(|e| e.unwrap())
+        .filter(|e| e.event_type == "topped_up")
+        .map(|e| e.payload["amount"].as_str().unwrap().parse::<Decimal>().unwrap())
+        .sum();
+    assert_eq!(opening + top_ups - charged, balance, "the balance is the ledger");
+    engine.store().verify().unwrap();
+}
+
+async fn race(engine: &Engine, commands: Vec<(String, Instant, Command)>) -> Vec<(String, Outcome)> {
+    let tasks: Vec<_> = commands
+        .into_iter()
+        .map(|(id, at, command)| {
+            let engine = engine.clone();
+            tokio::spawn(async move { (id.clone(), engine.execute(id, at, command, None).await.unwrap().outcome) })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for task in tasks {
+        out.push(task.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_while_unsubscribing_one_pool() {
+    let engine = engine_with("100000").await;
+    let at = t("2023-04-08T10:00:00+08:00");
+    engine.execute("buy", at, purchase("p", BillingMode::Monthly), None).await.unwrap();
+    // Ten days later, racing: six scales to different sizes and three unsubscribes.
+    let at = t("2023-04-18T10:00:00+08:00");
+    let mut commands: Vec<(String, Instant, Command)> =
+        (0..6).map(|i| (format!("scale-{i}"), at, Command::Scale { pool: "p".into(), nodes: Some(2 + i), spec: None })).collect();
+    commands.extend((0..3).map(|i| (format!("unsub-{i}"), at, Command::Unsubscribe { pool: "p".into() })));
+    let results = race(&engine, commands).await;
+    let unsubscribed = results.iter().filter(|(id, o)| id.starts_with("unsub") && *o == Outcome::Accepted).count();
+    assert_eq!(unsubscribed, 1, "exactly one unsubscribe: {results:?}");
+    // Every refusal is for the released pool (R17), never an error.
+    for (id, outcome) in &results {
+        if let Outcome::Rejected { rule, .. } = outcome {
+            assert_eq!(*rule, Rule::R17, "{id}: {outcome:?}");
+        }
+    }
+    // The log's order decides: scales accepted before the unsubscribe, none after it.
+    let order: Vec<String> = engine
+        .store()
+        .read_all(1)
+        .map(|e| e.unwrap())
+        .filter(|e| e.event_type == "pool_scaled" || e.event_type == "pool_unsubscribed")
+        .map(|e| e.event_type)
+        .collect();
+    assert_eq!(order.last().map(String::as_str), Some("pool_unsubscribed"), "{order:?}");
+    assert_eq!(engine.read(|p| p.state.pools["p"].status.as_str()).await.unwrap(), "released");
+    assert_ledger(&engine, d("100000")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_renewals_race_for_one_fee() {
+    // Enough for the purchase and exactly one renewal.
+    let engine = engine_with("3600").await;
+    engine.execute("buy", t("2023-04-08T10:00:00+08:00"), purchase("p", BillingMode::Monthly), None).await.unwrap();
+    let at = t("2023-04-20T10:00:00+08:00");
+    let renew = || Command::Renew { pool: "p".into(), term: Term::Months(1), align_day: None };
+    let results = race(&engine, vec![("r1".into(), at, renew()), ("r2".into(), at, renew())]).await;
+    let accepted = results.iter().filter(|(_, o)| *o == Outcome::Accepted).count();
+    assert_eq!(accepted, 1, "{results:?}");
+    assert!(results.iter().any(|(_, o)| matches!(o, Outcome::Rejected { rule: Rule::R12, .. })));
+    assert_eq!(engine.read(|p| p.state.pools["p"].period.unwrap().end).await.unwrap(), t("2023-06-08T23:59:59+08:00"));
+    assert_ledger(&engine, d("3600")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_ups_during_settlement() {
+    let engine = engine_with("10").await;
+    engine.execute("od", t("2023-04-18T09:00:00+08:00"), purchase("p", BillingMode::OnDemand), None).await.unwrap();
+    // The clock advances hour by hour while top-ups arrive at the same instants.
+    let mut tasks = Vec::new();
+    for h in 1..=12 {
+        let at = t("2023-04-18T09:00:00+08:00") + Duration::hours(h);
+        let clock = engine.clone();
+        tasks.push(tokio::spawn(async move { clock.advance_to(at).await.map(|_| ()) }));
+        let payer = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            payer.execute(format!("top-{h}"), at, Command::TopUp { account: "a".into(), amount: d("2.00") }, None).await.map(|_| ())
+        }));
+    }
+    for task in tasks {
+        // A top-up that lost the race to a later instant is refused (R1), not lost or doubled.
+        let _ = task.await.unwrap();
+    }
+    engine.advance_to(t("2023-04-18T22:00:00+08:00")).await.unwrap();
+    assert_ledger(&engine, d("10")).await;
+    // Every hour billed once, at 3.50.
+    let lines: Vec<Decimal> = engine.read(|p| p.bills.iter().map(|b| b.line.amounts.payable).collect()).await.unwrap();
+    assert_eq!(lines, vec![d("3.50"); 13]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflict_with_another_writer_is_retried_on_fresh_state() {
+    let engine = engine_with("100").await;
+    let at = t("2023-04-18T09:00:00+08:00");
+    engine.execute("od", at, purchase("p", BillingMode::OnDemand), None).await.unwrap();
+    // Another writer appends to the account's stream behind the engine's back.
+    let intruder = Event::ToppedUp { account: "a".into(), amount: d("1000"), balance: d("1100") };
+    let (event_type, payload) = intruder.encode();
+    engine
+        .store()
+        .append(AppendRequest {
+            command_id: Some("elsewhere".into()),
+            expected: vec![],
+            events: vec![NewEvent { stream: intruder.stream(), event_type, schema_version: 1, at, payload }],
+            outcome: serde_json::Value::Null,
+        })
+        .unwrap();
+    // The engine's next write on that stream conflicts, reloads, decides again, succeeds.
+    let done = engine.execute("scale", at, Command::Scale { pool: "p".into(), nodes: Some(2), spec: None }, None).await.unwrap();
+    assert_eq!(done.outcome, Outcome::Accepted);
+    assert_eq!(engine.read(|p| p.state.accounts["a"].balance).await.unwrap(), d("1100"), "the other writer's top-up is seen");
+    assert_eq!(engine.read(|p| p.state.pools["p"].nodes).await.unwrap(), 2);
+    engine.store().verify().unwrap();
+}
