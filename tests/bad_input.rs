@@ -53,7 +53,39 @@ fn each_malformed_scenario_is_refused_with_its_place_and_writes_nothing() {
         ("empty id", |v| v["commands"][1]["pool"] = json!(""), "commands[1].pool"),
         ("not an object", |v| v["commands"][0] = json!(42), "commands[0]"),
         ("commands missing", |v| { v.as_object_mut().unwrap().remove("commands"); }, "commands: missing field"),
+        ("year 9999", |v| v["commands"][1]["at"] = json!("9999-12-31T23:59:59+08:00"), "commands[1].at"),
+        ("until in year 9999", |v| v["until"] = json!("9999-01-01T00:00:00Z"), "until"),
+        ("10^30 money", |v| v["commands"][0]["amount"] = json!("10^30"), "commands[0].amount"),
+        ("money with a comma", |v| v["commands"][0]["amount"] = json!("1,000.00"), "commands[0].amount"),
+        ("money with spaces", |v| v["commands"][0]["amount"] = json!(" 10.00"), "commands[0].amount"),
+        ("empty money", |v| v["commands"][0]["amount"] = json!(""), "commands[0].amount"),
+        ("balance as a number", |v| v["accounts"][0]["balance"] = json!(100), "accounts[0].balance"),
+        ("a discount of 1", |v| v["accounts"][0]["discount"] = json!("1"), "accounts[0].discount"),
+        ("2^64 nodes", |v| v["commands"][1]["nodes"] = json!(u64::MAX), "commands[1].nodes"),
+        ("fractional nodes", |v| v["commands"][1]["nodes"] = json!(1.5), "commands[1].nodes"),
+        ("nodes null", |v| v["commands"][1]["nodes"] = json!(null), "commands[1].nodes"),
+        ("months on demand", |v| v["commands"][1]["months"] = json!(1), "commands[1].months"),
+        ("a control character in an id", |v| v["commands"][1]["pool"] = json!("p\u{0007}"), "commands[1].pool"),
+        ("a 300-character id", |v| v["commands"][1]["pool"] = json!("p".repeat(300)), "commands[1].pool"),
+        ("a type that is a number", |v| v["commands"][0]["type"] = json!(7), "commands[0].type"),
+        ("no at", |v| { v["commands"][0].as_object_mut().unwrap().remove("at"); }, "commands[0].at"),
+        ("a catalog entry without prices", |v| v["catalog"][0] = json!({"spec": "cpu"}), "catalog[0]"),
+        ("a price of -1", |v| v["catalog"][0]["hourly"] = json!("-1"), "catalog[0].hourly"),
+        ("a spec listed twice", |v| v["catalog"] = json!([{"spec": "cpu", "hourly": "1"}, {"spec": "cpu", "hourly": "2"}]), "catalog[1].spec"),
+        ("grace days negative", |v| v["policy"] = json!({"levels": {"standard": {"grace_days": -1, "retention_days": 1}}}), "policy.levels.standard.grace_days"),
+        ("scale with nothing", |v| v["commands"][1] = json!({"at": "2023-04-18T09:30:00+08:00", "type": "scale", "pool": "p"}), "commands[1].nodes"),
+        ("a notebook without a disk price", |v| v["commands"][1] = json!({"at": "2023-04-18T09:30:00+08:00", "type": "start_job", "account": "acct-1", "job": "nb", "kind": "notebook", "spec": "cpu", "nodes": 1}), "commands[1].disk_hourly"),
+        ("a service without a model", |v| v["commands"][1] = json!({"at": "2023-04-18T09:30:00+08:00", "type": "start_job", "account": "acct-1", "job": "s", "kind": "service", "spec": "cpu", "nodes": 1}), "commands[1].model"),
+        ("days_before 8", |v| v["commands"][1] = json!({"at": "2023-04-18T09:30:00+08:00", "type": "set_auto_renew", "pool": "p", "enabled": true, "months": 1, "days_before": 8}), "commands[1].days_before"),
+        ("align_day 29", |v| v["commands"][1] = json!({"at": "2023-04-18T09:30:00+08:00", "type": "renew", "pool": "p", "months": 1, "align_day": 29}), "commands[1].align_day"),
+        ("months and years", |v| v["commands"][1] = json!({"at": "2023-04-18T09:30:00+08:00", "type": "renew", "pool": "p", "months": 1, "years": 1}), "commands[1].years"),
     ];
+    // The same cases against an existing store: it must be left exactly as it was.
+    let kept = tempfile::tempdir().unwrap();
+    let kept_store = kept.path().join("store");
+    let good = write(kept.path(), &valid().to_string());
+    run_json(&["run", good.to_str().unwrap(), "--format", "json", "--store", kept_store.to_str().unwrap()]);
+    let before = log_of(&kept_store);
     for (what, mutate, place) in cases {
         let dir = tempfile::tempdir().unwrap();
         let mut scenario = valid();
@@ -66,7 +98,50 @@ fn each_malformed_scenario_is_refused_with_its_place_and_writes_nothing() {
         assert!(stderr.contains(place), "{what}: the message names {place:?}: {stderr}");
         assert!(out.stdout.is_empty(), "{what}: no output document");
         assert!(!store.exists(), "{what}: no store was created");
+        let bad = kept.path().join("bad.json");
+        std::fs::write(&bad, scenario.to_string()).unwrap();
+        let out = run(&["run", bad.to_str().unwrap(), "--store", kept_store.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{what}: against a kept store");
+        assert_eq!(log_of(&kept_store), before, "{what}: the kept store is as it was");
     }
+}
+
+fn log_of(store: &std::path::Path) -> Vec<poolbill_store::Envelope> {
+    let store = Store::open(store).unwrap();
+    let log = store.read_all(1).collect::<Result<Vec<_>, _>>().unwrap();
+    log
+}
+
+#[test]
+fn unicode_ids_work_and_the_order_of_the_file_does_not_matter() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut scenario = valid();
+    scenario["accounts"][0]["id"] = json!("账户-α");
+    scenario["commands"][0]["account"] = json!("账户-α");
+    scenario["commands"][1]["account"] = json!("账户-α");
+    scenario["commands"][1]["pool"] = json!("池-1 🚀");
+    let path = write(dir.path(), &scenario.to_string());
+    let doc = run_json(&["run", path.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(doc["resources"][0]["id"], "池-1 🚀");
+    assert_eq!(doc["accounts"][0]["id"], "账户-α");
+    // Commands run in order of `at`, wherever they stand in the file.
+    scenario["commands"].as_array_mut().unwrap().reverse();
+    let reversed = write(dir.path(), &scenario.to_string());
+    let again = run_json(&["run", reversed.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(pick(&again["bills"], &BILL_FIELDS), pick(&doc["bills"], &BILL_FIELDS));
+    assert_eq!(again["accounts"], doc["accounts"]);
+}
+
+#[test]
+fn a_duplicated_purchase_is_refused_and_the_first_stands() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut scenario = valid();
+    let again = scenario["commands"][1].clone();
+    scenario["commands"].as_array_mut().unwrap().push(again);
+    let path = write(dir.path(), &scenario.to_string());
+    let doc = run_json(&["run", path.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(pick(&doc["rejections"], &["index", "rule"]), vec![json!({"index": 2, "rule": "R17"})]);
+    assert_eq!(doc["resources"].as_array().unwrap().len(), 1);
 }
 
 #[test]

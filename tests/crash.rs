@@ -32,15 +32,18 @@ fn instant(seconds: u64) -> String {
 
 #[test]
 fn killing_the_process_loses_nothing_acknowledged() {
-    let kills: u64 = std::env::var("POOLBILL_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(25);
+    // CI kills it 120 times; POOLBILL_LONG=1 a thousand, within ten minutes.
+    let long = std::env::var("POOLBILL_LONG").is_ok();
+    let kills: u64 = std::env::var("POOLBILL_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(if long { 1000 } else { 120 });
     let seed: u64 = std::env::var("POOLBILL_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(20231123);
-    let budget = Duration::from_secs(120);
+    let budget = Duration::from_secs(if long { 600 } else { 60 });
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let store_path = dir.path().join("store");
     let mut rng = Lcg(seed);
     let mut acknowledged: HashMap<String, (Option<u64>, Option<u64>)> = HashMap::new();
     let mut survived = 0;
+    let mut resent = 0;
 
     for round in 0..kills {
         if started.elapsed() > budget {
@@ -59,11 +62,17 @@ fn killing_the_process_loses_nothing_acknowledged() {
         let base = round * 100_000;
         let sent = 20 + rng.below(60);
         let kill_after = rng.below(sent);
+        // Some acknowledged commands of earlier rounds are sent again: retries after a restart.
+        let resend: Vec<String> = acknowledged.keys().filter(|id| id.starts_with('r')).take(3).cloned().collect();
         let writer = std::thread::spawn(move || {
-            let mut lines = vec![
+            let mut lines: Vec<Value> = resend
+                .iter()
+                .map(|id| json!({"id": id, "at": instant(base), "type": "top_up", "account": "a", "amount": "1.00"}))
+                .collect();
+            lines.extend([
                 json!({"id": "setup-price", "at": instant(0), "type": "set_price", "spec": "cpu", "hourly": "3.60"}),
                 json!({"id": "setup-account", "at": instant(0), "type": "open_account", "account": "a", "balance": "0.00"}),
-            ];
+            ]);
             for k in 0..sent {
                 let at = instant(base + 1 + k * 60);
                 lines.push(match k % 10 {
@@ -85,7 +94,14 @@ fn killing_the_process_loses_nothing_acknowledged() {
             let ack: Value = serde_json::from_str(&line).expect("an acknowledgement is JSON");
             assert!(ack.get("error").is_none(), "round {round}: {ack}");
             let id = ack["id"].as_str().unwrap().to_string();
-            acknowledged.insert(id, (ack["first_position"].as_u64(), ack["last_position"].as_u64()));
+            let positions = (ack["first_position"].as_u64(), ack["last_position"].as_u64());
+            // A retry of an acknowledged id returns its first result and appends nothing.
+            if let Some(first) = acknowledged.get(&id) {
+                assert_eq!(ack["duplicate"], true, "round {round} (seed {seed}): {id} appended twice");
+                assert_eq!(positions, *first, "round {round} (seed {seed}): {id} answered differently");
+                resent += 1;
+            }
+            acknowledged.insert(id, positions);
             acks_this_round += 1;
             if acks_this_round == kill_after + 2 {
                 break;
@@ -122,6 +138,9 @@ fn killing_the_process_loses_nothing_acknowledged() {
         assert_eq!(projections.state.accounts["a"].balance, expected, "round {round}");
         drop(store);
     }
-    assert!(survived >= 5, "at least a few kills within the time budget");
-    println!("crash test: survived {survived} SIGKILLs, {} acknowledged commands all present (seed {seed})", acknowledged.len());
+    assert!(survived >= 20, "at least a few dozen kills within the time budget");
+    println!(
+        "crash test: survived {survived} SIGKILLs; {} acknowledged commands all present exactly once; {resent} retries after a restart answered with their first result (seed {seed})",
+        acknowledged.len()
+    );
 }

@@ -1,7 +1,7 @@
 //! Reading a scenario (`scenario-format.md`) strictly: every problem is reported with the path
 //! of the field at fault (`commands[3].nodes`), and nothing is run unless the whole file is valid.
 
-use chrono::{DateTime, Timelike};
+use chrono::{DateTime, Datelike, Timelike};
 use poolbill_domain::time::to_beijing;
 use poolbill_domain::{BillingMode, Command, Instant, JobKind, Level, Policy, PoolType, Price, Term, DEFAULT_LEVEL};
 use rust_decimal::Decimal;
@@ -63,6 +63,8 @@ const MAX_MONEY: i64 = 1_000_000_000_000;
 const MAX_NODES: u64 = 100_000;
 const MAX_MONTHS: u64 = 1200;
 const MAX_ID_LEN: usize = 256;
+const MIN_YEAR: i32 = 1970;
+const MAX_YEAR: i32 = 2999;
 /// Fields any object may carry for people and that are otherwise ignored.
 const REMARKS: [&str; 2] = ["note", "comment"];
 
@@ -455,6 +457,10 @@ fn instant(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Instant> {
     })?;
     if t.nanosecond() != 0 {
         return err(at, format!("{text:?} has a fraction of a second; instants are whole seconds (R1)"));
+    }
+    // Periods and retention run years past an instant: keep every date they reach printable.
+    if !(MIN_YEAR..=MAX_YEAR).contains(&to_beijing(t).year()) {
+        return err(at, format!("{text:?} is outside the years {MIN_YEAR}..={MAX_YEAR} this billing engine accepts"));
     }
     Ok(to_beijing(t))
 }
