@@ -6,6 +6,7 @@
 mod common;
 
 use common::poolbill;
+use poolbill_domain::Event;
 use poolbill_replay::{replay, Upto};
 use poolbill_store::Store;
 use rust_decimal::Decimal;
@@ -125,13 +126,12 @@ fn killing_the_process_loses_nothing_acknowledged() {
         let mut expected = Decimal::ZERO;
         for envelope in store.read_all(1) {
             let envelope = envelope.unwrap();
-            match envelope.event_type.as_str() {
-                "topped_up" => {
+            match Event::decode(&envelope.event_type, envelope.schema_version, &envelope.payload).unwrap() {
+                Event::ToppedUp { balance_after, .. } => {
                     expected += Decimal::ONE;
-                    let after: Decimal = envelope.payload["balance"].as_str().unwrap().parse().unwrap();
-                    assert_eq!(after, expected, "round {round}: balance after top-up at {}", envelope.position);
+                    assert_eq!(balance_after, expected, "round {round}: balance after top-up at {}", envelope.position);
                 }
-                "charged" => expected -= envelope.payload["line"]["amounts"]["payable"].as_str().unwrap().parse::<Decimal>().unwrap(),
+                Event::Charged { line } => expected -= line.amounts.payable,
                 _ => {}
             }
         }

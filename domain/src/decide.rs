@@ -75,7 +75,7 @@ pub fn decide(state: &State, command: &Command, now: Instant) -> Result<Vec<Even
                 return Err(Rejection::new(Rule::R12, format!("a top-up must be positive, not {amount}")));
             }
             let balance = acct.balance + *amount;
-            let mut events = vec![Event::ToppedUp { account: account.clone(), amount: *amount, balance }];
+            let mut events = vec![Event::ToppedUp { account: account.clone(), amount: *amount, balance_after: balance }];
             // R12: a top-up to zero or more ends the arrears; billing resumes now.
             if acct.arrears.is_some() && balance >= Decimal::ZERO {
                 events.push(Event::ArrearsEnded { account: account.clone() });

@@ -8,8 +8,6 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// The schema version written for every event type today.
-pub const SCHEMA_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -17,8 +15,8 @@ pub enum Event {
     PriceSet { spec: String, price: Price },
     PolicySet { policy: Policy },
     AccountOpened { account: String, balance: Decimal, level: String, discount: Decimal },
-    /// `balance` is the balance after the top-up.
-    ToppedUp { account: String, amount: Decimal, balance: Decimal },
+    /// Schema v2: `balance_after` (v1 called it `balance`).
+    ToppedUp { account: String, amount: Decimal, balance_after: Decimal },
     PoolPurchased {
         account: String,
         pool: String,
@@ -176,6 +174,12 @@ impl Event {
         }
     }
 
+    /// The schema version this build writes for the event's type. Each type has its own: a
+    /// shape change bumps only its type and adds a step to [`upcast`].
+    pub fn schema_version(&self) -> u32 {
+        latest_version(&self.encode().0)
+    }
+
     /// The payload and type tag to store.
     pub fn encode(&self) -> (String, serde_json::Value) {
         let value = serde_json::to_value(self).expect("events always serialise");
@@ -198,31 +202,42 @@ pub fn account_stream(account: &str) -> String {
     format!("account-{account}")
 }
 
-/// Bring a payload written under an older schema version up to [`SCHEMA_VERSION`]. Every
-/// event type is at version 1 today; each future shape change adds one step here.
-fn upcast(event_type: &str, schema_version: u32, mut payload: serde_json::Value) -> Result<serde_json::Value, DecodeError> {
-    if schema_version == 0 || schema_version > SCHEMA_VERSION {
-        return Err(DecodeError {
-            event_type: event_type.to_string(),
-            schema_version,
-            detail: format!("schema version {schema_version} is not one this build reads (1..={SCHEMA_VERSION})"),
-        });
+/// The version this build writes for an event type.
+pub fn latest_version(event_type: &str) -> u32 {
+    match event_type {
+        "topped_up" => 2,
+        _ => 1,
     }
+}
+
+/// Bring a payload written under an older schema version of its type up to the latest, one
+/// step at a time. Logs are never rewritten: this runs on every read.
+fn upcast(event_type: &str, schema_version: u32, mut payload: serde_json::Value) -> Result<serde_json::Value, DecodeError> {
+    let latest = latest_version(event_type);
+    let fail = |detail: String| DecodeError { event_type: event_type.to_string(), schema_version, detail };
+    if schema_version == 0 || schema_version > latest {
+        return Err(fail(format!("schema version {schema_version} is not one this build reads (1..={latest})")));
+    }
+    let serde_json::Value::Object(map) = &mut payload else { return Err(fail("the payload is not an object".into())) };
     // The envelope's type is authoritative: a payload that disagrees is not this event.
-    if let serde_json::Value::Object(map) = &mut payload {
-        match map.get("type") {
-            Some(serde_json::Value::String(t)) if t != event_type => {
-                return Err(DecodeError {
-                    event_type: event_type.to_string(),
-                    schema_version,
-                    detail: format!("payload says type {t:?}"),
-                })
-            }
-            Some(_) => {}
-            None => {
-                map.insert("type".to_string(), serde_json::Value::String(event_type.to_string()));
-            }
+    match map.get("type") {
+        Some(serde_json::Value::String(t)) if t != event_type => return Err(fail(format!("payload says type {t:?}"))),
+        Some(_) => {}
+        None => {
+            map.insert("type".to_string(), serde_json::Value::String(event_type.to_string()));
         }
+    }
+    let mut version = schema_version;
+    while version < latest {
+        match (event_type, version) {
+            // v1 → v2: `balance` was renamed `balance_after`, saying which balance it is.
+            ("topped_up", 1) => {
+                let balance = map.remove("balance").ok_or_else(|| fail("a v1 top-up without its balance".into()))?;
+                map.insert("balance_after".to_string(), balance);
+            }
+            _ => return Err(fail(format!("no upcast from version {version}"))),
+        }
+        version += 1;
     }
     Ok(payload)
 }

@@ -18,7 +18,7 @@ pub mod time;
 pub use agenda::{due_events, next_due, tick};
 pub use command::{Command, JobKind};
 pub use decide::{decide, handle, Handled};
-pub use event::{DecodeError, Event, SCHEMA_VERSION};
+pub use event::{latest_version, DecodeError, Event};
 pub use model::*;
 pub use money::Amounts;
 pub use state::{evolve, Hold, JobStatus, PoolStatus, State};

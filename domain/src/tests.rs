@@ -463,9 +463,10 @@ fn events_round_trip_through_their_stored_form() {
     all.extend(w.advance(t("2023-04-18T11:00:00+08:00")).into_iter().map(|(_, e)| e));
     for event in all {
         let (name, payload) = event.encode();
-        assert_eq!(Event::decode(&name, SCHEMA_VERSION, &payload).unwrap(), event);
-        assert!(Event::decode(&name, SCHEMA_VERSION + 1, &payload).is_err());
-        assert!(Event::decode("pool_deleted", SCHEMA_VERSION, &payload).is_err() || name == "pool_deleted");
+        let version = event.schema_version();
+        assert_eq!(Event::decode(&name, version, &payload).unwrap(), event);
+        assert!(Event::decode(&name, version + 1, &payload).is_err(), "a version from the future is refused");
+        assert!(Event::decode("pool_deleted", version, &payload).is_err() || name == "pool_deleted");
     }
 }
 
@@ -773,4 +774,16 @@ fn unsubscribe_later_refunds_the_unused_part_and_unbegun_renewals_r15() {
     w.ok(t("2023-04-18T10:00:00+08:00"), monthly("q", 1));
     w.advance(t("2023-05-19T00:00:00+08:00"));
     w.refused(t("2023-05-19T00:00:00+08:00"), Command::Unsubscribe { pool: "q".into() }, Rule::R6);
+}
+
+#[test]
+fn a_v1_top_up_is_upcast_to_v2() {
+    let v1 = serde_json::json!({"type": "topped_up", "account": "a", "amount": "10.00", "balance": "25.00"});
+    let event = Event::decode("topped_up", 1, &v1).unwrap();
+    assert_eq!(event, Event::ToppedUp { account: "a".into(), amount: dec!(10.00), balance_after: dec!(25.00) });
+    assert_eq!(event.schema_version(), 2);
+    // A v2 payload read as v1 has no `balance`: refused, not guessed.
+    let (_, v2) = event.encode();
+    assert!(Event::decode("topped_up", 1, &v2).is_err());
+    assert!(Event::decode("topped_up", 3, &v2).is_err());
 }

@@ -149,14 +149,14 @@ async fn a_conflict_with_another_writer_is_retried_on_fresh_state() {
     let at = t("2023-04-18T09:00:00+08:00");
     engine.execute("od", at, purchase("p", BillingMode::OnDemand), None).await.unwrap();
     // Another writer appends to the account's stream behind the engine's back.
-    let intruder = Event::ToppedUp { account: "a".into(), amount: d("1000"), balance: d("1100") };
+    let intruder = Event::ToppedUp { account: "a".into(), amount: d("1000"), balance_after: d("1100") };
     let (event_type, payload) = intruder.encode();
     engine
         .store()
         .append(AppendRequest {
             command_id: Some("elsewhere".into()),
             expected: vec![],
-            events: vec![NewEvent { stream: intruder.stream(), event_type, schema_version: 1, at, payload }],
+            events: vec![NewEvent { stream: intruder.stream(), event_type, schema_version: intruder.schema_version(), at, payload }],
             outcome: serde_json::Value::Null,
         })
         .unwrap();

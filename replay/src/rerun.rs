@@ -2,7 +2,7 @@
 //! recompute bills for an audit, or to re-derive them under another policy or price list
 //! (what-if).
 
-use poolbill_domain::{handle, tick, Command, Event, Instant, Policy, Price, SCHEMA_VERSION};
+use poolbill_domain::{handle, tick, Command, Event, Instant, Policy, Price};
 use poolbill_projections::Projections;
 use poolbill_store::Envelope;
 use std::collections::BTreeMap;
@@ -102,7 +102,7 @@ pub fn to_envelopes(log: &[(Instant, Option<String>, Event)]) -> Vec<Envelope> {
             let version = versions.entry(stream.clone()).or_insert(0);
             *version += 1;
             let (event_type, payload) = event.encode();
-            Envelope { position: i as u64 + 1, stream, version: *version, event_type, schema_version: SCHEMA_VERSION, at: *at, command_id: id.clone(), payload }
+            Envelope { position: i as u64 + 1, stream, version: *version, event_type, schema_version: event.schema_version(), at: *at, command_id: id.clone(), payload }
         })
         .collect()
 }
