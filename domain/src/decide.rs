@@ -19,7 +19,7 @@ pub struct Handled {
 }
 
 pub fn handle(state: &State, command: &Command, at: Instant, index: Option<u64>) -> Handled {
-    let received = Event::CommandReceived { command: command.clone(), index };
+    let received = Event::CommandReceived { command: command.clone(), index, requested_at: Some(at) };
     match decide(state, command, at) {
         Ok(events) => Handled { at, events: std::iter::once(received).chain(events).collect(), rejection: None },
         Err(rejection) => {

@@ -124,6 +124,10 @@ pub enum Event {
         command: Command,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         index: Option<u64>,
+        /// The instant the command asked for: a refusal is stamped no earlier than the log's
+        /// last instant, and a re-run must decide the command at its own instant again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requested_at: Option<Instant>,
     },
     /// A refused command, kept so that a log tells why nothing happened (R17 retries included).
     CommandRejected {

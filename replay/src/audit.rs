@@ -40,7 +40,7 @@ pub fn parse_charged(text: &str) -> Result<Charged, String> {
     let obj = value.as_object().ok_or("expected an object with bills (and total)")?;
     for key in obj.keys() {
         if !["bills", "total", "note", "source"].contains(&key.as_str()) {
-            return Err(format!("{key}: unknown field (expected bills, total)"));
+            return Err(format!("{}: unknown field (expected bills, total)", field(key)));
         }
     }
     let items = obj.get("bills").and_then(Value::as_array).ok_or("bills: missing, or not an array")?;
@@ -50,7 +50,7 @@ pub fn parse_charged(text: &str) -> Result<Charged, String> {
         let line = item.as_object().ok_or(format!("{path}: expected an object"))?;
         for key in line.keys() {
             if !["resource", "item", "start", "end", "payable", "erratum", "note"].contains(&key.as_str()) {
-                return Err(format!("{path}.{key}: unknown field (expected resource, item, start, end, payable)"));
+                return Err(format!("{path}.{}: unknown field (expected resource, item, start, end, payable)", field(key)));
             }
         }
         let text = |key: &str| -> Result<Option<String>, String> {
@@ -75,6 +75,15 @@ pub fn parse_charged(text: &str) -> Result<Charged, String> {
         Some(_) => return Err("total: money is a decimal string".into()),
     };
     Ok(Charged { bills, total })
+}
+
+/// A field name as a path names it: quoted when it is not a plain name (`[""]`).
+fn field(key: &str) -> String {
+    if !key.is_empty() && key.chars().all(|c| c.is_alphanumeric() || c == '_') {
+        key.to_string()
+    } else {
+        format!("[{key:?}]")
+    }
 }
 
 fn money(text: &str, path: &str) -> Result<Decimal, String> {

@@ -1,5 +1,7 @@
 //! The portable log: one envelope per line, in global order, each with a CRC-32 of its own
-//! canonical JSON so that a torn or edited line is caught and named, never silently used.
+//! canonical JSON so that a torn or edited line is caught and named, never silently used; and
+//! an end line (`{"end": {"events": N, "last_checksum": …}}`), so that a log that lost its last
+//! lines is caught too.
 
 use poolbill_domain::Event;
 use poolbill_store::{Envelope, Store, StoreError};
@@ -38,14 +40,34 @@ pub fn to_line(envelope: &Envelope) -> String {
     value.to_string()
 }
 
+/// The end line after `count` envelopes, the last of which is `last`.
+pub fn end_line(count: u64, last: Option<&Envelope>) -> String {
+    let mut end = serde_json::json!({"events": count});
+    if let Some(last) = last {
+        end["last_checksum"] = serde_json::Value::String(checksum(last));
+    }
+    serde_json::json!({ "end": end }).to_string()
+}
+
+/// A whole log as text: its lines and its end line.
+pub fn to_text(envelopes: &[Envelope]) -> String {
+    let mut text: String = envelopes.iter().map(|e| to_line(e) + "\n").collect();
+    text.push_str(&end_line(envelopes.len() as u64, envelopes.last()));
+    text.push('\n');
+    text
+}
+
 /// Write a store's whole log; returns how many envelopes.
 pub fn export(store: &Store, out: &mut impl Write) -> Result<u64, LogError> {
     let mut count = 0;
+    let mut last = None;
     for envelope in store.read_all(1) {
         let envelope = envelope.map_err(|e| LogError { line: 0, message: format!("reading the store: {e}") })?;
         writeln!(out, "{}", to_line(&envelope)).map_err(|e| LogError { line: count + 1, message: format!("writing: {e}") })?;
         count += 1;
+        last = Some(envelope);
     }
+    writeln!(out, "{}", end_line(count, last.as_ref())).map_err(|e| LogError { line: count + 1, message: format!("writing: {e}") })?;
     Ok(count)
 }
 
@@ -55,14 +77,25 @@ pub fn export(store: &Store, out: &mut impl Write) -> Result<u64, LogError> {
 pub fn import(reader: impl BufRead) -> Result<Vec<Envelope>, LogError> {
     let mut envelopes = Vec::new();
     let mut versions: HashMap<String, u64> = HashMap::new();
+    let mut ended = false;
+    let mut lines = 0;
     for (i, line) in reader.lines().enumerate() {
         let number = i as u64 + 1;
+        lines = number;
         let fail = |message: String| LogError { line: number, message };
         let line = line.map_err(|e| fail(format!("cannot read: {e}")))?;
         if line.trim().is_empty() {
             continue;
         }
+        if ended {
+            return Err(fail("a line after the end line".into()));
+        }
         let mut value: serde_json::Value = serde_json::from_str(&line).map_err(|e| fail(format!("not valid JSON: {e}")))?;
+        if let Some(end) = value.get("end") {
+            check_end(end, &envelopes).map_err(fail)?;
+            ended = true;
+            continue;
+        }
         let stated = match value.as_object_mut().and_then(|o| o.remove("checksum")) {
             Some(serde_json::Value::String(s)) => s,
             _ => return Err(fail("no checksum".into())),
@@ -89,7 +122,24 @@ pub fn import(reader: impl BufRead) -> Result<Vec<Envelope>, LogError> {
         Event::decode(&envelope.event_type, envelope.schema_version, &envelope.payload).map_err(|e| fail(format!("{at} {e}")))?;
         envelopes.push(envelope);
     }
+    if !ended {
+        let after = envelopes.last().map_or("before its first event".to_string(), |e| format!("after position {}", e.position));
+        return Err(LogError { line: lines + 1, message: format!("the log has no end line: it was cut short {after}") });
+    }
     Ok(envelopes)
+}
+
+/// The end line agrees with what came before it: the count, and the last envelope's checksum.
+fn check_end(end: &serde_json::Value, envelopes: &[Envelope]) -> Result<(), String> {
+    let count = end.get("events").and_then(|c| c.as_u64()).ok_or("an end line without its count of events")?;
+    if count != envelopes.len() as u64 {
+        return Err(format!("the end line counts {count} events but {} came before it: lines are missing", envelopes.len()));
+    }
+    let stated = end.get("last_checksum").and_then(|c| c.as_str());
+    if stated != envelopes.last().map(checksum).as_deref() {
+        return Err("the end line's checksum is not the last event's: the log was changed".into());
+    }
+    Ok(())
 }
 
 /// Read a log file.

@@ -22,7 +22,9 @@ pub fn commands(envelopes: &[Envelope]) -> Vec<Recorded> {
         .iter()
         .filter(|e| e.event_type == "command_received")
         .filter_map(|e| match Event::decode(&e.event_type, e.schema_version, &e.payload) {
-            Ok(Event::CommandReceived { command, index }) => Some(Recorded { id: e.command_id.clone(), at: e.at, index, command }),
+            Ok(Event::CommandReceived { command, index, requested_at }) => {
+                Some(Recorded { id: e.command_id.clone(), at: requested_at.unwrap_or(e.at), index, command })
+            }
             _ => None,
         })
         .collect()

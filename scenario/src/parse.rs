@@ -64,6 +64,7 @@ const MAX_NODES: u64 = 100_000;
 const MAX_MONTHS: u64 = 1200;
 const MAX_ID_LEN: usize = 256;
 const MIN_YEAR: i32 = 1970;
+const MAX_SPAN_DAYS: i64 = 3660;
 const MAX_YEAR: i32 = 2999;
 /// Fields any object may carry for people and that are otherwise ignored.
 const REMARKS: [&str; 2] = ["note", "comment"];
@@ -74,7 +75,7 @@ pub fn parse(text: &str) -> Result<Scenario> {
     let top = object(&value, "(file)")?;
     allow_only(top, "", &["name", "catalog", "accounts", "commands", "until", "policy"])?;
     let name = match top.get("name") {
-        None => "scenario".to_string(),
+        None | Some(Value::Null) => "scenario".to_string(),
         Some(_) => id(top, "name", "")?,
     };
     let policy = match top.get("policy") {
@@ -135,6 +136,12 @@ pub fn parse(text: &str) -> Result<Scenario> {
     };
     if let Some(late) = commands.iter().find(|s| s.at > until) {
         return err(format!("commands[{}].at", late.index), format!("{} is after until {}", late.at.to_rfc3339(), until.to_rfc3339()));
+    }
+    // Every hour of a running pool is settled: a scenario spans at most ten years.
+    if let Some(first) = commands.first() {
+        if until - first.at > chrono::Duration::days(MAX_SPAN_DAYS) {
+            return err("until", format!("{} is more than {MAX_SPAN_DAYS} days after the first command ({})", until.to_rfc3339(), first.at.to_rfc3339()));
+        }
     }
     Ok(Scenario { name, catalog, policy, accounts, commands, until })
 }
@@ -419,7 +426,7 @@ enum Sign {
 /// Money is a JSON string of a plain decimal (`"1750.00"`): not a number, no exponent, no
 /// letters, at most `places` decimal places.
 fn money(obj: &Map<String, Value>, key: &str, path: &str, sign: Sign, places: u32) -> Result<Decimal> {
-    let at = format!("{path}.{key}");
+    let at = join(path, key);
     let text = match obj.get(key) {
         None => return Err(missing(&at)),
         Some(Value::String(s)) => s,
@@ -449,12 +456,15 @@ fn money(obj: &Map<String, Value>, key: &str, path: &str, sign: Sign, places: u3
 
 /// An RFC 3339 instant with an offset, to the second (R1), kept in Beijing time.
 fn instant(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Instant> {
-    let at = format!("{path}.{key}");
+    let at = join(path, key);
     let text = string(obj, key, path)?;
     let t = DateTime::parse_from_rfc3339(&text).map_err(|e| ScenarioError {
         path: at.clone(),
         message: format!("{text:?} is not an RFC 3339 instant with an offset, like 2023-04-08T10:00:00+08:00 ({e})"),
     })?;
+    if t.nanosecond() >= 1_000_000_000 {
+        return err(at, format!("{text:?} is a leap second; instants are whole seconds 00..59 (R1)"));
+    }
     if t.nanosecond() != 0 {
         return err(at, format!("{text:?} has a fraction of a second; instants are whole seconds (R1)"));
     }
@@ -466,7 +476,7 @@ fn instant(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Instant> {
 }
 
 fn integer(obj: &Map<String, Value>, key: &str, path: &str, min: u64, max: u64) -> Result<u64> {
-    let at = format!("{path}.{key}");
+    let at = join(path, key);
     match obj.get(key) {
         None => Err(missing(&at)),
         Some(Value::Number(n)) => match n.as_u64() {
@@ -480,7 +490,7 @@ fn integer(obj: &Map<String, Value>, key: &str, path: &str, min: u64, max: u64) 
 }
 
 fn string(obj: &Map<String, Value>, key: &str, path: &str) -> Result<String> {
-    let at = format!("{path}.{key}");
+    let at = join(path, key);
     match obj.get(key) {
         None => Err(missing(&at)),
         Some(Value::String(s)) => Ok(s.clone()),
@@ -498,7 +508,7 @@ fn opt_string(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Option<
 /// An identifier: a non-empty string of printable characters.
 fn id(obj: &Map<String, Value>, key: &str, path: &str) -> Result<String> {
     let text = string(obj, key, path)?;
-    let at = format!("{path}.{key}");
+    let at = join(path, key);
     if text.trim().is_empty() {
         return err(at, "must not be empty");
     }
@@ -520,9 +530,9 @@ fn opt_id(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Option<Stri
 
 fn bool_field(obj: &Map<String, Value>, key: &str, path: &str) -> Result<bool> {
     match obj.get(key) {
-        None => Err(missing(&format!("{path}.{key}"))),
+        None => Err(missing(&join(path, key))),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(other) => err(format!("{path}.{key}"), format!("expected true or false, found {}", kind_of(other))),
+        Some(other) => err(join(path, key), format!("expected true or false, found {}", kind_of(other))),
     }
 }
 
@@ -566,11 +576,14 @@ fn allow_only(obj: &Map<String, Value>, path: &str, known: &[&str]) -> Result<()
     Ok(())
 }
 
+/// The path of `key` in `path`; a key that is not a plain name is quoted (`[""]`).
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
+    let plain = !key.is_empty() && key.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-');
+    match (path.is_empty(), plain) {
+        (true, true) => key.to_string(),
+        (false, true) => format!("{path}.{key}"),
+        (true, false) => format!("[{key:?}]"),
+        (false, false) => format!("{path}[{key:?}]"),
     }
 }
 
