@@ -170,9 +170,14 @@ impl Job {
         billing_id(self.kind, &self.id, self.model.as_deref())
     }
 
-    /// Whether it costs anything by the hour: compute on the public pool, or a disk.
+    /// Whether it costs anything by the hour: compute on the public pool while it runs, or a
+    /// disk until it is gone (deleted or released).
     pub fn is_pay_per_use(&self) -> bool {
-        (self.pool.is_none() && self.status == JobStatus::Running) || (self.disk_hourly.is_some() && self.status != JobStatus::Deleted)
+        match self.status {
+            JobStatus::Running => self.pool.is_none() || self.disk_hourly.is_some(),
+            JobStatus::Stopped => self.disk_hourly.is_some(),
+            JobStatus::Deleted | JobStatus::Released => false,
+        }
     }
 
     pub fn shown_state(&self) -> &'static str {

@@ -787,3 +787,30 @@ fn a_v1_top_up_is_upcast_to_v2() {
     assert!(Event::decode("topped_up", 1, &v2).is_err());
     assert!(Event::decode("topped_up", 3, &v2).is_err());
 }
+
+#[test]
+fn a_released_notebook_stays_released_when_its_account_falls_into_arrears_again_r12() {
+    // Found by the invariants property test: a released disk counted as pay-per-use.
+    let mut w = World::new(dec!(4));
+    let mut policy = Policy::default();
+    policy.levels.insert("short".into(), Level { grace_days: 1, retention_days: 1 });
+    let at = t("2023-04-01T10:00:00+08:00");
+    w.ok(at, Command::SetPolicy { policy });
+    w.ok(at, Command::OpenAccount { account: "s".into(), balance: dec!(4), level: "short".into(), discount: dec!(0) });
+    let mut nb = notebook("nb", None);
+    if let Command::StartJob { account, .. } = &mut nb {
+        *account = "s".into();
+    }
+    w.ok(at, nb);
+    w.advance(t("2023-04-04T12:00:00+08:00")); // arrears at 12:00, frozen a day later, released a day after
+    assert_eq!(w.state.jobs["nb"].shown_state(), "released");
+    w.ok(t("2023-04-04T12:00:00+08:00"), Command::TopUp { account: "s".into(), amount: dec!(100) });
+    let mut od = on_demand("p", 4, true);
+    if let Command::Purchase { account, .. } = &mut od {
+        *account = "s".into();
+    }
+    w.ok(t("2023-04-04T12:00:00+08:00"), od);
+    w.advance(t("2023-04-05T12:00:00+08:00")); // 14.00 an hour: in arrears again
+    assert!(w.state.accounts["s"].arrears.is_some());
+    assert_eq!(w.state.jobs["nb"].shown_state(), "released");
+}
