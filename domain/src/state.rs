@@ -347,11 +347,12 @@ impl State {
             Event::PoolReady { account, pool, hourly } => {
                 let phase = self.accounts.get(account).and_then(|a| a.arrears).map(|a| a.phase);
                 let Some(p) = self.pools.get_mut(pool) else { return };
-                p.status = PoolStatus::Running;
-                // Readied during arrears: it joins its account's phase (R12).
+                // Readied during arrears, it joins its account's phase (R12): billed in grace,
+                // not billed once frozen, released at once after retention.
+                p.status = if phase == Some(Hold::Released) { PoolStatus::Released } else { PoolStatus::Running };
                 p.hold = phase.filter(|h| *h != Hold::Released);
                 let (spec, nodes, public, region) = (p.spec.clone(), p.nodes, p.pool_type == PoolType::Public, p.region.clone());
-                if phase != Some(Hold::Frozen) {
+                if phase.is_none() || phase == Some(Hold::Grace) {
                     let meter = MeterFor { account, resource: pool.clone(), item: Item::Compute, public, region };
                     self.open_meter(meter, at, spec, nodes, *hourly);
                 }

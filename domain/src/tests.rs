@@ -814,3 +814,24 @@ fn a_released_notebook_stays_released_when_its_account_falls_into_arrears_again_
     assert!(w.state.accounts["s"].arrears.is_some());
     assert_eq!(w.state.jobs["nb"].shown_state(), "released");
 }
+
+#[test]
+fn a_pool_readied_during_arrears_joins_its_account_s_phase_r12() {
+    // Found by the invariants property test: readied after retention, it was billed.
+    let mut w = World::new(dec!(4));
+    let at = t("2023-04-01T10:00:00+08:00");
+    w.ok(at, on_demand("billed", 1, true));
+    w.ok(at, on_demand("grace", 1, false));
+    w.ok(at, on_demand("frozen", 1, false));
+    w.ok(at, on_demand("late", 1, false));
+    w.advance(t("2023-04-01T12:00:00+08:00")); // in arrears from 12:00
+    w.ok(t("2023-04-01T12:30:00+08:00"), Command::Ready { pool: "grace".into() });
+    assert_eq!(w.pool("grace").shown_state(), "grace", "billed like the others");
+    w.ok(t("2023-04-20T00:00:00+08:00"), Command::Ready { pool: "frozen".into() });
+    assert_eq!(w.pool("frozen").shown_state(), "frozen");
+    w.ok(t("2023-05-20T00:00:00+08:00"), Command::Ready { pool: "late".into() });
+    assert_eq!(w.pool("late").shown_state(), "released");
+    let happened = w.advance(t("2023-05-21T00:00:00+08:00"));
+    assert!(lines(&happened).is_empty(), "nothing is billed after retention: {:?}", lines(&happened));
+    assert!(!w.state.meters.keys().any(|(r, _)| r == "frozen" || r == "late"));
+}
