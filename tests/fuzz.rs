@@ -60,6 +60,9 @@ fn config(cases: u32) -> ProptestConfig {
         // Never write proptest-regressions/ files into the repository.
         failure_persistence: None,
         max_shrink_iters: 400,
+        // The same cases on every run, so that CI is repeatable; POOLBILL_EXPLORE=1 draws new
+        // ones (and PROPTEST_RNG_SEED=n replays a run).
+        rng_seed: explore_or_fixed(),
         max_shrink_time: 30_000,
         ..ProptestConfig::default()
     }
@@ -1721,4 +1724,12 @@ fn a_command_refused_as_late_is_refused_again_when_re_run() {
     assert!(matches!(late.outcome, Outcome::Rejected { rule: poolbill_domain::Rule::R1, .. }), "{late:?}");
     let report = poolbill_replay::audit::audit(&envelopes, &poolbill_replay::audit::Charged { bills: Vec::new(), total: None });
     assert!(report.integrity.is_empty(), "audit of a genuine log: {:?}", report.integrity);
+}
+
+fn explore_or_fixed() -> proptest::test_runner::RngSeed {
+    if std::env::var("POOLBILL_EXPLORE").is_ok() || std::env::var("PROPTEST_RNG_SEED").is_ok() {
+        ProptestConfig::default().rng_seed
+    } else {
+        proptest::test_runner::RngSeed::Fixed(20261123)
+    }
 }
