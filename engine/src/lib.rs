@@ -10,7 +10,7 @@ mod clock;
 
 pub use clock::{spawn_clock, Clock, ManualClock, SystemClock};
 
-use poolbill_domain::{handle, tick, Command, Event, Instant, Rejection, Rule};
+use poolbill_domain::{handle, latest_version, tick, Command, Event, Instant, Rejection, Rule};
 use poolbill_projections::Projections;
 use poolbill_replay::{replay, ReplayError, Upto};
 use poolbill_store::{AppendOutcome, AppendRequest, CommandRecord, ExpectedVersion, NewEvent, Store, StoreError};
@@ -365,7 +365,7 @@ impl Actor {
             }
             *self.versions.entry(stream.clone()).or_insert(0) += 1;
             let (event_type, payload) = event.encode();
-            let schema_version = event.schema_version();
+            let schema_version = latest_version(&event_type);
             new_events.push(NewEvent { stream, event_type, schema_version, at, payload });
             let position = self.projections.last_position + 1;
             self.projections.apply_event(position, at, event);

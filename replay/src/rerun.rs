@@ -2,7 +2,7 @@
 //! recompute bills for an audit, or to re-derive them under another policy or price list
 //! (what-if).
 
-use poolbill_domain::{handle, tick, Command, Event, Instant, Policy, Price};
+use poolbill_domain::{handle, latest_version, tick, Command, Event, Instant, Policy, Price};
 use poolbill_projections::Projections;
 use poolbill_store::Envelope;
 use std::collections::BTreeMap;
@@ -104,7 +104,8 @@ pub fn to_envelopes(log: &[(Instant, Option<String>, Event)]) -> Vec<Envelope> {
             let version = versions.entry(stream.clone()).or_insert(0);
             *version += 1;
             let (event_type, payload) = event.encode();
-            Envelope { position: i as u64 + 1, stream, version: *version, event_type, schema_version: event.schema_version(), at: *at, command_id: id.clone(), payload }
+            let schema_version = latest_version(&event_type);
+            Envelope { position: i as u64 + 1, stream, version: *version, event_type, schema_version, at: *at, command_id: id.clone(), payload }
         })
         .collect()
 }
