@@ -277,7 +277,7 @@ fn step(rng: &mut Rng) -> Command {
             let pool = if rng.chance(70) { None } else { Some(rng.pick(&POOLS).to_string()) };
             let model = (kind == JobKind::Service).then(|| "m1".to_string());
             let disk_hourly = (kind == JobKind::Notebook).then(|| dec("0.0014"));
-            Command::StartJob { account, job, kind, spec: spec.into(), nodes, pool, model, disk_gb: None, disk_hourly }
+            Command::StartJob { account, job, kind, spec: spec.into(), nodes, pool, model, disk_gb: None, disk_hourly, region: None }
         }
         "stop_job" => Command::StopJob { job },
         _ => Command::DeleteJob { job },

@@ -11,7 +11,7 @@ use crate::decide::renewal;
 use crate::event::Event;
 use crate::model::{Basis, BillLine, BillingMode, Item, Rejection, Rule};
 use crate::money::Amounts;
-use crate::state::{Account, Hold, Meter, Package, Pool, PoolStatus, State};
+use crate::state::{same_region, Account, Hold, Meter, Package, Pool, PoolStatus, State};
 use crate::time::{after, at_three_am, beijing_date, days, next_hour, Instant};
 use chrono::Duration;
 use rust_decimal::Decimal;
@@ -69,11 +69,20 @@ fn settlement_due(meter: &Meter) -> Option<Instant> {
 fn settle_account(state: &State, account: &str, meters: &[&Meter], cycle_end: Instant, events: &mut Vec<Event>) {
     let Some(acct) = state.accounts.get(account) else { return };
     let mut balance = acct.balance;
-    // Package remainders as this settlement uses them, expiring first first (R13).
-    let mut packages: Vec<(&Package, i64)> =
-        state.packages.values().filter(|p| p.account == account && !p.expired).map(|p| (p, p.remaining_node_seconds())).collect();
+    // Package remainders as this settlement uses them, expiring first first (R13). A package
+    // valid at a line's start covers it even if it expired since (before this settlement), so
+    // every package not expired by the cycle's start is a candidate; `valid_at` decides per line.
+    let cycle_start = cycle_end - Duration::hours(1);
+    let mut packages: Vec<(&Package, i64)> = state
+        .packages
+        .values()
+        .filter(|p| p.account == account && p.expires_at > cycle_start)
+        .map(|p| (p, p.remaining_node_seconds()))
+        .collect();
     packages.sort_by(|a, b| (a.0.expires_at, &a.0.id).cmp(&(b.0.expires_at, &b.0.id)));
 
+    // Lines take from packages in the order of resource id (byte order), then start (R13):
+    // `meters` come in the key order of `State::meters`, and each meter's stretches by start.
     for meter in meters {
         let closed = meter.closed.iter().filter(|s| s.end <= cycle_end).map(|s| (s.start, s.end, &s.spec, s.nodes, s.hourly));
         let open = meter.open.iter().filter(|o| o.since < cycle_end).map(|o| (o.since, cycle_end, &o.spec, o.nodes, o.hourly));
@@ -93,7 +102,7 @@ fn settle_account(state: &State, account: &str, meters: &[&Meter], cycle_end: In
             };
             if meter.public && meter.item == Item::Compute {
                 for (package, remaining) in packages.iter_mut() {
-                    let fits = &package.spec == spec && package.region == meter.region && package.valid_at(start);
+                    let fits = &package.spec == spec && same_region(&package.region, &meter.region) && package.valid_at(start);
                     if uncovered == 0 || !fits || *remaining == 0 {
                         continue;
                     }
@@ -114,7 +123,7 @@ fn settle_account(state: &State, account: &str, meters: &[&Meter], cycle_end: In
             }
         }
     }
-    events.push(Event::CycleSettled { account: account.to_string(), start: cycle_end - Duration::hours(1), end: cycle_end });
+    events.push(Event::CycleSettled { account: account.to_string(), start: cycle_start, end: cycle_end });
     // R13: a remainder that this settlement took below its threshold is told, once.
     for (package, remaining) in &packages {
         let used_now = *remaining < package.remaining_node_seconds();

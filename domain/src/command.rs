@@ -55,6 +55,9 @@ pub enum Command {
         model: Option<String>,
         disk_gb: Option<u32>,
         disk_hourly: Option<Decimal>,
+        /// R13: where its public-pool usage runs; none is `default`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        region: Option<String>,
     },
     StopJob { job: String },
     DeleteJob { job: String },

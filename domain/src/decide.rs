@@ -4,7 +4,7 @@
 use crate::command::Command;
 use crate::event::Event;
 use crate::command::JobKind;
-use crate::model::{Alignment, Basis, BillLine, BillingMode, Item, Period, PoolType, Price, Rejection, Rule, Term, UnusedPart};
+use crate::model::{remaining_value, Alignment, Basis, BillLine, BillingMode, Item, Period, PoolType, Price, Rejection, Rule, Term, UnusedPart};
 use crate::money::{remaining_factor, trunc2, Amounts};
 use crate::state::{billing_id, Account, JobStatus, Pool, PoolStatus, State};
 use crate::time::{align_to_day, days, period_end, Instant};
@@ -44,6 +44,38 @@ pub fn decide(state: &State, command: &Command, now: Instant) -> Result<Vec<Even
             ));
         }
     }
+    let mut events = decide_command(state, command, now)?;
+    credits_end_arrears(state, &mut events);
+    Ok(events)
+}
+
+/// R12: any credit that brings an account in arrears to 0 or more ends its arrears — a
+/// top-up, and also a refund (unsubscribing, a downgrade). One rule for every command.
+fn credits_end_arrears(state: &State, events: &mut Vec<Event>) {
+    // Per account: its balance after these events, and whether any of them credited it.
+    let mut after: Vec<(&str, Decimal, bool)> = Vec::new();
+    for event in events.iter() {
+        let (account, balance, credit) = match event {
+            Event::ToppedUp { account, balance_after, .. } => (account.as_str(), *balance_after, true),
+            Event::Charged { line } => (line.account.as_str(), line.balance, line.amounts.payable < Decimal::ZERO),
+            _ => continue,
+        };
+        match after.iter_mut().find(|(a, _, _)| *a == account) {
+            Some(entry) => *entry = (account, balance, entry.2 || credit),
+            None => after.push((account, balance, credit)),
+        }
+    }
+    let ended: Vec<Event> = after
+        .into_iter()
+        .filter(|(account, balance, credit)| {
+            *credit && *balance >= Decimal::ZERO && state.accounts.get(*account).is_some_and(|a| a.arrears.is_some())
+        })
+        .map(|(account, _, _)| Event::ArrearsEnded { account: account.to_string() })
+        .collect();
+    events.extend(ended);
+}
+
+fn decide_command(state: &State, command: &Command, now: Instant) -> Result<Vec<Event>, Rejection> {
     match command {
         Command::SetPrice { spec, price } => {
             if state.catalog.get(spec) == Some(price) {
@@ -74,13 +106,8 @@ pub fn decide(state: &State, command: &Command, now: Instant) -> Result<Vec<Even
             if *amount <= Decimal::ZERO {
                 return Err(Rejection::new(Rule::R12, format!("a top-up must be positive, not {amount}")));
             }
-            let balance = acct.balance + *amount;
-            let mut events = vec![Event::ToppedUp { account: account.clone(), amount: *amount, balance_after: balance }];
-            // R12: a top-up to zero or more ends the arrears; billing resumes now.
-            if acct.arrears.is_some() && balance >= Decimal::ZERO {
-                events.push(Event::ArrearsEnded { account: account.clone() });
-            }
-            Ok(events)
+            // R12: one that brings the balance to 0 or more ends the arrears (`credits_end_arrears`).
+            Ok(vec![Event::ToppedUp { account: account.clone(), amount: *amount, balance_after: acct.balance + *amount }])
         }
         Command::Purchase { account, pool, spec, nodes, mode, term, pool_type, region, ready } => {
             purchase(state, now, account, pool, spec, *nodes, *mode, *term, *pool_type, region, *ready)
@@ -95,8 +122,8 @@ pub fn decide(state: &State, command: &Command, now: Instant) -> Result<Vec<Even
         Command::BuyPackage { account, package, spec, quantity, hours, valid_days, price, region, alert_below } => {
             buy_package(state, now, account, package, spec, (*quantity, *hours, *valid_days), *price, region, *alert_below)
         }
-        Command::StartJob { account, job, kind, spec, nodes, pool, model, disk_gb, disk_hourly } => {
-            let job_spec = JobSpec { account, job, kind: *kind, spec, nodes: *nodes, pool, model, disk_gb: *disk_gb, disk_hourly: *disk_hourly };
+        Command::StartJob { account, job, kind, spec, nodes, pool, model, disk_gb, disk_hourly, region } => {
+            let job_spec = JobSpec { account, job, kind: *kind, spec, nodes: *nodes, pool, model, disk_gb: *disk_gb, disk_hourly: *disk_hourly, region };
             start_job(state, job_spec)
         }
         Command::StopJob { job } => stop_job(state, job),
@@ -129,6 +156,8 @@ fn id_is_free(state: &State, id: &str) -> Result<(), Rejection> {
         "job"
     } else if state.packages.contains_key(id) {
         "package"
+    } else if let Some(job) = state.jobs.values().find(|j| j.billed_as == id) {
+        return Err(Rejection::new(Rule::R5, format!("{id:?} is the bill id of job {:?}", job.id)));
     } else {
         return Ok(());
     };
@@ -314,10 +343,11 @@ fn scale(state: &State, now: Instant, pool_id: &str, nodes: Option<u32>, spec: O
         return Err(Rejection::new(Rule::R9, format!("pool {pool_id:?} is {}: scaling is refused", pool.status.as_str())));
     }
     let period = pool.period.ok_or_else(|| Rejection::new(Rule::R9, format!("pool {pool_id:?} has no period")))?;
-    let old_monthly = monthly(find_price(state, &pool.spec, Rule::R9)?, &pool.spec, Rule::R9)? * Decimal::from(pool.nodes);
-    let new_monthly = monthly(find_price(state, &to_spec, Rule::R9)?, &to_spec, Rule::R9)? * Decimal::from(to_nodes);
+    let yearly = pool.mode == BillingMode::Yearly;
+    let old_monthly = holder_rate(find_price(state, &pool.spec, Rule::R9)?, &pool.spec, pool.mode, Rule::R9)? * Decimal::from(pool.nodes);
+    let new_monthly = holder_rate(find_price(state, &to_spec, Rule::R9)?, &to_spec, pool.mode, Rule::R9)? * Decimal::from(to_nodes);
     let factor = remaining_factor(now, period.end);
-    let difference = (new_monthly - old_monthly) * factor;
+    let difference = remaining_value(new_monthly - old_monthly, 1, factor, yearly);
     let mut events = vec![scaled(None)];
     if !difference.is_zero() {
         let item = if difference > Decimal::ZERO { Item::Upgrade } else { Item::Downgrade };
@@ -329,6 +359,7 @@ fn scale(state: &State, now: Instant, pool_id: &str, nodes: Option<u32>, spec: O
             old_monthly,
             new_monthly,
             factor,
+            yearly,
         };
         let acct = find_account(state, &pool.account, Rule::R9)?;
         events.push(charge(acct, pool_id, pool.mode, item, Period { start: now, end: period.end }, difference, basis)?);
@@ -369,6 +400,17 @@ fn term_fee(price: &Price, spec: &str, term: Term, nodes: u32) -> Result<(Decima
         Term::Years(y) => (price.yearly.unwrap_or(monthly * Decimal::from(12)), y),
     };
     Ok((unit, unit * Decimal::from(nodes) * Decimal::from(count)))
+}
+
+/// R9, R15: the per-node price a subscription's holder pays, by its mode: the monthly price,
+/// or for a yearly subscription the yearly price (12 × monthly where the catalog has none),
+/// which [`remaining_value`] divides by 12, last.
+fn holder_rate(price: &Price, spec: &str, mode: BillingMode, rule: Rule) -> Result<Decimal, Rejection> {
+    let monthly = monthly(price, spec, rule)?;
+    Ok(match mode {
+        BillingMode::Yearly => price.yearly.unwrap_or(monthly * Decimal::from(12)),
+        _ => monthly,
+    })
 }
 
 fn hourly(price: &Price, spec: &str) -> Result<Decimal, Rejection> {
@@ -445,10 +487,11 @@ fn unsubscribe(state: &State, now: Instant, pool_id: &str) -> Result<Vec<Event>,
     } else {
         let current_end = pool.terms.iter().find(|t| t.start <= now && now <= t.end).map_or(period.end, |t| t.end);
         let unbegun: Decimal = pool.terms.iter().filter(|t| t.start > now).map(|t| t.list).sum();
-        let monthly = monthly(find_price(state, &pool.spec, Rule::R15)?, &pool.spec, Rule::R15)?;
+        let rate = holder_rate(find_price(state, &pool.spec, Rule::R15)?, &pool.spec, pool.mode, Rule::R15)?;
         let factor = remaining_factor(now, current_end);
-        let amount = trunc2(monthly * Decimal::from(pool.nodes) * factor);
-        let unused = UnusedPart { monthly, nodes: pool.nodes, factor, period_end: current_end, amount };
+        let yearly = pool.mode == BillingMode::Yearly;
+        let amount = trunc2(remaining_value(rate, pool.nodes, factor, yearly));
+        let unused = UnusedPart { monthly: rate, nodes: pool.nodes, factor, period_end: current_end, amount, yearly };
         (Amounts::of(-(amount + unbegun), acct.discount), Basis::Refund { full: false, unused: Some(unused), unbegun })
     };
     let line = BillLine {
@@ -524,6 +567,7 @@ struct JobSpec<'a> {
     model: &'a Option<String>,
     disk_gb: Option<u32>,
     disk_hourly: Option<Decimal>,
+    region: &'a Option<String>,
 }
 
 /// R14: start a job, or restart a stopped one; on the public pool its compute is billed (R4).
@@ -547,10 +591,10 @@ fn start_job(state: &State, job: JobSpec) -> Result<Vec<Event>, Rejection> {
     }
     not_in_arrears(acct, "starting a job")?;
     let restart = state.jobs.get(job.job);
-    // A restart keeps the disk it was created with (R14).
-    let (disk_gb, disk_hourly) = match restart {
-        Some(j) => (j.disk_gb, j.disk_hourly),
-        None => (job.disk_gb, job.disk_hourly),
+    // A restart keeps the disk and the region it was created with (R13, R14).
+    let (disk_gb, disk_hourly, region) = match restart {
+        Some(j) => (j.disk_gb, j.disk_hourly, j.region.clone()),
+        None => (job.disk_gb, job.disk_hourly, job.region.clone()),
     };
     let hourly = match job.pool {
         None => {
@@ -575,10 +619,13 @@ fn start_job(state: &State, job: JobSpec) -> Result<Vec<Event>, Rejection> {
     if job.kind == JobKind::Service && job.model.is_none() {
         return Err(Rejection::new(Rule::R5, "a service is billed as <service name>-<model id>: model is needed"));
     }
-    // Ids a job bills under must not be another resource's (R5).
-    let billed = billing_id(job.kind, job.job, job.model.as_deref());
-    if billed != job.job && restart.is_none() {
-        id_is_free(state, &billed)?;
+    // Ids a job bills under must not be another resource's (R5); a restart keeps its own.
+    let billed_as = match restart {
+        Some(j) => j.billed_as.clone(),
+        None => billing_id(job.kind, job.job, job.model.as_deref()),
+    };
+    if billed_as != job.job && restart.is_none() {
+        id_is_free(state, &billed_as)?;
     }
     Ok(vec![Event::JobStarted {
         account: job.account.to_string(),
@@ -591,6 +638,8 @@ fn start_job(state: &State, job: JobSpec) -> Result<Vec<Event>, Rejection> {
         hourly,
         disk_gb: disk_hourly.map(|_| disk_gb.unwrap_or(crate::command::DEFAULT_DISK_GB)),
         disk_hourly,
+        region,
+        billed_as,
     }])
 }
 

@@ -71,6 +71,8 @@ pub enum Event {
     },
     /// R14: a job started, or a stopped one restarted. `hourly` is set when its compute is billed
     /// (public pool); `disk_hourly` per GB-hour when it has an EVS disk (notebooks).
+    /// Schema v2: `billed_as` (the R5 id its compute bills carry, recorded so that a change of
+    /// R5 never renames the bills of an old log) and `region` (R13; none is `default`).
     JobStarted {
         account: String,
         job: String,
@@ -87,6 +89,9 @@ pub enum Event {
         disk_gb: Option<u32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         disk_hourly: Option<Decimal>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        region: Option<String>,
+        billed_as: String,
     },
     JobStopped { account: String, job: String },
     JobDeleted { account: String, job: String },
@@ -209,7 +214,7 @@ pub fn account_stream(account: &str) -> String {
 /// The version this build writes for an event type.
 pub fn latest_version(event_type: &str) -> u32 {
     match event_type {
-        "topped_up" => 2,
+        "topped_up" | "job_started" => 2,
         _ => 1,
     }
 }
@@ -238,6 +243,18 @@ fn upcast(event_type: &str, schema_version: u32, mut payload: serde_json::Value)
             ("topped_up", 1) => {
                 let balance = map.remove("balance").ok_or_else(|| fail("a v1 top-up without its balance".into()))?;
                 map.insert("balance_after".to_string(), balance);
+            }
+            // v1 → v2: the R5 id is recorded (`billed_as`), by the rule v1 logs were billed
+            // under: workflows and auto-learning jobs then billed under their own id.
+            ("job_started", 1) => {
+                let text = |key: &str| map.get(key).and_then(|v| v.as_str()).map(str::to_string);
+                let job = text("job").ok_or_else(|| fail("a v1 job start without its job".into()))?;
+                let billed_as = match (text("kind").as_deref(), text("model")) {
+                    (Some("training"), _) => format!("training_{job}"),
+                    (Some("service"), Some(model)) => format!("{job}-{model}"),
+                    _ => job,
+                };
+                map.insert("billed_as".to_string(), serde_json::Value::String(billed_as));
             }
             _ => return Err(fail(format!("no upcast from version {version}"))),
         }

@@ -209,15 +209,45 @@ pub enum Basis {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         align: Option<Alignment>,
     },
-    /// R9: (new − old monthly price of the pool) × remaining factor.
-    Change { from_spec: String, from_nodes: u32, to_spec: String, to_nodes: u32, old_monthly: Decimal, new_monthly: Decimal, factor: Decimal },
+    /// R9: (new − old monthly price of the pool) × remaining factor. For a yearly subscription
+    /// (`yearly`), the two prices are yearly prices × nodes and the product is divided by 12,
+    /// last: the monthly rate of a year is yearly / 12.
+    Change {
+        from_spec: String,
+        from_nodes: u32,
+        to_spec: String,
+        to_nodes: u32,
+        old_monthly: Decimal,
+        new_monthly: Decimal,
+        factor: Decimal,
+        #[serde(default, skip_serializing_if = "is_false")]
+        yearly: bool,
+    },
 }
 
 fn is_zero(n: &i64) -> bool {
     *n == 0
 }
 
-/// R15: the unused part of the current period, by the R9 factor.
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// R9, R15: what `nodes` nodes cost over `factor` remaining months at the rate their holder
+/// pays: `price` is the monthly price, or with `yearly` the yearly price, and then the product
+/// is divided by 12 last, so that no change or refund is priced above what the year cost.
+/// E.g. 17500/year × 1 node × 11.7742 / 12 = 17170.70 (exactly 17170.7041…).
+pub fn remaining_value(price: Decimal, nodes: u32, factor: Decimal, yearly: bool) -> Decimal {
+    let value = price * Decimal::from(nodes) * factor;
+    if yearly {
+        value / Decimal::from(12)
+    } else {
+        value
+    }
+}
+
+/// R15: the unused part of the current period, by the R9 factor. With `yearly`, `monthly`
+/// holds the yearly price and the product is divided by 12, last (R9).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnusedPart {
     pub monthly: Decimal,
@@ -225,6 +255,8 @@ pub struct UnusedPart {
     pub factor: Decimal,
     pub period_end: Instant,
     pub amount: Decimal,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub yearly: bool,
 }
 
 /// R3 unified expiry: the days from the N-month end to the aligned end.

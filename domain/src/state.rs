@@ -160,14 +160,18 @@ pub struct Job {
     pub model: Option<String>,
     pub disk_gb: Option<u32>,
     pub disk_hourly: Option<Decimal>,
+    /// R13: the region its public-pool usage is in; none is `default`.
+    pub region: Option<String>,
+    /// R5: the resource id its compute bills carry, as recorded when it started.
+    pub billed_as: String,
     pub status: JobStatus,
     pub hold: Option<Hold>,
 }
 
 impl Job {
-    /// R5: the resource id its bills carry.
+    /// R5: the resource id its compute bills carry.
     pub fn billing_id(&self) -> String {
-        billing_id(self.kind, &self.id, self.model.as_deref())
+        self.billed_as.clone()
     }
 
     /// Whether it costs anything by the hour: compute on the public pool while it runs, or a
@@ -189,13 +193,23 @@ impl Job {
     }
 }
 
-/// R5 resource ids: `training_<job id>`, `<service name>-<model id>`, otherwise the id.
+/// R5 resource ids: `training_<job id>` for training jobs, and for workflows and auto-learning
+/// jobs, which are billed through the training jobs they run (seed §6);
+/// `<service name>-<model id>` for services; otherwise the id.
 pub fn billing_id(kind: JobKind, job: &str, model: Option<&str>) -> String {
     match (kind, model) {
-        (JobKind::Training, _) => format!("training_{job}"),
+        (JobKind::Training | JobKind::Workflow | JobKind::AutoLearning, _) => format!("training_{job}"),
         (JobKind::Service, Some(model)) => format!("{job}-{model}"),
         _ => job.to_string(),
     }
+}
+
+/// R13: the region of a resource or package given none.
+pub const DEFAULT_REGION: &str = "default";
+
+/// R13: whether two regions are the same, none meaning `default`.
+pub fn same_region(a: &Option<String>, b: &Option<String>) -> bool {
+    a.as_deref().unwrap_or(DEFAULT_REGION) == b.as_deref().unwrap_or(DEFAULT_REGION)
 }
 
 /// R13: node-hours of one spec (and region), valid for a while, used before pay-per-use.
@@ -443,7 +457,7 @@ impl State {
                     }
                 }
             }
-            Event::JobStarted { account, job, kind, spec, nodes, pool, model, hourly, disk_gb, disk_hourly } => {
+            Event::JobStarted { account, job, kind, spec, nodes, pool, model, hourly, disk_gb, disk_hourly, region, billed_as } => {
                 let first = !self.jobs.contains_key(job);
                 let j = Job {
                     id: job.clone(),
@@ -455,13 +469,14 @@ impl State {
                     model: model.clone(),
                     disk_gb: *disk_gb,
                     disk_hourly: *disk_hourly,
+                    region: region.clone(),
+                    billed_as: billed_as.clone(),
                     status: JobStatus::Running,
                     hold: None,
                 };
-                let resource = j.billing_id();
                 self.jobs.insert(job.clone(), j);
                 if let Some(hourly) = hourly {
-                    let meter = MeterFor { account, resource, item: Item::Compute, public: true, region: None };
+                    let meter = MeterFor { account, resource: billed_as.clone(), item: Item::Compute, public: true, region: region.clone() };
                     self.open_meter(meter, at, spec.clone(), *nodes, *hourly);
                 }
                 // R14: the disk is billed from creation to deletion, also while stopped.
@@ -660,7 +675,7 @@ impl State {
             if j.hold == Some(Hold::Frozen) {
                 if j.status == JobStatus::Running && j.pool.is_none() {
                     if let Some(price) = hourly(&self.catalog, &j.spec) {
-                        let meter = MeterFor { account, resource: j.billing_id(), item: Item::Compute, public: true, region: None };
+                        let meter = MeterFor { account, resource: j.billing_id(), item: Item::Compute, public: true, region: j.region.clone() };
                         reopen.push((meter, j.spec.clone(), j.nodes, price));
                     }
                 }

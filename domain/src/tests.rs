@@ -612,6 +612,7 @@ fn training(job: &str, pool: Option<&str>) -> Command {
         model: None,
         disk_gb: None,
         disk_hourly: None,
+        region: None,
     }
 }
 
@@ -678,6 +679,7 @@ fn notebook(job: &str, pool: Option<&str>) -> Command {
         model: None,
         disk_gb: None,
         disk_hourly: Some(dec!(0.0014)),
+        region: None,
     }
 }
 
@@ -834,4 +836,267 @@ fn a_pool_readied_during_arrears_joins_its_account_s_phase_r12() {
     let happened = w.advance(t("2023-05-21T00:00:00+08:00"));
     assert!(lines(&happened).is_empty(), "nothing is billed after retention: {:?}", lines(&happened));
     assert!(!w.state.meters.keys().any(|(r, _)| r == "frozen" || r == "late"));
+}
+
+// --- Amended rules (R5, R9, R12, R13, R15) ---------------------------------------------------
+
+fn yearly(pool: &str, years: u32) -> Command {
+    buy(pool, BillingMode::Yearly, Some(Term::Years(years)), 1, false)
+}
+
+fn scale_to(pool: &str, nodes: u32) -> Command {
+    Command::Scale { pool: pool.into(), nodes: Some(nodes), spec: None }
+}
+
+#[test]
+fn r9_r15_a_yearly_subscription_is_changed_and_refunded_at_the_yearly_rate() {
+    // Given a year bought 2023-03-01 10:00 at 17,500 (E = 2024-03-01 23:59:59).
+    let mut w = World::new(dec!(100000));
+    w.ok(t("2023-03-01T10:00:00+08:00"), yearly("y", 1));
+    // When two nodes from 2023-03-20 09:00: factor 11/31 + 11 + 1/31 = 11.3871;
+    // then 17,500 × 11.3871 / 12 = 16,606.1875 → 16,606.18 (not 1,750 × 11.3871 = 19,927.42).
+    let upgrade = charged(&w.ok(t("2023-03-20T09:00:00+08:00"), scale_to("y", 2)))[0].clone();
+    assert_eq!((upgrade.item, upgrade.amounts.list_price, upgrade.amounts.payable), (Item::Upgrade, dec!(16606.1875), dec!(16606.18)));
+    assert!(matches!(upgrade.basis, Basis::Change { factor, yearly: true, .. } if factor == dec!(11.3871)));
+    // When unsubscribed 2023-04-10 09:00: factor 20/30 + 10 + 1/31 = 10.6989;
+    // then 17,500 × 2 × 10.6989 / 12 = 31,205.125 → −31,205.12.
+    let refund = charged(&w.ok(t("2023-04-10T09:00:00+08:00"), Command::Unsubscribe { pool: "y".into() }))[0].clone();
+    assert_eq!((refund.item, refund.amounts.payable), (Item::Refund, dec!(-31205.12)));
+    match &refund.basis {
+        Basis::Refund { full: false, unused: Some(u), .. } => assert_eq!((u.factor, u.yearly, u.amount), (dec!(10.6989), true, dec!(31205.12))),
+        other => panic!("a partial refund, not {other:?}"),
+    }
+    // Never more than was paid: 17,500 + 16,606.18 = 34,106.18 ≥ 31,205.12.
+    assert!(-refund.amounts.payable <= dec!(17500) + dec!(16606.18));
+    assert_eq!(w.balance(), dec!(100000) - dec!(17500) - dec!(16606.18) + dec!(31205.12));
+}
+
+#[test]
+fn r9_the_monthly_rate_of_a_year_divides_last() {
+    // R9's own example: 17,500/year, one node added with factor 11.7742 → 17,170.70.
+    assert_eq!(trunc2_of(remaining_value(dec!(17500), 1, dec!(11.7742), true)), dec!(17170.70));
+    // Dividing last: 17,500 / 12 first would give 1,458.333… × 11.3871 = 16,606.187499…, a
+    // figure that a price ending in a whole cent can lose a cent by.
+    let table = [
+        (dec!(17500), 1, dec!(11.3871), true, dec!(16606.18)),
+        (dec!(17500), 2, dec!(10.6989), true, dec!(31205.12)),
+        (dec!(1750), 1, dec!(0.6581), false, dec!(1151.67)), // seed §1.2, monthly: unchanged
+        (dec!(12000.12), 1, dec!(1), true, dec!(1000.01)),
+    ];
+    for (price, nodes, factor, yearly, expected) in table {
+        assert_eq!(trunc2_of(remaining_value(price, nodes, factor, yearly)), expected, "{price} × {nodes} × {factor} yearly={yearly}");
+    }
+}
+
+fn trunc2_of(d: Decimal) -> Decimal {
+    money::trunc2(d)
+}
+
+#[test]
+fn r12_a_refund_that_brings_the_balance_to_zero_or_more_ends_the_arrears() {
+    // Given 2,194.74: a month of pool "sub" (1,750.00) and an on-demand pool at 7.00/h from
+    // 2023-04-01 10:00: 444.74 left runs out at 2023-04-04 02:00 (−3.26): arrears, "od" in grace.
+    let mut w = World::new(dec!(2194.74));
+    let at = t("2023-04-01T10:00:00+08:00");
+    w.ok(at, monthly("sub", 1));
+    let mut od = on_demand("od", 1, true);
+    if let Command::Purchase { spec, .. } = &mut od {
+        *spec = BIG.into();
+    }
+    w.ok(at, od);
+    w.advance(t("2023-04-04T02:00:00+08:00"));
+    assert_eq!(w.state.accounts["acct-1"].arrears.map(|a| a.since), Some(t("2023-04-04T02:00:00+08:00")));
+    assert_eq!(w.pool("od").shown_state(), "grace");
+    // When "sub" is unsubscribed 2023-04-10 10:00 (216 h billed: −1,067.26): the refund
+    // 1,750 × (20/30 + 1/31 = 0.6989) = 1,223.07 leaves +155.81.
+    let events = w.ok(t("2023-04-10T10:00:00+08:00"), Command::Unsubscribe { pool: "sub".into() });
+    assert_eq!(charged(&events)[0].amounts.payable, dec!(-1223.07));
+    assert_eq!(w.balance(), dec!(155.81));
+    // Then the arrears are over: the pool runs and is billed as before; purchases are allowed.
+    assert!(matches!(events.last(), Some(Event::ArrearsEnded { account }) if account == "acct-1"));
+    assert_eq!(w.state.accounts["acct-1"].arrears, None);
+    assert_eq!(w.pool("od").shown_state(), "running");
+    let next = lines(&w.advance(t("2023-04-10T11:00:00+08:00")));
+    assert_eq!((next[0].resource.as_str(), next[0].start, next[0].amounts.payable), ("od", t("2023-04-10T10:00:00+08:00"), dec!(7.00)));
+    w.ok(t("2023-04-10T11:00:00+08:00"), package("pk", 1, 1, 1, None));
+}
+
+#[test]
+fn r12_a_refund_that_leaves_the_balance_negative_does_not_end_the_arrears() {
+    let mut w = World::new(dec!(2194.74));
+    let at = t("2023-04-01T10:00:00+08:00");
+    w.ok(at, monthly("sub", 1));
+    let mut od = on_demand("od", 1, true);
+    if let Command::Purchase { spec, .. } = &mut od {
+        *spec = BIG.into();
+    }
+    w.ok(at, od);
+    // 2023-04-12 10:00: 264 h billed (−1,403.26); the refund 1,750 × (18/30 + 1/31 = 0.6323)
+    // = 1,106.52 leaves −296.74: still in arrears, buying packages refused (R12).
+    let events = w.ok(t("2023-04-12T10:00:00+08:00"), Command::Unsubscribe { pool: "sub".into() });
+    assert_eq!(w.balance(), dec!(-296.74));
+    assert!(!events.iter().any(|e| matches!(e, Event::ArrearsEnded { .. })));
+    assert_eq!(w.pool("od").shown_state(), "grace");
+    w.refused(t("2023-04-12T10:00:00+08:00"), package("pk", 1, 1, 1, None), Rule::R12);
+}
+
+#[test]
+fn r12_a_stopped_notebook_s_disk_enters_the_phases_and_a_job_stopped_in_grace_stays_in_them() {
+    // Given a notebook stopped at 10:30 (its 5 GB disk still billed) and a public training job
+    // from 10:30 at 2 × 3.50/h: 7.50 − 5.25 at 11:00 = 2.25, − 7.00 at 12:00 = −4.75: arrears.
+    let mut w = World::new(dec!(7.5));
+    w.ok(t("2023-04-01T10:00:00+08:00"), notebook("nb", None));
+    w.ok(t("2023-04-01T10:30:00+08:00"), Command::StopJob { job: "nb".into() });
+    w.ok(t("2023-04-01T10:30:00+08:00"), training("tr", None));
+    w.advance(t("2023-04-01T12:00:00+08:00"));
+    assert_eq!(w.balance(), dec!(-4.75));
+    // The stopped notebook is billing (its disk): it enters grace with the running job.
+    assert_eq!((w.state.jobs["nb"].shown_state(), w.state.jobs["tr"].shown_state()), ("grace", "grace"));
+    // When the job is stopped in grace, it stays in the phases: grace, then frozen.
+    w.ok(t("2023-04-01T12:30:00+08:00"), Command::StopJob { job: "tr".into() });
+    assert_eq!(w.state.jobs["tr"].shown_state(), "grace");
+    w.advance(t("2023-04-16T12:00:00+08:00"));
+    assert_eq!((w.state.jobs["nb"].shown_state(), w.state.jobs["tr"].shown_state()), ("frozen", "frozen"));
+    assert!(lines(&w.advance(t("2023-04-17T10:00:00+08:00"))).is_empty(), "frozen: nothing is billed");
+    // Then a top-up ends the arrears: both return to what they were (stopped); the disk is
+    // billed again from that instant, the stopped job's compute is not.
+    w.ok(t("2023-04-17T10:00:00+08:00"), Command::TopUp { account: "acct-1".into(), amount: dec!(100) });
+    assert_eq!((w.state.jobs["nb"].shown_state(), w.state.jobs["tr"].shown_state()), ("stopped", "stopped"));
+    let billed = lines(&w.advance(t("2023-04-17T11:00:00+08:00")));
+    let got: Vec<(&str, Item, Instant)> = billed.iter().map(|l| (l.resource.as_str(), l.item, l.start)).collect();
+    assert_eq!(got, vec![("nb", Item::Storage, t("2023-04-17T10:00:00+08:00"))]);
+}
+
+fn in_region(mut command: Command, name: &str) -> Command {
+    match &mut command {
+        Command::StartJob { region, .. } | Command::BuyPackage { region, .. } | Command::Purchase { region, .. } => *region = Some(name.into()),
+        _ => unreachable!("only these carry a region"),
+    }
+    command
+}
+
+fn covered_by(billed: &[BillLine]) -> Vec<(String, String, i64)> {
+    billed
+        .iter()
+        .map(|l| match &l.basis {
+            Basis::Package { package, node_seconds, .. } => (l.resource.clone(), package.clone(), *node_seconds),
+            Basis::Usage { seconds, nodes, covered_node_seconds, .. } => {
+                (l.resource.clone(), "on_demand".to_string(), i64::from(*nodes) * seconds - covered_node_seconds)
+            }
+            other => panic!("a usage line, not {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn r13_a_package_valid_at_a_line_s_start_covers_it_though_it_expires_before_the_settlement() {
+    // Given a package bought 2023-04-01 06:37 for one day: it expires 2023-04-02 06:37.
+    let mut w = World::new(dec!(1000));
+    w.ok(t("2023-04-01T06:37:00+08:00"), package("pk", 1, 10, 1, None));
+    // When a 2-node job runs from 06:00 on 04-02.
+    w.ok(t("2023-04-02T06:00:00+08:00"), training("job-1", None));
+    let happened = w.advance(t("2023-04-02T07:00:00+08:00"));
+    // Then the package expires at 06:37, before the 07:00 settlement, and still covers the line.
+    let names = events_named(&happened);
+    let expired = names.iter().position(|(_, n)| n == "package_expired").expect("expired at 06:37");
+    let settled = names.iter().position(|(_, n)| n == "cycle_settled").expect("settled at 07:00");
+    assert!(expired < settled, "{names:?}");
+    assert_eq!(covered_by(&lines(&happened)), vec![("training_job-1".to_string(), "pk".to_string(), 7200)]);
+    // A line that starts after the expiry is not covered.
+    let next = lines(&w.advance(t("2023-04-02T08:00:00+08:00")));
+    assert_eq!(covered_by(&next), vec![("training_job-1".to_string(), "on_demand".to_string(), 7200)]);
+}
+
+#[test]
+fn r13_within_a_settlement_lines_take_from_packages_by_resource_id_then_start() {
+    // Given one node-hour of package and, in one cycle, job "b" from 06:00 and job "a" from
+    // 06:30 (2 nodes each), and a public pool "p" scaled from 1 to 2 nodes at 06:30.
+    let mut w = World::new(dec!(1000));
+    w.ok(t("2023-04-02T05:00:00+08:00"), package("pk", 1, 1, 30, None));
+    w.ok(t("2023-04-02T06:00:00+08:00"), training("b", None));
+    w.ok(t("2023-04-02T06:30:00+08:00"), training("a", None));
+    let happened = w.advance(t("2023-04-02T07:00:00+08:00"));
+    // Then "training_a" (byte order before "training_b") takes the package though it started later.
+    assert_eq!(
+        covered_by(&lines(&happened)),
+        vec![
+            ("training_a".to_string(), "pk".to_string(), 3600),
+            ("training_b".to_string(), "on_demand".to_string(), 7200),
+        ]
+    );
+    // And one resource's stretches take in order of start: 06:00–06:30 before 06:30–07:00.
+    let mut w = World::new(dec!(1000));
+    w.ok(t("2023-04-02T05:00:00+08:00"), package("pk", 1, 1, 30, None));
+    let mut public = on_demand("p", 1, true);
+    if let Command::Purchase { pool_type, .. } = &mut public {
+        *pool_type = PoolType::Public;
+    }
+    w.ok(t("2023-04-02T06:00:00+08:00"), public);
+    w.ok(t("2023-04-02T06:30:00+08:00"), scale_to("p", 2));
+    let happened = w.advance(t("2023-04-02T07:00:00+08:00"));
+    assert_eq!(
+        covered_by(&lines(&happened)),
+        vec![
+            ("p".to_string(), "pk".to_string(), 1800),
+            ("p".to_string(), "pk".to_string(), 1800),
+            ("p".to_string(), "on_demand".to_string(), 1800),
+        ]
+    );
+}
+
+#[test]
+fn r13_a_package_covers_only_usage_in_its_own_region_none_being_default() {
+    let mut w = World::new(dec!(1000));
+    let at = t("2023-04-02T06:00:00+08:00");
+    w.ok(at, in_region(package("north", 1, 10, 30, None), "cn-north-4"));
+    w.ok(at, in_region(package("plain", 1, 10, 30, None), "default"));
+    // A job in cn-north-4 takes from "north"; a job given no region is in `default`: "plain".
+    w.ok(at, in_region(training("far", None), "cn-north-4"));
+    w.ok(at, training("near", None));
+    // A job in a third region has no package.
+    w.ok(at, in_region(training("east", None), "cn-east-3"));
+    let happened = w.advance(t("2023-04-02T07:00:00+08:00"));
+    assert_eq!(
+        covered_by(&lines(&happened)),
+        vec![
+            ("training_east".to_string(), "on_demand".to_string(), 7200),
+            ("training_far".to_string(), "north".to_string(), 7200),
+            ("training_near".to_string(), "plain".to_string(), 7200),
+        ]
+    );
+    // A restart keeps the region the job was created in.
+    w.ok(t("2023-04-02T07:00:00+08:00"), Command::StopJob { job: "far".into() });
+    w.ok(t("2023-04-02T07:00:00+08:00"), training("far", None));
+    assert_eq!(w.state.jobs["far"].region.as_deref(), Some("cn-north-4"));
+}
+
+#[test]
+fn r5_workflows_and_auto_learning_jobs_bill_as_their_training_jobs() {
+    let mut w = World::new(dec!(1000));
+    let at = t("2023-04-01T10:00:00+08:00");
+    for (job, kind) in [("wf-1", JobKind::Workflow), ("al-1", JobKind::AutoLearning)] {
+        let mut command = training(job, None);
+        if let Command::StartJob { kind: k, .. } = &mut command {
+            *k = kind;
+        }
+        w.ok(at, command);
+    }
+    let billed: Vec<String> = lines(&w.advance(t("2023-04-01T11:00:00+08:00"))).into_iter().map(|l| l.resource).collect();
+    assert_eq!(billed, vec!["training_al-1", "training_wf-1"]);
+    // Their bill ids are taken: no other resource may carry them.
+    w.refused(t("2023-04-01T11:00:00+08:00"), notebook("training_wf-1", None), Rule::R5);
+}
+
+#[test]
+fn a_v1_job_start_is_upcast_with_the_bill_id_it_was_billed_under() {
+    // v1 logs billed a workflow under its own id: replaying one must not rename its bills.
+    let v1 = serde_json::json!({"type": "job_started", "account": "a", "job": "wf", "kind": "workflow", "spec": "s", "nodes": 1, "hourly": "3.40"});
+    match Event::decode("job_started", 1, &v1).unwrap() {
+        Event::JobStarted { billed_as, region, .. } => assert_eq!((billed_as.as_str(), region), ("wf", None)),
+        other => panic!("{other:?}"),
+    }
+    let v1 = serde_json::json!({"type": "job_started", "account": "a", "job": "j", "kind": "training", "spec": "s", "nodes": 1});
+    assert!(matches!(Event::decode("job_started", 1, &v1).unwrap(), Event::JobStarted { billed_as, .. } if billed_as == "training_j"));
+    let v1 = serde_json::json!({"type": "job_started", "account": "a", "job": "svc", "kind": "service", "model": "m", "spec": "s", "nodes": 1});
+    assert!(matches!(Event::decode("job_started", 1, &v1).unwrap(), Event::JobStarted { billed_as, .. } if billed_as == "svc-m"));
 }

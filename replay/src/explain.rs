@@ -4,9 +4,8 @@
 
 use chrono::{Datelike, Duration};
 use poolbill_domain::money::{fmt_cents, fmt_exact, remaining_factor, trunc2, trunc8};
-use poolbill_domain::state::billing_id;
 use poolbill_domain::time::{align_to_day, beijing_date, days_in_month, hour_floor, period_end, to_beijing};
-use poolbill_domain::{Alignment, Amounts, Basis, BillLine, Event, Instant, Item, Rule, Term, UnusedPart};
+use poolbill_domain::{remaining_value, Alignment, Amounts, Basis, BillLine, Event, Instant, Item, Rule, Term, UnusedPart};
 use poolbill_projections::{BillView, Projections};
 use poolbill_store::Envelope;
 use rust_decimal::Decimal;
@@ -226,8 +225,8 @@ impl<'a> Log<'a> {
             Basis::Term { spec, nodes, term, unit_price, align } => {
                 self.term_steps(&mut steps, index, line, spec, *nodes, *term, *unit_price, align.as_ref(), rate)
             }
-            Basis::Change { from_spec, from_nodes, to_spec, to_nodes, old_monthly, new_monthly, .. } => {
-                let change = Change { from_spec, from_nodes: *from_nodes, to_spec, to_nodes: *to_nodes, old: *old_monthly, new: *new_monthly };
+            Basis::Change { from_spec, from_nodes, to_spec, to_nodes, old_monthly, new_monthly, yearly, .. } => {
+                let change = Change { from_spec, from_nodes: *from_nodes, to_spec, to_nodes: *to_nodes, old: *old_monthly, new: *new_monthly, yearly: *yearly };
                 change_steps(&mut steps, line, &change, rate)
             }
             Basis::Refund { full: true, .. } => self.full_refund_steps(&mut steps, index, line),
@@ -449,12 +448,13 @@ impl<'a> Log<'a> {
                 format!("Remaining factor from {} to the current period's end {}: {} = {}", show(t), show(u.period_end), factor_parts(t, u.period_end), fmt_exact(factor)),
                 fmt_exact(factor),
             );
-            amount = trunc2(u.monthly * Decimal::from(u.nodes) * factor);
-            steps.push(
-                Rule::R15,
-                format!("Unused part: monthly price × nodes × factor = {} × {} × {}, truncated to 2 places", fmt_exact(u.monthly), u.nodes, fmt_exact(factor)),
-                fmt_exact(amount),
-            );
+            amount = trunc2(remaining_value(u.monthly, u.nodes, factor, u.yearly));
+            let how = if u.yearly {
+                format!("yearly price × nodes × factor / 12 (R9: a year's monthly rate, dividing last) = {} × {} × {} / 12", fmt_exact(u.monthly), u.nodes, fmt_exact(factor))
+            } else {
+                format!("monthly price × nodes × factor = {} × {} × {}", fmt_exact(u.monthly), u.nodes, fmt_exact(factor))
+            };
+            steps.push(Rule::R15, format!("Unused part: {how}, truncated to 2 places"), fmt_exact(amount));
         }
         let mut unbegun = Decimal::ZERO;
         for (position, l) in self.paid_lines(index, &line.resource) {
@@ -540,10 +540,10 @@ impl<'a> Log<'a> {
             let role = match ev {
                 Event::PoolReady { pool, .. } if compute && pool == resource => Some("metering started"),
                 Event::PoolScaled { pool, hourly: Some(_), .. } if compute && pool == resource => Some("configuration changed"),
-                Event::JobStarted { job, kind, model, hourly, disk_hourly, .. } => {
+                Event::JobStarted { job, hourly, disk_hourly, billed_as, .. } => {
                     let first = seen_jobs.insert(job.clone());
                     let opens = if compute {
-                        hourly.is_some() && billing_id(*kind, job, model.as_deref()) == *resource
+                        hourly.is_some() && billed_as == resource
                     } else {
                         // R14: the disk is metered from the job's creation, not each restart.
                         first && disk_hourly.is_some() && job == resource
@@ -639,6 +639,8 @@ struct Change<'a> {
     to_nodes: u32,
     old: Decimal,
     new: Decimal,
+    /// The prices are yearly: the difference is divided by 12, last.
+    yearly: bool,
 }
 
 fn change_steps(steps: &mut Steps, line: &BillLine, c: &Change, rate: Decimal) -> Amounts {
@@ -654,13 +656,16 @@ fn change_steps(steps: &mut Steps, line: &BillLine, c: &Change, rate: Decimal) -
         ),
         fmt_exact(factor),
     );
-    steps.push(Rule::R9, format!("Monthly price before: {} × {}", c.from_nodes, c.from_spec), fmt_exact(c.old));
-    steps.push(Rule::R9, format!("Monthly price after: {} × {}", c.to_nodes, c.to_spec), fmt_exact(c.new));
-    let exact = (c.new - c.old) * factor;
+    let unit = if c.yearly { "Yearly" } else { "Monthly" };
+    steps.push(Rule::R9, format!("{unit} price before: {} × {}", c.from_nodes, c.from_spec), fmt_exact(c.old));
+    steps.push(Rule::R9, format!("{unit} price after: {} × {}", c.to_nodes, c.to_spec), fmt_exact(c.new));
+    let exact = remaining_value(c.new - c.old, 1, factor, c.yearly);
     let kind = if exact >= Decimal::ZERO { "charged (upgrade)" } else { "refunded (downgrade)" };
+    let formula = if c.yearly { "(new − old) × factor / 12, a year's monthly rate, dividing last" } else { "(new − old) × factor" };
+    let divide = if c.yearly { " / 12" } else { "" };
     steps.push(
         Rule::R9,
-        format!("Difference (new − old) × factor = ({} − {}) × {}, {kind}", fmt_exact(c.new), fmt_exact(c.old), fmt_exact(factor)),
+        format!("Difference {formula} = ({} − {}) × {}{divide}, {kind}", fmt_exact(c.new), fmt_exact(c.old), fmt_exact(factor)),
         fmt_exact(exact),
     );
     money_steps(steps, exact, Some(rate))

@@ -100,6 +100,7 @@ fn mixed() -> Vec<Envelope> {
         model: None,
         disk_gb: None,
         disk_hourly,
+        region: None,
     };
     log(
         vec![

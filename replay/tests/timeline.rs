@@ -57,6 +57,7 @@ fn public_training() -> Vec<Envelope> {
         model: None,
         disk_gb: None,
         disk_hourly: None,
+        region: None,
     };
     log(
         vec![

@@ -281,7 +281,7 @@ pub fn command(value: &Value, path: &str) -> Result<(Instant, Command)> {
             }
         }
         "start_job" => {
-            allow_only(obj, p, &["at", "type", "account", "job", "kind", "spec", "nodes", "pool", "model", "disk_gb", "disk_hourly"])?;
+            allow_only(obj, p, &["at", "type", "account", "job", "kind", "spec", "nodes", "pool", "model", "disk_gb", "disk_hourly", "region"])?;
             let kind = match string(obj, "kind", p)?.as_str() {
                 "training" => JobKind::Training,
                 "notebook" => JobKind::Notebook,
@@ -313,6 +313,7 @@ pub fn command(value: &Value, path: &str) -> Result<(Instant, Command)> {
                     None | Some(Value::Null) => None,
                     Some(_) => Some(money(obj, "disk_hourly", p, Sign::NonNegative, 8)?),
                 },
+                region: opt_id(obj, "region", p)?,
             }
         }
         "stop_job" | "delete_job" => {
