@@ -33,9 +33,11 @@
 //!    line obeys R2's arithmetic.
 //! 8. `negative_only_by_settlement` (R12): an order (subscription, package, upgrade…) never
 //!    leaves a balance negative nor is paid during arrears; each line's balance is the running
-//!    balance; a negative balance is in arrears, and a top-up to ≥ 0 ends them.
+//!    balance; a negative balance is in arrears, and a credit (top-up, refund) to ≥ 0 ends them.
 //! 9. `transitions_on_time` (R4, R6–R8, R12, R13): expiry, freezing, release, warnings,
 //!    auto-renewal attempts, arrears steps, settlements and package expiry come at their instants.
+//! 10. `refund_within_paid` (R9, R15): a downgrade or unsubscribe never credits more than the
+//!    subscription was paid since its purchase or conversion.
 
 use chrono::{DateTime, Duration};
 use poolbill_domain::money::trunc8;
@@ -142,7 +144,7 @@ fn generate(seed: u64, length: usize) -> Case {
     levels.insert("short".to_string(), Level { grace_days: 1, retention_days: 2 });
     push(&mut commands, t0, Command::SetPolicy { policy: Policy { levels } });
     for account in ACCOUNTS {
-        let balance = rng.decimal(&["0.00", "20.00", "500.00", "5000.00"]);
+        let balance = rng.decimal(&["0.00", "20.00", "500.00", "5000.00", "40000.00"]); // 40000: yearly subscriptions too
         let level = rng.pick(&["standard", "short"]).to_string();
         let discount = rng.decimal(&["0", "0.10"]);
         push(&mut commands, t0, Command::OpenAccount { account: account.into(), balance, level, discount });
@@ -383,7 +385,8 @@ fn check_case(seed: u64, length: usize) -> (Run, Failures) {
     lap("checks 5, 6, 9");
     check_no_second_billed_twice(&run, &histories, &mut f);
     check_negative_only_by_settlement(&run, &mut f);
-    lap("checks 7-8");
+    check_refund_within_paid(&run, &mut f);
+    lap("checks 7-8, 10");
     (run, f)
 }
 
@@ -1142,7 +1145,7 @@ fn check_negative_only_by_settlement(run: &Run, f: &mut Failures) {
                 f.fail(CHECK, format!("account {id}: balance {} at {} but not in arrears (R12)", a.balance, bj(at)));
             }
             if a.topped_to_zero_in_arrears {
-                f.fail(CHECK, format!("account {id}: a top-up brought the balance to {} at {} but the arrears did not end (R12)", a.balance, bj(at)));
+                f.fail(CHECK, format!("account {id}: a credit brought the balance to {} at {} but the arrears did not end (R12)", a.balance, bj(at)));
             }
         }
     };
@@ -1212,12 +1215,46 @@ fn check_negative_only_by_settlement(run: &Run, f: &mut Failures) {
                 } else if line.amounts.payable < Decimal::ZERO {
                     f.fail(CHECK, format!("{what}: a usage line with a negative payable"));
                 }
+                // R12: a refund is a credit like a top-up: to ≥ 0, it ends the arrears.
+                if line.amounts.payable < Decimal::ZERO && a.arrears && a.balance >= Decimal::ZERO {
+                    a.topped_to_zero_in_arrears = true;
+                }
             }
             _ => {}
         }
         let last_of_instant = run.log.get(i + 1).is_none_or(|(next, _, _)| next > at);
         if last_of_instant {
             end_of_instant(&accounts, *at, f);
+        }
+    }
+}
+
+/// Check 10 (R9, R15): a refund never exceeds what was paid for the periods it refunds: a
+/// downgrade or unsubscribe credits at most what the subscription has been paid since its
+/// purchase or conversion (purchase, renewals, upgrades, less earlier credits).
+fn check_refund_within_paid(run: &Run, f: &mut Failures) {
+    let mut paid: BTreeMap<&str, Decimal> = BTreeMap::new();
+    for b in &run.projections.bills {
+        let line = &b.line;
+        if !line.mode.is_subscription() {
+            continue;
+        }
+        let so_far = paid.entry(line.resource.as_str()).or_default();
+        match line.item {
+            Item::Purchase | Item::Conversion => *so_far = line.amounts.payable,
+            Item::Refund | Item::Downgrade if -line.amounts.payable > *so_far => f.fail(
+                "refund_within_paid",
+                format!(
+                    "{} {} of {} at {}: {} back, but only {} was paid for it",
+                    line.mode.as_str(),
+                    line.item.as_str(),
+                    line.resource,
+                    bj(b.at),
+                    -line.amounts.payable,
+                    so_far
+                ),
+            ),
+            _ => *so_far += line.amounts.payable,
         }
     }
 }
