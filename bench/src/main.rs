@@ -89,12 +89,17 @@ fn parse(args: &[String]) -> Result<(Parsed, Vec<String>), String> {
         }
     }
     let mut params = Params::preset(&preset, seed).ok_or_else(|| format!("--preset: {preset:?} is not small, region, mix or 10m"))?;
+    let resized = !sizes.is_empty();
     for (flag, n) in sizes {
         match flag.as_str() {
             "--pools" => params.pools = n,
             "--accounts" => params.accounts = n,
             _ => params.days = n,
         }
+    }
+    if resized {
+        // Another workload: its own name, so its results land in a directory of their own.
+        params.name = format!("{preset}-{}p-{}a-{}d", params.pools, params.accounts, params.days);
     }
     parsed.params = params;
     Ok((parsed, rest))

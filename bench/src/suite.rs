@@ -191,7 +191,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             cmd.arg("-c").arg(script).arg(&paths.log);
             let r = child(&mut cmd, b"", Output::Null, &opts.out, "python")?;
             figures.push(Figure {
-                key: "decode".into(),
+                key: "decode-python".into(),
                 what: "JSON decode floor, Python `json` (baseline)".into(),
                 command: format!("python3 -c 'for line in open(LOG): json.loads(line)' {}", rel(&paths.log)),
                 value: format!("{} ({} events/s)", seconds(secs(&r)), grouped(lines as f64 / secs(&r))),

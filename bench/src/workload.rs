@@ -102,6 +102,8 @@ impl Params {
                 name: "mix".into(),
                 yearly_every: 3,
                 auto_renew: true,
+                // Every fifth pool: some of them subscriptions (upgrades and downgrades).
+                scale_every: 5,
                 scale_spec: true,
                 jobs_per_day: 200,
                 notebooks_per_account: 2,
