@@ -1,0 +1,209 @@
+//! `poolbill-bench`: generate a seeded workload, measure the release `poolbill` binary on it
+//! figure by figure (each a child process: wall time and peak memory), each next to a baseline
+//! measured in the same run, and print the report (Markdown; JSON in `--out`).
+//!
+//! The subcommands `decode`, `replay-store` and `appends` are the in-process steps the bench runs
+//! as children of its own; `generate` only writes a workload.
+
+use poolbill_bench::suite::{self, Options, FIGURES};
+use poolbill_bench::workload::{self, Params};
+use poolbill_bench::{report, work};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+const USAGE: &str = "usage:
+  poolbill-bench [--preset small|region|mix|10m] [--seed N] [--out DIR] [--only FIG,FIG…]
+                 [--pools N] [--accounts N] [--days N] [--seconds S] [--poolbill PATH] [--keep]
+  poolbill-bench generate [--preset …] [--seed N] [--pools N] [--accounts N] [--days N] > W.json
+  poolbill-bench decode LOG.jsonl                       (the JSON decode floor of a log)
+  poolbill-bench replay-store DIR [--at INSTANT]        (replay a store; the document on stdout)
+  poolbill-bench appends DIR [--clients N] [--seconds S] (durable top-ups through the engine)
+
+Figures (--only): fsync, run, size, export, decode, replay, replay-store, at, explain, reopen,
+single, group. Without --poolbill, `cargo build --release --bin poolbill` is run first and
+target/release/poolbill measured. The default --out is target/bench/PRESET-SEED.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("decode") => one_path(&args[1..]).and_then(|p| work::decode_floor(&p)).map(|v| println!("{v}")),
+        Some("replay-store") => replay_store(&args[1..]),
+        Some("appends") => appends(&args[1..]),
+        Some("generate") => parse(&args[1..]).map(|(p, _)| print!("{}", workload::to_text(&workload::generate(&p.params)))),
+        Some("help" | "--help" | "-h") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => bench(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("poolbill-bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+struct Parsed {
+    params: Params,
+    out: Option<PathBuf>,
+    only: Vec<String>,
+    poolbill: Option<PathBuf>,
+    seconds: f64,
+    keep: bool,
+}
+
+fn parse(args: &[String]) -> Result<(Parsed, Vec<String>), String> {
+    let mut preset = "region".to_string();
+    let mut seed = 20261123u64;
+    let mut sizes: Vec<(String, u32)> = Vec::new();
+    let mut parsed = Parsed { params: Params::preset("small", 0).expect("a preset"), out: None, only: Vec::new(), poolbill: None, seconds: 2.0, keep: false };
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
+        match arg.as_str() {
+            "--preset" => preset = value("--preset")?,
+            "--seed" => seed = value("--seed")?.parse().map_err(|e| format!("--seed: {e}"))?,
+            "--out" => parsed.out = Some(PathBuf::from(value("--out")?)),
+            "--poolbill" => parsed.poolbill = Some(PathBuf::from(value("--poolbill")?)),
+            "--seconds" => parsed.seconds = value("--seconds")?.parse().map_err(|e| format!("--seconds: {e}"))?,
+            "--keep" => parsed.keep = true,
+            "--only" => {
+                parsed.only = value("--only")?.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+                if let Some(bad) = parsed.only.iter().find(|k| !FIGURES.contains(&k.as_str())) {
+                    return Err(format!("--only: unknown figure {bad:?} (one of {})", FIGURES.join(", ")));
+                }
+            }
+            flag @ ("--pools" | "--accounts" | "--days") => {
+                let n: u32 = value(flag)?.parse().map_err(|e| format!("{flag}: {e}"))?;
+                if n == 0 {
+                    return Err(format!("{flag} must be at least 1"));
+                }
+                sizes.push((flag.to_string(), n));
+            }
+            other if other.starts_with("--") => return Err(format!("unknown option {other}\n{USAGE}")),
+            other => rest.push(other.to_string()),
+        }
+    }
+    let mut params = Params::preset(&preset, seed).ok_or_else(|| format!("--preset: {preset:?} is not small, region, mix or 10m"))?;
+    let resized = !sizes.is_empty();
+    for (flag, n) in sizes {
+        match flag.as_str() {
+            "--pools" => params.pools = n,
+            "--accounts" => params.accounts = n,
+            _ => params.days = n,
+        }
+    }
+    if resized {
+        // Another workload: its own name, so its results land in a directory of their own.
+        params.name = format!("{preset}-{}p-{}a-{}d", params.pools, params.accounts, params.days);
+    }
+    parsed.params = params;
+    Ok((parsed, rest))
+}
+
+fn bench(args: &[String]) -> Result<(), String> {
+    let (parsed, rest) = parse(args)?;
+    if !rest.is_empty() {
+        return Err(format!("unexpected argument {:?}\n{USAGE}", rest[0]));
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the bench crate is in the workspace").to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let poolbill = match parsed.poolbill {
+        Some(p) => p,
+        None => {
+            eprintln!("poolbill-bench: cargo build --release --bin poolbill");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo).current_dir(&root).args(["build", "--release", "--bin", "poolbill"]).status().map_err(|e| format!("cargo: {e}"))?;
+            if !status.success() {
+                return Err("building poolbill failed".into());
+            }
+            target.join("release").join("poolbill")
+        }
+    };
+    let p = &parsed.params;
+    let out = parsed.out.unwrap_or_else(|| target.join("bench").join(format!("{}-{}", p.name, p.seed)));
+    eprintln!(
+        "poolbill-bench: preset {}, seed {}: {} pools, {} accounts, {} days; about {} events expected; results in {}",
+        p.name,
+        p.seed,
+        p.pools,
+        p.accounts,
+        p.days,
+        report::grouped(p.expected_events() as f64),
+        out.display()
+    );
+    if cfg!(debug_assertions) {
+        eprintln!("poolbill-bench: warning: this is a debug build of the bench; its in-process figures need --release");
+    }
+    let options = Options {
+        params: parsed.params.clone(),
+        out: out.clone(),
+        only: parsed.only,
+        poolbill,
+        bench: std::env::current_exe().map_err(|e| e.to_string())?,
+        budget: Duration::from_secs_f64(parsed.seconds.max(0.1)),
+        keep: parsed.keep,
+        verbose: true,
+    };
+    let report = suite::run(&options)?;
+    let markdown = report.markdown();
+    let mut text = format!(
+        "preset {}, seed {}, {} events; machine: {}\n\n{markdown}\n",
+        report.preset,
+        report.seed,
+        report.workload["events"],
+        report.machine
+    );
+    for note in &report.notes {
+        text.push_str(&format!("- {note}\n"));
+    }
+    print!("{text}");
+    let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    std::fs::write(out.join("report.json"), json + "\n").map_err(|e| e.to_string())?;
+    std::fs::write(out.join("report.md"), text).map_err(|e| e.to_string())?;
+    eprintln!("poolbill-bench: wrote {} and report.md", out.join("report.json").display());
+    Ok(())
+}
+
+fn one_path(args: &[String]) -> Result<PathBuf, String> {
+    match args {
+        [one] => Ok(PathBuf::from(one)),
+        _ => Err(format!("one path is needed\n{USAGE}")),
+    }
+}
+
+fn replay_store(args: &[String]) -> Result<(), String> {
+    let (dir, at) = match args {
+        [dir] => (dir, None),
+        [dir, flag, at] if flag == "--at" => (dir, Some(at.as_str())),
+        _ => return Err(format!("replay-store DIR [--at INSTANT]\n{USAGE}")),
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    let done = work::replay_store(Path::new(dir), at, &mut out)?;
+    eprintln!("{done}");
+    Ok(())
+}
+
+fn appends(args: &[String]) -> Result<(), String> {
+    let mut dir = None;
+    let mut clients = 1usize;
+    let mut seconds = 2.0f64;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--clients" => clients = it.next().and_then(|v| v.parse().ok()).filter(|&n| n > 0).ok_or("--clients needs a number ≥ 1")?,
+            "--seconds" => seconds = it.next().and_then(|v| v.parse().ok()).filter(|&s: &f64| s > 0.0).ok_or("--seconds needs a positive number")?,
+            other if dir.is_none() && !other.starts_with("--") => dir = Some(PathBuf::from(other)),
+            other => return Err(format!("unexpected argument {other:?}\n{USAGE}")),
+        }
+    }
+    let dir = dir.ok_or_else(|| format!("appends needs a store directory\n{USAGE}"))?;
+    let result = work::appends(&dir, clients, Duration::from_secs_f64(seconds))?;
+    println!("{result}");
+    Ok(())
+}

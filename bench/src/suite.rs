@@ -1,0 +1,518 @@
+//! The figures, in the order they are measured, each from a child process.
+
+use crate::measure::{self, disk_usage, Output, Run};
+use crate::report::{bytes, grouped, seconds, Check, Figure, Report};
+use crate::workload::{self, Params};
+use serde_json::{json, Value};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Every figure, in the order measured; `--only` takes a comma-separated subset.
+pub const FIGURES: [&str; 12] = ["fsync", "run", "size", "export", "decode", "replay", "replay-store", "at", "explain", "reopen", "single", "group"];
+
+/// The targets.
+const MEMORY_LIMIT: f64 = 400e6;
+const REPLAY_STORE_RATE: f64 = 1_000_000.0;
+const REOPEN_LIMIT: f64 = 0.3;
+const POINT_QUERY_LIMIT: f64 = 0.05;
+const BYTES_PER_EVENT: f64 = 300.0;
+const SINGLE_SHARE_OF_FSYNC: f64 = 0.4;
+const GROUP_RATE: f64 = 100_000.0;
+const GROUP_CLIENTS: usize = 64;
+
+pub struct Options {
+    pub params: Params,
+    pub out: PathBuf,
+    pub only: Vec<String>,
+    /// The `poolbill` binary to measure (a release build).
+    pub poolbill: PathBuf,
+    /// This benchmark's own binary: the in-process steps run as its children.
+    pub bench: PathBuf,
+    /// How long each append figure and the fsync probe run.
+    pub budget: Duration,
+    /// Keep the big outputs (documents) instead of deleting them once read.
+    pub keep: bool,
+    /// Print progress on standard error.
+    pub verbose: bool,
+}
+
+struct Paths {
+    scenario: PathBuf,
+    store: PathBuf,
+    log: PathBuf,
+}
+
+/// What the figures learn that later figures use.
+#[derive(Default)]
+struct Facts {
+    events: Option<u64>,
+    charged: Option<u64>,
+    python: Option<Run>,
+    rust_floor: Option<f64>,
+    fsync: Option<f64>,
+    run_document: Option<PathBuf>,
+}
+
+pub fn run(opts: &Options) -> Result<Report, String> {
+    let p = &opts.params;
+    std::fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
+    let paths = Paths { scenario: opts.out.join("workload.json"), store: opts.out.join("store"), log: opts.out.join("log.jsonl") };
+    let text = workload::to_text(&workload::generate(p));
+    // A store or log left by another workload is not this one's.
+    if std::fs::read_to_string(&paths.scenario).ok().as_deref() != Some(text.as_str()) {
+        let _ = std::fs::remove_dir_all(&paths.store);
+        let _ = std::fs::remove_file(&paths.log);
+        std::fs::write(&paths.scenario, &text).map_err(|e| e.to_string())?;
+    }
+    let selected = |key: &str| opts.only.is_empty() || opts.only.iter().any(|k| k == key);
+    let mut facts = Facts::default();
+    let mut figures = Vec::new();
+    let mut notes = Vec::new();
+    let load_before = loadavg();
+    let say = |what: &str| {
+        if opts.verbose {
+            eprintln!("poolbill-bench: {what}");
+        }
+    };
+
+    if selected("fsync") || selected("single") {
+        say("fsync ceiling");
+        let rate = measure::fsync_ceiling(&opts.out, opts.budget).map_err(|e| format!("fsync probe: {e}"))?;
+        facts.fsync = Some(rate);
+        if selected("fsync") {
+            figures.push(Figure {
+                key: "fsync".into(),
+                what: "fsync ceiling of the disk (baseline)".into(),
+                command: format!("in process: write 128 B + fdatasync for {:.1} s beside the store", opts.budget.as_secs_f64()),
+                value: format!("{} syncs/s", grouped(rate)),
+                peak_rss: None,
+                baseline: String::new(),
+                checks: vec![],
+                numbers: json!({"syncs_per_s": rate}),
+            });
+        }
+    }
+
+    let needs_store = FIGURES[1..10].iter().any(|k| selected(k));
+    // `run` and `replay` are compared with the parse of the log: they need it too.
+    let needs_log = ["run", "export", "decode", "replay", "at", "explain"].iter().any(|k| selected(k));
+    let have_store = paths.store.join(poolbill_store_marker()).exists();
+    if selected("run") || (needs_store && !have_store) {
+        say(&format!("run (derive, durable); about {} events expected", grouped(p.expected_events() as f64)));
+        let _ = std::fs::remove_dir_all(&paths.store);
+        let _ = std::fs::remove_file(&paths.log);
+        let doc = opts.out.join("run.json");
+        let mut cmd = Command::new(&opts.poolbill);
+        cmd.arg("run").arg(&paths.scenario).arg("--store").arg(&paths.store).args(["--format", "json"]);
+        let r = child(&mut cmd, b"", Output::File(&doc), &opts.out, "run")?;
+        let events = document_events(&doc)?;
+        facts.events = Some(events);
+        facts.run_document = Some(doc);
+        figures.push(Figure {
+            key: "run".into(),
+            what: "derive from the commands, durable".into(),
+            command: format!("poolbill run {} --store {} --format json > run.json", rel(&paths.scenario), rel(&paths.store)),
+            value: format!("{} ({} events/s)", seconds(secs(&r)), grouped(events as f64 / secs(&r))),
+            peak_rss: Some(r.peak_rss),
+            baseline: String::new(),
+            checks: vec![Check::at_most("memory", r.peak_rss as f64, MEMORY_LIMIT, "B")],
+            numbers: numbers(&r, json!({"events": events})),
+        });
+    }
+    let events = match facts.events {
+        Some(n) => Some(n),
+        None if needs_store => Some(store_events(opts, &paths)?),
+        None => None,
+    };
+    facts.events = events;
+
+    if selected("size") {
+        let size = disk_usage(&paths.store).map_err(|e| e.to_string())?;
+        let n = events.unwrap_or(1).max(1);
+        let per_event = size as f64 / n as f64;
+        figures.push(Figure {
+            key: "size".into(),
+            what: "store size".into(),
+            command: format!("du -b {} (sled's files)", rel(&paths.store)),
+            value: format!("{} for {} events, {:.0} B/event", bytes(size), grouped(n as f64), per_event),
+            peak_rss: None,
+            baseline: log_size_note(&paths.log, n),
+            checks: vec![Check::at_most("size", per_event, BYTES_PER_EVENT, "B/event")],
+            numbers: json!({"bytes": size, "events": n, "bytes_per_event": per_event}),
+        });
+    }
+
+    if selected("export") || (needs_log && !paths.log.exists()) {
+        say("export the log");
+        let mut cmd = Command::new(&opts.poolbill);
+        cmd.arg("run").arg(&paths.scenario).arg("--store").arg(&paths.store).arg("--export").arg(&paths.log).args(["--format", "json"]);
+        let r = child(&mut cmd, b"", Output::Null, &opts.out, "export")?;
+        let log_bytes = std::fs::metadata(&paths.log).map(|m| m.len()).unwrap_or(0);
+        figures.push(Figure {
+            key: "export".into(),
+            what: "reopen, run the scenario again (all duplicates) and export the log".into(),
+            command: format!("poolbill run {} --store {} --export {}", rel(&paths.scenario), rel(&paths.store), rel(&paths.log)),
+            value: format!("{} ({} log)", seconds(secs(&r)), bytes(log_bytes)),
+            peak_rss: Some(r.peak_rss),
+            baseline: String::new(),
+            checks: vec![],
+            numbers: numbers(&r, json!({"log_bytes": log_bytes})),
+        });
+    }
+
+    let python = Command::new("python3").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    if selected("decode") || selected("replay") || selected("run") {
+        say("decode floors");
+        // Rust: serde_json::Value per line, in a child of this bench.
+        let out = opts.out.join("decode.json");
+        let mut cmd = Command::new(&opts.bench);
+        cmd.arg("decode").arg(&paths.log);
+        let r = child(&mut cmd, b"", Output::File(&out), &opts.out, "decode")?;
+        let floor: Value = serde_json::from_str(&std::fs::read_to_string(&out).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        let parse = floor["seconds"].as_f64().unwrap_or(f64::NAN);
+        let lines = floor["events"].as_u64().unwrap_or(0);
+        facts.rust_floor = Some(parse);
+        facts.charged = floor["charged"].as_u64();
+        figures.push(Figure {
+            key: "decode".into(),
+            what: "JSON decode floor, Rust (baseline)".into(),
+            command: format!("poolbill-bench decode {} (serde_json::Value per line)", rel(&paths.log)),
+            value: format!("{} ({} events/s; {} charged lines)", seconds(parse), grouped(lines as f64 / parse), grouped(floor["charged"].as_f64().unwrap_or(0.0))),
+            peak_rss: Some(r.peak_rss),
+            baseline: String::new(),
+            checks: vec![],
+            numbers: numbers(&r, floor.clone()),
+        });
+        if python {
+            let script = "import json,sys\nn=0\nfor line in open(sys.argv[1]):\n    json.loads(line); n+=1\nprint(n)\n";
+            let mut cmd = Command::new("python3");
+            cmd.arg("-c").arg(script).arg(&paths.log);
+            let r = child(&mut cmd, b"", Output::Null, &opts.out, "python")?;
+            figures.push(Figure {
+                key: "decode-python".into(),
+                what: "JSON decode floor, Python `json` (baseline)".into(),
+                command: format!("python3 -c 'for line in open(LOG): json.loads(line)' {}", rel(&paths.log)),
+                value: format!("{} ({} events/s)", seconds(secs(&r)), grouped(lines as f64 / secs(&r))),
+                peak_rss: Some(r.peak_rss),
+                baseline: String::new(),
+                checks: vec![],
+                numbers: numbers(&r, json!({})),
+            });
+            facts.python = Some(r);
+        } else {
+            notes.push("python3 is not installed: no Python parse baseline".into());
+        }
+    }
+
+    // Derive vs the Python parse of its log: at most 2×.
+    if let (Some(run), Some(py)) = (figures.iter_mut().find(|f| f.key == "run"), facts.python.as_ref()) {
+        let run_s = run.numbers["seconds"].as_f64().unwrap_or(f64::NAN);
+        run.baseline = format!("Python parse of its log {}: {:.1}×", seconds(secs(py)), run_s / secs(py));
+        run.checks.insert(0, Check::at_most("time", run_s, 2.0 * secs(py), "s"));
+    }
+
+    if selected("replay") {
+        say("replay the log");
+        let doc = opts.out.join("replay.json");
+        let mut cmd = Command::new(&opts.poolbill);
+        cmd.arg("replay").arg(&paths.log).args(["--format", "json"]);
+        let r = child(&mut cmd, b"", Output::File(&doc), &opts.out, "replay")?;
+        let n = document_events(&doc)?;
+        let mut checks = Vec::new();
+        let mut baseline = String::new();
+        if let Some(py) = &facts.python {
+            baseline = format!("Python parse {}: {:.1}× its time", seconds(secs(py)), secs(&r) / secs(py));
+            checks.push(Check::at_most("time", secs(&r), secs(py) / 2.0, "s"));
+        }
+        if let Some(floor) = facts.rust_floor {
+            baseline.push_str(&format!("{}Rust parse {}", if baseline.is_empty() { "" } else { "; " }, seconds(floor)));
+        }
+        checks.push(Check::at_most("memory", r.peak_rss as f64, MEMORY_LIMIT, "B"));
+        compare_documents(&facts, &doc, "replay of the exported log", &mut notes, opts.keep);
+        figures.push(Figure {
+            key: "replay".into(),
+            what: "replay an exported log (decode + fold + document)".into(),
+            command: format!("poolbill replay {} --format json > replay.json", rel(&paths.log)),
+            value: format!("{} ({} events/s)", seconds(secs(&r)), grouped(n as f64 / secs(&r))),
+            peak_rss: Some(r.peak_rss),
+            baseline,
+            checks,
+            numbers: numbers(&r, json!({"events": n, "events_per_s": n as f64 / secs(&r)})),
+        });
+    }
+
+    if selected("replay-store") {
+        say("replay the store");
+        let doc = opts.out.join("replay-store.json");
+        let mut cmd = Command::new(&opts.bench);
+        cmd.arg("replay-store").arg(&paths.store);
+        let r = child(&mut cmd, b"", Output::File(&doc), &opts.out, "replay-store")?;
+        let n = document_events(&doc)?;
+        let rate = n as f64 / secs(&r);
+        compare_documents(&facts, &doc, "replay of the store", &mut notes, opts.keep);
+        figures.push(Figure {
+            key: "replay-store".into(),
+            what: "replay from the store (decode + fold + document)".into(),
+            command: format!("poolbill-bench replay-store {} > doc.json (poolbill_replay::replay, Upto::All)", rel(&paths.store)),
+            value: format!("{} ({} events/s)", seconds(secs(&r)), grouped(rate)),
+            peak_rss: Some(r.peak_rss),
+            baseline: facts.rust_floor.map(|f| format!("Rust parse of its log {}", seconds(f))).unwrap_or_default(),
+            checks: vec![Check::at_least("rate", rate, REPLAY_STORE_RATE, "events/s"), Check::at_most("memory", r.peak_rss as f64, MEMORY_LIMIT, "B")],
+            numbers: numbers(&r, json!({"events": n, "events_per_s": rate})),
+        });
+    }
+
+    let mid = p.mid().to_rfc3339();
+    if selected("at") {
+        say("time travel");
+        let doc = opts.out.join("at.json");
+        let mut cmd = Command::new(&opts.poolbill);
+        cmd.arg("replay").arg(&paths.log).args(["--at", &mid, "--format", "json"]);
+        let r = child(&mut cmd, b"", Output::File(&doc), &opts.out, "at")?;
+        let n = document_events(&doc)?;
+        if !opts.keep {
+            let _ = std::fs::remove_file(&doc);
+        }
+        figures.push(point_query("at", "time travel: the whole document as of mid-history", format!("poolbill replay {} --at {mid} --format json", rel(&paths.log)), &r, json!({"events_by_then": n}), &facts));
+    }
+
+    if selected("explain") {
+        say("explain");
+        let resource = workload::pool_id(5.min(p.pools.saturating_sub(1)));
+        let mut cmd = Command::new(&opts.poolbill);
+        cmd.arg("explain").arg(&paths.log).args(["--resource", &resource, "--at", &mid]);
+        let r = child(&mut cmd, b"", Output::Null, &opts.out, "explain")?;
+        figures.push(point_query("explain", "explain one resource at mid-history", format!("poolbill explain {} --resource {resource} --at {mid}", rel(&paths.log)), &r, json!({}), &facts));
+    }
+
+    if selected("reopen") {
+        say("reopen and answer one command");
+        // At `until`: nothing is due any more, so the answer is the command's own work.
+        let id = format!("bench-reopen-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+        let line = json!({"id": id, "at": p.until().to_rfc3339(), "type": "top_up", "account": workload::account_id(0), "amount": "1.00"});
+        let answer = opts.out.join("reopen.out");
+        let mut cmd = Command::new(&opts.poolbill);
+        cmd.arg("serve").arg("--store").arg(&paths.store);
+        let r = child(&mut cmd, format!("{line}\n").as_bytes(), Output::File(&answer), &opts.out, "reopen")?;
+        let reply = std::fs::read_to_string(&answer).unwrap_or_default();
+        if !reply.contains("\"accepted\"") {
+            return Err(format!("poolbill serve did not accept the top-up: {reply}"));
+        }
+        figures.push(Figure {
+            key: "reopen".into(),
+            what: "reopen the store and answer one command".into(),
+            command: format!("echo '{{\"type\":\"top_up\",…}}' | poolbill serve --store {}", rel(&paths.store)),
+            value: seconds(secs(&r)),
+            peak_rss: Some(r.peak_rss),
+            baseline: events.map(|n| format!("history of {} events", grouped(n as f64))).unwrap_or_default(),
+            checks: vec![Check::at_most("time", secs(&r), REOPEN_LIMIT, "s"), Check::at_most("memory", r.peak_rss as f64, MEMORY_LIMIT, "B")],
+            numbers: numbers(&r, json!({})),
+        });
+    }
+
+    for (key, clients) in [("single", 1usize), ("group", GROUP_CLIENTS)] {
+        if !selected(key) {
+            continue;
+        }
+        say(&format!("durable appends, {clients} client(s)"));
+        let dir = opts.out.join(format!("appends-{key}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = opts.out.join(format!("{key}.json"));
+        let mut cmd = Command::new(&opts.bench);
+        cmd.arg("appends").arg(&dir).args(["--clients", &clients.to_string(), "--seconds", &opts.budget.as_secs_f64().to_string()]);
+        let r = child(&mut cmd, b"", Output::File(&out), &opts.out, key)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        let got: Value = serde_json::from_str(&std::fs::read_to_string(&out).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        let s = got["seconds"].as_f64().unwrap_or(f64::NAN);
+        let commands = got["commands"].as_f64().unwrap_or(0.0) / s;
+        let events_rate = got["events"].as_f64().unwrap_or(0.0) / s;
+        let (what, baseline, check) = if clients == 1 {
+            let fsync = facts.fsync.unwrap_or(f64::NAN);
+            (
+                "durable single appends (1 client, engine `execute` of top-ups, each awaited)".to_string(),
+                format!("fsync ceiling {} syncs/s: {:.0}% of it", grouped(fsync), 100.0 * commands / fsync),
+                Check::at_least("rate", commands, SINGLE_SHARE_OF_FSYNC * fsync, "commands/s"),
+            )
+        } else {
+            (
+                format!("group commit ({clients} concurrent clients, engine `execute` of top-ups)"),
+                facts.fsync.map(|f| format!("fsync ceiling {} syncs/s", grouped(f))).unwrap_or_default(),
+                Check::at_least("rate", events_rate, GROUP_RATE, "events/s"),
+            )
+        };
+        figures.push(Figure {
+            key: key.into(),
+            what,
+            command: format!("poolbill-bench appends DIR --clients {clients} --seconds {}", opts.budget.as_secs_f64()),
+            value: format!("{} commands/s, {} events/s", grouped(commands), grouped(events_rate)),
+            peak_rss: Some(r.peak_rss),
+            baseline,
+            checks: vec![check],
+            numbers: numbers(&r, got),
+        });
+    }
+
+    if let Some(doc) = facts.run_document.take() {
+        if !opts.keep {
+            let _ = std::fs::remove_file(doc);
+        }
+    }
+    if let Some(charged) = facts.charged {
+        notes.push(format!("the log holds {} flow-bill lines (`charged` events)", grouped(charged as f64)));
+    }
+    notes.push(format!("load average before {load_before}, after {}", loadavg()));
+    // A child's peak memory cannot read lower than the bench's own peak when it was spawned.
+    let own = measure::own_peak_rss();
+    notes.push(format!("the bench's own peak memory: {} (a floor under every child's figure)", bytes(own)));
+    Ok(Report {
+        preset: p.name.clone(),
+        seed: p.seed,
+        workload: json!({
+            "pools": p.pools, "accounts": p.accounts, "days": p.days, "subscription_every": p.subscription_every,
+            "yearly_every": p.yearly_every, "auto_renew": p.auto_renew, "scale_every": p.scale_every, "jobs_per_day": p.jobs_per_day,
+            "notebooks_per_account": p.notebooks_per_account, "package_every_days": p.package_every_days,
+            "top_up_every_days": p.top_up_every_days, "start": p.start, "expected_events": p.expected_events(), "events": events,
+        }),
+        machine: machine(),
+        figures,
+        notes,
+    })
+}
+
+/// A time-travel or explain figure: a point query, ≤ 50 ms (the target, set for a
+/// 10M-event store) and ≤ 400 MB.
+fn point_query(key: &str, what: &str, command: String, r: &Run, extra: Value, facts: &Facts) -> Figure {
+    Figure {
+        key: key.into(),
+        what: what.into(),
+        command,
+        value: seconds(secs(r)),
+        peak_rss: Some(r.peak_rss),
+        baseline: facts.rust_floor.map(|f| format!("Rust parse of the whole log {}", seconds(f))).unwrap_or_default(),
+        checks: vec![Check::at_most("time", secs(r), POINT_QUERY_LIMIT, "s"), Check::at_most("memory", r.peak_rss as f64, MEMORY_LIMIT, "B")],
+        numbers: numbers(r, extra),
+    }
+}
+
+/// sled keeps its configuration in `conf`: a store directory has one.
+fn poolbill_store_marker() -> &'static str {
+    "conf"
+}
+
+/// How many events a store holds, by replaying it in a child (used when `run` was not measured now).
+fn store_events(opts: &Options, paths: &Paths) -> Result<u64, String> {
+    let doc = opts.out.join("count.json");
+    let mut cmd = Command::new(&opts.bench);
+    cmd.arg("replay-store").arg(&paths.store);
+    child(&mut cmd, b"", Output::File(&doc), &opts.out, "count")?;
+    let n = document_events(&doc)?;
+    let _ = std::fs::remove_file(&doc);
+    Ok(n)
+}
+
+fn log_size_note(log: &Path, events: u64) -> String {
+    match std::fs::metadata(log) {
+        Ok(m) => format!("exported JSON-lines log: {:.0} B/event", m.len() as f64 / events as f64),
+        Err(_) => String::new(),
+    }
+}
+
+/// The same document from another path as from `run`: byte for byte.
+fn compare_documents(facts: &Facts, doc: &Path, what: &str, notes: &mut Vec<String>, keep: bool) {
+    if let Some(run) = &facts.run_document {
+        match same_bytes(run, doc) {
+            Ok(true) => notes.push(format!("{what}: the same document as `run`, byte for byte")),
+            Ok(false) => notes.push(format!("{what}: **a different document from `run`'s**")),
+            Err(e) => notes.push(format!("{what}: not compared with `run`'s document ({e})")),
+        }
+    }
+    if !keep {
+        let _ = std::fs::remove_file(doc);
+    }
+}
+
+/// Two files hold the same bytes; read in chunks, so that the bench stays small (a child's
+/// `ru_maxrss` starts from the pages of the parent it was spawned from).
+fn same_bytes(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    if std::fs::metadata(a)?.len() != std::fs::metadata(b)?.len() {
+        return Ok(false);
+    }
+    let (mut a, mut b) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
+    let (mut x, mut y) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    loop {
+        let n = a.read(&mut x)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        b.read_exact(&mut y[..n])?;
+        if x[..n] != y[..n] {
+            return Ok(false);
+        }
+    }
+}
+
+fn child(cmd: &mut Command, stdin: &[u8], out: Output<'_>, dir: &Path, name: &str) -> Result<Run, String> {
+    let err = dir.join(format!("{name}.stderr"));
+    let shown = format!("{cmd:?}");
+    let r = measure::run(cmd, stdin, out, &err).map_err(|e| format!("{shown}: {e}"))?;
+    if !r.ok() {
+        let tail = std::fs::read_to_string(&err).unwrap_or_default();
+        return Err(format!("{shown} failed ({:?}): {}", r.code, tail.trim()));
+    }
+    Ok(r)
+}
+
+fn secs(r: &Run) -> f64 {
+    r.wall.as_secs_f64()
+}
+
+fn numbers(r: &Run, extra: Value) -> Value {
+    let mut v = json!({
+        "seconds": secs(r), "peak_rss": r.peak_rss, "user_seconds": r.user.as_secs_f64(), "system_seconds": r.system.as_secs_f64(),
+    });
+    if let (Some(obj), Value::Object(more)) = (v.as_object_mut(), extra) {
+        for (k, x) in more {
+            obj.entry(k).or_insert(x);
+        }
+    }
+    v
+}
+
+/// The `events` field of a document written by `--format json` (pretty-printed: a top-level
+/// field is indented by two spaces), read line by line without loading the document.
+pub fn document_events(path: &Path) -> Result<u64, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        if let Some(rest) = line.strip_prefix("  \"events\": ") {
+            return rest.trim_end_matches(',').parse().map_err(|e| format!("{}: events {rest:?}: {e}", path.display()));
+        }
+    }
+    Err(format!("{}: no top-level \"events\" field", path.display()))
+}
+
+fn rel(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_else(|_| "?".into())
+}
+
+fn machine() -> Value {
+    let rustc = Command::new("rustc").arg("--version").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let commit = Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let memory = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string()));
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()));
+    json!({
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": cpu,
+        "memory_kb": memory,
+        "rustc": rustc,
+        "commit": commit,
+        "os": std::env::consts::OS,
+    })
+}

@@ -1,0 +1,115 @@
+//! The in-process steps, each run by the bench as a child process of its own (so that its time
+//! and peak memory are measured like the `poolbill` commands'): the JSON decode floor of a log,
+//! replay straight from a store, and durable appends through the engine.
+
+use chrono::DateTime;
+use poolbill_domain::Command;
+use poolbill_engine::{Engine, Outcome};
+use poolbill_replay::Upto;
+use poolbill_store::Store;
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The floor: parse every line of a log into a `serde_json::Value` and do nothing with it.
+/// Also counts envelopes and `charged` lines (the flow bills) on the way.
+pub fn decode_floor(log: &Path) -> Result<Value, String> {
+    let file = std::fs::File::open(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let started = Instant::now();
+    let mut lines = 0u64;
+    let mut charged = 0u64;
+    let mut bytes = 0u64;
+    for line in BufReader::with_capacity(1 << 20, file).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        bytes += line.len() as u64 + 1;
+        let value: Value = serde_json::from_str(&line).map_err(|e| format!("line {}: {e}", lines + 1))?;
+        lines += 1;
+        if value.get("event_type").and_then(Value::as_str) == Some("charged") {
+            charged += 1;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    // The end line is not an event.
+    Ok(json!({"lines": lines, "events": lines.saturating_sub(1), "charged": charged, "bytes": bytes, "seconds": seconds}))
+}
+
+/// Replay a store whole (or as of `at`): open it, fold every event, build the document and
+/// write it as JSON to `out`, as `poolbill replay --format json` does for a log.
+pub fn replay_store(dir: &Path, at: Option<&str>, out: &mut impl Write) -> Result<Value, String> {
+    let started = Instant::now();
+    let upto = match at {
+        None => Upto::All,
+        Some(t) => Upto::Instant(DateTime::parse_from_rfc3339(t).map_err(|e| format!("--at {t}: {e}"))?),
+    };
+    let store = Store::open(dir).map_err(|e| e.to_string())?;
+    let projections = poolbill_replay::replay(&store, upto).map_err(|e| e.to_string())?;
+    let document = projections.document();
+    serde_json::to_writer_pretty(&mut *out, &document).map_err(|e| e.to_string())?;
+    out.write_all(b"\n").map_err(|e| e.to_string())?;
+    out.flush().map_err(|e| e.to_string())?;
+    Ok(json!({"events": document.events, "seconds": started.elapsed().as_secs_f64()}))
+}
+
+/// Durable appends through the engine on a fresh store at `dir`: `clients` tasks each run
+/// top-ups one after another (each answered once on disk) for `budget`. Returns commands and
+/// events appended, and the seconds it took.
+pub fn appends(dir: &Path, clients: usize, budget: Duration) -> Result<Value, String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(appends_on(dir, clients, budget))
+}
+
+async fn appends_on(dir: &Path, clients: usize, budget: Duration) -> Result<Value, String> {
+    let engine = Engine::open(dir).await.map_err(|e| e.to_string())?;
+    let at = DateTime::parse_from_rfc3339("2024-01-01T00:00:00+08:00").expect("a valid instant");
+    let open = Command::OpenAccount { account: "bench".into(), balance: Decimal::ZERO, level: "standard".into(), discount: Decimal::ZERO };
+    engine.execute("bench:open", at, open, None).await.map_err(|e| e.to_string())?;
+    let before = engine.store().last_position().map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let deadline = started + budget;
+    let mut tasks = Vec::with_capacity(clients);
+    for client in 0..clients {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0u64;
+            while Instant::now() < deadline {
+                let command = Command::TopUp { account: "bench".into(), amount: Decimal::ONE };
+                let executed = engine.execute(format!("bench:{client}:{done}"), at, command, None).await.map_err(|e| e.to_string())?;
+                if executed.outcome != Outcome::Accepted || executed.duplicate {
+                    return Err(format!("a top-up was not simply accepted: {executed:?}"));
+                }
+                done += 1;
+            }
+            Ok::<u64, String>(done)
+        }));
+    }
+    let mut commands = 0;
+    for task in tasks {
+        commands += task.await.map_err(|e| e.to_string())??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let events = engine.store().last_position().map_err(|e| e.to_string())? - before;
+    Ok(json!({"clients": clients, "commands": commands, "events": events, "seconds": seconds}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_are_counted_from_the_log_and_a_store_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("s");
+        let result = appends(&store, 4, Duration::from_millis(150)).unwrap();
+        let commands = result["commands"].as_u64().unwrap();
+        assert!(commands >= 4, "{result}");
+        // Each top-up appends its command record and the top-up.
+        assert_eq!(result["events"].as_u64().unwrap(), 2 * commands);
+        let mut out = Vec::new();
+        let replayed = replay_store(&store, None, &mut out).unwrap();
+        assert_eq!(replayed["events"].as_u64().unwrap(), 2 * commands + 2);
+        let document: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(document["accounts"][0]["balance"], json!(format!("{commands}.00")));
+    }
+}
