@@ -76,6 +76,18 @@ impl Ledger {
         step
     }
 
+    /// Decide `command` at `at` and apply it only if it is accepted: a refusal leaves no trace
+    /// (for terms a what-if puts in force, which need no record when they change nothing).
+    pub fn decide_if_accepted(&mut self, command_id: Option<String>, at: Instant, command: &Command) -> Option<Step> {
+        let handled = handle(&self.projections.state, command, at, None);
+        if handled.rejection.is_some() {
+            return None;
+        }
+        let step = Step { at: handled.at, command_id, events: handled.events, rejection: None };
+        self.record(&step);
+        Some(step)
+    }
+
     /// Run what is due by `at`, then decide `command` at `at` (R1: time-driven events at `at`
     /// come before it). Every step, the command's last, is applied and handed to `emit`.
     pub fn execute(&mut self, command_id: Option<String>, at: Instant, command: &Command, index: Option<u64>, mut emit: impl FnMut(Step)) {

@@ -2,7 +2,8 @@
 //! recompute bills for an audit, or to re-derive them under another policy or price list
 //! (what-if).
 
-use poolbill_domain::{handle, latest_version, tick, Command, Event, Instant, Policy, Price};
+use poolbill_domain::{latest_version, Command, Event, Instant, Policy, Price};
+use poolbill_ledger::{Ledger, Step};
 use poolbill_projections::Projections;
 use poolbill_store::Envelope;
 use std::collections::BTreeMap;
@@ -44,17 +45,12 @@ pub struct Rerun {
 }
 
 /// Run `commands` from scratch, letting the clock pass `until` at the end; `what_if` replaces
-/// the policy and the named prices from the first instant on.
+/// the policy and the named prices from the first instant on. The steps are the engine's own
+/// ([`Ledger`]): what is due at a command's instant, then the command.
 pub fn rerun(commands: &[Recorded], until: Instant, what_if: &WhatIf) -> Rerun {
-    let mut projections = Projections::new();
+    let mut ledger = Ledger::new();
     let mut log = Vec::new();
-    let mut record = |projections: &mut Projections, at: Instant, id: Option<String>, events: Vec<Event>| {
-        for event in events {
-            let position = projections.last_position + 1;
-            projections.apply_event(position, at, &event);
-            log.push((at, id.clone(), event));
-        }
-    };
+    let mut record = |step: Step| log.extend(step.events.into_iter().map(|event| (step.at, step.command_id.clone(), event)));
     let mut overridden = false;
     for recorded in commands {
         // What the what-if replaces is not set again.
@@ -63,9 +59,7 @@ pub fn rerun(commands: &[Recorded], until: Instant, what_if: &WhatIf) -> Rerun {
             Command::SetPrice { spec, .. } => what_if.catalog.contains_key(spec),
             _ => false,
         };
-        while let Some((at, events)) = tick(&projections.state, recorded.at) {
-            record(&mut projections, at, None, events);
-        }
+        ledger.advance(recorded.at, &mut record);
         if !overridden {
             // The what-if's terms are in force from the first instant, before any command.
             overridden = true;
@@ -77,21 +71,18 @@ pub fn rerun(commands: &[Recorded], until: Instant, what_if: &WhatIf) -> Rerun {
                 set.push(Command::SetPrice { spec: spec.clone(), price: price.clone() });
             }
             for command in set {
-                let handled = handle(&projections.state, &command, recorded.at, None);
-                if handled.rejection.is_none() {
-                    record(&mut projections, handled.at, Some("what-if".to_string()), handled.events);
+                // A what-if term that changes nothing (R17) leaves no trace.
+                if let Some(step) = ledger.decide_if_accepted(Some("what-if".to_string()), recorded.at, &command) {
+                    record(step);
                 }
             }
         }
         if !replaced {
-            let handled = handle(&projections.state, &recorded.command, recorded.at, recorded.index);
-            record(&mut projections, handled.at, recorded.id.clone(), handled.events);
+            ledger.execute(recorded.id.clone(), recorded.at, &recorded.command, recorded.index, &mut record);
         }
     }
-    while let Some((at, events)) = tick(&projections.state, until) {
-        record(&mut projections, at, None, events);
-    }
-    Rerun { envelopes: log, projections }
+    ledger.advance(until, &mut record);
+    Rerun { envelopes: log, projections: ledger.into_projections() }
 }
 
 /// The re-run as envelopes (streams and versions as the engine would have written them).
