@@ -1,63 +1,54 @@
 //! `poolbill run` and `poolbill serve`: the engine on a sled store.
 
-use crate::args::Args;
-use crate::{format, parse_instant, print_out, table, to_json, Failure, USAGE};
+use crate::args::{instant, RunArgs, ServeArgs, TableFormat};
+use crate::{print_out, table, to_json, Failure};
 use poolbill_engine::{Engine, Outcome};
 use poolbill_replay::Upto;
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::Path;
 
-pub async fn run(args: &[String]) -> Result<(), Failure> {
-    let args = Args::parse(args, &["at", "format", "store", "export"], USAGE)?;
-    let path = args.file("a scenario file", USAGE)?;
-    let at = args.get("at").map(|t| parse_instant("at", t)).transpose()?;
-    let format = format(args.get("format"), &["table", "json"])?;
-    let text = std::fs::read_to_string(path).map_err(|e| Failure::Input(format!("cannot read {path}: {e}")))?;
+pub async fn run(args: RunArgs) -> Result<(), Failure> {
+    let path = args.scenario.display();
+    let text = std::fs::read_to_string(&args.scenario).map_err(|e| Failure::Input(format!("cannot read {path}: {e}")))?;
     // The whole file is checked before anything is opened or written.
     let scenario = poolbill_scenario::parse(&text).map_err(|e| Failure::Input(format!("{path}: {e}")))?;
-    let engine = match args.get("store") {
+    let engine = match &args.store {
         Some(dir) => Engine::open(dir).await,
         None => Engine::temporary().await,
     }
     .map_err(|e| Failure::Runtime(e.to_string()))?;
     poolbill_scenario::run(&engine, &scenario).await.map_err(|e| Failure::Runtime(e.to_string()))?;
-    if let Some(out) = args.get("export") {
+    if let Some(out) = &args.export {
         export(&engine, out)?;
     }
-    let document = match at {
+    let document = match args.at {
         // Time travel reads the same log as it stood then.
         Some(at) => engine.as_of(Upto::Instant(at)).await.map(|p| p.document()),
         None => engine.document().await,
     }
     .map_err(|e| Failure::Runtime(e.to_string()))?;
-    print_out(&match format {
-        "json" => to_json(&document)?,
-        _ => table::render(&document),
+    print_out(&match args.format {
+        TableFormat::Json => to_json(&document)?,
+        TableFormat::Table => table::render(&document),
     })
 }
 
 /// Write the log as JSON lines, whole or not at all (a temporary file renamed into place).
-fn export(engine: &Engine, out: &str) -> Result<(), Failure> {
-    let target = PathBuf::from(out);
+fn export(engine: &Engine, target: &Path) -> Result<(), Failure> {
     let partial = target.with_extension("jsonl.partial");
-    let fail = |e: String| Failure::Runtime(format!("exporting to {out}: {e}"));
+    let fail = |e: String| Failure::Runtime(format!("exporting to {}: {e}", target.display()));
     let mut file = std::io::BufWriter::new(std::fs::File::create(&partial).map_err(|e| fail(e.to_string()))?);
     poolbill_replay::jsonl::export(engine.store(), &mut file).map_err(|e| fail(e.to_string()))?;
     std::io::Write::flush(&mut file).map_err(|e| fail(e.to_string()))?;
     drop(file);
-    std::fs::rename(&partial, &target).map_err(|e| fail(e.to_string()))
+    std::fs::rename(&partial, target).map_err(|e| fail(e.to_string()))
 }
 
 /// One command per line: `{"id": "…", "at": "…", "type": "…", …fields}` (the scenario's command
 /// fields, plus `open_account` and `set_price`), or `{"type": "advance", "at": "…"}`. Each line is
 /// answered once what it did is on disk.
-pub async fn serve(args: &[String]) -> Result<(), Failure> {
-    let args = Args::parse(args, &["store"], USAGE)?;
-    let dir = args.get("store").ok_or_else(|| Failure::Input(format!("serve needs --store DIR\n{USAGE}")))?;
-    if !args.positional.is_empty() {
-        return Err(Failure::Input(USAGE.to_string()));
-    }
-    let engine = Engine::open(dir).await.map_err(|e| Failure::Runtime(e.to_string()))?;
+pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let engine = Engine::open(&args.store).await.map_err(|e| Failure::Runtime(e.to_string()))?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
     // Standard input is read on a thread of its own: it blocks.
     std::thread::spawn(move || {
@@ -88,7 +79,7 @@ async fn serve_line(engine: &Engine, line: &str, number: u64) -> serde_json::Val
     };
     let path = format!("line {number}");
     if value.get("type").and_then(|t| t.as_str()) == Some("advance") {
-        let at = match value.get("at").and_then(|v| v.as_str()).map(|t| parse_instant("at", t)) {
+        let at = match value.get("at").and_then(|v| v.as_str()).map(instant) {
             Some(Ok(at)) => at,
             _ => return json!({"line": number, "error": format!("{path}.at: an RFC 3339 instant is needed")}),
         };
