@@ -2,7 +2,8 @@
 //! timeline. A log is read and checked whole before anything is derived from it.
 
 use crate::args::{AuditArgs, BillsArgs, BillsFormat, DiffArgs, ExplainArgs, ReplayArgs, TableFormat, TextFormat, TimelineArgs, VerifyArgs};
-use crate::{print_out, table, to_json, Failure};
+use crate::failure::{damaged, input, runtime, Failure};
+use crate::{print_out, table, to_json};
 use poolbill_projections::Projections;
 use poolbill_replay::rerun::{commands, rerun, to_envelopes, WhatIf};
 use poolbill_replay::{audit as audit_log, bills as month, diff as diff_logs, explain as explain_log, fold_with, jsonl, timeline as draw, Upto};
@@ -11,7 +12,7 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 fn load(path: &Path) -> Result<Vec<Envelope>, Failure> {
-    jsonl::read_file(path).map_err(|e| Failure::Input(format!("{}: {e}", path.display())))
+    jsonl::read_file(path).map_err(input(format!("{} is not a sound log", path.display())))
 }
 
 /// Fold a log, showing progress on a terminal when it is long.
@@ -24,7 +25,7 @@ fn fold(envelopes: &[Envelope], upto: Upto) -> Result<Projections, Failure> {
             eprint!("\rreplaying {position}/{total} events ({}%)", position * 100 / total);
         }
     })
-    .map_err(|e| Failure::Input(e.to_string()))?;
+    .map_err(|e| Failure::Input(e.into()))?;
     if show {
         eprintln!();
     }
@@ -33,8 +34,8 @@ fn fold(envelopes: &[Envelope], upto: Upto) -> Result<Projections, Failure> {
 
 fn what_if(path: &Path) -> Result<WhatIf, Failure> {
     let name = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| Failure::Input(format!("cannot read {name}: {e}")))?;
-    let (policy, catalog) = poolbill_scenario::parse_policy_file(&text).map_err(|e| Failure::Input(format!("{name}: {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(input(format!("cannot read {name}")))?;
+    let (policy, catalog) = poolbill_scenario::parse_policy_file(&text).map_err(input(format!("{name} is not a valid policy file")))?;
     Ok(WhatIf { policy, catalog: catalog.into_iter().collect() })
 }
 
@@ -65,8 +66,8 @@ pub fn replay(args: ReplayArgs) -> Result<(), Failure> {
 pub fn audit(args: AuditArgs) -> Result<(), Failure> {
     let envelopes = load(&args.log)?;
     let path = args.charged.display();
-    let text = std::fs::read_to_string(&args.charged).map_err(|e| Failure::Input(format!("cannot read {path}: {e}")))?;
-    let charged = audit_log::parse_charged(&text).map_err(|e| Failure::Input(format!("{path}: {e}")))?;
+    let text = std::fs::read_to_string(&args.charged).map_err(input(format!("cannot read {path}")))?;
+    let charged = audit_log::parse_charged(&text).map_err(input(format!("{path} is not a valid CHARGED.json")))?;
     let report = audit_log::audit(&envelopes, &charged);
     print_out(&match args.format {
         TableFormat::Json => to_json(&report)?,
@@ -83,8 +84,8 @@ pub fn explain(args: ExplainArgs) -> Result<(), Failure> {
     let envelopes = load(&args.log)?;
     // clap lets through `--bill N` alone, or `--resource ID` with `--at INSTANT`.
     let explanations = match (args.bill, args.resource, args.at) {
-        (Some(n), _, _) => vec![explain_log::explain_bill(&envelopes, n).map_err(|e| Failure::Input(e.to_string()))?],
-        (None, Some(resource), Some(at)) => explain_log::explain_at(&envelopes, &resource, at).map_err(|e| Failure::Input(e.to_string()))?,
+        (Some(n), _, _) => vec![explain_log::explain_bill(&envelopes, n).map_err(|e| Failure::Input(e.into()))?],
+        (None, Some(resource), Some(at)) => explain_log::explain_at(&envelopes, &resource, at).map_err(|e| Failure::Input(e.into()))?,
         _ => return Err(Failure::Input("explain needs --bill N, or --resource ID with --at INSTANT".into())),
     };
     print_out(&match args.format {
@@ -114,7 +115,7 @@ pub fn diff(args: DiffArgs) -> Result<(), Failure> {
 
 pub fn bills(args: BillsArgs) -> Result<(), Failure> {
     let envelopes = load(&args.log)?;
-    let bills = month::month_bills(&fold(&envelopes, Upto::All)?, &args.month).map_err(|e| Failure::Input(format!("--month: {e}")))?;
+    let bills = month::month_bills(&fold(&envelopes, Upto::All)?, &args.month).map_err(input("--month"))?;
     print_out(&match args.format {
         BillsFormat::Json => to_json(&bills.to_json())?,
         BillsFormat::Csv => bills.to_csv(),
@@ -124,32 +125,32 @@ pub fn bills(args: BillsArgs) -> Result<(), Failure> {
 
 pub fn timeline(args: TimelineArgs) -> Result<(), Failure> {
     let envelopes = load(&args.log)?;
-    let picture = draw::timeline(&envelopes, &args.resource).map_err(Failure::Input)?;
-    std::fs::write(&args.svg, draw::render_svg(&picture)).map_err(|e| Failure::Runtime(format!("writing {}: {e}", args.svg.display())))
+    let picture = draw::timeline(&envelopes, &args.resource).map_err(|e| Failure::Input(e.into()))?;
+    std::fs::write(&args.svg, draw::render_svg(&picture)).map_err(runtime(format!("writing {}", args.svg.display())))
 }
 
 /// `verify --store DIR` or `verify LOG.jsonl`: every event read back, checksums, positions,
 /// stream versions, the high-water mark, and a full replay of the projections.
 pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
-    let damaged = |e: String| {
-        eprintln!("poolbill: DAMAGED: {e}");
-        Failure::Differs
-    };
     let (events, last) = match (&args.store, &args.log) {
         (Some(dir), _) => {
             if !dir.join("db").is_file() {
-                return Err(Failure::Input(format!("{} is not a poolbill store", dir.display())));
+                return Err(Failure::Input(format!("{} is not a poolbill store", dir.display()).into()));
             }
-            let store = poolbill_store::Store::open(dir).map_err(|e| damaged(e.to_string()))?;
-            let report = store.verify().map_err(|e| damaged(e.to_string()))?;
-            let projections = poolbill_replay::replay(&store, Upto::All).map_err(|e| damaged(e.to_string()))?;
+            let name = dir.display();
+            let store = poolbill_store::Store::open(dir).map_err(damaged(format!("opening {name}")))?;
+            let report = store.verify().map_err(damaged(format!("verifying {name}")))?;
+            let projections = poolbill_replay::replay(&store, Upto::All).map_err(damaged(format!("replaying {name}")))?;
             print_out(&format!("{} streams, {} command records\n", report.streams, report.commands))?;
             (projections.events, projections.last_instant)
         }
         (None, Some(log)) => {
             let name = log.display();
-            let envelopes = jsonl::read_file(log).map_err(|e| damaged(format!("{name}: {e}")))?;
-            let projections = fold(&envelopes, Upto::All).map_err(|_| damaged(format!("{name}: cannot be replayed")))?;
+            let envelopes = jsonl::read_file(log).map_err(damaged(format!("{name} is not a sound log")))?;
+            let projections = fold(&envelopes, Upto::All).map_err(|e| match e {
+                Failure::Input(e) => damaged(format!("{name}: cannot be replayed"))(e),
+                other => other,
+            })?;
             (projections.events, projections.last_instant)
         }
         (None, None) => return Err(Failure::Input("verify needs --store DIR or a log file".into())),

@@ -5,23 +5,16 @@
 //! arguments are invalid (then nothing was written).
 
 mod args;
+mod failure;
 mod logs;
 mod run;
 mod table;
 
 use args::{Cli, CompletionsArgs, Tool};
 use clap::{CommandFactory, Parser};
+use failure::{report, Failure};
 use std::io::Write;
 use std::process::ExitCode;
-
-pub enum Failure {
-    /// Invalid input or arguments: nothing was written.
-    Input(String),
-    /// The store or engine failed.
-    Runtime(String),
-    /// Done, but the answer is "no" (audit: the bills differ).
-    Differs,
-}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -33,8 +26,8 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Tool::Run(args) => runtime().and_then(|rt| rt.block_on(run::run(args))),
-        Tool::Serve(args) => runtime().and_then(|rt| rt.block_on(run::serve(args))),
+        Tool::Run(args) => async_runtime().and_then(|rt| rt.block_on(run::run(args))),
+        Tool::Serve(args) => async_runtime().and_then(|rt| rt.block_on(run::serve(args))),
         Tool::Replay(args) => logs::replay(args),
         Tool::Audit(args) => logs::audit(args),
         Tool::Explain(args) => logs::explain(args),
@@ -47,23 +40,27 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Differs) => ExitCode::from(1),
-        Err(Failure::Input(message)) => {
-            eprintln!("poolbill: {message}");
+        Err(Failure::Input(e)) => {
+            eprintln!("{}", report("", e.as_ref()));
             ExitCode::from(2)
         }
-        Err(Failure::Runtime(message)) => {
-            eprintln!("poolbill: {message}");
+        Err(Failure::Runtime(e)) => {
+            eprintln!("{}", report("", e.as_ref()));
+            ExitCode::from(1)
+        }
+        Err(Failure::Damaged(e)) => {
+            eprintln!("{}", report("DAMAGED: ", e.as_ref()));
             ExitCode::from(1)
         }
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+fn async_runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| Failure::Runtime(format!("cannot start the async runtime: {e}")))
+        .map_err(failure::runtime("starting the async runtime"))
 }
 
 fn completions(args: CompletionsArgs) -> Result<(), Failure> {
@@ -74,9 +71,9 @@ fn completions(args: CompletionsArgs) -> Result<(), Failure> {
 
 pub fn print_out(text: &str) -> Result<(), Failure> {
     let mut stdout = std::io::stdout().lock();
-    stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()).map_err(|e| Failure::Runtime(format!("writing output: {e}")))
+    stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()).map_err(failure::runtime("writing the output"))
 }
 
 pub fn to_json(value: &impl serde::Serialize) -> Result<String, Failure> {
-    serde_json::to_string_pretty(value).map(|s| s + "\n").map_err(|e| Failure::Runtime(e.to_string()))
+    serde_json::to_string_pretty(value).map(|s| s + "\n").map_err(failure::runtime("encoding the output as JSON"))
 }

@@ -1,7 +1,8 @@
 //! `poolbill run` and `poolbill serve`: the engine on a sled store.
 
 use crate::args::{instant, RunArgs, ServeArgs, TableFormat};
-use crate::{print_out, table, to_json, Failure};
+use crate::failure::{input, one_line, runtime, Failure};
+use crate::{print_out, table, to_json};
 use poolbill_engine::{Engine, Outcome};
 use poolbill_replay::Upto;
 use std::io::BufRead;
@@ -9,15 +10,14 @@ use std::path::Path;
 
 pub async fn run(args: RunArgs) -> Result<(), Failure> {
     let path = args.scenario.display();
-    let text = std::fs::read_to_string(&args.scenario).map_err(|e| Failure::Input(format!("cannot read {path}: {e}")))?;
+    let text = std::fs::read_to_string(&args.scenario).map_err(input(format!("cannot read {path}")))?;
     // The whole file is checked before anything is opened or written.
-    let scenario = poolbill_scenario::parse(&text).map_err(|e| Failure::Input(format!("{path}: {e}")))?;
+    let scenario = poolbill_scenario::parse(&text).map_err(input(format!("{path} is not a valid scenario")))?;
     let engine = match &args.store {
-        Some(dir) => Engine::open(dir).await,
-        None => Engine::temporary().await,
-    }
-    .map_err(|e| Failure::Runtime(e.to_string()))?;
-    poolbill_scenario::run(&engine, &scenario).await.map_err(|e| Failure::Runtime(e.to_string()))?;
+        Some(dir) => Engine::open(dir).await.map_err(runtime(format!("opening the store at {}", dir.display())))?,
+        None => Engine::temporary().await.map_err(runtime("opening a temporary store"))?,
+    };
+    poolbill_scenario::run(&engine, &scenario).await.map_err(runtime(format!("running {path}")))?;
     if let Some(out) = &args.export {
         export(&engine, out)?;
     }
@@ -26,7 +26,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         Some(at) => engine.as_of(Upto::Instant(at)).await.map(|p| p.document()),
         None => engine.document().await,
     }
-    .map_err(|e| Failure::Runtime(e.to_string()))?;
+    .map_err(runtime("reading the document"))?;
     print_out(&match args.format {
         TableFormat::Json => to_json(&document)?,
         TableFormat::Table => table::render(&document),
@@ -36,19 +36,19 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
 /// Write the log as JSON lines, whole or not at all (a temporary file renamed into place).
 fn export(engine: &Engine, target: &Path) -> Result<(), Failure> {
     let partial = target.with_extension("jsonl.partial");
-    let fail = |e: String| Failure::Runtime(format!("exporting to {}: {e}", target.display()));
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&partial).map_err(|e| fail(e.to_string()))?);
-    poolbill_replay::jsonl::export(engine.store(), &mut file).map_err(|e| fail(e.to_string()))?;
-    std::io::Write::flush(&mut file).map_err(|e| fail(e.to_string()))?;
+    let context = format!("exporting to {}", target.display());
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&partial).map_err(runtime(&context))?);
+    poolbill_replay::jsonl::export(engine.store(), &mut file).map_err(runtime(&context))?;
+    std::io::Write::flush(&mut file).map_err(runtime(&context))?;
     drop(file);
-    std::fs::rename(&partial, target).map_err(|e| fail(e.to_string()))
+    std::fs::rename(&partial, target).map_err(runtime(&context))
 }
 
 /// One command per line: `{"id": "…", "at": "…", "type": "…", …fields}` (the scenario's command
 /// fields, plus `open_account` and `set_price`), or `{"type": "advance", "at": "…"}`. Each line is
 /// answered once what it did is on disk.
 pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
-    let engine = Engine::open(&args.store).await.map_err(|e| Failure::Runtime(e.to_string()))?;
+    let engine = Engine::open(&args.store).await.map_err(runtime(format!("opening the store at {}", args.store.display())))?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
     // Standard input is read on a thread of its own: it blocks.
     std::thread::spawn(move || {
@@ -85,7 +85,7 @@ async fn serve_line(engine: &Engine, line: &str, number: u64) -> serde_json::Val
         };
         return match engine.advance_to(at).await {
             Ok(events) => json!({"line": number, "advanced_to": at.to_rfc3339(), "events": events}),
-            Err(e) => json!({"line": number, "error": e.to_string()}),
+            Err(e) => json!({"line": number, "error": one_line(&e)}),
         };
     }
     let id = match value.get("id").and_then(|v| v.as_str()) {
@@ -116,6 +116,6 @@ async fn serve_line(engine: &Engine, line: &str, number: u64) -> serde_json::Val
             }
             answer
         }
-        Err(e) => json!({"line": number, "id": id, "error": e.to_string()}),
+        Err(e) => json!({"line": number, "id": id, "error": one_line(&e)}),
     }
 }

@@ -23,7 +23,7 @@ pub struct MonthBills {
 
 /// The detail bills of `month` ("2023-04"); months group lines by the Beijing date of their
 /// start (R1, R5). A malformed month is an error naming it.
-pub fn month_bills(projections: &Projections, month: &str) -> Result<MonthBills, String> {
+pub fn month_bills(projections: &Projections, month: &str) -> Result<MonthBills, MonthError> {
     check_month(month)?;
     let rows: Vec<DetailView> = projections.document().detail_bills.into_iter().filter(|d| d.month == month).collect();
     let sums = projections.detail_bills().into_iter().filter(|d| d.month == month).fold([Decimal::ZERO; 4], |mut s, d| {
@@ -46,9 +46,16 @@ pub fn month_bills(projections: &Projections, month: &str) -> Result<MonthBills,
     })
 }
 
+/// A month that is not one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("month {month:?} is not a calendar month written YYYY-MM (e.g. 2023-04)")]
+pub struct MonthError {
+    pub month: String,
+}
+
 /// "YYYY-MM" with a month 01..=12.
-fn check_month(month: &str) -> Result<(), String> {
-    let bad = || format!("month {month:?} is not a calendar month written YYYY-MM (e.g. 2023-04)");
+fn check_month(month: &str) -> Result<(), MonthError> {
+    let bad = || MonthError { month: month.to_string() };
     let (year, mm) = month.split_once('-').ok_or_else(bad)?;
     let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
     if !digits(year, 4) || !digits(mm, 2) {
