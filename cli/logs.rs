@@ -3,12 +3,11 @@
 
 use crate::args::{AuditArgs, BillsArgs, BillsFormat, DiffArgs, ExplainArgs, ReplayArgs, TableFormat, TextFormat, TimelineArgs, VerifyArgs};
 use crate::failure::{damaged, input, runtime, Failure};
-use crate::{print_out, table, to_json};
+use crate::{print_out, progress, table, to_json};
 use poolbill_projections::Projections;
 use poolbill_replay::rerun::{commands, rerun, to_envelopes, WhatIf};
 use poolbill_replay::{audit as audit_log, bills as month, diff as diff_logs, explain as explain_log, fold_with, jsonl, timeline as draw, Upto};
 use poolbill_store::Envelope;
-use std::io::IsTerminal;
 use std::path::Path;
 
 fn load(path: &Path) -> Result<Vec<Envelope>, Failure> {
@@ -17,19 +16,10 @@ fn load(path: &Path) -> Result<Vec<Envelope>, Failure> {
 
 /// Fold a log, showing progress on a terminal when it is long.
 fn fold(envelopes: &[Envelope], upto: Upto) -> Result<Projections, Failure> {
-    let total = envelopes.len() as u64;
-    let show = std::io::stderr().is_terminal() && total >= 20_000;
-    let step = (total / 100).max(1);
-    let projections = fold_with(jsonl::as_results(envelopes), upto, |position| {
-        if show && (position % step == 0 || position == total) {
-            eprint!("\rreplaying {position}/{total} events ({}%)", position * 100 / total);
-        }
-    })
-    .map_err(|e| Failure::Input(e.into()))?;
-    if show {
-        eprintln!();
-    }
-    Ok(projections)
+    let bar = progress::bar(envelopes.len() as u64, "replaying");
+    let projections = fold_with(jsonl::as_results(envelopes), upto, |position| bar.set_position(position));
+    bar.finish_and_clear();
+    projections.map_err(|e| Failure::Input(e.into()))
 }
 
 fn what_if(path: &Path) -> Result<WhatIf, Failure> {

@@ -7,6 +7,7 @@
 mod args;
 mod failure;
 mod logs;
+mod progress;
 mod run;
 mod table;
 

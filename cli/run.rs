@@ -2,7 +2,7 @@
 
 use crate::args::{instant, RunArgs, ServeArgs, TableFormat};
 use crate::failure::{input, one_line, runtime, Failure};
-use crate::{print_out, table, to_json};
+use crate::{print_out, progress, table, to_json};
 use poolbill_engine::{Engine, Outcome};
 use poolbill_replay::Upto;
 use std::io::BufRead;
@@ -38,7 +38,11 @@ fn export(engine: &Engine, target: &Path) -> Result<(), Failure> {
     let partial = target.with_extension("jsonl.partial");
     let context = format!("exporting to {}", target.display());
     let mut file = std::io::BufWriter::new(std::fs::File::create(&partial).map_err(runtime(&context))?);
-    poolbill_replay::jsonl::export(engine.store(), &mut file).map_err(runtime(&context))?;
+    let total = engine.store().last_position().map_err(runtime(&context))?;
+    let bar = progress::bar(total, "exporting");
+    let exported = poolbill_replay::jsonl::export_with(engine.store(), &mut file, |position| bar.set_position(position));
+    bar.finish_and_clear();
+    exported.map_err(runtime(&context))?;
     std::io::Write::flush(&mut file).map_err(runtime(&context))?;
     drop(file);
     std::fs::rename(&partial, target).map_err(runtime(&context))

@@ -60,12 +60,18 @@ pub fn to_text(envelopes: &[Envelope]) -> String {
 
 /// Write a store's whole log; returns how many envelopes.
 pub fn export(store: &Store, out: &mut impl Write) -> Result<u64, LogError> {
+    export_with(store, out, |_| {})
+}
+
+/// [`export`], calling `progress` with each envelope's position once it is written.
+pub fn export_with(store: &Store, out: &mut impl Write, mut progress: impl FnMut(u64)) -> Result<u64, LogError> {
     let mut count = 0;
     let mut last = None;
     for envelope in store.read_all(1) {
         let envelope = envelope.map_err(|e| LogError::caused_by(0, "reading the store", e))?;
         writeln!(out, "{}", to_line(&envelope)).map_err(|e| LogError::caused_by(count + 1, "writing", e))?;
         count += 1;
+        progress(envelope.position);
         last = Some(envelope);
     }
     writeln!(out, "{}", end_line(count, last.as_ref())).map_err(|e| LogError::caused_by(count + 1, "writing", e))?;
