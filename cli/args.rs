@@ -23,6 +23,30 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Tool,
+    /// More diagnostics on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, when set, decides).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors on stderr, no warnings.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+impl Tool {
+    /// The subcommand's name, as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Tool::Run(_) => "run",
+            Tool::Serve(_) => "serve",
+            Tool::Replay(_) => "replay",
+            Tool::Audit(_) => "audit",
+            Tool::Explain(_) => "explain",
+            Tool::Diff(_) => "diff",
+            Tool::Bills(_) => "bills",
+            Tool::Timeline(_) => "timeline",
+            Tool::Verify(_) => "verify",
+            Tool::Completions(_) => "completions",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -258,7 +282,7 @@ mod tests {
             "run", "serve", "replay", "audit", "explain", "diff", "bills", "timeline", "verify", "completions", "help", "--at", "--upto",
             "--format", "--store", "--export", "--policy", "--charged", "--bill", "--resource", "--month", "--svg", "--help", "-h",
             "--version", "-V", "json", "table", "text", "csv", "bash", "2023-04-12T00:00:00+08:00", "2023-04-12", "2023-04", "0", "1",
-            "-1", "x.json", "--", "-", "--format=json", "--at=2023-04-12T00:00:00+08:00", "--upto=3", "--bill=2", "--format=",
+            "-1", "x.json", "--", "-", "-v", "-vv", "-q", "--verbose", "--quiet", "--format=json", "--at=2023-04-12T00:00:00+08:00", "--upto=3", "--bill=2", "--format=",
         ];
         prop_oneof![
             4 => proptest::sample::select(known.to_vec()).prop_map(String::from),

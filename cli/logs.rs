@@ -11,7 +11,9 @@ use poolbill_store::Envelope;
 use std::path::Path;
 
 fn load(path: &Path) -> Result<Vec<Envelope>, Failure> {
-    jsonl::read_file(path).map_err(input(format!("{} is not a sound log", path.display())))
+    let envelopes = jsonl::read_file(path).map_err(input(format!("{} is not a sound log", path.display())))?;
+    tracing::info!(events = envelopes.len(), log = %path.display(), "log read and checked");
+    Ok(envelopes)
 }
 
 /// Fold a log, showing progress on a terminal when it is long.

@@ -26,6 +26,8 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
+    logging(cli.verbose, cli.quiet);
+    let _span = tracing::info_span!("poolbill", command = cli.command.name()).entered();
     let result = match cli.command {
         Tool::Run(args) => async_runtime().and_then(|rt| rt.block_on(run::run(args))),
         Tool::Serve(args) => async_runtime().and_then(|rt| rt.block_on(run::serve(args))),
@@ -54,6 +56,27 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Diagnostics go to stderr (stdout is for the document); RUST_LOG, when set, decides what is
+/// shown, else `-q` errors only, none warnings, `-v` info, `-vv` debug, `-vvv` trace.
+fn logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+            eprintln!("warning: RUST_LOG={spec:?} is not a filter ({e}); using {level}");
+            EnvFilter::new(level)
+        }),
+        _ => EnvFilter::new(level),
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).init();
 }
 
 fn async_runtime() -> Result<tokio::runtime::Runtime, Failure> {

@@ -17,6 +17,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         Some(dir) => Engine::open(dir).await.map_err(runtime(format!("opening the store at {}", dir.display())))?,
         None => Engine::temporary().await.map_err(runtime("opening a temporary store"))?,
     };
+    tracing::info!(commands = scenario.commands.len(), until = %scenario.until.to_rfc3339(), "scenario checked");
     poolbill_scenario::run(&engine, &scenario).await.map_err(runtime(format!("running {path}")))?;
     if let Some(out) = &args.export {
         export(&engine, out)?;
@@ -27,6 +28,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
         None => engine.document().await,
     }
     .map_err(runtime("reading the document"))?;
+    tracing::info!(events = document.events, bills = document.bills.len(), rejections = document.rejections.len(), "done");
     print_out(&match args.format {
         TableFormat::Json => to_json(&document)?,
         TableFormat::Table => table::render(&document),

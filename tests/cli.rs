@@ -129,3 +129,40 @@ fn completions_are_scripts_that_name_every_subcommand() {
         assert!(script.contains("format") && script.contains("charged"), "{shell}: completes options");
     }
 }
+
+#[test]
+fn diagnostics_go_to_stderr_by_verbosity_or_rust_log_never_into_the_json() {
+    let scenario = fixtures_dir().join("subscription-upgrade/scenario.json");
+    let scenario = scenario.to_str().unwrap();
+    let with = |flags: &[&str], rust_log: Option<&str>| {
+        let mut command = common::poolbill();
+        command.args(["run", scenario, "--format", "json"]).args(flags).env_remove("RUST_LOG");
+        if let Some(filter) = rust_log {
+            command.env("RUST_LOG", filter);
+        }
+        let out = command.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{flags:?}: {}", text(&out.stderr));
+        let document: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{flags:?}: stdout is JSON: {e}"));
+        assert_eq!(document["events"], 10);
+        text(&out.stderr)
+    };
+    assert_eq!(with(&[], None), "", "quiet by default");
+    assert_eq!(with(&["-q"], None), "");
+    let info = with(&["-v"], None);
+    assert!(info.contains("INFO") && info.contains("scenario checked") && !info.contains("DEBUG"), "{info}");
+    let debug = with(&["-vv"], None);
+    assert!(debug.contains("DEBUG") && debug.contains("command{id=subscription-upgrade:1 type=\"scale\""), "spans per command: {debug}");
+    // Hourly settlement: an on-demand pool.
+    let on_demand = fixtures_dir().join("on-demand-two-cycles/scenario.json");
+    let out = common::poolbill().args(["run", on_demand.to_str().unwrap(), "--format", "json", "-vvv"]).env_remove("RUST_LOG").output().unwrap();
+    let trace = text(&out.stderr);
+    assert!(trace.contains("settlement{to=") && trace.contains("time-driven events"), "a span per settlement: {trace}");
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("stdout is the document alone");
+    let filtered = with(&[], Some("poolbill_engine=debug"));
+    assert!(filtered.contains("poolbill_engine") && !filtered.contains("scenario checked"), "RUST_LOG decides: {filtered}");
+    // A replay has its span too.
+    let log = fixtures_dir().join("subscription-upgrade/log.jsonl");
+    let out = run(&["replay", log.to_str().unwrap(), "--format", "json", "-vv"]);
+    assert!(text(&out.stderr).contains("replay{upto=All}"), "{}", text(&out.stderr));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("stdout is the document alone");
+}

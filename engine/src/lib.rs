@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 /// How often a command whose write failed is tried again.
 pub const RETRIES: u32 = 3;
@@ -117,13 +118,27 @@ impl Engine {
     /// from ever applying twice.
     pub async fn execute(&self, id: impl Into<String>, at: Instant, command: Command, index: Option<u64>) -> Result<Executed, EngineError> {
         let id = id.into();
+        let span = tracing::info_span!("command", id = %id, r#type = command.type_name(), at = %at.to_rfc3339());
+        self.execute_in(id, at, command, index).instrument(span).await
+    }
+
+    async fn execute_in(&self, id: String, at: Instant, command: Command, index: Option<u64>) -> Result<Executed, EngineError> {
         let mut attempt = 0;
         loop {
             let (reply, rx) = oneshot::channel();
             self.send(Request::Execute { id: id.clone(), at, command: command.clone(), index, reply }).await?;
             match rx.await.map_err(|_| self.closed())? {
-                Err(EngineError::Aborted(_)) if attempt < RETRIES => attempt += 1,
-                done => return done,
+                Err(EngineError::Aborted(why)) if attempt < RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(attempt, %why, "not written; retried on state rebuilt from the log");
+                }
+                done => {
+                    match &done {
+                        Ok(executed) => tracing::debug!(outcome = ?executed.outcome, duplicate = executed.duplicate, "done"),
+                        Err(e) => tracing::warn!(error = %e, "failed"),
+                    }
+                    return done;
+                }
             }
         }
     }
@@ -333,10 +348,12 @@ impl Actor {
 
     /// Queue every time-driven event due by `to`, writing long runs as they grow; returns how
     /// many events that was.
+    #[tracing::instrument(name = "settlement", level = "debug", skip(self), fields(to = %to.to_rfc3339()))]
     async fn advance(&mut self, to: Instant) -> Result<u64, EngineError> {
         let mut count = 0;
         while self.broken.is_none() {
             let Some((at, events)) = tick(&self.projections.state, to) else { break };
+            tracing::trace!(at = %at.to_rfc3339(), events = events.len(), "time-driven events");
             count += events.len() as u64;
             self.queue(None, events, at, serde_json::Value::Null);
             if self.pending.len() >= MAX_CHAIN {
@@ -415,8 +432,10 @@ impl Actor {
         }
         if let Some(why) = failure.map(|(_, e)| e.to_string()).or(task) {
             self.broken = Some(why);
+            tracing::warn!(why = self.broken.as_deref(), "a write failed; rebuilding the state from the log");
             if let Err(cause) = self.reload().await {
                 // Going on would decide on speculative state that is not the log's.
+                tracing::error!(error = %cause, "the state cannot be rebuilt from the log: the engine stops");
                 let _ = self.stopped.set(Arc::new(cause));
             }
         }

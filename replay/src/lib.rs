@@ -47,6 +47,7 @@ pub fn fold_with<I>(envelopes: I, upto: Upto, mut progress: impl FnMut(u64)) -> 
 where
     I: IntoIterator<Item = Result<Envelope, StoreError>>,
 {
+    let _span = tracing::info_span!("replay", upto = ?upto).entered();
     let mut projections = Projections::new();
     for envelope in envelopes {
         let envelope = envelope?;
@@ -56,6 +57,7 @@ where
         projections.apply(&envelope)?;
         progress(envelope.position);
     }
+    tracing::debug!(events = projections.events, bills = projections.bills.len(), "replayed");
     Ok(projections)
 }
 

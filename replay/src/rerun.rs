@@ -46,6 +46,7 @@ pub struct Rerun {
 /// Run `commands` from scratch, letting the clock pass `until` at the end; `what_if` replaces
 /// the policy and the named prices from the first instant on.
 pub fn rerun(commands: &[Recorded], until: Instant, what_if: &WhatIf) -> Rerun {
+    let _span = tracing::info_span!("rerun", commands = commands.len(), until = %until.to_rfc3339()).entered();
     let mut projections = Projections::new();
     let mut log = Vec::new();
     let mut record = |projections: &mut Projections, at: Instant, id: Option<String>, events: Vec<Event>| {

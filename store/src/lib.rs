@@ -487,6 +487,7 @@ impl Store {
             }
         }
         self.flush()?;
+        tracing::debug!(requests = reqs.len(), applied = applied.len(), failed = ?failed.as_ref().map(|(i, e)| (i, e.to_string())), "chain appended and flushed");
         Ok((applied, failed))
     }
 
