@@ -1,44 +1,322 @@
-//! A small argument reader: positionals and `--flag value` pairs, refusing unknown flags.
+//! The command line, declared with clap: one subcommand per tool, each with its own `--help`.
+//!
+//! Parsing checks what can be checked without reading a file (formats, instants, which options
+//! go together); a usage error exits 2 before anything is opened or written.
 
-use crate::Failure;
-use std::collections::HashMap;
+use chrono::DateTime;
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use poolbill_domain::time::to_beijing;
+use poolbill_domain::Instant;
+use std::path::PathBuf;
 
-pub struct Args {
-    pub positional: Vec<String>,
-    flags: HashMap<String, String>,
+/// Event-sourced billing of compute pools and workloads: run scenarios and serve commands on a
+/// sled event log; replay, audit, explain, diff, bill and draw what a log holds.
+#[derive(Debug, Parser)]
+#[command(
+    name = "poolbill",
+    version,
+    propagate_version = true,
+    arg_required_else_help = true,
+    after_help = "Exit status: 0 done; 1 the store or engine failed (audit: bills differ; verify: damaged); \
+                  2 invalid input or arguments (then nothing was written)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Tool,
+    /// More diagnostics on stderr: -v info, -vv debug, -vvv trace (RUST_LOG, when set, decides).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors on stderr, no warnings.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
 }
 
-impl Args {
-    /// Read `args`; `flags` are the options that take a value.
-    pub fn parse(args: &[String], flags: &[&str], usage: &str) -> Result<Args, Failure> {
-        let mut out = Args { positional: Vec::new(), flags: HashMap::new() };
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            if let Some(name) = arg.strip_prefix("--") {
-                if !flags.contains(&name) {
-                    return Err(Failure::Input(format!("unknown option --{name}\n{usage}")));
-                }
-                let value = it.next().ok_or_else(|| Failure::Input(format!("--{name} needs a value\n{usage}")))?;
-                if out.flags.insert(name.to_string(), value.clone()).is_some() {
-                    return Err(Failure::Input(format!("--{name} is given twice")));
-                }
-            } else {
-                out.positional.push(arg.clone());
-            }
+impl Tool {
+    /// The subcommand's name, as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Tool::Run(_) => "run",
+            Tool::Serve(_) => "serve",
+            Tool::Replay(_) => "replay",
+            Tool::Audit(_) => "audit",
+            Tool::Explain(_) => "explain",
+            Tool::Diff(_) => "diff",
+            Tool::Bills(_) => "bills",
+            Tool::Timeline(_) => "timeline",
+            Tool::Verify(_) => "verify",
+            Tool::Completions(_) => "completions",
         }
-        Ok(out)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Tool {
+    Run(RunArgs),
+    Serve(ServeArgs),
+    Replay(ReplayArgs),
+    Audit(AuditArgs),
+    Explain(ExplainArgs),
+    Diff(DiffArgs),
+    Bills(BillsArgs),
+    Timeline(TimelineArgs),
+    Verify(VerifyArgs),
+    Completions(CompletionsArgs),
+}
+
+/// `json` or `table`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TableFormat {
+    Table,
+    Json,
+}
+
+/// `json` or `text`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TextFormat {
+    Text,
+    Json,
+}
+
+/// `table`, `json` or `csv`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BillsFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+/// An RFC 3339 instant with an offset, as Beijing time (R1).
+pub fn instant(text: &str) -> Result<Instant, String> {
+    DateTime::parse_from_rfc3339(text).map(to_beijing).map_err(|e| format!("not an RFC 3339 instant with an offset ({e})"))
+}
+
+/// A bill's place in the list: 1, 2, …
+fn bill_number(text: &str) -> Result<usize, String> {
+    text.parse().ok().filter(|n| *n >= 1).ok_or_else(|| "not a bill number (1, 2, …)".to_string())
+}
+
+/// Run a scenario on a fresh (or kept) store and print the bills, resources and accounts.
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  poolbill run fixtures/subscription-upgrade/scenario.json --format json --at 2023-04-12T00:00:00+08:00")]
+pub struct RunArgs {
+    /// The scenario file (../shared/scenario-format.md).
+    #[arg(value_name = "SCENARIO.json")]
+    pub scenario: PathBuf,
+    /// Answer as of this instant, from the same log (time travel).
+    #[arg(long, value_name = "INSTANT", value_parser = instant)]
+    pub at: Option<Instant>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+    pub format: TableFormat,
+    /// Keep the log in this directory (created if absent, continued if present) instead of a
+    /// temporary store.
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Also write the log as JSON lines to this file (whole or not at all).
+    #[arg(long, value_name = "LOG.jsonl")]
+    pub export: Option<PathBuf>,
+}
+
+/// Read one JSON command per line on stdin; answer each line once its events are on disk.
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  echo '{\"type\": \"advance\", \"at\": \"2023-04-01T00:00:00+08:00\"}' | poolbill serve --store store/")]
+pub struct ServeArgs {
+    /// The store directory (created if absent, continued if present).
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+}
+
+/// Rebuild the document from a portable log, whole or as of an instant or a position.
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  poolbill replay fixtures/subscription-upgrade/log.jsonl --upto 7 --format json")]
+pub struct ReplayArgs {
+    /// The portable log (`run --export`).
+    #[arg(value_name = "LOG.jsonl")]
+    pub log: PathBuf,
+    /// Everything that had happened by this instant.
+    #[arg(long, value_name = "INSTANT", value_parser = instant, conflicts_with = "upto")]
+    pub at: Option<Instant>,
+    /// Everything up to and including this log position.
+    #[arg(long, value_name = "SEQ")]
+    pub upto: Option<u64>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+    pub format: TableFormat,
+    /// Re-run the log's commands under this grace/retention table and/or price list
+    /// (`{"levels": …, "catalog": […]}`).
+    #[arg(long, value_name = "POLICY.json")]
+    pub policy: Option<PathBuf>,
+}
+
+/// Recompute a log's bills and match what was charged against them (exit 1 if any differ).
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  poolbill audit fixtures/on-demand-two-cycles/log.jsonl --charged fixtures/on-demand-two-cycles/CHARGED.json")]
+pub struct AuditArgs {
+    /// The portable log (`run --export`).
+    #[arg(value_name = "LOG.jsonl")]
+    pub log: PathBuf,
+    /// What was charged (`{"bills": […], "total": …}`).
+    #[arg(long, value_name = "CHARGED.json")]
+    pub charged: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+    pub format: TableFormat,
+}
+
+/// Derive a bill line step by step, each step with its rule.
+#[derive(Debug, Args)]
+#[command(
+    group(ArgGroup::new("which").required(true).args(["bill", "resource"])),
+    after_help = "Example:\n  poolbill explain fixtures/subscription-upgrade/log.jsonl --bill 2"
+)]
+pub struct ExplainArgs {
+    /// The portable log (`run --export`).
+    #[arg(value_name = "LOG.jsonl")]
+    pub log: PathBuf,
+    /// The bill's number: the `#` column of `run`'s table (1, 2, …).
+    #[arg(long, value_name = "N", value_parser = bill_number)]
+    pub bill: Option<usize>,
+    /// The resource whose lines at `--at` to explain.
+    #[arg(long, value_name = "ID", requires = "at")]
+    pub resource: Option<String>,
+    /// The instant of the resource's lines.
+    #[arg(long, value_name = "INSTANT", value_parser = instant, requires = "resource", conflicts_with = "bill")]
+    pub at: Option<Instant>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = TextFormat::Text)]
+    pub format: TextFormat,
+}
+
+/// Compare the bills as known at an instant with now, or as charged with another policy.
+#[derive(Debug, Args)]
+#[command(
+    group(ArgGroup::new("against").required(true).args(["at", "policy"])),
+    after_help = "Example:\n  poolbill diff fixtures/arrears-grace-frozen-recovery/log.jsonl --at 2023-04-18T20:00:00+08:00"
+)]
+pub struct DiffArgs {
+    /// The portable log (`run --export`).
+    #[arg(value_name = "LOG.jsonl")]
+    pub log: PathBuf,
+    /// The bills as known at this instant, against the bills as known now.
+    #[arg(long, value_name = "INSTANT", value_parser = instant)]
+    pub at: Option<Instant>,
+    /// The bills as charged, against the log's commands re-run under this policy.
+    #[arg(long, value_name = "POLICY.json")]
+    pub policy: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+    pub format: TableFormat,
+}
+
+/// One detail bill per account, resource and billing mode of a month (R5).
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  poolbill bills fixtures/subscription-upgrade/log.jsonl --month 2023-04 --format csv")]
+pub struct BillsArgs {
+    /// The portable log (`run --export`).
+    #[arg(value_name = "LOG.jsonl")]
+    pub log: PathBuf,
+    /// The Beijing month.
+    #[arg(long, value_name = "YYYY-MM")]
+    pub month: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = BillsFormat::Table)]
+    pub format: BillsFormat,
+}
+
+/// Draw a resource's life (states, charges, balance) as an SVG picture.
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  poolbill timeline fixtures/ch3-scale-then-convert/log.jsonl --resource pool-1 --svg pool.svg")]
+pub struct TimelineArgs {
+    /// The portable log (`run --export`).
+    #[arg(value_name = "LOG.jsonl")]
+    pub log: PathBuf,
+    /// The pool, job or package to draw.
+    #[arg(long, value_name = "ID")]
+    pub resource: String,
+    /// Where to write the picture.
+    #[arg(long, value_name = "OUT.svg")]
+    pub svg: PathBuf,
+}
+
+/// Check a store or a portable log: exit 0 sound, 1 damaged, 2 bad arguments.
+#[derive(Debug, Args)]
+#[command(
+    group(ArgGroup::new("what").required(true).args(["store", "log"])),
+    after_help = "Example:\n  poolbill verify --store store/"
+)]
+pub struct VerifyArgs {
+    /// A store directory: every event read back, checksums, positions, stream versions, the
+    /// high-water mark, and a full replay.
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// A portable log: read and checked whole, then replayed.
+    #[arg(value_name = "LOG.jsonl")]
+    pub log: Option<PathBuf>,
+}
+
+/// Print a shell completion script on stdout.
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  poolbill completions bash > /etc/bash_completion.d/poolbill")]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+    use clap::CommandFactory;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
     }
 
-    pub fn get(&self, flag: &str) -> Option<&str> {
-        self.flags.get(flag).map(String::as_str)
+    /// Words an argument list is made of: every subcommand and option, values good and bad,
+    /// `--flag=value` forms, and noise.
+    fn word() -> impl Strategy<Value = String> {
+        let known = [
+            "run", "serve", "replay", "audit", "explain", "diff", "bills", "timeline", "verify", "completions", "help", "--at", "--upto",
+            "--format", "--store", "--export", "--policy", "--charged", "--bill", "--resource", "--month", "--svg", "--help", "-h",
+            "--version", "-V", "json", "table", "text", "csv", "bash", "2023-04-12T00:00:00+08:00", "2023-04-12", "2023-04", "0", "1",
+            "-1", "x.json", "--", "-", "-v", "-vv", "-q", "--verbose", "--quiet", "--format=json", "--at=2023-04-12T00:00:00+08:00", "--upto=3", "--bill=2", "--format=",
+        ];
+        prop_oneof![
+            4 => proptest::sample::select(known.to_vec()).prop_map(String::from),
+            1 => "[-=a-z0-9:.+]{0,12}",
+            1 => any::<String>(),
+        ]
     }
 
-    /// The one positional argument (a file), or a usage error.
-    pub fn file(&self, what: &str, usage: &str) -> Result<&str, Failure> {
-        match self.positional.as_slice() {
-            [one] => Ok(one),
-            [] => Err(Failure::Input(format!("{what} is needed\n{usage}"))),
-            [_, extra, ..] => Err(Failure::Input(format!("unexpected argument {extra:?}\n{usage}"))),
+    proptest! {
+        #![proptest_config(ProptestConfig { failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any argument list is parsed or refused, never a panic; a refusal is a usage error
+        /// (exit 2, on stderr) unless it is a request for help or the version (exit 0, stdout).
+        #[test]
+        fn any_argument_list_parses_or_is_a_usage_error(words in proptest::collection::vec(word(), 0..7)) {
+            let argv = std::iter::once("poolbill".to_string()).chain(words.iter().cloned());
+            match Cli::try_parse_from(argv) {
+                Ok(cli) => {
+                    // What parsed is consistent with the groups the tools rely on.
+                    match cli.command {
+                        Tool::Explain(a) => prop_assert!(a.bill.is_some() != (a.resource.is_some() && a.at.is_some())),
+                        Tool::Diff(a) => prop_assert!(a.at.is_some() != a.policy.is_some()),
+                        Tool::Verify(a) => prop_assert!(a.store.is_some() != a.log.is_some()),
+                        Tool::Replay(a) => prop_assert!(!(a.at.is_some() && a.upto.is_some())),
+                        _ => {}
+                    }
+                }
+                Err(e) => {
+                    let informational = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+                    prop_assert_eq!(e.use_stderr(), !informational, "{:?}: {}", e.kind(), e);
+                    prop_assert_eq!(e.exit_code(), if informational { 0 } else { 2 }, "{:?}: {}", e.kind(), e);
+                    prop_assert!(!e.to_string().trim().is_empty());
+                }
+            }
         }
     }
 }

@@ -5,93 +5,99 @@
 //! arguments are invalid (then nothing was written).
 
 mod args;
+mod failure;
 mod logs;
+mod progress;
 mod run;
 mod table;
 
-use chrono::DateTime;
-use poolbill_domain::time::to_beijing;
-use poolbill_domain::Instant;
+use args::{Cli, CompletionsArgs, Tool};
+use clap::{CommandFactory, Parser};
+use failure::{report, Failure};
 use std::io::Write;
 use std::process::ExitCode;
 
-pub const USAGE: &str = "usage:
-  poolbill run SCENARIO.json [--at INSTANT] [--format json|table] [--store DIR] [--export LOG.jsonl]
-  poolbill serve --store DIR
-  poolbill replay LOG.jsonl [--at INSTANT | --upto SEQ] [--format json|table] [--policy POLICY.json]
-  poolbill audit LOG.jsonl --charged CHARGED.json [--format json|table]
-  poolbill explain LOG.jsonl (--resource ID --at INSTANT | --bill N) [--format json|text]
-  poolbill diff LOG.jsonl (--at INSTANT | --policy POLICY.json) [--format json|table]
-  poolbill bills LOG.jsonl --month YYYY-MM [--format table|json|csv]
-  poolbill timeline LOG.jsonl --resource ID --svg OUT.svg
-  poolbill verify (--store DIR | LOG.jsonl)             (exit 0 sound, 1 damaged, 2 bad arguments)";
-
-pub enum Failure {
-    /// Invalid input or arguments: nothing was written.
-    Input(String),
-    /// The store or engine failed.
-    Runtime(String),
-    /// Done, but the answer is "no" (audit: the bills differ).
-    Differs,
-}
-
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(rt) => rt,
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `--help` and `--version` print on stdout and exit 0; usage errors on stderr, exit 2.
         Err(e) => {
-            eprintln!("poolbill: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
-    let rest = args.get(1..).unwrap_or_default();
-    let result = match args.first().map(String::as_str) {
-        Some("run") => runtime.block_on(run::run(rest)),
-        Some("serve") => runtime.block_on(run::serve(rest)),
-        Some("replay") => logs::replay(rest),
-        Some("audit") => logs::audit(rest),
-        Some("explain") => logs::explain(rest),
-        Some("diff") => logs::diff(rest),
-        Some("bills") => logs::bills(rest),
-        Some("timeline") => logs::timeline(rest),
-        Some("verify") => logs::verify(rest),
-        Some("help" | "--help" | "-h") => print_out(&format!("{USAGE}\n")),
-        _ => Err(Failure::Input(USAGE.to_string())),
+    logging(cli.verbose, cli.quiet);
+    let _span = tracing::info_span!("poolbill", command = cli.command.name()).entered();
+    let result = match cli.command {
+        Tool::Run(args) => async_runtime().and_then(|rt| rt.block_on(run::run(args))),
+        Tool::Serve(args) => async_runtime().and_then(|rt| rt.block_on(run::serve(args))),
+        Tool::Replay(args) => logs::replay(args),
+        Tool::Audit(args) => logs::audit(args),
+        Tool::Explain(args) => logs::explain(args),
+        Tool::Diff(args) => logs::diff(args),
+        Tool::Bills(args) => logs::bills(args),
+        Tool::Timeline(args) => logs::timeline(args),
+        Tool::Verify(args) => logs::verify(args),
+        Tool::Completions(args) => completions(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Differs) => ExitCode::from(1),
-        Err(Failure::Input(message)) => {
-            eprintln!("poolbill: {message}");
+        Err(Failure::Input(e)) => {
+            eprintln!("{}", report("", e.as_ref()));
             ExitCode::from(2)
         }
-        Err(Failure::Runtime(message)) => {
-            eprintln!("poolbill: {message}");
+        Err(Failure::Runtime(e)) => {
+            eprintln!("{}", report("", e.as_ref()));
+            ExitCode::from(1)
+        }
+        Err(Failure::Damaged(e)) => {
+            eprintln!("{}", report("DAMAGED: ", e.as_ref()));
             ExitCode::from(1)
         }
     }
 }
 
-pub fn parse_instant(flag: &str, text: &str) -> Result<Instant, Failure> {
-    DateTime::parse_from_rfc3339(text)
-        .map(to_beijing)
-        .map_err(|e| Failure::Input(format!("--{flag}: {text:?} is not an RFC 3339 instant with an offset ({e})")))
+/// Diagnostics go to stderr (stdout is for the document); RUST_LOG, when set, decides what is
+/// shown, else `-q` errors only, none warnings, `-v` info, `-vv` debug, `-vvv` trace.
+fn logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+            eprintln!("warning: RUST_LOG={spec:?} is not a filter ({e}); using {level}");
+            EnvFilter::new(level)
+        }),
+        _ => EnvFilter::new(level),
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).init();
 }
 
-/// `--format`, one of `allowed` (the first is the default).
-pub fn format<'a>(value: Option<&'a str>, allowed: &[&'a str]) -> Result<&'a str, Failure> {
-    match value {
-        None => Ok(allowed[0]),
-        Some(f) if allowed.contains(&f) => Ok(f),
-        Some(f) => Err(Failure::Input(format!("--format: {f:?} is not one of {}", allowed.join(", ")))),
-    }
+fn async_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(failure::runtime("starting the async runtime"))
+}
+
+fn completions(args: CompletionsArgs) -> Result<(), Failure> {
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut Cli::command(), "poolbill", &mut script);
+    print_out(&String::from_utf8_lossy(&script))
 }
 
 pub fn print_out(text: &str) -> Result<(), Failure> {
     let mut stdout = std::io::stdout().lock();
-    stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()).map_err(|e| Failure::Runtime(format!("writing output: {e}")))
+    stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()).map_err(failure::runtime("writing the output"))
 }
 
 pub fn to_json(value: &impl serde::Serialize) -> Result<String, Failure> {
-    serde_json::to_string_pretty(value).map(|s| s + "\n").map_err(|e| Failure::Runtime(e.to_string()))
+    serde_json::to_string_pretty(value).map(|s| s + "\n").map_err(failure::runtime("encoding the output as JSON"))
 }

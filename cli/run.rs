@@ -1,63 +1,60 @@
 //! `poolbill run` and `poolbill serve`: the engine on a sled store.
 
-use crate::args::Args;
-use crate::{format, parse_instant, print_out, table, to_json, Failure, USAGE};
+use crate::args::{instant, RunArgs, ServeArgs, TableFormat};
+use crate::failure::{input, one_line, runtime, Failure};
+use crate::{print_out, progress, table, to_json};
 use poolbill_engine::{Engine, Outcome};
 use poolbill_replay::Upto;
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::Path;
 
-pub async fn run(args: &[String]) -> Result<(), Failure> {
-    let args = Args::parse(args, &["at", "format", "store", "export"], USAGE)?;
-    let path = args.file("a scenario file", USAGE)?;
-    let at = args.get("at").map(|t| parse_instant("at", t)).transpose()?;
-    let format = format(args.get("format"), &["table", "json"])?;
-    let text = std::fs::read_to_string(path).map_err(|e| Failure::Input(format!("cannot read {path}: {e}")))?;
+pub async fn run(args: RunArgs) -> Result<(), Failure> {
+    let path = args.scenario.display();
+    let text = std::fs::read_to_string(&args.scenario).map_err(input(format!("cannot read {path}")))?;
     // The whole file is checked before anything is opened or written.
-    let scenario = poolbill_scenario::parse(&text).map_err(|e| Failure::Input(format!("{path}: {e}")))?;
-    let engine = match args.get("store") {
-        Some(dir) => Engine::open(dir).await,
-        None => Engine::temporary().await,
-    }
-    .map_err(|e| Failure::Runtime(e.to_string()))?;
-    poolbill_scenario::run(&engine, &scenario).await.map_err(|e| Failure::Runtime(e.to_string()))?;
-    if let Some(out) = args.get("export") {
+    let scenario = poolbill_scenario::parse(&text).map_err(input(format!("{path} is not a valid scenario")))?;
+    let engine = match &args.store {
+        Some(dir) => Engine::open(dir).await.map_err(runtime(format!("opening the store at {}", dir.display())))?,
+        None => Engine::temporary().await.map_err(runtime("opening a temporary store"))?,
+    };
+    tracing::info!(commands = scenario.commands.len(), until = %scenario.until.to_rfc3339(), "scenario checked");
+    poolbill_scenario::run(&engine, &scenario).await.map_err(runtime(format!("running {path}")))?;
+    if let Some(out) = &args.export {
         export(&engine, out)?;
     }
-    let document = match at {
+    let document = match args.at {
         // Time travel reads the same log as it stood then.
         Some(at) => engine.as_of(Upto::Instant(at)).await.map(|p| p.document()),
         None => engine.document().await,
     }
-    .map_err(|e| Failure::Runtime(e.to_string()))?;
-    print_out(&match format {
-        "json" => to_json(&document)?,
-        _ => table::render(&document),
+    .map_err(runtime("reading the document"))?;
+    tracing::info!(events = document.events, bills = document.bills.len(), rejections = document.rejections.len(), "done");
+    print_out(&match args.format {
+        TableFormat::Json => to_json(&document)?,
+        TableFormat::Table => table::render(&document),
     })
 }
 
 /// Write the log as JSON lines, whole or not at all (a temporary file renamed into place).
-fn export(engine: &Engine, out: &str) -> Result<(), Failure> {
-    let target = PathBuf::from(out);
+fn export(engine: &Engine, target: &Path) -> Result<(), Failure> {
     let partial = target.with_extension("jsonl.partial");
-    let fail = |e: String| Failure::Runtime(format!("exporting to {out}: {e}"));
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&partial).map_err(|e| fail(e.to_string()))?);
-    poolbill_replay::jsonl::export(engine.store(), &mut file).map_err(|e| fail(e.to_string()))?;
-    std::io::Write::flush(&mut file).map_err(|e| fail(e.to_string()))?;
+    let context = format!("exporting to {}", target.display());
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&partial).map_err(runtime(&context))?);
+    let total = engine.store().last_position().map_err(runtime(&context))?;
+    let bar = progress::bar(total, "exporting");
+    let exported = poolbill_replay::jsonl::export_with(engine.store(), &mut file, |position| bar.set_position(position));
+    bar.finish_and_clear();
+    exported.map_err(runtime(&context))?;
+    std::io::Write::flush(&mut file).map_err(runtime(&context))?;
     drop(file);
-    std::fs::rename(&partial, &target).map_err(|e| fail(e.to_string()))
+    std::fs::rename(&partial, target).map_err(runtime(&context))
 }
 
 /// One command per line: `{"id": "…", "at": "…", "type": "…", …fields}` (the scenario's command
 /// fields, plus `open_account` and `set_price`), or `{"type": "advance", "at": "…"}`. Each line is
 /// answered once what it did is on disk.
-pub async fn serve(args: &[String]) -> Result<(), Failure> {
-    let args = Args::parse(args, &["store"], USAGE)?;
-    let dir = args.get("store").ok_or_else(|| Failure::Input(format!("serve needs --store DIR\n{USAGE}")))?;
-    if !args.positional.is_empty() {
-        return Err(Failure::Input(USAGE.to_string()));
-    }
-    let engine = Engine::open(dir).await.map_err(|e| Failure::Runtime(e.to_string()))?;
+pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let engine = Engine::open(&args.store).await.map_err(runtime(format!("opening the store at {}", args.store.display())))?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
     // Standard input is read on a thread of its own: it blocks.
     std::thread::spawn(move || {
@@ -88,13 +85,13 @@ async fn serve_line(engine: &Engine, line: &str, number: u64) -> serde_json::Val
     };
     let path = format!("line {number}");
     if value.get("type").and_then(|t| t.as_str()) == Some("advance") {
-        let at = match value.get("at").and_then(|v| v.as_str()).map(|t| parse_instant("at", t)) {
+        let at = match value.get("at").and_then(|v| v.as_str()).map(instant) {
             Some(Ok(at)) => at,
             _ => return json!({"line": number, "error": format!("{path}.at: an RFC 3339 instant is needed")}),
         };
         return match engine.advance_to(at).await {
             Ok(events) => json!({"line": number, "advanced_to": at.to_rfc3339(), "events": events}),
-            Err(e) => json!({"line": number, "error": e.to_string()}),
+            Err(e) => json!({"line": number, "error": one_line(&e)}),
         };
     }
     let id = match value.get("id").and_then(|v| v.as_str()) {
@@ -125,6 +122,6 @@ async fn serve_line(engine: &Engine, line: &str, number: u64) -> serde_json::Val
             }
             answer
         }
-        Err(e) => json!({"line": number, "id": id, "error": e.to_string()}),
+        Err(e) => json!({"line": number, "id": id, "error": one_line(&e)}),
     }
 }

@@ -6,7 +6,6 @@ use crate::model::{BillLine, BillingMode, Period, Policy, PoolType, Price, Rule,
 use crate::time::Instant;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use std::fmt;
 
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,17 +266,11 @@ fn upcast(event_type: &str, schema_version: u32, mut payload: serde_json::Value)
     Ok(payload)
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("cannot read event {event_type:?} (schema v{schema_version}): {detail}")]
 pub struct DecodeError {
     pub event_type: String,
     pub schema_version: u32,
     pub detail: String,
 }
 
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cannot read event {:?} (schema v{}): {}", self.event_type, self.schema_version, self.detail)
-    }
-}
-
-impl std::error::Error for DecodeError {}

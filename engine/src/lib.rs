@@ -16,9 +16,10 @@ use poolbill_replay::{replay, ReplayError, Upto};
 use poolbill_store::{AppendOutcome, AppendRequest, CommandRecord, ExpectedVersion, NewEvent, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::fmt;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 /// How often a command whose write failed is tried again.
 pub const RETRIES: u32 = 3;
@@ -32,6 +33,8 @@ const MAX_CHAIN: usize = 1024;
 pub struct Engine {
     tx: mpsc::Sender<Request>,
     store: Store,
+    /// Why the actor stopped, once it has.
+    stopped: Arc<OnceLock<Arc<EngineError>>>,
 }
 
 /// What became of a command.
@@ -54,39 +57,22 @@ pub struct Executed {
     pub duplicate: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    Store(StoreError),
-    Replay(ReplayError),
+    #[error("event store")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
     /// Not written because an earlier request in the same group commit failed; safe to retry.
+    #[error("not written, retry: {0}")]
     Aborted(String),
     /// The engine task has stopped.
+    #[error("the engine has stopped")]
     Closed,
-}
-
-impl fmt::Display for EngineError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EngineError::Store(e) => write!(f, "event store: {e}"),
-            EngineError::Replay(e) => write!(f, "{e}"),
-            EngineError::Aborted(why) => write!(f, "not written, retry: {why}"),
-            EngineError::Closed => write!(f, "the engine has stopped"),
-        }
-    }
-}
-
-impl std::error::Error for EngineError {}
-
-impl From<StoreError> for EngineError {
-    fn from(e: StoreError) -> Self {
-        EngineError::Store(e)
-    }
-}
-
-impl From<ReplayError> for EngineError {
-    fn from(e: ReplayError) -> Self {
-        EngineError::Replay(e)
-    }
+    /// A write failed and rebuilding the state from the log failed too: the engine stopped
+    /// rather than go on from state that is not the log's. Every later request gets this.
+    #[error("the engine stopped: after a failed write, its state could not be rebuilt from the log")]
+    Stopped(#[source] Arc<EngineError>),
 }
 
 type Reader = Box<dyn FnOnce(&Projections) + Send>;
@@ -116,9 +102,10 @@ impl Engine {
         let scan = store.clone();
         let (projections, versions) = blocking(move || load(&scan)).await?;
         let (tx, rx) = mpsc::channel(1024);
-        let actor = Actor::new(store.clone(), projections, versions, rx);
+        let stopped = Arc::new(OnceLock::new());
+        let actor = Actor::new(store.clone(), projections, versions, rx, stopped.clone());
         tokio::spawn(actor.run());
-        Ok(Engine { tx, store })
+        Ok(Engine { tx, store, stopped })
     }
 
     /// Decide `command` at instant `at` (the clock first passes `at`, so every time-driven event
@@ -131,13 +118,27 @@ impl Engine {
     /// from ever applying twice.
     pub async fn execute(&self, id: impl Into<String>, at: Instant, command: Command, index: Option<u64>) -> Result<Executed, EngineError> {
         let id = id.into();
+        let span = tracing::info_span!("command", id = %id, r#type = command.type_name(), at = %at.to_rfc3339());
+        self.execute_in(id, at, command, index).instrument(span).await
+    }
+
+    async fn execute_in(&self, id: String, at: Instant, command: Command, index: Option<u64>) -> Result<Executed, EngineError> {
         let mut attempt = 0;
         loop {
             let (reply, rx) = oneshot::channel();
             self.send(Request::Execute { id: id.clone(), at, command: command.clone(), index, reply }).await?;
-            match rx.await.map_err(|_| EngineError::Closed)? {
-                Err(EngineError::Aborted(_)) if attempt < RETRIES => attempt += 1,
-                done => return done,
+            match rx.await.map_err(|_| self.closed())? {
+                Err(EngineError::Aborted(why)) if attempt < RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(attempt, %why, "not written; retried on state rebuilt from the log");
+                }
+                done => {
+                    match &done {
+                        Ok(executed) => tracing::debug!(outcome = ?executed.outcome, duplicate = executed.duplicate, "done"),
+                        Err(e) => tracing::warn!(error = %e, "failed"),
+                    }
+                    return done;
+                }
             }
         }
     }
@@ -147,7 +148,7 @@ impl Engine {
     pub async fn advance_to(&self, to: Instant) -> Result<u64, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Advance { to, reply }).await?;
-        rx.await.map_err(|_| EngineError::Closed)?
+        rx.await.map_err(|_| self.closed())?
     }
 
     /// Read the current (acknowledged) projections.
@@ -157,7 +158,7 @@ impl Engine {
             let _ = reply.send(f(p));
         })))
         .await?;
-        rx.await.map_err(|_| EngineError::Closed)
+        rx.await.map_err(|_| self.closed())
     }
 
     /// The contract's output document, as of now.
@@ -182,7 +183,15 @@ impl Engine {
     }
 
     async fn send(&self, request: Request) -> Result<(), EngineError> {
-        self.tx.send(request).await.map_err(|_| EngineError::Closed)
+        self.tx.send(request).await.map_err(|_| self.closed())
+    }
+
+    /// The error for a request the actor did not answer: why it stopped, if it did.
+    fn closed(&self) -> EngineError {
+        match self.stopped.get() {
+            Some(cause) => EngineError::Stopped(cause.clone()),
+            None => EngineError::Closed,
+        }
     }
 }
 
@@ -225,11 +234,19 @@ struct Actor {
     written: HashMap<u64, Result<CommandRecord, EngineError>>,
     /// Set when a write failed: the rest of the batch is refused, to be retried.
     broken: Option<String>,
+    /// Set when the state could not be rebuilt after a failed write: the actor stops.
+    stopped: Arc<OnceLock<Arc<EngineError>>>,
 }
 
 impl Actor {
-    fn new(store: Store, projections: Projections, versions: HashMap<String, u64>, rx: mpsc::Receiver<Request>) -> Actor {
-        Actor { store, projections, versions, rx, pending: Vec::new(), next_seq: 0, written: HashMap::new(), broken: None }
+    fn new(
+        store: Store,
+        projections: Projections,
+        versions: HashMap<String, u64>,
+        rx: mpsc::Receiver<Request>,
+        stopped: Arc<OnceLock<Arc<EngineError>>>,
+    ) -> Actor {
+        Actor { store, projections, versions, rx, pending: Vec::new(), next_seq: 0, written: HashMap::new(), broken: None, stopped }
     }
 
     async fn run(mut self) {
@@ -242,6 +259,10 @@ impl Actor {
                 }
             }
             self.process(batch).await;
+            if self.stopped.get().is_some() {
+                // Dropping the queue answers every waiting request with the reason.
+                return;
+            }
         }
     }
 
@@ -257,7 +278,11 @@ impl Actor {
         if !writes.is_empty() {
             self.write(writes).await;
         }
-        // Reads come after the batch is on disk: they never see unacknowledged state.
+        // Reads come after the batch is on disk: they never see unacknowledged state, nor the
+        // speculative state of an engine that could not rebuild it (they are dropped unanswered).
+        if self.stopped.get().is_some() {
+            return;
+        }
         for read in reads {
             read(&self.projections);
         }
@@ -323,10 +348,12 @@ impl Actor {
 
     /// Queue every time-driven event due by `to`, writing long runs as they grow; returns how
     /// many events that was.
+    #[tracing::instrument(name = "settlement", level = "debug", skip(self), fields(to = %to.to_rfc3339()))]
     async fn advance(&mut self, to: Instant) -> Result<u64, EngineError> {
         let mut count = 0;
         while self.broken.is_none() {
             let Some((at, events)) = tick(&self.projections.state, to) else { break };
+            tracing::trace!(at = %at.to_rfc3339(), events = events.len(), "time-driven events");
             count += events.len() as u64;
             self.queue(None, events, at, serde_json::Value::Null);
             if self.pending.len() >= MAX_CHAIN {
@@ -387,22 +414,30 @@ impl Actor {
         let requests: Vec<AppendRequest> = chain.into_iter().map(|(_, r)| r).collect();
         let store = self.store.clone();
         let result = blocking(move || store.append_chain(requests).map_err(EngineError::from)).await;
-        let (outcomes, failure) = match result {
-            Ok(r) => r,
-            Err(e) => (Vec::new(), Some((0, StoreError::Storage(e.to_string())))),
+        // What failed, if anything: the store (at the chain's `at`-th append), or the blocking
+        // task itself (then nothing is known to be written).
+        let (outcomes, failure, task) = match result {
+            Ok((outcomes, failure)) => (outcomes, failure, None),
+            Err(EngineError::Store(e)) => (Vec::new(), Some((0, e)), None),
+            Err(e) => (Vec::new(), None, Some(e.to_string())),
         };
         for (i, seq) in seqs.iter().enumerate() {
             let answer = match (outcomes.get(i), &failure) {
                 (Some(AppendOutcome::Appended(r) | AppendOutcome::Duplicate(r)), _) => Ok(r.clone()),
                 (None, Some((at, e))) if *at == i => Err(EngineError::Store(e.clone())),
                 (None, Some((at, e))) => Err(EngineError::Aborted(format!("an earlier write in the same commit failed ({at}): {e}"))),
-                (None, None) => Err(EngineError::Aborted("not written".to_string())),
+                (None, None) => Err(EngineError::Aborted(task.clone().unwrap_or_else(|| "not written".to_string()))),
             };
             self.written.insert(*seq, answer);
         }
-        if let Some((_, e)) = failure {
-            self.broken = Some(e.to_string());
-            self.reload().await;
+        if let Some(why) = failure.map(|(_, e)| e.to_string()).or(task) {
+            self.broken = Some(why);
+            tracing::warn!(why = self.broken.as_deref(), "a write failed; rebuilding the state from the log");
+            if let Err(cause) = self.reload().await {
+                // Going on would decide on speculative state that is not the log's.
+                tracing::error!(error = %cause, "the state cannot be rebuilt from the log: the engine stops");
+                let _ = self.stopped.set(Arc::new(cause));
+            }
         }
     }
 
@@ -432,13 +467,13 @@ impl Actor {
     }
 
     /// After a failed write: forget speculative state, rebuild from what is on disk.
-    async fn reload(&mut self) {
+    async fn reload(&mut self) -> Result<(), EngineError> {
         self.pending.clear();
         let store = self.store.clone();
-        if let Ok((projections, versions)) = blocking(move || load(&store)).await {
-            self.projections = projections;
-            self.versions = versions;
-        }
+        let (projections, versions) = blocking(move || load(&store)).await?;
+        self.projections = projections;
+        self.versions = versions;
+        Ok(())
     }
 }
 

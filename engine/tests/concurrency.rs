@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Duration};
 use poolbill_domain::{BillingMode, Command, Event, Instant, PoolType, Price, Rule, Term};
-use poolbill_engine::{Engine, Outcome};
+use poolbill_engine::{Engine, EngineError, Outcome};
 use poolbill_store::{AppendRequest, NewEvent};
 use rust_decimal::Decimal;
 
@@ -166,4 +166,40 @@ async fn a_conflict_with_another_writer_is_retried_on_fresh_state() {
     assert_eq!(engine.read(|p| p.state.accounts["a"].balance).await.unwrap(), d("1100"), "the other writer's top-up is seen");
     assert_eq!(engine.read(|p| p.state.pools["p"].nodes).await.unwrap(), 2);
     engine.store().verify().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_cannot_rebuild_its_state_after_a_failed_write_stops_with_the_reason() {
+    let engine = engine_with("100").await;
+    let at = t("2023-04-18T09:00:00+08:00");
+    engine.execute("od", at, purchase("p", BillingMode::OnDemand), None).await.unwrap();
+    // Another writer appends to the account's stream an event this build cannot read: the
+    // engine's next write conflicts, and rebuilding its state from the log fails.
+    let stream = Event::ToppedUp { account: "a".into(), amount: d("1"), balance_after: d("101") }.stream();
+    let position = engine
+        .store()
+        .append(AppendRequest {
+            command_id: Some("elsewhere".into()),
+            expected: vec![],
+            events: vec![NewEvent { stream, event_type: "from_the_future".into(), schema_version: 1, at, payload: serde_json::json!({}) }],
+            outcome: serde_json::Value::Null,
+        })
+        .map(|_| engine.store().last_position().unwrap())
+        .unwrap();
+    let failed = engine.execute("scale", at, Command::Scale { pool: "p".into(), nodes: Some(2), spec: None }, None).await.unwrap_err();
+    let EngineError::Stopped(cause) = &failed else { panic!("expected the engine to stop: {failed:?}") };
+    // The cause is the failed rebuild, down to the event that could not be read.
+    let mut chain = vec![cause.to_string()];
+    let mut next = std::error::Error::source(cause.as_ref());
+    while let Some(e) = next {
+        chain.push(e.to_string());
+        next = e.source();
+    }
+    let chain = chain.join(" / ");
+    assert!(chain.contains(&format!("event at position {position}")) && chain.contains("from_the_future"), "{chain}");
+    // It stays stopped: no command is decided and nothing is read from its speculative state.
+    let again = engine.execute("scale-again", at, Command::Scale { pool: "p".into(), nodes: Some(3), spec: None }, None).await.unwrap_err();
+    assert!(matches!(again, EngineError::Stopped(_)), "{again:?}");
+    assert!(matches!(engine.document().await, Err(EngineError::Stopped(_))));
+    assert_eq!(engine.store().last_position().unwrap(), position, "nothing written after the failure");
 }

@@ -10,7 +10,6 @@ use poolbill_store::Envelope;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::fmt;
 
 /// Everything derived from a log prefix.
 #[derive(Clone, Debug, Default)]
@@ -45,19 +44,13 @@ pub struct RejectionRecord {
 }
 
 /// An envelope whose payload cannot be read: the log is not one this build understands.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("event at position {position}")]
 pub struct ProjectionError {
     pub position: u64,
     pub source: DecodeError,
 }
 
-impl fmt::Display for ProjectionError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "event at position {}: {}", self.position, self.source)
-    }
-}
-
-impl std::error::Error for ProjectionError {}
 
 impl Projections {
     pub fn new() -> Projections {

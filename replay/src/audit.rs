@@ -34,45 +34,71 @@ pub struct ChargedLine {
     pub erratum: Option<String>,
 }
 
+/// What is wrong with a CHARGED.json, and where (`bills[2].payable`; empty for the whole file).
+#[derive(Debug, thiserror::Error)]
+#[error("{}{message}", if path.is_empty() { String::new() } else { format!("{path}: ") })]
+pub struct ChargedError {
+    pub path: String,
+    pub message: String,
+    /// The error underneath (JSON syntax, a decimal), when there is one.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+fn refuse<T>(path: impl Into<String>, message: impl Into<String>) -> Result<T, ChargedError> {
+    Err(ChargedError { path: path.into(), message: message.into(), source: None })
+}
+
 /// Read CHARGED.json strictly; errors name the field (`bills[2].payable`).
-pub fn parse_charged(text: &str) -> Result<Charged, String> {
-    let value: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON at line {} column {}: {e}", e.line(), e.column()))?;
-    let obj = value.as_object().ok_or("expected an object with bills (and total)")?;
+pub fn parse_charged(text: &str) -> Result<Charged, ChargedError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| ChargedError {
+        path: String::new(),
+        message: format!("not valid JSON at line {} column {}", e.line(), e.column()),
+        source: Some(Box::new(e)),
+    })?;
+    let Some(obj) = value.as_object() else { return refuse("", "expected an object with bills (and total)") };
     for key in obj.keys() {
         if !["bills", "total", "note", "source"].contains(&key.as_str()) {
-            return Err(format!("{}: unknown field (expected bills, total)", field(key)));
+            return refuse(field(key), "unknown field (expected bills, total)");
         }
     }
-    let items = obj.get("bills").and_then(Value::as_array).ok_or("bills: missing, or not an array")?;
+    let Some(items) = obj.get("bills").and_then(Value::as_array) else { return refuse("bills", "missing, or not an array") };
     let mut bills = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let path = format!("bills[{i}]");
-        let line = item.as_object().ok_or(format!("{path}: expected an object"))?;
+        let Some(line) = item.as_object() else { return refuse(path, "expected an object") };
         for key in line.keys() {
             if !["resource", "item", "start", "end", "payable", "erratum", "note"].contains(&key.as_str()) {
-                return Err(format!("{path}.{}: unknown field (expected resource, item, start, end, payable)", field(key)));
+                return refuse(format!("{path}.{}", field(key)), "unknown field (expected resource, item, start, end, payable)");
             }
         }
-        let text = |key: &str| -> Result<Option<String>, String> {
+        let text = |key: &str| -> Result<Option<String>, ChargedError> {
             match line.get(key) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(_) => Err(format!("{path}.{key}: expected a string")),
+                Some(_) => refuse(format!("{path}.{key}"), "expected a string"),
             }
         };
-        let instant = |key: &str| -> Result<Option<Instant>, String> {
+        let instant = |key: &str| -> Result<Option<Instant>, ChargedError> {
             text(key)?
-                .map(|s| DateTime::parse_from_rfc3339(&s).map(to_beijing).map_err(|e| format!("{path}.{key}: {s:?} is not an RFC 3339 instant ({e})")))
+                .map(|s| {
+                    DateTime::parse_from_rfc3339(&s).map(to_beijing).map_err(|e| ChargedError {
+                        path: format!("{path}.{key}"),
+                        message: format!("{s:?} is not an RFC 3339 instant"),
+                        source: Some(Box::new(e)),
+                    })
+                })
                 .transpose()
         };
-        let resource = text("resource")?.ok_or(format!("{path}.resource: missing field"))?;
-        let payable = money(&text("payable")?.ok_or(format!("{path}.payable: missing field"))?, &format!("{path}.payable"))?;
+        let Some(resource) = text("resource")? else { return refuse(format!("{path}.resource"), "missing field") };
+        let Some(payable) = text("payable")? else { return refuse(format!("{path}.payable"), "missing field") };
+        let payable = money(&payable, &format!("{path}.payable"))?;
         bills.push(ChargedLine { resource, item: text("item")?, start: instant("start")?, end: instant("end")?, payable, erratum: text("erratum")? });
     }
     let total = match obj.get("total") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(money(s, "total")?),
-        Some(_) => return Err("total: money is a decimal string".into()),
+        Some(_) => return refuse("total", "money is a decimal string"),
     };
     Ok(Charged { bills, total })
 }
@@ -86,12 +112,12 @@ fn field(key: &str) -> String {
     }
 }
 
-fn money(text: &str, path: &str) -> Result<Decimal, String> {
+fn money(text: &str, path: &str) -> Result<Decimal, ChargedError> {
     let plain = text.strip_prefix('-').unwrap_or(text);
     if plain.is_empty() || !plain.chars().all(|c| c.is_ascii_digit() || c == '.') || plain.matches('.').count() > 1 {
-        return Err(format!("{path}: {text:?} is not a decimal amount"));
+        return refuse(path, format!("{text:?} is not a decimal amount"));
     }
-    Decimal::from_str(text).map_err(|e| format!("{path}: {text:?}: {e}"))
+    Decimal::from_str(text).map_err(|e| ChargedError { path: path.into(), message: format!("{text:?} is not a decimal amount"), source: Some(Box::new(e)) })
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

@@ -23,7 +23,7 @@ pub struct MonthBills {
 
 /// The detail bills of `month` ("2023-04"); months group lines by the Beijing date of their
 /// start (R1, R5). A malformed month is an error naming it.
-pub fn month_bills(projections: &Projections, month: &str) -> Result<MonthBills, String> {
+pub fn month_bills(projections: &Projections, month: &str) -> Result<MonthBills, MonthError> {
     check_month(month)?;
     let rows: Vec<DetailView> = projections.document().detail_bills.into_iter().filter(|d| d.month == month).collect();
     let sums = projections.detail_bills().into_iter().filter(|d| d.month == month).fold([Decimal::ZERO; 4], |mut s, d| {
@@ -46,9 +46,16 @@ pub fn month_bills(projections: &Projections, month: &str) -> Result<MonthBills,
     })
 }
 
+/// A month that is not one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("month {month:?} is not a calendar month written YYYY-MM (e.g. 2023-04)")]
+pub struct MonthError {
+    pub month: String,
+}
+
 /// "YYYY-MM" with a month 01..=12.
-fn check_month(month: &str) -> Result<(), String> {
-    let bad = || format!("month {month:?} is not a calendar month written YYYY-MM (e.g. 2023-04)");
+fn check_month(month: &str) -> Result<(), MonthError> {
+    let bad = || MonthError { month: month.to_string() };
     let (year, mm) = month.split_once('-').ok_or_else(bad)?;
     let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
     if !digits(year, 4) || !digits(mm, 2) {
@@ -129,22 +136,35 @@ impl MonthBills {
 
     /// RFC 4180 CSV (lines end with "\n"): a header, the rows, then a `total` row.
     pub fn to_csv(&self) -> String {
-        let mut out = HEADER.join(",");
-        out.push('\n');
+        let mut writer = csv::Writer::from_writer(Vec::new());
+        // Writing to memory fails only if the records are ragged, and every record has the
+        // header's fields.
+        writer.write_record(HEADER).expect("a CSV header");
         for record in self.records() {
-            let fields: Vec<String> = record.iter().map(|f| csv_field(f)).collect();
-            out.push_str(&fields.join(","));
-            out.push('\n');
+            writer.write_record(&record).expect("a CSV record of the header's width");
         }
-        out
+        let bytes = writer.into_inner().expect("CSV written to memory");
+        String::from_utf8(bytes).expect("CSV of UTF-8 fields is UTF-8")
     }
 }
 
-/// RFC 4180: a field with a comma, quote or line break is quoted, its quotes doubled.
-fn csv_field(field: &str) -> String {
-    if field.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", field.replace('"', "\"\""))
-    } else {
-        field.to_string()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_what_needs_quoting() {
+        let bills = MonthBills {
+            month: "2023-04".into(),
+            rows: Vec::new(),
+            total_list: "1,5".into(),
+            total_discount: "say \"0\"".into(),
+            total_round_off: "a\nb".into(),
+            total_payable: "1.50".into(),
+            flow_payable: "1.50".into(),
+        };
+        let csv = bills.to_csv();
+        let total = csv.split_once('\n').map(|(_, rest)| rest).unwrap();
+        assert_eq!(total, "total,,,,0,\"1,5\",\"say \"\"0\"\"\",\"a\nb\",1.50,0\n");
     }
 }

@@ -5,13 +5,12 @@
 use chrono::{Datelike, Duration};
 use poolbill_domain::money::{fmt_cents, fmt_exact, remaining_factor, trunc2, trunc8};
 use poolbill_domain::time::{align_to_day, beijing_date, days_in_month, hour_floor, period_end, to_beijing};
-use poolbill_domain::{remaining_value, Alignment, Amounts, Basis, BillLine, Event, Instant, Item, Rule, Term, UnusedPart};
+use poolbill_domain::{remaining_value, Alignment, Amounts, Basis, BillLine, DecodeError, Event, Instant, Item, Rule, Term, UnusedPart};
 use poolbill_projections::{BillView, Projections};
 use poolbill_store::Envelope;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
-use std::fmt;
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Explanation {
@@ -59,24 +58,22 @@ pub struct Step {
     pub value: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ExplainError {
     /// No bill answers the question (the text says which was asked for).
+    #[error("no such bill: {0}")]
     NoSuchBill(String),
-    /// The log cannot be read or is not consistent.
+    /// The log is not consistent (the text says how).
+    #[error("cannot explain from this log: {0}")]
     Log(String),
+    /// An event of the log cannot be read.
+    #[error("cannot explain from this log: event at position {position}")]
+    Decode {
+        position: u64,
+        #[source]
+        source: DecodeError,
+    },
 }
-
-impl fmt::Display for ExplainError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ExplainError::NoSuchBill(what) => write!(f, "no such bill: {what}"),
-            ExplainError::Log(what) => write!(f, "cannot explain from this log: {what}"),
-        }
-    }
-}
-
-impl std::error::Error for ExplainError {}
 
 /// `--bill N`: the line at 1-based place N of the bills list.
 pub fn explain_bill(envelopes: &[Envelope], number: usize) -> Result<Explanation, ExplainError> {
@@ -169,7 +166,7 @@ impl<'a> Log<'a> {
         let mut projections = Projections::new();
         for envelope in envelopes {
             let event = Event::decode(&envelope.event_type, envelope.schema_version, &envelope.payload)
-                .map_err(|e| ExplainError::Log(format!("event at position {}: {e}", envelope.position)))?;
+                .map_err(|source| ExplainError::Decode { position: envelope.position, source })?;
             projections.apply_event(envelope.position, envelope.at, &event);
             entries.push((envelope, event));
         }

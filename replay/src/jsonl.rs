@@ -6,27 +6,28 @@
 use poolbill_domain::Event;
 use poolbill_store::{Envelope, Store, StoreError};
 use std::collections::HashMap;
-use std::fmt;
 use std::io::{BufRead, Write};
 
-/// What is wrong with a log, and on which line (1-based).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What is wrong with a log, and on which line (1-based; 0 when it is not about a line).
+#[derive(Debug, thiserror::Error)]
+#[error("{}{message}", if *line == 0 { String::new() } else { format!("line {line}: ") })]
 pub struct LogError {
     pub line: u64,
     pub message: String,
+    /// The error underneath (I/O, JSON, the store, an event's payload), when there is one.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
-impl fmt::Display for LogError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "line {}: {}", self.line, self.message)
-        }
+impl LogError {
+    fn new(line: u64, message: impl Into<String>) -> LogError {
+        LogError { line, message: message.into(), source: None }
+    }
+
+    fn caused_by(line: u64, message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> LogError {
+        LogError { line, message: message.into(), source: Some(Box::new(source)) }
     }
 }
-
-impl std::error::Error for LogError {}
 
 fn checksum(envelope: &Envelope) -> String {
     let canonical = serde_json::to_string(envelope).expect("envelopes serialise");
@@ -59,15 +60,21 @@ pub fn to_text(envelopes: &[Envelope]) -> String {
 
 /// Write a store's whole log; returns how many envelopes.
 pub fn export(store: &Store, out: &mut impl Write) -> Result<u64, LogError> {
+    export_with(store, out, |_| {})
+}
+
+/// [`export`], calling `progress` with each envelope's position once it is written.
+pub fn export_with(store: &Store, out: &mut impl Write, mut progress: impl FnMut(u64)) -> Result<u64, LogError> {
     let mut count = 0;
     let mut last = None;
     for envelope in store.read_all(1) {
-        let envelope = envelope.map_err(|e| LogError { line: 0, message: format!("reading the store: {e}") })?;
-        writeln!(out, "{}", to_line(&envelope)).map_err(|e| LogError { line: count + 1, message: format!("writing: {e}") })?;
+        let envelope = envelope.map_err(|e| LogError::caused_by(0, "reading the store", e))?;
+        writeln!(out, "{}", to_line(&envelope)).map_err(|e| LogError::caused_by(count + 1, "writing", e))?;
         count += 1;
+        progress(envelope.position);
         last = Some(envelope);
     }
-    writeln!(out, "{}", end_line(count, last.as_ref())).map_err(|e| LogError { line: count + 1, message: format!("writing: {e}") })?;
+    writeln!(out, "{}", end_line(count, last.as_ref())).map_err(|e| LogError::caused_by(count + 1, "writing", e))?;
     Ok(count)
 }
 
@@ -82,15 +89,15 @@ pub fn import(reader: impl BufRead) -> Result<Vec<Envelope>, LogError> {
     for (i, line) in reader.lines().enumerate() {
         let number = i as u64 + 1;
         lines = number;
-        let fail = |message: String| LogError { line: number, message };
-        let line = line.map_err(|e| fail(format!("cannot read: {e}")))?;
+        let fail = |message: String| LogError::new(number, message);
+        let line = line.map_err(|e| LogError::caused_by(number, "cannot read", e))?;
         if line.trim().is_empty() {
             continue;
         }
         if ended {
             return Err(fail("a line after the end line".into()));
         }
-        let mut value: serde_json::Value = serde_json::from_str(&line).map_err(|e| fail(format!("not valid JSON: {e}")))?;
+        let mut value: serde_json::Value = serde_json::from_str(&line).map_err(|e| LogError::caused_by(number, "not valid JSON", e))?;
         if let Some(end) = value.get("end") {
             check_end(end, &envelopes).map_err(fail)?;
             ended = true;
@@ -100,7 +107,7 @@ pub fn import(reader: impl BufRead) -> Result<Vec<Envelope>, LogError> {
             Some(serde_json::Value::String(s)) => s,
             _ => return Err(fail("no checksum".into())),
         };
-        let envelope: Envelope = serde_json::from_value(value).map_err(|e| fail(format!("not an event envelope: {e}")))?;
+        let envelope: Envelope = serde_json::from_value(value).map_err(|e| LogError::caused_by(number, "not an event envelope", e))?;
         let at = format!("(position {})", envelope.position);
         if checksum(&envelope) != stated {
             return Err(fail(format!("{at} checksum mismatch: the line was changed or torn")));
@@ -119,12 +126,12 @@ pub fn import(reader: impl BufRead) -> Result<Vec<Envelope>, LogError> {
                 return Err(fail(format!("{at} instant {} is before the previous line's {}", envelope.at.to_rfc3339(), last.to_rfc3339())));
             }
         }
-        Event::decode(&envelope.event_type, envelope.schema_version, &envelope.payload).map_err(|e| fail(format!("{at} {e}")))?;
+        Event::decode(&envelope.event_type, envelope.schema_version, &envelope.payload).map_err(|e| LogError::caused_by(number, format!("{at} cannot be read"), e))?;
         envelopes.push(envelope);
     }
     if !ended {
         let after = envelopes.last().map_or("before its first event".to_string(), |e| format!("after position {}", e.position));
-        return Err(LogError { line: lines + 1, message: format!("the log has no end line: it was cut short {after}") });
+        return Err(LogError::new(lines + 1, format!("the log has no end line: it was cut short {after}")));
     }
     Ok(envelopes)
 }
@@ -144,7 +151,7 @@ fn check_end(end: &serde_json::Value, envelopes: &[Envelope]) -> Result<(), Stri
 
 /// Read a log file.
 pub fn read_file(path: &std::path::Path) -> Result<Vec<Envelope>, LogError> {
-    let file = std::fs::File::open(path).map_err(|e| LogError { line: 0, message: format!("cannot open {}: {e}", path.display()) })?;
+    let file = std::fs::File::open(path).map_err(|e| LogError::caused_by(0, format!("cannot open {}", path.display()), e))?;
     import(std::io::BufReader::new(file))
 }
 

@@ -13,7 +13,6 @@ pub mod timeline;
 use poolbill_domain::Instant;
 use poolbill_projections::{ProjectionError, Projections};
 use poolbill_store::{Envelope, Store, StoreError};
-use std::fmt;
 
 /// How much of the log to fold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,33 +34,12 @@ impl Upto {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    Store(StoreError),
-    Projection(ProjectionError),
-}
-
-impl fmt::Display for ReplayError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ReplayError::Store(e) => write!(f, "reading the log: {e}"),
-            ReplayError::Projection(e) => write!(f, "replaying the log: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for ReplayError {}
-
-impl From<StoreError> for ReplayError {
-    fn from(e: StoreError) -> Self {
-        ReplayError::Store(e)
-    }
-}
-
-impl From<ProjectionError> for ReplayError {
-    fn from(e: ProjectionError) -> Self {
-        ReplayError::Projection(e)
-    }
+    #[error("reading the log")]
+    Store(#[from] StoreError),
+    #[error("replaying the log")]
+    Projection(#[from] ProjectionError),
 }
 
 /// Fold envelopes in log order until the first one past `upto`, reporting progress as it goes.
@@ -69,6 +47,7 @@ pub fn fold_with<I>(envelopes: I, upto: Upto, mut progress: impl FnMut(u64)) -> 
 where
     I: IntoIterator<Item = Result<Envelope, StoreError>>,
 {
+    let _span = tracing::info_span!("replay", upto = ?upto).entered();
     let mut projections = Projections::new();
     for envelope in envelopes {
         let envelope = envelope?;
@@ -78,6 +57,7 @@ where
         projections.apply(&envelope)?;
         progress(envelope.position);
     }
+    tracing::debug!(events = projections.events, bills = projections.bills.len(), "replayed");
     Ok(projections)
 }
 

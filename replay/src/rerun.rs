@@ -48,6 +48,7 @@ pub struct Rerun {
 /// the policy and the named prices from the first instant on. The steps are the engine's own
 /// ([`Ledger`]): what is due at a command's instant, then the command.
 pub fn rerun(commands: &[Recorded], until: Instant, what_if: &WhatIf) -> Rerun {
+    let _span = tracing::info_span!("rerun", commands = commands.len(), until = %until.to_rfc3339()).entered();
     let mut ledger = Ledger::new();
     let mut log = Vec::new();
     let mut record = |step: Step| log.extend(step.events.into_iter().map(|event| (step.at, step.command_id.clone(), event)));

@@ -8,7 +8,7 @@ use chrono::{Datelike, Duration, Timelike};
 use poolbill_domain::money::fmt_cents;
 use poolbill_domain::time::{beijing_at, beijing_date, to_beijing};
 use poolbill_domain::{BillingMode, Instant, Item};
-use poolbill_projections::Projections;
+use poolbill_projections::{ProjectionError, Projections};
 use poolbill_store::Envelope;
 use rust_decimal::Decimal;
 use svg::node::element::{Group, Line, Path, Polygon, Rectangle, Text, Title};
@@ -81,13 +81,22 @@ fn seen(projections: &Projections, resource: &str) -> Option<Seen> {
 /// after each one: a change of shown state or billing mode starts a new band, a change of node
 /// count a new step. Charges are the `charged` lines whose resource is `resource` or its billed
 /// id (R5: `training_<job>`, `<service>-<model>`). The timeline ends at the log's last instant.
-pub fn timeline(envelopes: &[Envelope], resource: &str) -> Result<Timeline, String> {
+/// Why a timeline cannot be drawn.
+#[derive(Debug, thiserror::Error)]
+pub enum TimelineError {
+    #[error("replaying the log")]
+    Replay(#[from] ProjectionError),
+    #[error("no resource {0:?} in the log (not a pool, job or package id)")]
+    NoSuchResource(String),
+}
+
+pub fn timeline(envelopes: &[Envelope], resource: &str) -> Result<Timeline, TimelineError> {
     let mut projections = Projections::new();
     let mut bands: Vec<Band> = Vec::new();
     let mut nodes: Vec<(Instant, u32)> = Vec::new();
     let mut billed_as: Option<String> = None;
     for envelope in envelopes {
-        projections.apply(envelope).map_err(|e| e.to_string())?;
+        projections.apply(envelope)?;
         let Some(now) = seen(&projections, resource) else { continue };
         let at = envelope.at;
         match bands.last_mut() {
@@ -122,7 +131,7 @@ pub fn timeline(envelopes: &[Envelope], resource: &str) -> Result<Timeline, Stri
         billed_as = Some(now.billed_as);
     }
     let Some(billed_as) = billed_as else {
-        return Err(format!("no resource {resource:?} in the log (not a pool, job or package id)"));
+        return Err(TimelineError::NoSuchResource(resource.to_string()));
     };
     let end = projections.last_instant.expect("a log that shows the resource has an instant");
     if let Some(band) = bands.last_mut() {

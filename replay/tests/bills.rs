@@ -146,6 +146,7 @@ fn a_malformed_month_is_an_error_naming_it() {
     let p = two_months();
     for bad in ["2023-4", "2023-13", "2023-00", "23-04", "2023/04", "2023-04-01", "", "abcd-ef"] {
         let err = month_bills(&p, bad).unwrap_err();
-        assert!(err.contains(&format!("{bad:?}")), "{bad:?}: {err}");
+        assert_eq!(err.month, bad);
+        assert!(err.to_string().contains(&format!("{bad:?}")), "{bad:?}: {err}");
     }
 }

@@ -345,7 +345,10 @@ fn an_unreadable_log_is_a_log_error() {
     let mut log = seed_6();
     log[0].schema_version = 99;
     match explain_bill(&log, 1) {
-        Err(ExplainError::Log(msg)) => assert!(msg.contains("position 1"), "{msg}"),
+        Err(ExplainError::Decode { position, source }) => {
+            assert_eq!(position, 1);
+            assert_eq!((source.event_type.as_str(), source.schema_version), ("command_received", 99), "{source}");
+        }
         other => panic!("{other:?}"),
     }
 }

@@ -194,7 +194,8 @@ fn the_svg_names_the_pool_its_states_and_the_conversion() {
 #[test]
 fn an_unknown_resource_is_an_error_naming_it() {
     let err = timeline(&ch3_scenario_two(), "pool-9").unwrap_err();
-    assert!(err.contains("pool-9"), "{err}");
+    assert!(matches!(&err, poolbill_replay::timeline::TimelineError::NoSuchResource(id) if id == "pool-9"), "{err:?}");
+    assert!(err.to_string().contains("pool-9"), "{err}");
 }
 
 #[test]

@@ -7,7 +7,6 @@ use poolbill_domain::{BillingMode, Command, Instant, JobKind, Level, Policy, Poo
 use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
-use std::fmt;
 use std::str::FromStr;
 
 /// A valid scenario, commands in the order they run (by `at`, ties in file order).
@@ -38,19 +37,13 @@ pub struct Step {
 }
 
 /// What is wrong with an input, and where (`commands[3].nodes`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
 pub struct ScenarioError {
     pub path: String,
     pub message: String,
 }
 
-impl fmt::Display for ScenarioError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
-impl std::error::Error for ScenarioError {}
 
 type Result<T> = std::result::Result<T, ScenarioError>;
 

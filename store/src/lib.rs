@@ -137,9 +137,10 @@ pub enum AppendOutcome {
     Duplicate(CommandRecord),
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum StoreError {
     /// An `expected` check failed; nothing was written.
+    #[error("concurrency conflict on stream {stream:?}: expected {expected}, but it is at version {actual}")]
     Conflict {
         stream: String,
         expected: ExpectedVersion,
@@ -147,37 +148,80 @@ pub enum StoreError {
     },
     /// An event is earlier than the log's last event (or an earlier event of the
     /// same request); nothing was written.
+    #[error("event at {} is earlier than the preceding event at {}", at.to_rfc3339(), last.to_rfc3339())]
     OutOfOrder { at: Instant, last: Instant },
     /// Checksum mismatch, undecodable bytes or a gap. `position` is the first
     /// bad global position, or 0 when the damage is not in the `events` tree
     /// (e.g. an undecodable command record).
+    #[error("event log corrupt at position {position}: {detail}")]
     Corrupt { position: u64, detail: String },
-    /// sled / io errors, with context.
-    Storage(String),
+    /// sled failed; `context` says doing what.
+    #[error("storage error: {context}")]
+    Sled {
+        context: String,
+        #[source]
+        source: sled::Error,
+    },
+    /// A file beside sled's (the high-water mark) could not be read or written.
+    #[error("storage error: {context}")]
+    Io {
+        context: String,
+        #[source]
+        source: Shared<std::io::Error>,
+    },
+    /// A value could not be encoded as JSON.
+    #[error("storage error: {context}")]
+    Encode {
+        context: String,
+        #[source]
+        source: Shared<serde_json::Error>,
+    },
+    /// sled panicked while opening a store that had acknowledged nothing yet.
+    #[error("storage error: opening the sled database at {path}: sled panicked while recovering its files")]
+    Panicked { path: String },
+    /// What cannot happen did: a bug in the store.
+    #[error("internal error in the store: {0}")]
+    Internal(&'static str),
 }
 
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StoreError::Conflict { stream, expected, actual } => write!(
-                f,
-                "concurrency conflict on stream {stream:?}: expected {expected}, but it is at version {actual}"
-            ),
-            StoreError::OutOfOrder { at, last } => write!(
-                f,
-                "event at {} is earlier than the preceding event at {}",
-                at.to_rfc3339(),
-                last.to_rfc3339()
-            ),
-            StoreError::Corrupt { position, detail } => {
-                write!(f, "event log corrupt at position {position}: {detail}")
-            }
-            StoreError::Storage(msg) => write!(f, "storage error: {msg}"),
-        }
+/// A cause kept inside a [`StoreError`]: shared, so that the error stays `Clone` (a failed
+/// write answers every request of its batch), and compared by kind of error and message.
+#[derive(Debug)]
+pub struct Shared<E>(pub std::sync::Arc<E>);
+
+impl<E> Clone for Shared<E> {
+    fn clone(&self) -> Self {
+        Shared(self.0.clone())
     }
 }
 
-impl std::error::Error for StoreError {}
+impl<E: fmt::Display> PartialEq for Shared<E> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for Shared<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<E: std::error::Error> std::error::Error for Shared<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl<E> From<E> for Shared<E> {
+    fn from(e: E) -> Self {
+        Shared(std::sync::Arc::new(e))
+    }
+}
+
+fn io_error(context: String, source: std::io::Error) -> StoreError {
+    StoreError::Io { context, source: source.into() }
+}
 
 /// Summary of a successful [`Store::verify`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,7 +249,7 @@ pub struct Store {
 }
 
 fn storage(context: impl fmt::Display) -> impl FnOnce(sled::Error) -> StoreError {
-    move |e| StoreError::Storage(format!("{context}: {e}"))
+    move |source| StoreError::Sled { context: context.to_string(), source }
 }
 
 /// The file beside sled's that holds the last acknowledged position and its checksum.
@@ -216,7 +260,7 @@ fn read_watermark(path: &Path) -> Result<Option<(u64, u32)>, StoreError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(StoreError::Storage(format!("reading {}: {e}", path.display()))),
+        Err(e) => return Err(io_error(format!("reading {}", path.display()), e)),
     };
     let mut parts = text.split_whitespace();
     let position = parts.next().and_then(|p| p.parse::<u64>().ok());
@@ -252,11 +296,9 @@ fn index_key(stream: &str, version: u64) -> Vec<u8> {
 }
 
 fn encode_event(env: &Envelope) -> Result<Vec<u8>, StoreError> {
-    let json = serde_json::to_vec(env).map_err(|e| {
-        StoreError::Storage(format!(
-            "serializing event at position {}: {e}",
-            env.position
-        ))
+    let json = serde_json::to_vec(env).map_err(|e| StoreError::Encode {
+        context: format!("serializing event at position {}", env.position),
+        source: e.into(),
     })?;
     let mut value = Vec::with_capacity(json.len() + 4);
     value.extend_from_slice(&crc32fast::hash(&json).to_be_bytes());
@@ -344,17 +386,20 @@ impl Store {
         let path = path.as_ref();
         let mark_path = path.join(WATERMARK_FILE);
         let mark = read_watermark(&mark_path)?;
-        let damaged = |detail: String| match mark {
-            Some((position, _)) => corrupt(
-                position,
-                format!("the store at {} is damaged ({detail}); it had acknowledged events up to position {position}", path.display()),
-            ),
-            None => StoreError::Storage(format!("opening sled database at {}: {detail}", path.display())),
+        // A store that acknowledged events and cannot be opened is damaged: the error says
+        // which position it should reach.
+        let damaged = |detail: String, position: u64| {
+            corrupt(position, format!("the store at {} is damaged ({detail}); it had acknowledged events up to position {position}", path.display()))
         };
         // sled may panic rather than err on some damage: that is damage too.
-        let opened = std::panic::catch_unwind(|| sled::Config::new().path(path).open())
-            .map_err(|_| damaged("sled panicked while recovering its files".to_string()))?;
-        let db = opened.map_err(|e| damaged(format!("sled: {e}")))?;
+        let opened = std::panic::catch_unwind(|| sled::Config::new().path(path).open()).map_err(|_| match mark {
+            Some((position, _)) => damaged("sled panicked while recovering its files".to_string(), position),
+            None => StoreError::Panicked { path: path.display().to_string() },
+        })?;
+        let db = opened.map_err(|e| match mark {
+            Some((position, _)) => damaged(format!("sled: {e}"), position),
+            None => StoreError::Sled { context: format!("opening the sled database at {}", path.display()), source: e },
+        })?;
         let mut store = Store::from_db(db)?;
         store.watermark = Some(mark_path);
         if let Some((position, crc)) = mark {
@@ -403,9 +448,7 @@ impl Store {
     pub fn append(&self, req: AppendRequest) -> Result<AppendOutcome, StoreError> {
         let mut results = self.append_batch(vec![req])?;
         results.pop().unwrap_or_else(|| {
-            Err(StoreError::Storage(
-                "append_batch returned no result".into(),
-            ))
+            Err(StoreError::Internal("append_batch returned no result"))
         })
     }
 
@@ -444,6 +487,7 @@ impl Store {
             }
         }
         self.flush()?;
+        tracing::debug!(requests = reqs.len(), applied = applied.len(), failed = ?failed.as_ref().map(|(i, e)| (i, e.to_string())), "chain appended and flushed");
         Ok((applied, failed))
     }
 
@@ -463,10 +507,10 @@ impl Store {
         match result {
             Ok(outcome) => Ok(outcome),
             Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(e)) => Err(StoreError::Storage(format!(
-                "append transaction (command {:?}): {e}",
-                req.command_id
-            ))),
+            Err(TransactionError::Storage(source)) => Err(StoreError::Sled {
+                context: format!("append transaction (command {:?})", req.command_id),
+                source,
+            }),
         }
     }
 
@@ -487,9 +531,10 @@ impl Store {
             }
             let item = match inner.next()? {
                 Ok((key, value)) => decode_event_entry(&key, &value, expected),
-                Err(e) => Err(StoreError::Storage(format!(
-                    "reading events at position {expected}: {e}"
-                ))),
+                Err(source) => Err(StoreError::Sled {
+                    context: format!("reading events at position {expected}"),
+                    source,
+                }),
             };
             match item {
                 Ok(_) => expected += 1,
@@ -756,7 +801,7 @@ impl Store {
         let value = self.events.get(last.to_be_bytes()).map_err(storage("reading the last position"))?;
         let Some(value) = value.filter(|v| v.len() >= 4) else { return Err(corrupt(last, "the last position has no event")) };
         let crc = u32::from_be_bytes([value[0], value[1], value[2], value[3]]);
-        let io = |what: &str, e: std::io::Error| StoreError::Storage(format!("{what} {}: {e}", path.display()));
+        let io = |what: &str, e: std::io::Error| io_error(format!("{what} {}", path.display()), e);
         let partial = path.with_extension("partial");
         let mut file = std::fs::File::create(&partial).map_err(|e| io("creating", e))?;
         std::io::Write::write_all(&mut file, format!("{last} {crc:08x}\n").as_bytes()).map_err(|e| io("writing", e))?;
@@ -888,9 +933,10 @@ fn apply_in_tx(
         let json = match serde_json::to_vec(&record) {
             Ok(j) => j,
             Err(e) => {
-                return abort(StoreError::Storage(format!(
-                    "serializing record of command {id:?}: {e}"
-                )))
+                return abort(StoreError::Encode {
+                    context: format!("serializing record of command {id:?}"),
+                    source: e.into(),
+                })
             }
         };
         commands.insert(id.as_bytes(), json)?;
