@@ -1,6 +1,7 @@
-//! Property tests: random command histories on a fake clock, run fully in memory through the
-//! same pure steps the engine takes (`rerun`: `handle`, then `tick` as the clock passes), and
-//! checked against invariants of `billing-rules.md` (R1–R17).
+//! Property tests: random command histories on a fake clock (each command's own instant), run
+//! through the engine itself on a temporary store — the path production runs — and checked
+//! against invariants of `billing-rules.md` (R1–R17). Check 4 compares the engine's log with
+//! in-memory re-runs (`rerun`); both take the ledger's steps.
 //!
 //! A case is `(seed, length)`. A small deterministic generator of our own (SplitMix64) expands
 //! the seed into a fixed setup and `length` steps; step i does not depend on `length`, so a
@@ -20,7 +21,7 @@
 //! 1. `reconciliation` (R5, R12): opening + top-ups − Σ flow payable = closing, per account.
 //! 2. `detail_equals_flow` (R5): the detail bills' payable equals the flow bills', per account
 //!    and in total.
-//! 3. `incremental_equals_replay`: the rerun's own projections equal a fold of its log, and the
+//! 3. `incremental_equals_replay`: the engine's own projections equal a fold of its log, and the
 //!    log survives a JSON-lines round trip unchanged.
 //! 4. `time_travel`: the log folded as of T equals a fresh rerun of the commands up to T.
 //! 5. `allowed_transitions` (R4, R6, R12, R14–R17): every shown-state change is one the rules
@@ -45,6 +46,7 @@ use poolbill_domain::time::{at_three_am, beijing_at, beijing_date, hour_floor, n
 use poolbill_domain::{
     Basis, BillLine, BillingMode, Command, Event, Hold, Instant, Item, JobKind, Level, Policy, PoolType, Price, State, Term,
 };
+use poolbill_engine::Engine;
 use poolbill_projections::{Document, Projections};
 use poolbill_replay::rerun::{self, Recorded, WhatIf};
 use poolbill_replay::{fold, jsonl, Upto};
@@ -297,10 +299,30 @@ struct Run {
     envelopes: Vec<Envelope>,
 }
 
+/// Run a case the way production does: through the engine (its writer, its group commits, a
+/// store), then read the log back from the store. The engine and the re-runs of check 4 share
+/// the ledger's steps, so check 4 also holds the engine to a re-run.
 fn run(case: Case) -> Run {
-    let rerun = rerun::rerun(&case.commands, case.until, &WhatIf::default());
-    let envelopes = rerun::to_envelopes(&rerun.envelopes);
-    Run { case, log: rerun.envelopes, projections: rerun.projections, envelopes }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let (envelopes, projections) = runtime.block_on(async {
+        let engine = Engine::temporary().await.expect("a temporary store");
+        for c in &case.commands {
+            let id = c.id.clone().expect("generated commands have ids");
+            engine.execute(id, c.at, c.command.clone(), c.index).await.expect("the engine writes");
+        }
+        engine.advance_to(case.until).await.expect("the engine writes");
+        let projections = engine.read(|p| p.clone()).await.expect("the engine answers");
+        let envelopes: Vec<Envelope> = engine.store().read_all(1).map(|e| e.expect("the log reads back")).collect();
+        (envelopes, projections)
+    });
+    let log = envelopes
+        .iter()
+        .map(|e| {
+            let event = Event::decode(&e.event_type, e.schema_version, &e.payload).expect("the engine writes events it reads");
+            (e.at, e.command_id.clone(), event)
+        })
+        .collect();
+    Run { case, log, projections, envelopes }
 }
 
 /// `POOLBILL_PROP_IGNORE`: failures whose `[check] message` contains one of these `|`-separated

@@ -9,10 +9,11 @@
 mod clock;
 
 pub use clock::{spawn_clock, Clock, ManualClock, SystemClock};
+pub use poolbill_ledger::Upto;
 
-use poolbill_domain::{handle, latest_version, tick, Command, Event, Instant, Rejection, Rule};
+use poolbill_domain::{latest_version, Command, Event, Instant, Rejection, Rule};
+use poolbill_ledger::{replay, FoldError, Ledger, Step};
 use poolbill_projections::Projections;
-use poolbill_replay::{replay, ReplayError, Upto};
 use poolbill_store::{AppendOutcome, AppendRequest, CommandRecord, ExpectedVersion, NewEvent, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -62,7 +63,7 @@ pub enum EngineError {
     #[error("event store")]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Replay(#[from] ReplayError),
+    Replay(#[from] FoldError),
     /// Not written because an earlier request in the same group commit failed; safe to retry.
     #[error("not written, retry: {0}")]
     Aborted(String),
@@ -100,10 +101,10 @@ impl Engine {
     /// Start an engine on an open store: one sequential scan rebuilds its state.
     pub async fn start(store: Store) -> Result<Engine, EngineError> {
         let scan = store.clone();
-        let (projections, versions) = blocking(move || load(&scan)).await?;
+        let (ledger, versions) = blocking(move || load(&scan)).await?;
         let (tx, rx) = mpsc::channel(1024);
         let stopped = Arc::new(OnceLock::new());
-        let actor = Actor::new(store.clone(), projections, versions, rx, stopped.clone());
+        let actor = Actor::new(store.clone(), ledger, versions, rx, stopped.clone());
         tokio::spawn(actor.run());
         Ok(Engine { tx, store, stopped })
     }
@@ -200,16 +201,16 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, EngineError> 
     tokio::task::spawn_blocking(f).await.map_err(|e| EngineError::Aborted(format!("blocking task failed: {e}")))?
 }
 
-/// Rebuild projections and stream versions from the whole log.
-fn load(store: &Store) -> Result<(Projections, HashMap<String, u64>), EngineError> {
-    let mut projections = Projections::new();
+/// Rebuild the ledger (by the one fold) and stream versions from the whole log.
+fn load(store: &Store) -> Result<(Ledger, HashMap<String, u64>), EngineError> {
     let mut versions = HashMap::new();
-    for envelope in store.read_all(1) {
-        let envelope = envelope?;
-        projections.apply(&envelope).map_err(|e| EngineError::Replay(ReplayError::Projection(e)))?;
-        versions.insert(envelope.stream.clone(), envelope.version);
-    }
-    Ok((projections, versions))
+    let envelopes = store.read_all(1).inspect(|e| {
+        if let Ok(e) = e {
+            versions.insert(e.stream.clone(), e.version);
+        }
+    });
+    let projections = poolbill_ledger::fold(envelopes, Upto::All)?;
+    Ok((Ledger::from_projections(projections), versions))
 }
 
 /// A request's answer, given once its chain is on disk.
@@ -223,7 +224,8 @@ enum Waiter {
 
 struct Actor {
     store: Store,
-    projections: Projections,
+    /// The pure core: state as the pending chain leaves it (speculative until written).
+    ledger: Ledger,
     /// Each stream's version as the pending chain leaves it.
     versions: HashMap<String, u64>,
     rx: mpsc::Receiver<Request>,
@@ -241,12 +243,12 @@ struct Actor {
 impl Actor {
     fn new(
         store: Store,
-        projections: Projections,
+        ledger: Ledger,
         versions: HashMap<String, u64>,
         rx: mpsc::Receiver<Request>,
         stopped: Arc<OnceLock<Arc<EngineError>>>,
     ) -> Actor {
-        Actor { store, projections, versions, rx, pending: Vec::new(), next_seq: 0, written: HashMap::new(), broken: None, stopped }
+        Actor { store, ledger, versions, rx, pending: Vec::new(), next_seq: 0, written: HashMap::new(), broken: None, stopped }
     }
 
     async fn run(mut self) {
@@ -284,7 +286,7 @@ impl Actor {
             return;
         }
         for read in reads {
-            read(&self.projections);
+            read(self.ledger.projections());
         }
     }
 
@@ -325,6 +327,7 @@ impl Actor {
                     } else if let Some(seq) = seq_by_id.get(&id) {
                         waiters.push(Waiter::Known { record: Err(*seq), reply });
                     } else if self.broken.is_none() {
+                        // The ledger's order (R1): what is due by `at`, then the command.
                         let _ = self.advance(at).await;
                         let seq = self.decide(at, &command, index, id.clone());
                         seq_by_id.insert(id, seq);
@@ -352,10 +355,10 @@ impl Actor {
     async fn advance(&mut self, to: Instant) -> Result<u64, EngineError> {
         let mut count = 0;
         while self.broken.is_none() {
-            let Some((at, events)) = tick(&self.projections.state, to) else { break };
-            tracing::trace!(at = %at.to_rfc3339(), events = events.len(), "time-driven events");
-            count += events.len() as u64;
-            self.queue(None, events, at, serde_json::Value::Null);
+            let Some(step) = self.ledger.tick(to) else { break };
+            tracing::trace!(at = %step.at.to_rfc3339(), events = step.events.len(), "time-driven events");
+            count += step.events.len() as u64;
+            self.queue(step, serde_json::Value::Null);
             if self.pending.len() >= MAX_CHAIN {
                 self.flush_pending().await;
             }
@@ -369,17 +372,18 @@ impl Actor {
     /// Decide one command and queue what it appends (its input, then its events or the record
     /// of its refusal). Returns its number.
     fn decide(&mut self, at: Instant, command: &Command, index: Option<u64>, id: String) -> u64 {
-        let handled = handle(&self.projections.state, command, at, index);
-        let outcome = match handled.rejection {
+        let step = self.ledger.decide(Some(id), at, command, index);
+        let outcome = match &step.rejection {
             None => Outcome::Accepted,
-            Some(Rejection { rule, reason }) => Outcome::Rejected { rule, reason },
+            Some(Rejection { rule, reason }) => Outcome::Rejected { rule: *rule, reason: reason.clone() },
         };
-        self.queue(Some(id), handled.events, handled.at, outcome_json(&outcome))
+        self.queue(step, outcome_json(&outcome))
     }
 
-    /// Append `events` to the pending chain, applying them to the state now (speculatively: a
-    /// failed write rebuilds the state from the log).
-    fn queue(&mut self, command_id: Option<String>, events: Vec<Event>, at: Instant, outcome: serde_json::Value) -> u64 {
+    /// Append a step the ledger has applied (speculatively: a failed write rebuilds the ledger
+    /// from the log) to the pending chain, with the checks its streams' versions call for.
+    fn queue(&mut self, step: Step, outcome: serde_json::Value) -> u64 {
+        let Step { at, command_id, events, .. } = step;
         let mut expected: Vec<(String, ExpectedVersion)> = Vec::new();
         let mut new_events = Vec::with_capacity(events.len());
         for event in &events {
@@ -394,8 +398,6 @@ impl Actor {
             let (event_type, payload) = event.encode();
             let schema_version = latest_version(&event_type);
             new_events.push(NewEvent { stream, event_type, schema_version, at, payload });
-            let position = self.projections.last_position + 1;
-            self.projections.apply_event(position, at, event);
         }
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -470,8 +472,8 @@ impl Actor {
     async fn reload(&mut self) -> Result<(), EngineError> {
         self.pending.clear();
         let store = self.store.clone();
-        let (projections, versions) = blocking(move || load(&store)).await?;
-        self.projections = projections;
+        let (ledger, versions) = blocking(move || load(&store)).await?;
+        self.ledger = ledger;
         self.versions = versions;
         Ok(())
     }

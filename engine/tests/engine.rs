@@ -3,8 +3,7 @@
 
 use chrono::DateTime;
 use poolbill_domain::{BillingMode, Command, Instant, PoolStatus, PoolType, Price, Rule, Term};
-use poolbill_engine::{spawn_clock, Engine, ManualClock, Outcome};
-use poolbill_replay::Upto;
+use poolbill_engine::{spawn_clock, Engine, ManualClock, Outcome, Upto};
 use rust_decimal::Decimal;
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,7 +8,70 @@
 //! steps by construction. No I/O and no clock: every instant is given.
 
 use poolbill_domain::{handle, tick, Command, Event, Instant, Rejection};
-use poolbill_projections::Projections;
+use poolbill_projections::{ProjectionError, Projections};
+use poolbill_store::{Envelope, Store, StoreError};
+
+/// How much of a log to fold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upto {
+    All,
+    /// Everything that had happened by this instant, inclusive (time travel).
+    Instant(Instant),
+    /// Everything up to and including this global position.
+    Position(u64),
+}
+
+impl Upto {
+    fn includes(&self, envelope: &Envelope) -> bool {
+        match self {
+            Upto::All => true,
+            Upto::Instant(t) => envelope.at <= *t,
+            Upto::Position(p) => envelope.position <= *p,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FoldError {
+    #[error("reading the log")]
+    Store(#[from] StoreError),
+    #[error("replaying the log")]
+    Projection(#[from] ProjectionError),
+}
+
+/// The one fold: envelopes in log order, until the first one past `upto`, each decoded
+/// (upcast) and applied, reporting progress as it goes. Instants never go back in a log, so
+/// "as of T" is a prefix.
+pub fn fold_with<I>(envelopes: I, upto: Upto, mut progress: impl FnMut(u64)) -> Result<Projections, FoldError>
+where
+    I: IntoIterator<Item = Result<Envelope, StoreError>>,
+{
+    let _span = tracing::info_span!("replay", upto = ?upto).entered();
+    let mut projections = Projections::new();
+    for envelope in envelopes {
+        let envelope = envelope?;
+        if !upto.includes(&envelope) {
+            break;
+        }
+        projections.apply(&envelope)?;
+        progress(envelope.position);
+    }
+    tracing::debug!(events = projections.events, bills = projections.bills.len(), "replayed");
+    Ok(projections)
+}
+
+/// [`fold_with`] without progress.
+pub fn fold<I>(envelopes: I, upto: Upto) -> Result<Projections, FoldError>
+where
+    I: IntoIterator<Item = Result<Envelope, StoreError>>,
+{
+    fold_with(envelopes, upto, |_| {})
+}
+
+/// Projections of a store's log as of `upto`.
+pub fn replay(store: &Store, upto: Upto) -> Result<Projections, FoldError> {
+    fold(store.read_all(1), upto)
+}
 
 /// What one step appends to the log: events that happened at one instant, caused by a command
 /// (its id and its input first, `command_received`) or by the clock passing (no id).
