@@ -10,6 +10,7 @@
 use poolbill_domain::{handle, tick, Command, Event, Instant, Rejection};
 use poolbill_projections::{ProjectionError, Projections};
 use poolbill_store::{Envelope, Store, StoreError};
+use std::borrow::Borrow;
 
 /// How much of a log to fold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,24 +41,37 @@ pub enum FoldError {
 }
 
 /// The one fold: envelopes in log order, until the first one past `upto`, each decoded
-/// (upcast) and applied, reporting progress as it goes. Instants never go back in a log, so
-/// "as of T" is a prefix.
+/// (upcast) and applied; `visit` then sees the projections, the envelope and its event. Every
+/// reader of a log — the engine's open, replay, explain, timeline — folds with it. Instants
+/// never go back in a log, so "as of T" is a prefix.
+pub fn fold_visit<E, I>(envelopes: I, upto: Upto, mut visit: impl FnMut(&Projections, &E, Event)) -> Result<Projections, FoldError>
+where
+    E: Borrow<Envelope>,
+    I: IntoIterator<Item = Result<E, StoreError>>,
+{
+    let _span = tracing::info_span!("replay", upto = ?upto).entered();
+    let mut projections = Projections::new();
+    for item in envelopes {
+        let item = item?;
+        let envelope = item.borrow();
+        if !upto.includes(envelope) {
+            break;
+        }
+        let event = Event::decode(&envelope.event_type, envelope.schema_version, &envelope.payload)
+            .map_err(|source| ProjectionError { position: envelope.position, source })?;
+        projections.apply_event(envelope.position, envelope.at, &event);
+        visit(&projections, &item, event);
+    }
+    tracing::debug!(events = projections.events, bills = projections.bills.len(), "replayed");
+    Ok(projections)
+}
+
+/// [`fold_visit`], reporting each position folded.
 pub fn fold_with<I>(envelopes: I, upto: Upto, mut progress: impl FnMut(u64)) -> Result<Projections, FoldError>
 where
     I: IntoIterator<Item = Result<Envelope, StoreError>>,
 {
-    let _span = tracing::info_span!("replay", upto = ?upto).entered();
-    let mut projections = Projections::new();
-    for envelope in envelopes {
-        let envelope = envelope?;
-        if !upto.includes(&envelope) {
-            break;
-        }
-        projections.apply(&envelope)?;
-        progress(envelope.position);
-    }
-    tracing::debug!(events = projections.events, bills = projections.bills.len(), "replayed");
-    Ok(projections)
+    fold_visit(envelopes, upto, |_, envelope: &Envelope, _| progress(envelope.position))
 }
 
 /// [`fold_with`] without progress.

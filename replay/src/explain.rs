@@ -6,6 +6,7 @@ use chrono::{Datelike, Duration};
 use poolbill_domain::money::{fmt_cents, fmt_exact, remaining_factor, trunc2, trunc8};
 use poolbill_domain::time::{align_to_day, beijing_date, days_in_month, hour_floor, period_end, to_beijing};
 use poolbill_domain::{remaining_value, Alignment, Amounts, Basis, BillLine, DecodeError, Event, Instant, Item, Rule, Term, UnusedPart};
+use poolbill_ledger::{fold_visit, FoldError, Upto};
 use poolbill_projections::{BillView, Projections};
 use poolbill_store::Envelope;
 use rust_decimal::Decimal;
@@ -163,13 +164,11 @@ impl Steps {
 impl<'a> Log<'a> {
     fn load(envelopes: &'a [Envelope]) -> Result<Log<'a>, ExplainError> {
         let mut entries = Vec::with_capacity(envelopes.len());
-        let mut projections = Projections::new();
-        for envelope in envelopes {
-            let event = Event::decode(&envelope.event_type, envelope.schema_version, &envelope.payload)
-                .map_err(|source| ExplainError::Decode { position: envelope.position, source })?;
-            projections.apply_event(envelope.position, envelope.at, &event);
-            entries.push((envelope, event));
-        }
+        let projections = fold_visit(envelopes.iter().map(Ok), Upto::All, |_, envelope: &&Envelope, event| entries.push((*envelope, event)))
+            .map_err(|e| match e {
+                FoldError::Projection(p) => ExplainError::Decode { position: p.position, source: p.source },
+                FoldError::Store(e) => ExplainError::Log(e.to_string()),
+            })?;
         let bills = projections.document().bills;
         let at_position = entries.iter().enumerate().map(|(i, (e, _))| (e.position, i)).collect();
         Ok(Log { entries, projections, bills, at_position })

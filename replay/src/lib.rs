@@ -11,4 +11,4 @@ pub mod rerun;
 pub mod timeline;
 
 // Reading a log back is the ledger's one fold; these are re-exported for the tools' users.
-pub use poolbill_ledger::{fold, fold_with, replay, FoldError as ReplayError, Upto};
+pub use poolbill_ledger::{fold, fold_visit, fold_with, replay, FoldError as ReplayError, Upto};

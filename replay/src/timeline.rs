@@ -8,6 +8,7 @@ use chrono::{Datelike, Duration, Timelike};
 use poolbill_domain::money::fmt_cents;
 use poolbill_domain::time::{beijing_at, beijing_date, to_beijing};
 use poolbill_domain::{BillingMode, Instant, Item};
+use poolbill_ledger::{fold_visit, FoldError, Upto};
 use poolbill_projections::{ProjectionError, Projections};
 use poolbill_store::Envelope;
 use rust_decimal::Decimal;
@@ -88,16 +89,16 @@ pub enum TimelineError {
     Replay(#[from] ProjectionError),
     #[error("no resource {0:?} in the log (not a pool, job or package id)")]
     NoSuchResource(String),
+    #[error("reading the log")]
+    Log(#[source] poolbill_store::StoreError),
 }
 
 pub fn timeline(envelopes: &[Envelope], resource: &str) -> Result<Timeline, TimelineError> {
-    let mut projections = Projections::new();
     let mut bands: Vec<Band> = Vec::new();
     let mut nodes: Vec<(Instant, u32)> = Vec::new();
     let mut billed_as: Option<String> = None;
-    for envelope in envelopes {
-        projections.apply(envelope)?;
-        let Some(now) = seen(&projections, resource) else { continue };
+    let look = |projections: &Projections, envelope: &&Envelope, _| {
+        let Some(now) = seen(projections, resource) else { return };
         let at = envelope.at;
         match bands.last_mut() {
             Some(band) if band.state == now.state && band.mode == now.mode => {}
@@ -129,7 +130,11 @@ pub fn timeline(envelopes: &[Envelope], resource: &str) -> Result<Timeline, Time
             _ => nodes.push((at, now.nodes)),
         }
         billed_as = Some(now.billed_as);
-    }
+    };
+    let projections = fold_visit(envelopes.iter().map(Ok), Upto::All, look).map_err(|e| match e {
+        FoldError::Projection(p) => TimelineError::Replay(p),
+        FoldError::Store(e) => TimelineError::Log(e),
+    })?;
     let Some(billed_as) = billed_as else {
         return Err(TimelineError::NoSuchResource(resource.to_string()));
     };
