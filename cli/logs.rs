@@ -7,7 +7,7 @@ use crate::{print_out, progress, table, to_json};
 use poolbill_projections::Projections;
 use poolbill_replay::rerun::{commands, rerun, to_envelopes, WhatIf};
 use poolbill_replay::{audit as audit_log, bills as month, diff as diff_logs, explain as explain_log, fold_with, jsonl, timeline as draw, Upto};
-use poolbill_store::Envelope;
+use poolbill_store::{Envelope, EventStore};
 use std::path::Path;
 
 fn load(path: &Path) -> Result<Vec<Envelope>, Failure> {
@@ -130,7 +130,7 @@ pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
                 return Err(Failure::Input(format!("{} is not a poolbill store", dir.display()).into()));
             }
             let name = dir.display();
-            let store = poolbill_store::Store::open(dir).map_err(damaged(format!("opening {name}")))?;
+            let store = poolbill_store_sled::SledStore::open(dir).map_err(damaged(format!("opening {name}")))?;
             let report = store.verify().map_err(damaged(format!("verifying {name}")))?;
             let projections = poolbill_replay::replay(&store, Upto::All).map_err(damaged(format!("replaying {name}")))?;
             print_out(&format!("{} streams, {} command records\n", report.streams, report.commands))?;

@@ -4,7 +4,8 @@
 mod common;
 
 use common::*;
-use poolbill_store::Store;
+use poolbill_store::EventStore;
+use poolbill_store_sled::SledStore;
 use serde_json::{json, Value};
 
 fn valid() -> Value {
@@ -107,7 +108,7 @@ fn each_malformed_scenario_is_refused_with_its_place_and_writes_nothing() {
 }
 
 fn log_of(store: &std::path::Path) -> Vec<poolbill_store::Envelope> {
-    let store = Store::open(store).unwrap();
+    let store = SledStore::open(store).unwrap();
     let log = store.read_all(1).collect::<Result<Vec<_>, _>>().unwrap();
     log
 }
@@ -161,7 +162,7 @@ fn a_malformed_scenario_leaves_an_existing_store_as_it_was() {
     let good = write(dir.path(), &valid().to_string());
     run_json(&["run", good.to_str().unwrap(), "--format", "json", "--store", store_path.to_str().unwrap()]);
     let before = {
-        let store = Store::open(&store_path).unwrap();
+        let store = SledStore::open(&store_path).unwrap();
         (store.last_position().unwrap(), store.read_all(1).collect::<Result<Vec<_>, _>>().unwrap())
     };
     let mut bad = valid();
@@ -171,7 +172,7 @@ fn a_malformed_scenario_leaves_an_existing_store_as_it_was() {
     std::fs::write(&bad_path, bad.to_string()).unwrap();
     let out = run(&["run", bad_path.to_str().unwrap(), "--store", store_path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    let store = Store::open(&store_path).unwrap();
+    let store = SledStore::open(&store_path).unwrap();
     assert_eq!(store.last_position().unwrap(), before.0);
     assert_eq!(store.read_all(1).collect::<Result<Vec<_>, _>>().unwrap(), before.1);
 }

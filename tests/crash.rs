@@ -8,7 +8,8 @@ mod common;
 use common::poolbill;
 use poolbill_domain::Event;
 use poolbill_replay::{replay, Upto};
-use poolbill_store::Store;
+use poolbill_store::EventStore;
+use poolbill_store_sled::SledStore;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -114,7 +115,7 @@ fn killing_the_process_loses_nothing_acknowledged() {
         survived += 1;
 
         // Reopen what the killed process left.
-        let store = Store::open(&store_path).unwrap_or_else(|e| panic!("round {round} (seed {seed}): reopen: {e}"));
+        let store = SledStore::open(&store_path).unwrap_or_else(|e| panic!("round {round} (seed {seed}): reopen: {e}"));
         store.verify().unwrap_or_else(|e| panic!("round {round} (seed {seed}): verify: {e}"));
         for (id, positions) in &acknowledged {
             let record = store.command(id).unwrap().unwrap_or_else(|| panic!("round {round} (seed {seed}): acknowledged {id} is lost"));

@@ -5,7 +5,8 @@ mod common;
 
 use common::*;
 use poolbill_replay::{replay, Upto};
-use poolbill_store::Store;
+use poolbill_store::EventStore;
+use poolbill_store_sled::SledStore;
 use rust_decimal::Decimal;
 use serde_json::Value;
 use std::str::FromStr;
@@ -40,7 +41,7 @@ fn every_seed_fixture_gives_the_rules_figures_and_replays_the_same() {
         assert_eq!(detail, flow, "{name}: detail bills equal flow bills");
 
         // The log alone gives the same document (the process has exited: the store is free).
-        let store = Store::open(&store_path).unwrap();
+        let store = SledStore::open(&store_path).unwrap();
         store.verify().unwrap();
         let replayed = serde_json::to_value(replay(&store, Upto::All).unwrap().document()).unwrap();
         assert_eq!(replayed, doc, "{name}: a replay of the written log");

@@ -3,6 +3,7 @@
 
 mod common;
 
+use poolbill_store::EventStore;
 use common::*;
 use poolbill_replay::{fold, jsonl, Upto};
 use serde_json::Value;
@@ -44,7 +45,7 @@ fn replay_of_the_exported_log_equals_run_at_every_transition_and_random_instants
         // The file holds exactly the store's envelopes, in order: so every prefix of one (as of
         // any instant) is the same prefix of the other.
         let envelopes = jsonl::read_file(&log).unwrap();
-        let store = poolbill_store::Store::open(&store).unwrap();
+        let store = poolbill_store_sled::SledStore::open(&store).unwrap();
         let stored: Vec<_> = store.read_all(1).collect::<Result<_, _>>().unwrap();
         assert_eq!(stored, envelopes, "{name}: the exported log is the store's log");
         // Fold both at each transition instant and one second before it (at most 40 of them,

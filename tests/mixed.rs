@@ -8,7 +8,8 @@ mod common;
 use chrono::{DateTime, Duration, FixedOffset};
 use common::*;
 use poolbill_replay::{replay, Upto};
-use poolbill_store::Store;
+use poolbill_store::EventStore;
+use poolbill_store_sled::SledStore;
 use rust_decimal::Decimal;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -62,7 +63,7 @@ fn every_account_reconciles_to_the_cent() {
 
 /// Documents as of instants, from the written log (the path `--at` takes), cached.
 struct AsOf {
-    store: Store,
+    store: SledStore,
     cache: HashMap<DateTime<FixedOffset>, Value>,
 }
 
@@ -88,7 +89,7 @@ fn in_arrears(doc: &Value, account: &str) -> bool {
 #[test]
 fn time_travel_is_right_on_both_sides_of_every_transition() {
     let (_dir, store_path, full) = run_to_store();
-    let store = Store::open(&store_path).unwrap();
+    let store = SledStore::open(&store_path).unwrap();
     let envelopes: Vec<_> = store.read_all(1).collect::<Result<_, _>>().unwrap();
     let mut as_of = AsOf { store, cache: HashMap::new() };
     let mut checked: BTreeMap<String, usize> = BTreeMap::new();

@@ -114,7 +114,7 @@ fn truncated_or_flipped_store_files_are_never_silently_used() {
 fn a_store_that_lost_acknowledged_events_is_refused_naming_the_position() {
     let dir = tempfile::tempdir().unwrap();
     let store = stored(dir.path());
-    let mark = store.join(poolbill_store::WATERMARK_FILE);
+    let mark = store.join(poolbill_store_sled::WATERMARK_FILE);
     let text = std::fs::read_to_string(&mark).unwrap();
     let (position, crc) = text.split_once(' ').unwrap();
     let position: u64 = position.parse().unwrap();

@@ -6,7 +6,7 @@ use chrono::DateTime;
 use poolbill_domain::Command;
 use poolbill_engine::{Engine, Outcome};
 use poolbill_replay::Upto;
-use poolbill_store::Store;
+use poolbill_store_sled::SledStore;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
@@ -43,7 +43,7 @@ pub fn replay_store(dir: &Path, at: Option<&str>, out: &mut impl Write) -> Resul
         None => Upto::All,
         Some(t) => Upto::Instant(DateTime::parse_from_rfc3339(t).map_err(|e| format!("--at {t}: {e}"))?),
     };
-    let store = Store::open(dir).map_err(|e| e.to_string())?;
+    let store = SledStore::open(dir).map_err(|e| e.to_string())?;
     let projections = poolbill_replay::replay(&store, upto).map_err(|e| e.to_string())?;
     let document = projections.document();
     serde_json::to_writer_pretty(&mut *out, &document).map_err(|e| e.to_string())?;

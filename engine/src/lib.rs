@@ -14,7 +14,8 @@ pub use poolbill_ledger::Upto;
 use poolbill_domain::{latest_version, Command, Event, Instant, Rejection, Rule};
 use poolbill_ledger::{replay, FoldError, Ledger, Step};
 use poolbill_projections::Projections;
-use poolbill_store::{AppendOutcome, AppendRequest, CommandRecord, ExpectedVersion, NewEvent, Store, StoreError};
+use poolbill_store::{AppendOutcome, AppendRequest, CommandRecord, EventStore, ExpectedVersion, NewEvent, StoreError};
+use poolbill_store_sled::SledStore;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -33,7 +34,7 @@ const MAX_CHAIN: usize = 1024;
 #[derive(Clone)]
 pub struct Engine {
     tx: mpsc::Sender<Request>,
-    store: Store,
+    store: Arc<dyn EventStore>,
     /// Why the actor stopped, once it has.
     stopped: Arc<OnceLock<Arc<EngineError>>>,
 }
@@ -88,20 +89,21 @@ impl Engine {
     /// Open (or create) the store at `path`, rebuild state from its log, start the engine.
     pub async fn open(path: impl AsRef<Path>) -> Result<Engine, EngineError> {
         let path = path.as_ref().to_path_buf();
-        let store = blocking(move || Store::open(path).map_err(EngineError::from)).await?;
+        let store = blocking(move || SledStore::open(path).map_err(EngineError::from)).await?;
         Engine::start(store).await
     }
 
     /// An engine on a temporary store, gone when dropped.
     pub async fn temporary() -> Result<Engine, EngineError> {
-        let store = blocking(|| Store::temporary().map_err(EngineError::from)).await?;
+        let store = blocking(|| SledStore::temporary().map_err(EngineError::from)).await?;
         Engine::start(store).await
     }
 
     /// Start an engine on an open store: one sequential scan rebuilds its state.
-    pub async fn start(store: Store) -> Result<Engine, EngineError> {
+    pub async fn start(store: impl EventStore + 'static) -> Result<Engine, EngineError> {
+        let store: Arc<dyn EventStore> = Arc::new(store);
         let scan = store.clone();
-        let (ledger, versions) = blocking(move || load(&scan)).await?;
+        let (ledger, versions) = blocking(move || load(scan.as_ref())).await?;
         let (tx, rx) = mpsc::channel(1024);
         let stopped = Arc::new(OnceLock::new());
         let actor = Actor::new(store.clone(), ledger, versions, rx, stopped.clone());
@@ -175,12 +177,12 @@ impl Engine {
     /// Time travel: projections rebuilt from the log as it stood at `upto`.
     pub async fn as_of(&self, upto: Upto) -> Result<Projections, EngineError> {
         let store = self.store.clone();
-        blocking(move || replay(&store, upto).map_err(EngineError::from)).await
+        blocking(move || replay(store.as_ref(), upto).map_err(EngineError::from)).await
     }
 
     /// The store underneath, for reading the log.
-    pub fn store(&self) -> &Store {
-        &self.store
+    pub fn store(&self) -> &dyn EventStore {
+        self.store.as_ref()
     }
 
     async fn send(&self, request: Request) -> Result<(), EngineError> {
@@ -202,7 +204,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, EngineError> 
 }
 
 /// Rebuild the ledger (by the one fold) and stream versions from the whole log.
-fn load(store: &Store) -> Result<(Ledger, HashMap<String, u64>), EngineError> {
+fn load(store: &dyn EventStore) -> Result<(Ledger, HashMap<String, u64>), EngineError> {
     let mut versions = HashMap::new();
     let envelopes = store.read_all(1).inspect(|e| {
         if let Ok(e) = e {
@@ -223,7 +225,7 @@ enum Waiter {
 }
 
 struct Actor {
-    store: Store,
+    store: Arc<dyn EventStore>,
     /// The pure core: state as the pending chain leaves it (speculative until written).
     ledger: Ledger,
     /// Each stream's version as the pending chain leaves it.
@@ -242,7 +244,7 @@ struct Actor {
 
 impl Actor {
     fn new(
-        store: Store,
+        store: Arc<dyn EventStore>,
         ledger: Ledger,
         versions: HashMap<String, u64>,
         rx: mpsc::Receiver<Request>,
@@ -472,7 +474,7 @@ impl Actor {
     async fn reload(&mut self) -> Result<(), EngineError> {
         self.pending.clear();
         let store = self.store.clone();
-        let (ledger, versions) = blocking(move || load(&store)).await?;
+        let (ledger, versions) = blocking(move || load(store.as_ref())).await?;
         self.ledger = ledger;
         self.versions = versions;
         Ok(())

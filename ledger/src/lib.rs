@@ -9,7 +9,7 @@
 
 use poolbill_domain::{handle, tick, Command, Event, Instant, Rejection};
 use poolbill_projections::{ProjectionError, Projections};
-use poolbill_store::{Envelope, Store, StoreError};
+use poolbill_store::{Envelope, EventStore, StoreError};
 use std::borrow::Borrow;
 
 /// How much of a log to fold.
@@ -83,7 +83,7 @@ where
 }
 
 /// Projections of a store's log as of `upto`.
-pub fn replay(store: &Store, upto: Upto) -> Result<Projections, FoldError> {
+pub fn replay(store: &dyn EventStore, upto: Upto) -> Result<Projections, FoldError> {
     fold(store.read_all(1), upto)
 }
 

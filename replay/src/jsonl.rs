@@ -4,7 +4,7 @@
 //! lines is caught too.
 
 use poolbill_domain::Event;
-use poolbill_store::{Envelope, Store, StoreError};
+use poolbill_store::{Envelope, EventStore, StoreError};
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 
@@ -59,12 +59,12 @@ pub fn to_text(envelopes: &[Envelope]) -> String {
 }
 
 /// Write a store's whole log; returns how many envelopes.
-pub fn export(store: &Store, out: &mut impl Write) -> Result<u64, LogError> {
+pub fn export(store: &dyn EventStore, out: &mut impl Write) -> Result<u64, LogError> {
     export_with(store, out, |_| {})
 }
 
 /// [`export`], calling `progress` with each envelope's position once it is written.
-pub fn export_with(store: &Store, out: &mut impl Write, mut progress: impl FnMut(u64)) -> Result<u64, LogError> {
+pub fn export_with(store: &dyn EventStore, out: &mut impl Write, mut progress: impl FnMut(u64)) -> Result<u64, LogError> {
     let mut count = 0;
     let mut last = None;
     for envelope in store.read_all(1) {

@@ -1,0 +1,747 @@
+//! `poolbill-store-sled`: poolbill's default event store, an [`EventStore`] on sled.
+//!
+//! This is the only crate that touches sled. It knows nothing about billing:
+//! events are opaque JSON payloads wrapped in [`Envelope`]s.
+//!
+//! # Tree layout
+//!
+//! | tree           | key                                         | value                                        |
+//! |----------------|---------------------------------------------|----------------------------------------------|
+//! | `events`       | global position, `u64` big-endian           | CRC32 (4 bytes BE) of the JSON, then the JSON of the [`Envelope`] |
+//! | `streams`      | stream id bytes                             | current stream version, `u64` BE             |
+//! | `stream_index` | stream id bytes, `0x00`, version `u64` BE   | global position, `u64` BE                    |
+//! | `commands`     | command id bytes                            | JSON of the [`CommandRecord`]                |
+//! | `meta`         | `last_position` / `last_instant`            | `u64` BE / RFC 3339 text                     |
+//!
+//! Big-endian keys make sled's byte order equal to numeric order, so range scans
+//! return events by position and stream entries by version. Stream ids may
+//! contain any byte: `stream_index` keys are matched on their exact length, so a
+//! stream named `"a\0…"` can never be mistaken for stream `"a"`.
+//!
+//! Positions are 1-based and gapless across the whole log; versions are 1-based
+//! and gapless within a stream; instants never decrease along the log. Every read
+//! checks the CRC and the position, and reports [`StoreError::Corrupt`] naming
+//! the position instead of skipping anything.
+//!
+//! # Durability contract
+//!
+//! Each [`AppendRequest`] is one sled transaction spanning every tree it writes,
+//! so it lands entirely or not at all (idempotency check, concurrency checks,
+//! events, indexes, meta and command record together). [`EventStore::append_batch`]
+//! is a group commit: it applies its requests in order, then calls sled's
+//! synchronous `Db::flush` once, and only then returns. Nothing is acknowledged
+//! before it is on disk; if that flush fails the whole batch is unacknowledged.
+//! [`EventStore::append`] is a batch of one. `flush_async` is never used (it is known
+//! to deadlock in this sled version).
+//!
+//! sled is pinned to `=0.34.7`, the last stable release: 1.0 is an alpha
+//! without transactions, which this store depends on.
+
+use poolbill_store::{AppendOutcome, AppendRequest, CommandRecord, Envelope, EventStore, Instant, StoreError, VerifyReport};
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
+};
+
+#[cfg(test)]
+mod tests;
+
+const META_LAST_POSITION: &[u8] = b"last_position";
+const META_LAST_INSTANT: &[u8] = b"last_instant";
+
+/// Handle on the event log. Cheap to clone (sled handles are reference counted).
+#[derive(Clone)]
+pub struct SledStore {
+    /// Where the high-water mark is kept (stores on disk only); the lock orders its writers.
+    watermark: Option<std::path::PathBuf>,
+    watermark_lock: std::sync::Arc<std::sync::Mutex<()>>,
+    db: sled::Db,
+    events: sled::Tree,
+    streams: sled::Tree,
+    stream_index: sled::Tree,
+    commands: sled::Tree,
+    meta: sled::Tree,
+}
+
+fn storage(context: impl fmt::Display) -> impl FnOnce(sled::Error) -> StoreError {
+    move |source| StoreError::backend(context.to_string(), source)
+}
+
+/// The file beside sled's that holds the last acknowledged position and its checksum.
+pub const WATERMARK_FILE: &str = "poolbill.watermark";
+
+/// `None` when there is no mark yet (a new store).
+fn read_watermark(path: &Path) -> Result<Option<(u64, u32)>, StoreError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io(format!("reading {}", path.display()), e)),
+    };
+    let mut parts = text.split_whitespace();
+    let position = parts.next().and_then(|p| p.parse::<u64>().ok());
+    let crc = parts.next().and_then(|c| u32::from_str_radix(c, 16).ok());
+    match (position, crc) {
+        (Some(p), Some(c)) => Ok(Some((p, c))),
+        _ => Err(corrupt(0, format!("{} is unreadable: {text:?}", path.display()))),
+    }
+}
+
+fn corrupt(position: u64, detail: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        position,
+        detail: detail.into(),
+    }
+}
+
+fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
+}
+
+fn index_prefix(stream: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(stream.len() + 9);
+    key.extend_from_slice(stream.as_bytes());
+    key.push(0);
+    key
+}
+
+fn index_key(stream: &str, version: u64) -> Vec<u8> {
+    let mut key = index_prefix(stream);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+fn encode_event(env: &Envelope) -> Result<Vec<u8>, StoreError> {
+    let json = serde_json::to_vec(env).map_err(|e| StoreError::Encode {
+        context: format!("serializing event at position {}", env.position),
+        source: e.into(),
+    })?;
+    let mut value = Vec::with_capacity(json.len() + 4);
+    value.extend_from_slice(&crc32fast::hash(&json).to_be_bytes());
+    value.extend_from_slice(&json);
+    Ok(value)
+}
+
+/// Checks the CRC and that the envelope really is the one stored under `position`.
+fn decode_event(position: u64, value: &[u8]) -> Result<Envelope, StoreError> {
+    if value.len() < 4 {
+        return Err(corrupt(
+            position,
+            format!(
+                "value is only {} bytes, too short for a checksum",
+                value.len()
+            ),
+        ));
+    }
+    let (crc, json) = value.split_at(4);
+    let stored = u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    let actual = crc32fast::hash(json);
+    if stored != actual {
+        return Err(corrupt(
+            position,
+            format!("checksum mismatch: stored {stored:08x}, computed {actual:08x}"),
+        ));
+    }
+    let env: Envelope = serde_json::from_slice(json)
+        .map_err(|e| corrupt(position, format!("undecodable event JSON: {e}")))?;
+    if env.position != position {
+        return Err(corrupt(
+            position,
+            format!("envelope claims position {}", env.position),
+        ));
+    }
+    Ok(env)
+}
+
+fn decode_event_entry(key: &[u8], value: &[u8], expected: u64) -> Result<Envelope, StoreError> {
+    let position = decode_u64(key).ok_or_else(|| {
+        corrupt(
+            expected,
+            format!("events key of {} bytes is not a u64", key.len()),
+        )
+    })?;
+    if position != expected {
+        return Err(corrupt(
+            expected,
+            format!("gap: next stored event is at position {position}"),
+        ));
+    }
+    decode_event(position, value)
+}
+
+fn decode_instant(bytes: &[u8]) -> Result<Instant, StoreError> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .ok_or_else(|| corrupt(0, "meta last_instant is not an RFC 3339 instant"))
+}
+
+fn decode_command(id: &[u8], bytes: &[u8]) -> Result<CommandRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        corrupt(
+            0,
+            format!(
+                "command record {:?} undecodable: {e}",
+                String::from_utf8_lossy(id)
+            ),
+        )
+    })
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn abort<T>(e: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+impl SledStore {
+    /// Opens (or creates) the store at `path`, and checks that it still holds everything it
+    /// ever acknowledged (its high-water mark): a damaged or truncated store is refused with
+    /// the position it should reach, never silently used.
+    pub fn open(path: impl AsRef<Path>) -> Result<SledStore, StoreError> {
+        let path = path.as_ref();
+        let mark_path = path.join(WATERMARK_FILE);
+        let mark = read_watermark(&mark_path)?;
+        // A store that acknowledged events and cannot be opened is damaged: the error says
+        // which position it should reach.
+        let damaged = |detail: String, position: u64| {
+            corrupt(position, format!("the store at {} is damaged ({detail}); it had acknowledged events up to position {position}", path.display()))
+        };
+        // sled may panic rather than err on some damage: that is damage too.
+        let opened = std::panic::catch_unwind(|| sled::Config::new().path(path).open()).map_err(|_| match mark {
+            Some((position, _)) => damaged("sled panicked while recovering its files".to_string(), position),
+            None => StoreError::Panicked { path: path.display().to_string() },
+        })?;
+        let db = opened.map_err(|e| match mark {
+            Some((position, _)) => damaged(format!("sled: {e}"), position),
+            None => StoreError::backend(format!("opening the sled database at {}", path.display()), e),
+        })?;
+        let mut store = SledStore::from_db(db)?;
+        store.watermark = Some(mark_path);
+        if let Some((position, crc)) = mark {
+            let last = store.last_position()?;
+            if last < position {
+                return Err(corrupt(
+                    last + 1,
+                    format!("the log ends at position {last} but positions up to {position} had been acknowledged: the store was truncated or damaged"),
+                ));
+            }
+            match store.events.get(position.to_be_bytes()).map_err(storage("reading the acknowledged position"))? {
+                Some(value) if value.len() >= 4 && value[..4] == crc.to_be_bytes() => {}
+                _ => return Err(corrupt(position, "the acknowledged event at this position is not the one that was acknowledged")),
+            }
+        }
+        Ok(store)
+    }
+
+    /// A store that lives in a temporary directory and vanishes on drop.
+    pub fn temporary() -> Result<SledStore, StoreError> {
+        let db = sled::Config::new()
+            .temporary(true)
+            .open()
+            .map_err(storage("opening temporary sled database"))?;
+        SledStore::from_db(db)
+    }
+
+    fn from_db(db: sled::Db) -> Result<SledStore, StoreError> {
+        let open = |name: &str| {
+            db.open_tree(name)
+                .map_err(storage(format_args!("opening tree {name}")))
+        };
+        Ok(SledStore {
+            watermark: None,
+            watermark_lock: Default::default(),
+            events: open("events")?,
+            streams: open("streams")?,
+            stream_index: open("stream_index")?,
+            commands: open("commands")?,
+            meta: open("meta")?,
+            db,
+        })
+    }
+
+    fn apply(&self, req: &AppendRequest) -> Result<AppendOutcome, StoreError> {
+        let trees = (
+            &self.events,
+            &self.streams,
+            &self.stream_index,
+            &self.commands,
+            &self.meta,
+        );
+        // The closure may run several times: it only reads through the
+        // transactional views and reports through its return value.
+        let result = trees.transaction(|(events, streams, index, commands, meta)| {
+            apply_in_tx(req, events, streams, index, commands, meta)
+        });
+        match result {
+            Ok(outcome) => Ok(outcome),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(source)) => Err(StoreError::backend(format!("append transaction (command {:?})", req.command_id), source)),
+        }
+    }
+
+    /// sled's synchronous flush of everything written so far; then the high-water mark moves
+    /// to the last position, so that it never claims more than is on disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        // Only what was written before the flush began is known to be on disk after it.
+        let durable = self.last_position()?;
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(storage("flushing sled database to disk"))?;
+        self.write_watermark(durable)
+    }
+
+    /// Record the last position and its value's checksum in a small file of its own, written
+    /// to a temporary file, synced, then renamed into place (a crash leaves the old mark, which
+    /// only ever lags).
+    fn write_watermark(&self, last: u64) -> Result<(), StoreError> {
+        let Some(path) = &self.watermark else { return Ok(()) };
+        let _writer = self.watermark_lock.lock().unwrap_or_else(|e| e.into_inner());
+        // It only moves forward.
+        if last == 0 || read_watermark(path)?.is_some_and(|(p, _)| p >= last) {
+            return Ok(());
+        }
+        let value = self.events.get(last.to_be_bytes()).map_err(storage("reading the last position"))?;
+        let Some(value) = value.filter(|v| v.len() >= 4) else { return Err(corrupt(last, "the last position has no event")) };
+        let crc = u32::from_be_bytes([value[0], value[1], value[2], value[3]]);
+        let io = |what: &str, e: std::io::Error| StoreError::io(format!("{what} {}", path.display()), e);
+        let partial = path.with_extension("partial");
+        let mut file = std::fs::File::create(&partial).map_err(|e| io("creating", e))?;
+        std::io::Write::write_all(&mut file, format!("{last} {crc:08x}\n").as_bytes()).map_err(|e| io("writing", e))?;
+        file.sync_all().map_err(|e| io("syncing", e))?;
+        std::fs::rename(&partial, path).map_err(|e| io("renaming into", e))
+    }
+
+    /// Test hook: raw access to the events tree, to plant corruption.
+    #[cfg(test)]
+    fn raw_events(&self) -> &sled::Tree {
+        &self.events
+    }}
+
+impl EventStore for SledStore {
+    /// Group commit: each request is its own atomic transaction, applied in
+    /// order (so a later request sees the earlier ones, e.g. as a Duplicate);
+    /// then one flush. The outer `Err` is a failed flush: then nothing in the
+    /// batch may be considered acknowledged.
+    fn append_batch(
+        &self,
+        reqs: Vec<AppendRequest>,
+    ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+        let results: Vec<_> = reqs.iter().map(|req| self.apply(req)).collect();
+        // Flush even for duplicates: the original may have been committed by
+        // another thread that has not flushed yet.
+        self.flush()?;
+        Ok(results)
+    }
+
+    /// Group commit of a chain: requests where each was decided on the state its predecessors
+    /// leave. Applied in order until the first one that fails; the rest are not applied, since
+    /// they may depend on it. One flush either way, so the applied prefix is durable. Returns
+    /// the outcomes of the applied prefix and, if one failed, its index and error.
+    fn append_chain(
+        &self,
+        reqs: Vec<AppendRequest>,
+    ) -> Result<(Vec<AppendOutcome>, Option<(usize, StoreError)>), StoreError> {
+        let mut applied = Vec::with_capacity(reqs.len());
+        let mut failed = None;
+        for (i, req) in reqs.iter().enumerate() {
+            match self.apply(req) {
+                Ok(outcome) => applied.push(outcome),
+                Err(e) => {
+                    failed = Some((i, e));
+                    break;
+                }
+            }
+        }
+        self.flush()?;
+        tracing::debug!(requests = reqs.len(), applied = applied.len(), failed = ?failed.as_ref().map(|(i, e)| (i, e.to_string())), "chain appended and flushed");
+        Ok((applied, failed))
+    }
+
+    /// All events from `from_position` on (0 and 1 both mean "from the start"),
+    /// in position order, read lazily. After the first error (e.g. `Corrupt`)
+    /// the iterator ends.
+    fn read_all(&self, from_position: u64) -> Box<dyn Iterator<Item = Result<Envelope, StoreError>> + '_> {
+        let start = from_position.max(1);
+        let mut inner = self.events.range(start.to_be_bytes()..);
+        let mut expected = start;
+        let mut failed = false;
+        Box::new(std::iter::from_fn(move || {
+            if failed {
+                return None;
+            }
+            let item = match inner.next()? {
+                Ok((key, value)) => decode_event_entry(&key, &value, expected),
+                Err(source) => Err(StoreError::backend(format!("reading events at position {expected}"), source)),
+            };
+            match item {
+                Ok(_) => expected += 1,
+                Err(_) => failed = true,
+            }
+            Some(item)
+        }))
+    }
+
+    /// Events of `stream` with version >= `from_version` (0 and 1 both mean
+    /// "from the start"), in version order.
+    fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        let start = from_version.max(1);
+        let key_len = stream.len() + 9;
+        let mut expected_version = start;
+        let mut out = Vec::new();
+        for entry in self
+            .stream_index
+            .range(index_key(stream, start)..=index_key(stream, u64::MAX))
+        {
+            let (key, value) =
+                entry.map_err(storage(format_args!("scanning index of stream {stream:?}")))?;
+            // Longer keys in this range belong to streams whose id extends ours with a NUL.
+            if key.len() != key_len {
+                continue;
+            }
+            let version = decode_u64(&key[stream.len() + 1..]).unwrap_or(0);
+            let position = decode_u64(&value).ok_or_else(|| {
+                corrupt(
+                    0,
+                    format!("stream {stream:?} index entry for version {version} is not a u64"),
+                )
+            })?;
+            if version != expected_version {
+                return Err(corrupt(
+                    position,
+                    format!("stream {stream:?} has a gap: expected version {expected_version}, found {version}"),
+                ));
+            }
+            let value = self
+                .events
+                .get(position.to_be_bytes())
+                .map_err(storage(format_args!(
+                    "reading event at position {position}"
+                )))?
+                .ok_or_else(|| {
+                    corrupt(
+                        position,
+                        format!("indexed by stream {stream:?} version {version} but missing"),
+                    )
+                })?;
+            let env = decode_event(position, &value)?;
+            if env.stream != stream || env.version != version {
+                return Err(corrupt(
+                    position,
+                    format!(
+                        "index says stream {stream:?} version {version}, event says stream {:?} version {}",
+                        env.stream, env.version
+                    ),
+                ));
+            }
+            out.push(env);
+            expected_version += 1;
+        }
+        Ok(out)
+    }
+
+    /// Current version of `stream`, 0 when it has no events.
+    fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
+        let raw = self
+            .streams
+            .get(stream.as_bytes())
+            .map_err(storage(format_args!(
+                "reading version of stream {stream:?}"
+            )))?;
+        match raw {
+            None => Ok(0),
+            Some(v) => decode_u64(&v)
+                .ok_or_else(|| corrupt(0, format!("version of stream {stream:?} is not a u64"))),
+        }
+    }
+
+    /// Position of the last event, 0 when the log is empty.
+    fn last_position(&self) -> Result<u64, StoreError> {
+        let raw = self
+            .meta
+            .get(META_LAST_POSITION)
+            .map_err(storage("reading meta last_position"))?;
+        match raw {
+            None => Ok(0),
+            Some(v) => decode_u64(&v).ok_or_else(|| corrupt(0, "meta last_position is not a u64")),
+        }
+    }
+
+    /// Instant of the last event, `None` when the log is empty.
+    fn last_instant(&self) -> Result<Option<Instant>, StoreError> {
+        let raw = self
+            .meta
+            .get(META_LAST_INSTANT)
+            .map_err(storage("reading meta last_instant"))?;
+        raw.map(|v| decode_instant(&v)).transpose()
+    }
+
+    /// The record stored under `command_id`, if any.
+    fn command(&self, command_id: &str) -> Result<Option<CommandRecord>, StoreError> {
+        let raw = self
+            .commands
+            .get(command_id.as_bytes())
+            .map_err(storage(format_args!("reading command {command_id:?}")))?;
+        raw.map(|v| decode_command(command_id.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Full scan of the log. Checks checksums, gapless positions, gapless
+    /// per-stream versions matching `stream_index` and `streams`, non-decreasing
+    /// instants, `meta`, and that command records decode and point inside the log.
+    /// Fails with the first bad position.
+    fn verify(&self) -> Result<VerifyReport, StoreError> {
+        // stream -> (version, position of its last event)
+        let mut streams: HashMap<String, (u64, u64)> = HashMap::new();
+        let mut last_instant: Option<Instant> = None;
+        let mut count = 0u64;
+        for env in self.read_all(1) {
+            let env = env?;
+            let position = env.position;
+            count = position;
+            if let Some(last) = last_instant {
+                if env.at < last {
+                    return Err(corrupt(
+                        position,
+                        format!(
+                            "instant {} is earlier than the previous event's {}",
+                            env.at.to_rfc3339(),
+                            last.to_rfc3339()
+                        ),
+                    ));
+                }
+            }
+            last_instant = Some(env.at);
+            let entry = streams.entry(env.stream.clone()).or_insert((0, 0));
+            if env.version != entry.0 + 1 {
+                return Err(corrupt(
+                    position,
+                    format!(
+                        "stream {:?} version {} follows version {}",
+                        env.stream, env.version, entry.0
+                    ),
+                ));
+            }
+            *entry = (env.version, position);
+            let indexed = self
+                .stream_index
+                .get(index_key(&env.stream, env.version))
+                .map_err(storage(format_args!(
+                    "reading stream index for position {position}"
+                )))?;
+            if indexed.as_deref().and_then(decode_u64) != Some(position) {
+                return Err(corrupt(
+                    position,
+                    format!(
+                        "stream_index entry for {:?} version {} does not point here",
+                        env.stream, env.version
+                    ),
+                ));
+            }
+        }
+
+        let index_entries = self.stream_index.len() as u64;
+        if index_entries != count {
+            return Err(corrupt(
+                count,
+                format!("stream_index has {index_entries} entries for {count} events"),
+            ));
+        }
+        let mut stream_count = 0u64;
+        for entry in self.streams.iter() {
+            let (key, value) = entry.map_err(storage("scanning streams tree"))?;
+            let name = String::from_utf8_lossy(&key).into_owned();
+            let (version, at) = streams.get(&name).copied().unwrap_or((0, 0));
+            if decode_u64(&value) != Some(version) {
+                return Err(corrupt(
+                    at,
+                    format!("streams tree version of {name:?} disagrees with its {version} events"),
+                ));
+            }
+            stream_count += 1;
+        }
+        if stream_count != streams.len() as u64 {
+            return Err(corrupt(
+                count,
+                format!(
+                    "streams tree lists {stream_count} streams, the log has {}",
+                    streams.len()
+                ),
+            ));
+        }
+        let meta_position = self.last_position()?;
+        if meta_position != count {
+            return Err(corrupt(
+                count,
+                format!("meta last_position is {meta_position} but the log ends at {count}"),
+            ));
+        }
+        if self.last_instant()? != last_instant {
+            return Err(corrupt(
+                count,
+                "meta last_instant disagrees with the last event",
+            ));
+        }
+
+        let mut commands = 0u64;
+        for entry in self.commands.iter() {
+            let (key, value) = entry.map_err(storage("scanning commands tree"))?;
+            let record = decode_command(&key, &value)?;
+            for p in [record.first_position, record.last_position]
+                .into_iter()
+                .flatten()
+            {
+                if p == 0 || p > count {
+                    return Err(corrupt(
+                        0,
+                        format!(
+                            "command {:?} points at position {p}, outside the log",
+                            String::from_utf8_lossy(&key)
+                        ),
+                    ));
+                }
+            }
+            commands += 1;
+        }
+        Ok(VerifyReport {
+            events: count,
+            streams: stream_count,
+            commands,
+        })
+    }
+}
+
+fn tx_u64(tree: &TransactionalTree, key: &[u8], what: impl FnOnce() -> String) -> TxResult<u64> {
+    match tree.get(key)? {
+        None => Ok(0),
+        Some(v) => match decode_u64(&v) {
+            Some(n) => Ok(n),
+            None => abort(corrupt(0, format!("{} is not a u64", what()))),
+        },
+    }
+}
+
+fn apply_in_tx(
+    req: &AppendRequest,
+    events: &TransactionalTree,
+    streams: &TransactionalTree,
+    index: &TransactionalTree,
+    commands: &TransactionalTree,
+    meta: &TransactionalTree,
+) -> TxResult<AppendOutcome> {
+    if let Some(id) = &req.command_id {
+        if let Some(raw) = commands.get(id.as_bytes())? {
+            return match decode_command(id.as_bytes(), &raw) {
+                Ok(record) => Ok(AppendOutcome::Duplicate(record)),
+                Err(e) => abort(e),
+            };
+        }
+    }
+
+    for (stream, expected) in &req.expected {
+        let actual = tx_u64(streams, stream.as_bytes(), || {
+            format!("version of stream {stream:?}")
+        })?;
+        if !expected.accepts(actual) {
+            return abort(StoreError::Conflict {
+                stream: stream.clone(),
+                expected: *expected,
+                actual,
+            });
+        }
+    }
+
+    let mut last_instant = match meta.get(META_LAST_INSTANT)? {
+        None => None,
+        Some(raw) => match decode_instant(&raw) {
+            Ok(i) => Some(i),
+            Err(e) => return abort(e),
+        },
+    };
+    for event in &req.events {
+        if let Some(last) = last_instant {
+            if event.at < last {
+                return abort(StoreError::OutOfOrder { at: event.at, last });
+            }
+        }
+        last_instant = Some(event.at);
+    }
+
+    let last_position = tx_u64(meta, META_LAST_POSITION, || {
+        "meta last_position".to_string()
+    })?;
+    let mut position = last_position;
+    let mut versions: HashMap<&str, u64> = HashMap::new();
+    for event in &req.events {
+        let version = match versions.get(event.stream.as_str()) {
+            Some(v) => *v,
+            None => tx_u64(streams, event.stream.as_bytes(), || {
+                format!("version of stream {:?}", event.stream)
+            })?,
+        } + 1;
+        versions.insert(&event.stream, version);
+        position += 1;
+        let env = Envelope {
+            position,
+            stream: event.stream.clone(),
+            version,
+            event_type: event.event_type.clone(),
+            schema_version: event.schema_version,
+            at: event.at,
+            command_id: req.command_id.clone(),
+            payload: event.payload.clone(),
+        };
+        let value = match encode_event(&env) {
+            Ok(v) => v,
+            Err(e) => return abort(e),
+        };
+        events.insert(&position.to_be_bytes()[..], value)?;
+        index.insert(
+            index_key(&event.stream, version),
+            &position.to_be_bytes()[..],
+        )?;
+    }
+    for (stream, version) in &versions {
+        streams.insert(stream.as_bytes(), &version.to_be_bytes()[..])?;
+    }
+    if position != last_position {
+        meta.insert(META_LAST_POSITION, &position.to_be_bytes()[..])?;
+    }
+    if let (Some(instant), false) = (last_instant, req.events.is_empty()) {
+        meta.insert(META_LAST_INSTANT, instant.to_rfc3339().as_bytes())?;
+    }
+
+    let record = if req.events.is_empty() {
+        CommandRecord {
+            first_position: None,
+            last_position: None,
+            outcome: req.outcome.clone(),
+        }
+    } else {
+        CommandRecord {
+            first_position: Some(last_position + 1),
+            last_position: Some(position),
+            outcome: req.outcome.clone(),
+        }
+    };
+    if let Some(id) = &req.command_id {
+        let json = match serde_json::to_vec(&record) {
+            Ok(j) => j,
+            Err(e) => {
+                return abort(StoreError::Encode {
+                    context: format!("serializing record of command {id:?}"),
+                    source: e.into(),
+                })
+            }
+        };
+        commands.insert(id.as_bytes(), json)?;
+    }
+    Ok(AppendOutcome::Appended(record))
+}
