@@ -27,7 +27,7 @@ impl Lcg {
 }
 
 fn instant(seconds: u64) -> String {
-    let base = chrono::DateTime::parse_from_rfc3339("2023-01-01T00:00:00+08:00").unwrap();
+    let base = poolbill_testkit::t("2023-01-01T00:00:00+08:00");
     (base + chrono::Duration::seconds(seconds as i64)).to_rfc3339()
 }
 

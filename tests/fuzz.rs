@@ -17,9 +17,9 @@
 //! No failure files are written; a failure prints the mutated input (clipped when huge) and the
 //! mutation list that produced it. `FUZZ_STATS=1 … -- --nocapture` prints what each case reached.
 //!
-//! The product bugs these properties found (see `KnownBug`: a late command re-run at the clock's
-//! instant, a log cut short read without error, an unbounded scenario span, unnamed error paths)
-//! are fixed; each has a regression test of its own below, and the properties let none through.
+//! The product bugs these properties found (a late command re-run at the clock's instant, a log
+//! cut short read without error, an unbounded scenario span, unnamed error paths) are fixed;
+//! each has a regression test of its own below, and the properties let none through.
 
 mod common;
 
@@ -66,26 +66,6 @@ fn config(cases: u32) -> ProptestConfig {
         max_shrink_time: 30_000,
         ..ProptestConfig::default()
     }
-}
-
-/// Product bugs already reported, each with its own failing `known_bug_*` test.
-#[derive(Clone, Copy, Debug)]
-enum KnownBug {
-    /// A top-level field named "" is refused with an empty error path (`: unknown field`).
-    EmptyTopLevelKeyPath,
-    /// Top-level `until` and `name` errors have the paths `.until` and `.name`.
-    LeadingDotPath,
-    /// A log that lost its last whole line(s) is read without error.
-    TruncatedLogAccepted,
-    /// A command refused as late (R1) is recorded at the clock's instant, and re-running the log
-    /// (audit, what-if) decides it again there and accepts it.
-    RerunAcceptsLateCommand,
-}
-
-/// Every bug listed has since been fixed (each `known_bug_*` test now checks the fix): the
-/// properties let none of them through.
-fn known(_bug: KnownBug) -> bool {
-    false
 }
 
 /// With `FUZZ_STATS=1`, one line per case on stderr (what the generators reach; `--nocapture`).
@@ -730,15 +710,9 @@ impl ScenarioCase {
 /// The path rules every scenario error keeps: non-empty, no stray leading dot.
 fn check_error_path(e: &ScenarioError) -> Result<(), String> {
     if e.path.is_empty() {
-        if e.message.starts_with("unknown field") && known(KnownBug::EmptyTopLevelKeyPath) {
-            return Ok(());
-        }
         return Err(format!("error with an empty path: {e:?}"));
     }
     if e.path.starts_with('.') {
-        if matches!(e.path.as_str(), ".until" | ".name") && known(KnownBug::LeadingDotPath) {
-            return Ok(());
-        }
         return Err(format!("error path starts with a dot: {e:?}"));
     }
     if e.message.is_empty() {
@@ -837,21 +811,6 @@ async fn log_agrees(engine: &Engine, document: &poolbill_projections::Document) 
     }
     let report = poolbill_replay::audit::audit(&imported, &poolbill_replay::audit::Charged { bills: Vec::new(), total: None });
     if !report.integrity.is_empty() {
-        // Is it all the late commands' doing? Re-run without them: the lines must then agree.
-        let late: Vec<Option<String>> = imported
-            .iter()
-            .filter(|e| e.event_type == "command_rejected" && e.payload["rule"] == "R1")
-            .map(|e| e.command_id.clone())
-            .collect();
-        if !late.is_empty() && known(KnownBug::RerunAcceptsLateCommand) {
-            let commands: Vec<_> = poolbill_replay::rerun::commands(&imported).into_iter().filter(|c| !late.contains(&c.id)).collect();
-            let until = imported.last().expect("a non-empty log").at;
-            let rerun = poolbill_replay::rerun::rerun(&commands, until, &Default::default());
-            let lines: Vec<_> = rerun.projections.bills.into_iter().map(|b| b.line).collect();
-            if lines == poolbill_replay::audit::recorded_lines(&imported) {
-                return Ok(());
-            }
-        }
         return Err(format!("re-running the log's commands does not give its bills: {:?}", report.integrity));
     }
     Ok(())
@@ -1022,9 +981,6 @@ fn check_log(original: &str, envelopes: &[Envelope], mutated: &str, single: bool
             Ok(())
         }
         Ok(got) if got.len() < envelopes.len() && got[..] == envelopes[..got.len()] => {
-            if known(KnownBug::TruncatedLogAccepted) {
-                return Ok(());
-            }
             Err(format!("a log missing its last {} envelope(s) was read without error", envelopes.len() - got.len()))
         }
         Ok(got) => Err(format!(
@@ -1274,7 +1230,7 @@ fn gen_command() -> impl Strategy<Value = GenCommand> {
 const BASE_AT: &str = "2023-04-01T09:00:00+08:00";
 
 fn base_at() -> DateTime<FixedOffset> {
-    DateTime::parse_from_rfc3339(BASE_AT).unwrap()
+    poolbill_testkit::t(BASE_AT)
 }
 
 /// Instants for `at` that are not valid (or are extreme but cheap to run: never far ahead).
@@ -1625,14 +1581,13 @@ fn top_level_until_and_name_errors_name_them_plainly() {
 /// an orchestrator embeds, must still refuse such an instant or store it readably.
 #[test]
 fn engine_instant_in_beijing_year_10000_leaves_a_store_that_verifies() {
-    let at = DateTime::parse_from_rfc3339("9999-12-31T20:00:00+00:00").unwrap();
+    use poolbill_testkit::cmd;
+    let at = poolbill_testkit::t("9999-12-31T20:00:00+00:00");
     let rt = runtime();
     let (opened, topped_up, verified) = rt.block_on(async {
         let engine = Engine::temporary().await.unwrap();
-        let open = Command::OpenAccount { account: "a".into(), balance: dec("100.00"), level: "standard".into(), discount: Decimal::ZERO };
-        let opened = engine.execute("open", at, open, None).await.map(|e| e.outcome).map_err(|e| e.to_string());
-        let top_up = Command::TopUp { account: "a".into(), amount: dec("1.00") };
-        let topped_up = engine.execute("top-up", at, top_up, None).await.map(|e| e.outcome).map_err(|e| e.to_string());
+        let opened = engine.execute("open", at, cmd::open_account("a", "100.00"), None).await.map(|e| e.outcome).map_err(|e| e.to_string());
+        let topped_up = engine.execute("top-up", at, cmd::top_up("a", "1.00"), None).await.map(|e| e.outcome).map_err(|e| e.to_string());
         (opened, topped_up, engine.store().verify().map(|_| ()).map_err(|e| e.to_string()))
     });
     rt.shutdown_background();
@@ -1699,14 +1654,12 @@ fn a_scenario_spanning_centuries_is_refused_naming_until() {
 /// and its commands give 3".
 #[test]
 fn a_command_refused_as_late_is_refused_again_when_re_run() {
-    let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap();
+    use poolbill_testkit::{cmd, t};
     let rt = runtime();
     let (late, envelopes) = rt.block_on(async {
         let engine = Engine::temporary().await.unwrap();
-        let price = poolbill_domain::Price { hourly: Some(dec("3.50")), monthly: None, yearly: None };
-        engine.execute("p", t("2023-04-01T09:00:00+08:00"), Command::SetPrice { spec: "c".into(), price }, None).await.unwrap();
-        let open = Command::OpenAccount { account: "a".into(), balance: dec("100.00"), level: "standard".into(), discount: Decimal::ZERO };
-        engine.execute("a", t("2023-04-01T09:00:00+08:00"), open, None).await.unwrap();
+        engine.execute("p", t("2023-04-01T09:00:00+08:00"), cmd::price("c", Some("3.50"), None, None), None).await.unwrap();
+        engine.execute("a", t("2023-04-01T09:00:00+08:00"), cmd::open_account("a", "100.00"), None).await.unwrap();
         let (_, purchase) = poolbill_scenario::command(
             &json!({"at": "2023-04-01T08:00:00+08:00", "type": "purchase", "account": "a", "pool": "p1", "spec": "c", "nodes": 1,
                     "mode": "on_demand", "ready": true}),
@@ -1714,8 +1667,7 @@ fn a_command_refused_as_late_is_refused_again_when_re_run() {
         )
         .unwrap();
         let late = engine.execute("late", t("2023-04-01T08:00:00+08:00"), purchase, None).await.unwrap();
-        let top_up = Command::TopUp { account: "a".into(), amount: dec("1.00") };
-        engine.execute("t", t("2023-04-01T12:00:00+08:00"), top_up, None).await.unwrap();
+        engine.execute("t", t("2023-04-01T12:00:00+08:00"), cmd::top_up("a", "1.00"), None).await.unwrap();
         let envelopes: Vec<Envelope> = engine.store().read_all(1).collect::<Result<_, _>>().unwrap();
         (late, envelopes)
     });

@@ -37,7 +37,7 @@
 //! 9. `transitions_on_time` (R4, R6–R8, R12, R13): expiry, freezing, release, warnings,
 //!    auto-renewal attempts, arrears steps, settlements and package expiry come at their instants.
 
-use chrono::{DateTime, Duration};
+use chrono::Duration;
 use poolbill_domain::money::trunc8;
 use poolbill_domain::time::{at_three_am, beijing_at, beijing_date, hour_floor, next_hour, to_beijing};
 use poolbill_domain::{
@@ -97,13 +97,7 @@ const PACKAGES: [&str; 2] = ["k1", "k2"];
 const TAIL_STREAM: u64 = 0xA5A5_5A5A_0BAD_F00D;
 const CHECK_STREAM: u64 = 0x1234_5678_9ABC_DEF1;
 
-fn dec(s: &str) -> Decimal {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
-
-fn instant(s: &str) -> Instant {
-    DateTime::parse_from_rfc3339(s).unwrap_or_else(|e| panic!("{s}: {e}"))
-}
+use poolbill_testkit::{d as dec, t as instant};
 
 fn start_instant() -> Instant {
     instant("2023-04-01T00:00:00+08:00")

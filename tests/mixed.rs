@@ -164,7 +164,7 @@ fn time_travel_is_right_on_both_sides_of_every_transition() {
         ]
     );
     // The whole log as of `until` is the run's own document.
-    let until = DateTime::parse_from_rfc3339("2023-05-10T00:00:00+08:00").unwrap();
+    let until = poolbill_testkit::t("2023-05-10T00:00:00+08:00");
     assert_eq!(as_of.at(until), &full);
 }
 

@@ -100,12 +100,9 @@ pub fn fmt_cents(d: Decimal) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::DateTime;
     use rust_decimal_macros::dec;
 
-    fn t(s: &str) -> Instant {
-        DateTime::parse_from_rfc3339(s).unwrap()
-    }
+    use poolbill_testkit::t;
 
     #[test]
     fn r2_line_amounts_from_the_seeds() {

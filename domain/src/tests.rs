@@ -2,16 +2,13 @@
 //! passing an instant), then events or a rejection naming its rule.
 
 use crate::*;
-use chrono::DateTime;
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 
 const SPEC: &str = "modelarts.vm.cpu.8ud";
 const BIG: &str = "modelarts.vm.cpu.16ud";
 
-fn t(s: &str) -> Instant {
-    DateTime::parse_from_rfc3339(s).unwrap()
-}
+use poolbill_testkit::t;
 
 /// A world with the seed's prices and one account.
 struct World {
@@ -40,12 +37,20 @@ impl World {
     }
 
     /// When `command` at `at`, then refused under `rule`, and nothing changes.
+    /// The refusal's records (`command_received`, `command_rejected`) are applied as the engine
+    /// applies them, and must change nothing but the clock.
     fn refused(&mut self, at: Instant, command: Command, rule: Rule) -> Rejection {
         self.advance(at);
-        let before = self.state.clone();
-        let rejection = decide(&self.state, &command, at).expect_err("should be refused");
+        let handled = handle(&self.state, &command, at, None);
+        let rejection = handled.rejection.clone().expect("should be refused");
         assert_eq!(rejection.rule, rule, "{command:?}: {rejection}");
-        assert_eq!(self.state, before);
+        let mut after = self.state.clone();
+        for e in &handled.events {
+            after.apply(e, handled.at);
+        }
+        let mut before = self.state.clone();
+        before.clock = after.clock;
+        assert_eq!(after, before, "{command:?}: its refusal changed the state");
         rejection
     }
 

@@ -119,9 +119,7 @@ pub fn days(n: u32) -> Duration {
 mod tests {
     use super::*;
 
-    fn t(s: &str) -> Instant {
-        DateTime::parse_from_rfc3339(s).unwrap()
-    }
+    use poolbill_testkit::t;
     fn d(y: i32, m: u32, day: u32) -> NaiveDate {
         NaiveDate::from_ymd_opt(y, m, day).unwrap()
     }

@@ -2,9 +2,7 @@ use super::*;
 use serde_json::json;
 use std::collections::HashSet;
 
-fn ts(s: &str) -> Instant {
-    chrono::DateTime::parse_from_rfc3339(s).expect("test instant")
-}
+use poolbill_testkit::t as ts;
 
 fn ev(stream: &str, event_type: &str, at: &str, payload: serde_json::Value) -> NewEvent {
     NewEvent {
