@@ -1,4 +1,4 @@
-//! State: what decisions need to know, built by `evolve` from events alone.
+//! State: what decisions need to know, built by `State::apply` from events alone.
 
 use crate::command::JobKind;
 use crate::event::Event;
@@ -285,12 +285,6 @@ impl Meter {
     fn is_idle(&self) -> bool {
         self.closed.is_empty() && self.open.is_none()
     }
-}
-
-/// `evolve(State, &Event) -> State`, with the instant the event happened at.
-pub fn evolve(mut state: State, event: &Event, at: Instant) -> State {
-    state.apply(event, at);
-    state
 }
 
 /// What a new meter is for.

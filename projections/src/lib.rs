@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 /// Everything derived from a log prefix.
 #[derive(Clone, Debug, Default)]
 pub struct Projections {
-    /// The domain state (resources, accounts, catalog), by the same `evolve` that decisions use.
+    /// The domain state (resources, accounts, catalog), by the same `State::apply` that decisions use.
     pub state: State,
     /// Flow bills (R5) in log order.
     pub bills: Vec<FlowBill>,
