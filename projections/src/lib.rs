@@ -118,7 +118,7 @@ impl Projections {
                 Basis::Package { node_seconds, .. } => entry.usage_hours += Decimal::from(*node_seconds) / Decimal::from(3600),
                 _ => {}
             }
-            entry.amounts = entry.amounts.add(line.amounts);
+            entry.amounts = entry.amounts + line.amounts;
             entry.lines += 1;
         }
         groups.into_values().collect()

@@ -139,9 +139,12 @@ pub fn parse(text: &str) -> Result<Scenario> {
     Ok(Scenario { name, catalog, policy, accounts, commands, until })
 }
 
+/// What a policy file sets: the policy (if `levels` is given) and prices by spec.
+pub type PolicyFile = (Option<Policy>, Vec<(String, Price)>);
+
 /// A policy file (scenario-format.md: the `policy` object saved alone, `{"levels": …}`), which
 /// may also carry a `catalog` like a scenario's: the terms of a what-if replay.
-pub fn parse_policy_file(text: &str) -> Result<(Option<Policy>, Vec<(String, Price)>)> {
+pub fn parse_policy_file(text: &str) -> Result<PolicyFile> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| ScenarioError { path: "(file)".into(), message: format!("not valid JSON at line {} column {}: {e}", e.line(), e.column()) })?;
     let top = object(&value, "(file)")?;

@@ -184,6 +184,10 @@ pub enum StoreError {
     Internal(&'static str),
 }
 
+/// What [`Store::append_chain`] did: the outcomes of the applied prefix and, if a request
+/// failed, its index in the chain and its error.
+pub type ChainOutcome = (Vec<AppendOutcome>, Option<(usize, StoreError)>);
+
 /// A cause kept inside a [`StoreError`]: shared, so that the error stays `Clone` (a failed
 /// write answers every request of its batch), and compared by kind of error and message.
 #[derive(Debug)]
@@ -474,7 +478,7 @@ impl Store {
     pub fn append_chain(
         &self,
         reqs: Vec<AppendRequest>,
-    ) -> Result<(Vec<AppendOutcome>, Option<(usize, StoreError)>), StoreError> {
+    ) -> Result<ChainOutcome, StoreError> {
         let mut applied = Vec::with_capacity(reqs.len());
         let mut failed = None;
         for (i, req) in reqs.iter().enumerate() {
