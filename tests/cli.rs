@@ -166,3 +166,38 @@ fn diagnostics_go_to_stderr_by_verbosity_or_rust_log_never_into_the_json() {
     assert!(text(&out.stderr).contains("replay{upto=All}"), "{}", text(&out.stderr));
     serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("stdout is the document alone");
 }
+
+const HELP_BEGIN: &str = "<!-- help:begin: generated from the binary's help by `UPDATE_README=1 cargo test --test cli readme` -->";
+const HELP_END: &str = "<!-- help:end -->";
+
+/// The README's command-line section, from the binary's own help.
+fn help_section() -> String {
+    let mut section = format!("{HELP_BEGIN}\n");
+    let tools: Vec<&str> = TOOLS.iter().map(|(tool, _)| *tool).collect();
+    for args in std::iter::once(vec!["--help"]).chain(tools.iter().map(|tool| vec![*tool, "--help"])) {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        section.push_str(&format!("\n```text\n$ poolbill {}\n{}\n```\n", args.join(" "), text(&out.stdout).trim_end()));
+    }
+    section.push('\n');
+    section.push_str(HELP_END);
+    section
+}
+
+/// The README's help blocks are the binary's help, word for word (`UPDATE_README=1` rewrites
+/// them).
+#[test]
+fn readme_shows_the_real_help() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let (Some(begin), Some(end)) = (readme.find(HELP_BEGIN), readme.find(HELP_END)) else {
+        panic!("README.md has no generated help section ({HELP_BEGIN} … {HELP_END})");
+    };
+    let current = &readme[begin..end + HELP_END.len()];
+    let wanted = help_section();
+    if std::env::var("UPDATE_README").is_ok_and(|v| v == "1") {
+        std::fs::write(&path, readme.replacen(current, &wanted, 1)).unwrap();
+    } else {
+        assert!(current == wanted, "README.md's help differs from the binary's: UPDATE_README=1 cargo test --test cli readme");
+    }
+}

@@ -17,9 +17,9 @@
 //! No failure files are written; a failure prints the mutated input (clipped when huge) and the
 //! mutation list that produced it. `FUZZ_STATS=1 … -- --nocapture` prints what each case reached.
 //!
-//! The product bugs these properties found (see `KnownBug`: a late command re-run at the clock's
-//! instant, a log cut short read without error, an unbounded scenario span, unnamed error paths)
-//! are fixed; each has a regression test of its own below, and the properties let none through.
+//! The product bugs these properties found (a late command re-run at the clock's instant, a log
+//! cut short read without error, an unbounded scenario span, unnamed error paths) are fixed;
+//! each has a regression test of its own below, and the properties let none through.
 
 mod common;
 
@@ -66,26 +66,6 @@ fn config(cases: u32) -> ProptestConfig {
         max_shrink_time: 30_000,
         ..ProptestConfig::default()
     }
-}
-
-/// Product bugs already reported, each with its own failing `known_bug_*` test.
-#[derive(Clone, Copy, Debug)]
-enum KnownBug {
-    /// A top-level field named "" is refused with an empty error path (`: unknown field`).
-    EmptyTopLevelKeyPath,
-    /// Top-level `until` and `name` errors have the paths `.until` and `.name`.
-    LeadingDotPath,
-    /// A log that lost its last whole line(s) is read without error.
-    TruncatedLogAccepted,
-    /// A command refused as late (R1) is recorded at the clock's instant, and re-running the log
-    /// (audit, what-if) decides it again there and accepts it.
-    RerunAcceptsLateCommand,
-}
-
-/// Every bug listed has since been fixed (each `known_bug_*` test now checks the fix): the
-/// properties let none of them through.
-fn known(_bug: KnownBug) -> bool {
-    false
 }
 
 /// With `FUZZ_STATS=1`, one line per case on stderr (what the generators reach; `--nocapture`).
@@ -239,18 +219,73 @@ fn interesting_values() -> &'static Vec<Value> {
         let mut v: Vec<Value> = Vec::new();
         // Numbers: zero, negative, huge, fractional, just inside and outside the bounds.
         for text in [
-            "0", "-1", "1", "2", "3", "7", "8", "28", "29", "1200", "1201", "100000", "100001", "4294967296",
-            "1099511627776", "9223372036854775808", "18446744073709551616", "1e308", "-1e308", "0.5", "1.0", "-0.0",
-            "1e3", "36500", "36501", "1000000",
+            "0",
+            "-1",
+            "1",
+            "2",
+            "3",
+            "7",
+            "8",
+            "28",
+            "29",
+            "1200",
+            "1201",
+            "100000",
+            "100001",
+            "4294967296",
+            "1099511627776",
+            "9223372036854775808",
+            "18446744073709551616",
+            "1e308",
+            "-1e308",
+            "0.5",
+            "1.0",
+            "-0.0",
+            "1e3",
+            "36500",
+            "36501",
+            "1000000",
         ] {
             v.push(serde_json::from_str(text).expect(text));
         }
         // Money strings, valid and almost valid.
         for text in [
-            "1,000.00", "1e3", " 1.00", "1.00 ", "1.0.0", "١٢٣", "10^30", "1000000000000000000000000000000", "-0.00",
-            "0.000000001", "0", "0.00", "1.00", "3.50", "1750.00", "100000.00", "1000000000000", "1000000000000.01",
-            "-1.00", "+1.00", "1.", ".", ".5", "00.10", "0.99999999", "1.000000000", "79228162514264337593543950335",
-            "99999999999999999999999999999999", "0x10", "NaN", "inf", "1_000", "-", "--1", "0.10", "１",
+            "1,000.00",
+            "1e3",
+            " 1.00",
+            "1.00 ",
+            "1.0.0",
+            "١٢٣",
+            "10^30",
+            "1000000000000000000000000000000",
+            "-0.00",
+            "0.000000001",
+            "0",
+            "0.00",
+            "1.00",
+            "3.50",
+            "1750.00",
+            "100000.00",
+            "1000000000000",
+            "1000000000000.01",
+            "-1.00",
+            "+1.00",
+            "1.",
+            ".",
+            ".5",
+            "00.10",
+            "0.99999999",
+            "1.000000000",
+            "79228162514264337593543950335",
+            "99999999999999999999999999999999",
+            "0x10",
+            "NaN",
+            "inf",
+            "1_000",
+            "-",
+            "--1",
+            "0.10",
+            "１",
         ] {
             v.push(json!(text));
         }
@@ -285,8 +320,28 @@ fn interesting_values() -> &'static Vec<Value> {
         }
         // Identifiers: empty, blank, unicode, control characters, long, existing ones.
         for text in [
-            "", " ", "\t", "acct-1", "acct-2", "pool-1", "pool-2", "acct-a", "acct-b", "sub-a", "a\u{0}b", "a\u{7}", "a\nb",
-            "账户-1", "🙂", "\u{202e}rtl", "a\u{85}b", "modelarts.vm.cpu.8ud", "cpu", "pub", "standard", "gold",
+            "",
+            " ",
+            "\t",
+            "acct-1",
+            "acct-2",
+            "pool-1",
+            "pool-2",
+            "acct-a",
+            "acct-b",
+            "sub-a",
+            "a\u{0}b",
+            "a\u{7}",
+            "a\nb",
+            "账户-1",
+            "🙂",
+            "\u{202e}rtl",
+            "a\u{85}b",
+            "modelarts.vm.cpu.8ud",
+            "cpu",
+            "pub",
+            "standard",
+            "gold",
         ] {
             v.push(json!(text));
         }
@@ -296,10 +351,36 @@ fn interesting_values() -> &'static Vec<Value> {
         v.push(json!("y".repeat(100_000)));
         // Types, modes, kinds.
         for text in [
-            "purchase", "scale", "renew", "top_up", "convert", "delete", "ready", "unsubscribe", "set_auto_renew",
-            "buy_package", "start_job", "stop_job", "delete_job", "open_account", "set_price", "set_policy", "advance",
-            "buy_everything", "PURCHASE", "on_demand", "monthly", "yearly", "weekly", "training", "notebook", "service",
-            "workflow", "auto_learning", "public", "dedicated",
+            "purchase",
+            "scale",
+            "renew",
+            "top_up",
+            "convert",
+            "delete",
+            "ready",
+            "unsubscribe",
+            "set_auto_renew",
+            "buy_package",
+            "start_job",
+            "stop_job",
+            "delete_job",
+            "open_account",
+            "set_price",
+            "set_policy",
+            "advance",
+            "buy_everything",
+            "PURCHASE",
+            "on_demand",
+            "monthly",
+            "yearly",
+            "weekly",
+            "training",
+            "notebook",
+            "service",
+            "workflow",
+            "auto_learning",
+            "public",
+            "dedicated",
         ] {
             v.push(json!(text));
         }
@@ -325,8 +406,30 @@ fn interesting(i: usize) -> Value {
 }
 
 const KEYS: [&str; 24] = [
-    "", "note", "comment", "ready", "region", "months", "years", "pool_type", "extra", "Type", "\u{0}", "align_day", "count",
-    "days_before", "discount", "level", "policy", "levels", "alert_below", "disk_gb", "model", "bills", "total", "erratum",
+    "",
+    "note",
+    "comment",
+    "ready",
+    "region",
+    "months",
+    "years",
+    "pool_type",
+    "extra",
+    "Type",
+    "\u{0}",
+    "align_day",
+    "count",
+    "days_before",
+    "discount",
+    "level",
+    "policy",
+    "levels",
+    "alert_below",
+    "disk_gb",
+    "model",
+    "bills",
+    "total",
+    "erratum",
 ];
 
 const NEST_DEPTHS: [usize; 6] = [1, 20, 126, 127, 128, 20_000];
@@ -486,10 +589,7 @@ fn same_kind(current: &Value, i: usize) -> Value {
     if let Value::Bool(b) = current {
         return json!(!b);
     }
-    let pool: Vec<&Value> = interesting_values()
-        .iter()
-        .filter(|v| std::mem::discriminant(*v) == std::mem::discriminant(current))
-        .collect();
+    let pool: Vec<&Value> = interesting_values().iter().filter(|v| std::mem::discriminant(*v) == std::mem::discriminant(current)).collect();
     if pool.is_empty() {
         interesting(i)
     } else {
@@ -710,7 +810,9 @@ impl ScenarioCase {
                     let whole_element = rest.is_empty() && matches!(self.edits[0].act, Act::Delete | Act::Duplicate);
                     if c == "commands" && !whole_element {
                         let exact = match (&self.edits[0].act, rest) {
-                            (Act::Replace(v), [Seg::Key(_)]) if matches!(interesting(*v), Value::Array(_) | Value::Object(_)) => Some(path_text(path)),
+                            (Act::Replace(v), [Seg::Key(_)]) if matches!(interesting(*v), Value::Array(_) | Value::Object(_)) => {
+                                Some(path_text(path))
+                            }
                             (Act::Nest(d), [Seg::Key(_)]) if NEST_DEPTHS[*d] <= 100 => Some(path_text(path)),
                             _ => None,
                         };
@@ -730,15 +832,9 @@ impl ScenarioCase {
 /// The path rules every scenario error keeps: non-empty, no stray leading dot.
 fn check_error_path(e: &ScenarioError) -> Result<(), String> {
     if e.path.is_empty() {
-        if e.message.starts_with("unknown field") && known(KnownBug::EmptyTopLevelKeyPath) {
-            return Ok(());
-        }
         return Err(format!("error with an empty path: {e:?}"));
     }
     if e.path.starts_with('.') {
-        if matches!(e.path.as_str(), ".until" | ".name") && known(KnownBug::LeadingDotPath) {
-            return Ok(());
-        }
         return Err(format!("error path starts with a dot: {e:?}"));
     }
     if e.message.is_empty() {
@@ -837,21 +933,6 @@ async fn log_agrees(engine: &Engine, document: &poolbill_projections::Document) 
     }
     let report = poolbill_replay::audit::audit(&imported, &poolbill_replay::audit::Charged { bills: Vec::new(), total: None });
     if !report.integrity.is_empty() {
-        // Is it all the late commands' doing? Re-run without them: the lines must then agree.
-        let late: Vec<Option<String>> = imported
-            .iter()
-            .filter(|e| e.event_type == "command_rejected" && e.payload["rule"] == "R1")
-            .map(|e| e.command_id.clone())
-            .collect();
-        if !late.is_empty() && known(KnownBug::RerunAcceptsLateCommand) {
-            let commands: Vec<_> = poolbill_replay::rerun::commands(&imported).into_iter().filter(|c| !late.contains(&c.id)).collect();
-            let until = imported.last().expect("a non-empty log").at;
-            let rerun = poolbill_replay::rerun::rerun(&commands, until, &Default::default());
-            let lines: Vec<_> = rerun.projections.bills.into_iter().map(|b| b.line).collect();
-            if lines == poolbill_replay::audit::recorded_lines(&imported) {
-                return Ok(());
-            }
-        }
         return Err(format!("re-running the log's commands does not give its bills: {:?}", report.integrity));
     }
     Ok(())
@@ -1022,9 +1103,6 @@ fn check_log(original: &str, envelopes: &[Envelope], mutated: &str, single: bool
             Ok(())
         }
         Ok(got) if got.len() < envelopes.len() && got[..] == envelopes[..got.len()] => {
-            if known(KnownBug::TruncatedLogAccepted) {
-                return Ok(());
-            }
             Err(format!("a log missing its last {} envelope(s) was read without error", envelopes.len() - got.len()))
         }
         Ok(got) => Err(format!(
@@ -1103,7 +1181,12 @@ struct FileCase {
 
 fn file_case() -> impl Strategy<Value = FileCase> {
     let bytes = prop_oneof![2 => Just(Vec::new()), 1 => prop::collection::vec(byte_mut_strategy(), 1..4)];
-    (any::<usize>(), prop::collection::vec(edit_strategy(), 1..4), any::<bool>(), bytes).prop_map(|(base, edits, pretty, bytes)| FileCase { base, edits, pretty, bytes })
+    (any::<usize>(), prop::collection::vec(edit_strategy(), 1..4), any::<bool>(), bytes).prop_map(|(base, edits, pretty, bytes)| FileCase {
+        base,
+        edits,
+        pretty,
+        bytes,
+    })
 }
 
 impl FileCase {
@@ -1172,8 +1255,24 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 
 const COMMAND_TYPES: [&str; 18] = [
-    "top_up", "purchase", "ready", "delete", "unsubscribe", "renew", "set_auto_renew", "convert", "scale", "buy_package",
-    "start_job", "stop_job", "delete_job", "open_account", "set_price", "advance", "buy_everything", "",
+    "top_up",
+    "purchase",
+    "ready",
+    "delete",
+    "unsubscribe",
+    "renew",
+    "set_auto_renew",
+    "convert",
+    "scale",
+    "buy_package",
+    "start_job",
+    "stop_job",
+    "delete_job",
+    "open_account",
+    "set_price",
+    "advance",
+    "buy_everything",
+    "",
 ];
 
 fn fields_of(kind: &str) -> &'static [&'static str] {
@@ -1274,7 +1373,7 @@ fn gen_command() -> impl Strategy<Value = GenCommand> {
 const BASE_AT: &str = "2023-04-01T09:00:00+08:00";
 
 fn base_at() -> DateTime<FixedOffset> {
-    DateTime::parse_from_rfc3339(BASE_AT).unwrap()
+    poolbill_testkit::t(BASE_AT)
 }
 
 /// Instants for `at` that are not valid (or are extreme but cheap to run: never far ahead).
@@ -1625,14 +1724,13 @@ fn top_level_until_and_name_errors_name_them_plainly() {
 /// an orchestrator embeds, must still refuse such an instant or store it readably.
 #[test]
 fn engine_instant_in_beijing_year_10000_leaves_a_store_that_verifies() {
-    let at = DateTime::parse_from_rfc3339("9999-12-31T20:00:00+00:00").unwrap();
+    use poolbill_testkit::cmd;
+    let at = poolbill_testkit::t("9999-12-31T20:00:00+00:00");
     let rt = runtime();
     let (opened, topped_up, verified) = rt.block_on(async {
         let engine = Engine::temporary().await.unwrap();
-        let open = Command::OpenAccount { account: "a".into(), balance: dec("100.00"), level: "standard".into(), discount: Decimal::ZERO };
-        let opened = engine.execute("open", at, open, None).await.map(|e| e.outcome).map_err(|e| e.to_string());
-        let top_up = Command::TopUp { account: "a".into(), amount: dec("1.00") };
-        let topped_up = engine.execute("top-up", at, top_up, None).await.map(|e| e.outcome).map_err(|e| e.to_string());
+        let opened = engine.execute("open", at, cmd::open_account("a", "100.00"), None).await.map(|e| e.outcome).map_err(|e| e.to_string());
+        let topped_up = engine.execute("top-up", at, cmd::top_up("a", "1.00"), None).await.map(|e| e.outcome).map_err(|e| e.to_string());
         (opened, topped_up, engine.store().verify().map(|_| ()).map_err(|e| e.to_string()))
     });
     rt.shutdown_background();
@@ -1699,14 +1797,12 @@ fn a_scenario_spanning_centuries_is_refused_naming_until() {
 /// and its commands give 3".
 #[test]
 fn a_command_refused_as_late_is_refused_again_when_re_run() {
-    let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap();
+    use poolbill_testkit::{cmd, t};
     let rt = runtime();
     let (late, envelopes) = rt.block_on(async {
         let engine = Engine::temporary().await.unwrap();
-        let price = poolbill_domain::Price { hourly: Some(dec("3.50")), monthly: None, yearly: None };
-        engine.execute("p", t("2023-04-01T09:00:00+08:00"), Command::SetPrice { spec: "c".into(), price }, None).await.unwrap();
-        let open = Command::OpenAccount { account: "a".into(), balance: dec("100.00"), level: "standard".into(), discount: Decimal::ZERO };
-        engine.execute("a", t("2023-04-01T09:00:00+08:00"), open, None).await.unwrap();
+        engine.execute("p", t("2023-04-01T09:00:00+08:00"), cmd::price("c", Some("3.50"), None, None), None).await.unwrap();
+        engine.execute("a", t("2023-04-01T09:00:00+08:00"), cmd::open_account("a", "100.00"), None).await.unwrap();
         let (_, purchase) = poolbill_scenario::command(
             &json!({"at": "2023-04-01T08:00:00+08:00", "type": "purchase", "account": "a", "pool": "p1", "spec": "c", "nodes": 1,
                     "mode": "on_demand", "ready": true}),
@@ -1714,8 +1810,7 @@ fn a_command_refused_as_late_is_refused_again_when_re_run() {
         )
         .unwrap();
         let late = engine.execute("late", t("2023-04-01T08:00:00+08:00"), purchase, None).await.unwrap();
-        let top_up = Command::TopUp { account: "a".into(), amount: dec("1.00") };
-        engine.execute("t", t("2023-04-01T12:00:00+08:00"), top_up, None).await.unwrap();
+        engine.execute("t", t("2023-04-01T12:00:00+08:00"), cmd::top_up("a", "1.00"), None).await.unwrap();
         let envelopes: Vec<Envelope> = engine.store().read_all(1).collect::<Result<_, _>>().unwrap();
         (late, envelopes)
     });

@@ -38,14 +38,12 @@
 //! 9. `transitions_on_time` (R4, R6–R8, R12, R13): expiry, freezing, release, warnings,
 //!    auto-renewal attempts, arrears steps, settlements and package expiry come at their instants.
 //! 10. `refund_within_paid` (R9, R15): a downgrade or unsubscribe never credits more than the
-//!    subscription was paid since its purchase or conversion.
+//!     subscription was paid since its purchase or conversion.
 
-use chrono::{DateTime, Duration};
+use chrono::Duration;
 use poolbill_domain::money::trunc8;
 use poolbill_domain::time::{at_three_am, beijing_at, beijing_date, hour_floor, next_hour, to_beijing};
-use poolbill_domain::{
-    Basis, BillLine, BillingMode, Command, Event, Hold, Instant, Item, JobKind, Level, Policy, PoolType, Price, State, Term,
-};
+use poolbill_domain::{Basis, BillLine, BillingMode, Command, Event, Hold, Instant, Item, JobKind, Level, Policy, PoolType, Price, State, Term};
 use poolbill_engine::Engine;
 use poolbill_projections::{Document, Projections};
 use poolbill_replay::rerun::{self, Recorded, WhatIf};
@@ -101,13 +99,7 @@ const PACKAGES: [&str; 2] = ["k1", "k2"];
 const TAIL_STREAM: u64 = 0xA5A5_5A5A_0BAD_F00D;
 const CHECK_STREAM: u64 = 0x1234_5678_9ABC_DEF1;
 
-fn dec(s: &str) -> Decimal {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
-
-fn instant(s: &str) -> Instant {
-    DateTime::parse_from_rfc3339(s).unwrap_or_else(|e| panic!("{s}: {e}"))
-}
+use poolbill_testkit::{d as dec, t as instant};
 
 fn start_instant() -> Instant {
     instant("2023-04-01T00:00:00+08:00")
@@ -422,7 +414,8 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value, path: &str) ->
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            keys.into_iter().find_map(|k| first_difference(x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), &format!("{path}.{k}")))
+            keys.into_iter()
+                .find_map(|k| first_difference(x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), &format!("{path}.{k}")))
         }
         (Value::Array(x), Value::Array(y)) => {
             for (i, (u, v)) in x.iter().zip(y).enumerate() {
@@ -551,7 +544,10 @@ fn check_incremental_equals_replay(run: &Run, f: &mut Failures) {
             }
             for (i, (a, b)) in run.envelopes.iter().zip(&imported).enumerate() {
                 if a != b || a.at.offset() != b.at.offset() {
-                    f.fail(CHECK, format!("JSON lines: envelope {} changed in the round trip:\n    {}\n    {}", a.position, lines[i], jsonl::to_line(b)));
+                    f.fail(
+                        CHECK,
+                        format!("JSON lines: envelope {} changed in the round trip:\n    {}\n    {}", a.position, lines[i], jsonl::to_line(b)),
+                    );
                 }
             }
         }
@@ -581,14 +577,8 @@ fn check_time_travel(run: &Run, f: &mut Failures) {
         "job_stopped",
     ];
     let mut rng = Rng::new(run.case.seed ^ CHECK_STREAM);
-    let transitions: Vec<Instant> = run
-        .envelopes
-        .iter()
-        .filter(|e| TRANSITIONS.contains(&e.event_type.as_str()))
-        .map(|e| e.at)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let transitions: Vec<Instant> =
+        run.envelopes.iter().filter(|e| TRANSITIONS.contains(&e.event_type.as_str())).map(|e| e.at).collect::<BTreeSet<_>>().into_iter().collect();
     let mut instants = BTreeSet::new();
     for _ in 0..3 {
         if transitions.is_empty() {
@@ -754,7 +744,10 @@ impl OnTime {
                 if let Some((end, level)) = pool_end(pool) {
                     let due = end + Duration::seconds(1) + day(level.grace_days + level.retention_days);
                     if t != due {
-                        wrong(f, format!("pool {pool} ends {}: released after {}+{} days at {}", bj(end), level.grace_days, level.retention_days, bj(due)));
+                        wrong(
+                            f,
+                            format!("pool {pool} ends {}: released after {}+{} days at {}", bj(end), level.grace_days, level.retention_days, bj(due)),
+                        );
                     }
                 }
             }
@@ -970,7 +963,14 @@ fn check_no_charge_when_not_running(run: &Run, h: &Histories, f: &mut Failures) 
                     CHECK,
                     format!(
                         "{what}: billed while {:?} {} is {} (status {}, hold {:?}, subscription {}, public {}) from {}",
-                        key.0, key.1, s.shown, s.status, s.hold, s.subscription, s.public, bj(at)
+                        key.0,
+                        key.1,
+                        s.shown,
+                        s.status,
+                        s.hold,
+                        s.subscription,
+                        s.public,
+                        bj(at)
                     ),
                 );
                 break;
@@ -980,7 +980,11 @@ fn check_no_charge_when_not_running(run: &Run, h: &Histories, f: &mut Failures) 
             if let Some((at, phase)) = phases.into_iter().find(|(_, p)| matches!(p, Some(Hold::Frozen | Hold::Released))) {
                 f.fail(
                     CHECK,
-                    format!("{what}: billed while account {} is in arrears past grace ({phase:?}) from {} (R12: frozen resources are not billed)", line.account, bj(at)),
+                    format!(
+                        "{what}: billed while account {} is in arrears past grace ({phase:?}) from {} (R12: frozen resources are not billed)",
+                        line.account,
+                        bj(at)
+                    ),
                 );
             }
         }
@@ -1184,7 +1188,10 @@ fn check_negative_only_by_settlement(run: &Run, f: &mut Failures) {
                 let payload = event.encode().1;
                 let recorded = payload.get("balance_after").or_else(|| payload.get("balance")).and_then(|v| v.as_str()).map(dec);
                 if let Some(balance) = recorded.filter(|b| *b != a.balance) {
-                    f.fail(CHECK, format!("account {account}: top-up of {amount} at {} records balance {balance}, running balance {}", bj(*at), a.balance));
+                    f.fail(
+                        CHECK,
+                        format!("account {account}: top-up of {amount} at {} records balance {balance}, running balance {}", bj(*at), a.balance),
+                    );
                 }
                 if a.arrears && a.balance >= Decimal::ZERO {
                     a.topped_to_zero_in_arrears = true;
@@ -1195,7 +1202,12 @@ fn check_negative_only_by_settlement(run: &Run, f: &mut Failures) {
                 if a.arrears || a.balance >= Decimal::ZERO || *balance != a.balance {
                     f.fail(
                         CHECK,
-                        format!("account {account}: arrears started at {} with balance {balance} (running {}, already in arrears {})", bj(*at), a.balance, a.arrears),
+                        format!(
+                            "account {account}: arrears started at {} with balance {balance} (running {}, already in arrears {})",
+                            bj(*at),
+                            a.balance,
+                            a.arrears
+                        ),
                     );
                 }
                 a.arrears = true;
@@ -1228,7 +1240,10 @@ fn check_negative_only_by_settlement(run: &Run, f: &mut Failures) {
                 if !is_usage(line) {
                     if line.amounts.payable > Decimal::ZERO {
                         if a.balance < Decimal::ZERO {
-                            f.fail(CHECK, format!("{what}: an order left the balance negative (R12: fees are refused when the balance cannot cover them)"));
+                            f.fail(
+                                CHECK,
+                                format!("{what}: an order left the balance negative (R12: fees are refused when the balance cannot cover them)"),
+                            );
                         }
                         if a.arrears {
                             f.fail(CHECK, format!("{what}: an order paid while the account is in arrears (R12)"));
@@ -1410,7 +1425,10 @@ fn regression_arrears_and_auto_renew() {
         "auto_renew_refused_in_arrears",
         "storage_billed",
     ] {
-        assert!(seen.contains(wanted), "seed={REGRESSION_SEED} length={REGRESSION_LEN} no longer exercises {wanted} (did the generator change?); seen {seen:?}");
+        assert!(
+            seen.contains(wanted),
+            "seed={REGRESSION_SEED} length={REGRESSION_LEN} no longer exercises {wanted} (did the generator change?); seen {seen:?}"
+        );
     }
     assert!(failures.is_empty(), "{}", failures.report());
 }

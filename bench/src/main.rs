@@ -59,7 +59,8 @@ fn parse(args: &[String]) -> Result<(Parsed, Vec<String>), String> {
     let mut preset = "region".to_string();
     let mut seed = 20261123u64;
     let mut sizes: Vec<(String, u32)> = Vec::new();
-    let mut parsed = Parsed { params: Params::preset("small", 0).expect("a preset"), out: None, only: Vec::new(), poolbill: None, seconds: 2.0, keep: false };
+    let mut parsed =
+        Parsed { params: Params::preset("small", 0).expect("a preset"), out: None, only: Vec::new(), poolbill: None, seconds: 2.0, keep: false };
     let mut rest = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -117,7 +118,11 @@ fn bench(args: &[String]) -> Result<(), String> {
         None => {
             eprintln!("poolbill-bench: cargo build --release --bin poolbill");
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo).current_dir(&root).args(["build", "--release", "--bin", "poolbill"]).status().map_err(|e| format!("cargo: {e}"))?;
+            let status = Command::new(cargo)
+                .current_dir(&root)
+                .args(["build", "--release", "--bin", "poolbill"])
+                .status()
+                .map_err(|e| format!("cargo: {e}"))?;
             if !status.success() {
                 return Err("building poolbill failed".into());
             }
@@ -151,13 +156,8 @@ fn bench(args: &[String]) -> Result<(), String> {
     };
     let report = suite::run(&options)?;
     let markdown = report.markdown();
-    let mut text = format!(
-        "preset {}, seed {}, {} events; machine: {}\n\n{markdown}\n",
-        report.preset,
-        report.seed,
-        report.workload["events"],
-        report.machine
-    );
+    let mut text =
+        format!("preset {}, seed {}, {} events; machine: {}\n\n{markdown}\n", report.preset, report.seed, report.workload["events"], report.machine);
     for note in &report.notes {
         text.push_str(&format!("- {note}\n"));
     }

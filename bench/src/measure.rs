@@ -35,6 +35,7 @@ pub enum Output<'a> {
 
 /// Run `command` to its end with `stdin` as its standard input (then closed), its standard
 /// output to `out`, its standard error to `err_file`.
+#[allow(unsafe_code)] // wait4: the child's own peak memory; std has no wrapper.
 pub fn run(command: &mut Command, stdin: &[u8], out: Output<'_>, err_file: &Path) -> std::io::Result<Run> {
     let stdout = match out {
         Output::Null => Stdio::null(),
@@ -78,6 +79,7 @@ pub fn run(command: &mut Command, stdin: &[u8], out: Output<'_>, err_file: &Path
 }
 
 /// This process's own peak resident set size, bytes.
+#[allow(unsafe_code)] // getrusage: std has no wrapper.
 pub fn own_peak_rss() -> u64 {
     // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };

@@ -179,7 +179,12 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             key: "decode".into(),
             what: "JSON decode floor, Rust (baseline)".into(),
             command: format!("poolbill-bench decode {} (serde_json::Value per line)", rel(&paths.log)),
-            value: format!("{} ({} events/s; {} charged lines)", seconds(parse), grouped(lines as f64 / parse), grouped(floor["charged"].as_f64().unwrap_or(0.0))),
+            value: format!(
+                "{} ({} events/s; {} charged lines)",
+                seconds(parse),
+                grouped(lines as f64 / parse),
+                grouped(floor["charged"].as_f64().unwrap_or(0.0))
+            ),
             peak_rss: Some(r.peak_rss),
             baseline: String::new(),
             checks: vec![],
@@ -259,7 +264,10 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             value: format!("{} ({} events/s)", seconds(secs(&r)), grouped(rate)),
             peak_rss: Some(r.peak_rss),
             baseline: facts.rust_floor.map(|f| format!("Rust parse of its log {}", seconds(f))).unwrap_or_default(),
-            checks: vec![Check::at_least("rate", rate, REPLAY_STORE_RATE, "events/s"), Check::at_most("memory", r.peak_rss as f64, MEMORY_LIMIT, "B")],
+            checks: vec![
+                Check::at_least("rate", rate, REPLAY_STORE_RATE, "events/s"),
+                Check::at_most("memory", r.peak_rss as f64, MEMORY_LIMIT, "B"),
+            ],
             numbers: numbers(&r, json!({"events": n, "events_per_s": rate})),
         });
     }
@@ -275,7 +283,14 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         if !opts.keep {
             let _ = std::fs::remove_file(&doc);
         }
-        figures.push(point_query("at", "time travel: the whole document as of mid-history", format!("poolbill replay {} --at {mid} --format json", rel(&paths.log)), &r, json!({"events_by_then": n}), &facts));
+        figures.push(point_query(
+            "at",
+            "time travel: the whole document as of mid-history",
+            format!("poolbill replay {} --at {mid} --format json", rel(&paths.log)),
+            &r,
+            json!({"events_by_then": n}),
+            &facts,
+        ));
     }
 
     if selected("explain") {
@@ -284,7 +299,14 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         let mut cmd = Command::new(&opts.poolbill);
         cmd.arg("explain").arg(&paths.log).args(["--resource", &resource, "--at", &mid]);
         let r = child(&mut cmd, b"", Output::Null, &opts.out, "explain")?;
-        figures.push(point_query("explain", "explain one resource at mid-history", format!("poolbill explain {} --resource {resource} --at {mid}", rel(&paths.log)), &r, json!({}), &facts));
+        figures.push(point_query(
+            "explain",
+            "explain one resource at mid-history",
+            format!("poolbill explain {} --resource {resource} --at {mid}", rel(&paths.log)),
+            &r,
+            json!({}),
+            &facts,
+        ));
     }
 
     if selected("reopen") {
@@ -504,9 +526,17 @@ fn loadavg() -> String {
 
 fn machine() -> Value {
     let rustc = Command::new("rustc").arg("--version").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    let commit = Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    let memory = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string()));
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()));
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let memory =
+        std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string()));
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()));
     json!({
         "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "cpu": cpu,

@@ -253,7 +253,10 @@ pub fn generate(p: &Params) -> Value {
             let account = account_id(rng.below(p.accounts as u64) as u32);
             let t = day(d) + Duration::seconds(rng.below(86_400) as i64);
             let stop = (t + Duration::seconds(rng.between(3_600, 6 * 3_600) as i64)).min(until);
-            push(t, json!({"type": "start_job", "account": account, "job": job, "kind": "training", "spec": PUBLIC_SPEC, "nodes": rng.between(1, 4)}));
+            push(
+                t,
+                json!({"type": "start_job", "account": account, "job": job, "kind": "training", "spec": PUBLIC_SPEC, "nodes": rng.between(1, 4)}),
+            );
             push(stop, json!({"type": "stop_job", "job": job}));
             push(stop.min(until), json!({"type": "delete_job", "job": job}));
         }

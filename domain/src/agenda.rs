@@ -73,12 +73,8 @@ fn settle_account(state: &State, account: &str, meters: &[&Meter], cycle_end: In
     // valid at a line's start covers it even if it expired since (before this settlement), so
     // every package not expired by the cycle's start is a candidate; `valid_at` decides per line.
     let cycle_start = cycle_end - Duration::hours(1);
-    let mut packages: Vec<(&Package, i64)> = state
-        .packages
-        .values()
-        .filter(|p| p.account == account && p.expires_at > cycle_start)
-        .map(|p| (p, p.remaining_node_seconds()))
-        .collect();
+    let mut packages: Vec<(&Package, i64)> =
+        state.packages.values().filter(|p| p.account == account && p.expires_at > cycle_start).map(|p| (p, p.remaining_node_seconds())).collect();
     packages.sort_by(|a, b| (a.0.expires_at, &a.0.id).cmp(&(b.0.expires_at, &b.0.id)));
 
     // Lines take from packages in the order of resource id (byte order), then start (R13):

@@ -40,8 +40,13 @@ impl Amounts {
     pub fn zero() -> Amounts {
         Amounts { list_price: Decimal::ZERO, discount: Decimal::ZERO, round_off: Decimal::ZERO, payable: Decimal::ZERO }
     }
+}
 
-    pub fn add(self, other: Amounts) -> Amounts {
+/// Sums of lines' amounts, each figure summed as is (R2 truncates lines, never their sum).
+impl std::ops::Add for Amounts {
+    type Output = Amounts;
+
+    fn add(self, other: Amounts) -> Amounts {
         Amounts {
             list_price: self.list_price + other.list_price,
             discount: self.discount + other.discount,
@@ -100,12 +105,9 @@ pub fn fmt_cents(d: Decimal) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::DateTime;
     use rust_decimal_macros::dec;
 
-    fn t(s: &str) -> Instant {
-        DateTime::parse_from_rfc3339(s).unwrap()
-    }
+    use poolbill_testkit::t;
 
     #[test]
     fn r2_line_amounts_from_the_seeds() {

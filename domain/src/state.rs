@@ -1,4 +1,4 @@
-//! State: what decisions need to know, built by `evolve` from events alone.
+//! State: what decisions need to know, built by `State::apply` from events alone.
 
 use crate::command::JobKind;
 use crate::event::Event;
@@ -299,12 +299,6 @@ impl Meter {
     fn is_idle(&self) -> bool {
         self.closed.is_empty() && self.open.is_none()
     }
-}
-
-/// `evolve(State, &Event) -> State`, with the instant the event happened at.
-pub fn evolve(mut state: State, event: &Event, at: Instant) -> State {
-    state.apply(event, at);
-    state
 }
 
 /// What a new meter is for.
@@ -664,8 +658,13 @@ impl State {
         for p in self.pools.values_mut().filter(|p| p.account == account && p.hold.is_some()) {
             if p.hold == Some(Hold::Frozen) {
                 if let Some(price) = hourly(&self.catalog, &p.spec) {
-                    let meter =
-                        MeterFor { account, resource: p.id.clone(), item: Item::Compute, public: p.pool_type == PoolType::Public, region: p.region.clone() };
+                    let meter = MeterFor {
+                        account,
+                        resource: p.id.clone(),
+                        item: Item::Compute,
+                        public: p.pool_type == PoolType::Public,
+                        region: p.region.clone(),
+                    };
                     reopen.push((meter, p.spec.clone(), p.nodes, price));
                 }
             }

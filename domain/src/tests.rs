@@ -2,16 +2,13 @@
 //! passing an instant), then events or a rejection naming its rule.
 
 use crate::*;
-use chrono::DateTime;
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 
 const SPEC: &str = "modelarts.vm.cpu.8ud";
 const BIG: &str = "modelarts.vm.cpu.16ud";
 
-fn t(s: &str) -> Instant {
-    DateTime::parse_from_rfc3339(s).unwrap()
-}
+use poolbill_testkit::t;
 
 /// A world with the seed's prices and one account.
 struct World {
@@ -40,12 +37,20 @@ impl World {
     }
 
     /// When `command` at `at`, then refused under `rule`, and nothing changes.
+    /// The refusal's records (`command_received`, `command_rejected`) are applied as the engine
+    /// applies them, and must change nothing but the clock.
     fn refused(&mut self, at: Instant, command: Command, rule: Rule) -> Rejection {
         self.advance(at);
-        let before = self.state.clone();
-        let rejection = decide(&self.state, &command, at).expect_err("should be refused");
+        let handled = handle(&self.state, &command, at, None);
+        let rejection = handled.rejection.clone().expect("should be refused");
         assert_eq!(rejection.rule, rule, "{command:?}: {rejection}");
-        assert_eq!(self.state, before);
+        let mut after = self.state.clone();
+        for e in &handled.events {
+            after.apply(e, handled.at);
+        }
+        let mut before = self.state.clone();
+        before.clock = after.clock;
+        assert_eq!(after, before, "{command:?}: its refusal changed the state");
         rejection
     }
 
@@ -328,10 +333,10 @@ fn on_demand_two_cycles_seed_1_3() {
     let got: Vec<(Instant, Decimal)> = lines(&happened).iter().map(|l| (l.start, l.amounts.payable)).collect();
     assert_eq!(got, vec![(t("2023-04-18T09:59:30+08:00"), dec!(0.02)), (t("2023-04-18T10:00:00+08:00"), dec!(2.66))]);
     // Settled at each cycle's end, even after deletion (R16).
-    assert_eq!(happened.iter().filter(|(_, e)| matches!(e, Event::Charged { .. })).map(|(at, _)| *at).collect::<Vec<_>>(), vec![
-        t("2023-04-18T10:00:00+08:00"),
-        t("2023-04-18T11:00:00+08:00")
-    ]);
+    assert_eq!(
+        happened.iter().filter(|(_, e)| matches!(e, Event::Charged { .. })).map(|(at, _)| *at).collect::<Vec<_>>(),
+        vec![t("2023-04-18T10:00:00+08:00"), t("2023-04-18T11:00:00+08:00")]
+    );
     assert_eq!(w.balance(), dec!(97.32));
     assert!(w.state.meters.is_empty(), "nothing left to bill");
     w.refused(t("2023-04-18T12:00:00+08:00"), Command::Delete { pool: "pool-1".into() }, Rule::R17);
@@ -598,7 +603,17 @@ fn package(id: &str, quantity: u32, hours: u32, valid_days: u32, alert_below: Op
 }
 
 fn priced_package(id: &str, quantity: u32, hours: u32, valid_days: u32, alert_below: Option<Decimal>, price: Decimal) -> Command {
-    Command::BuyPackage { account: "acct-1".into(), package: id.into(), spec: SPEC.into(), quantity, hours, valid_days, price, region: None, alert_below }
+    Command::BuyPackage {
+        account: "acct-1".into(),
+        package: id.into(),
+        spec: SPEC.into(),
+        quantity,
+        hours,
+        valid_days,
+        price,
+        region: None,
+        alert_below,
+    }
 }
 
 fn training(job: &str, pool: Option<&str>) -> Command {
@@ -1019,10 +1034,7 @@ fn r13_within_a_settlement_lines_take_from_packages_by_resource_id_then_start() 
     // Then "training_a" (byte order before "training_b") takes the package though it started later.
     assert_eq!(
         covered_by(&lines(&happened)),
-        vec![
-            ("training_a".to_string(), "pk".to_string(), 3600),
-            ("training_b".to_string(), "on_demand".to_string(), 7200),
-        ]
+        vec![("training_a".to_string(), "pk".to_string(), 3600), ("training_b".to_string(), "on_demand".to_string(), 7200),]
     );
     // And one resource's stretches take in order of start: 06:00–06:30 before 06:30–07:00.
     let mut w = World::new(dec!(1000));
@@ -1036,11 +1048,7 @@ fn r13_within_a_settlement_lines_take_from_packages_by_resource_id_then_start() 
     let happened = w.advance(t("2023-04-02T07:00:00+08:00"));
     assert_eq!(
         covered_by(&lines(&happened)),
-        vec![
-            ("p".to_string(), "pk".to_string(), 1800),
-            ("p".to_string(), "pk".to_string(), 1800),
-            ("p".to_string(), "on_demand".to_string(), 1800),
-        ]
+        vec![("p".to_string(), "pk".to_string(), 1800), ("p".to_string(), "pk".to_string(), 1800), ("p".to_string(), "on_demand".to_string(), 1800),]
     );
 }
 

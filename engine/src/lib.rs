@@ -80,7 +80,7 @@ pub enum EngineError {
 type Reader = Box<dyn FnOnce(&Projections) + Send>;
 
 enum Request {
-    Execute { id: String, at: Instant, command: Command, index: Option<u64>, reply: oneshot::Sender<Result<Executed, EngineError>> },
+    Execute { id: String, at: Instant, command: Box<Command>, index: Option<u64>, reply: oneshot::Sender<Result<Executed, EngineError>> },
     Advance { to: Instant, reply: oneshot::Sender<Result<u64, EngineError>> },
     Read(Reader),
 }
@@ -129,7 +129,7 @@ impl Engine {
         let mut attempt = 0;
         loop {
             let (reply, rx) = oneshot::channel();
-            self.send(Request::Execute { id: id.clone(), at, command: command.clone(), index, reply }).await?;
+            self.send(Request::Execute { id: id.clone(), at, command: Box::new(command.clone()), index, reply }).await?;
             match rx.await.map_err(|_| self.closed())? {
                 Err(EngineError::Aborted(why)) if attempt < RETRIES => {
                     attempt += 1;
@@ -218,10 +218,19 @@ fn load(store: &dyn EventStore) -> Result<(Ledger, HashMap<String, u64>), Engine
 /// A request's answer, given once its chain is on disk.
 enum Waiter {
     /// A new command: its answer is the append numbered `seq`.
-    Execute { seq: u64, reply: oneshot::Sender<Result<Executed, EngineError>> },
+    Execute {
+        seq: u64,
+        reply: oneshot::Sender<Result<Executed, EngineError>>,
+    },
     /// A command id already recorded: in the log, or by the append `seq` of this batch.
-    Known { record: Result<CommandRecord, u64>, reply: oneshot::Sender<Result<Executed, EngineError>> },
-    Advance { events: Result<u64, EngineError>, reply: oneshot::Sender<Result<u64, EngineError>> },
+    Known {
+        record: Result<CommandRecord, u64>,
+        reply: oneshot::Sender<Result<Executed, EngineError>>,
+    },
+    Advance {
+        events: Result<u64, EngineError>,
+        reply: oneshot::Sender<Result<u64, EngineError>>,
+    },
 }
 
 struct Actor {

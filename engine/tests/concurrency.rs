@@ -2,45 +2,30 @@
 //! the same pool and account; exactly the allowed ones succeed, the rest are refused with their
 //! rule, and the balance equals the ledger. A conflict with another writer is retried.
 
-use chrono::{DateTime, Duration};
-use poolbill_domain::{BillingMode, Command, Event, Instant, PoolType, Price, Rule, Term};
+use chrono::Duration;
+use poolbill_domain::{BillingMode, Command, Event, Instant, Rule, Term};
 use poolbill_engine::{Engine, EngineError, Outcome};
 use poolbill_store::{AppendRequest, NewEvent};
+use poolbill_testkit::{cmd, d, t};
 use rust_decimal::Decimal;
-
-fn t(s: &str) -> Instant {
-    DateTime::parse_from_rfc3339(s).unwrap()
-}
-
-fn d(s: &str) -> Decimal {
-    s.parse().unwrap()
-}
 
 async fn engine_with(balance: &str) -> Engine {
     let engine = Engine::temporary().await.unwrap();
     let at = t("2023-01-01T00:00:00+08:00");
-    let price = Price { hourly: Some(d("3.50")), monthly: Some(d("1750.00")), yearly: None };
-    engine.execute("price", at, Command::SetPrice { spec: "cpu".into(), price }, None).await.unwrap();
-    let open = Command::OpenAccount { account: "a".into(), balance: d(balance), level: "standard".into(), discount: Decimal::ZERO };
-    engine.execute("open", at, open, None).await.unwrap();
+    engine.execute("price", at, cmd::price("cpu", Some("3.50"), Some("1750.00"), None), None).await.unwrap();
+    engine.execute("open", at, cmd::open_account("a", balance), None).await.unwrap();
     engine
 }
 
+/// A pool of spec `cpu`, ready at once: on demand, or a one-month subscription.
 fn purchase(pool: &str, mode: BillingMode) -> Command {
-    Command::Purchase {
-        account: "a".into(),
-        pool: pool.into(),
-        spec: "cpu".into(),
-        nodes: 1,
-        mode,
-        term: (mode != BillingMode::OnDemand).then_some(Term::Months(1)),
-        pool_type: PoolType::Dedicated,
-        region: None,
-        ready: true,
+    let on_demand = cmd::purchase("a", pool).spec("cpu");
+    match mode {
+        BillingMode::OnDemand => on_demand.build(),
+        _ => on_demand.monthly(1).ready().build(),
     }
 }
 
-/// Opening balance + top-ups − everything charged = the balance, from the projections.
 async fn assert_ledger(engine: &Engine, opening: Decimal) {
     let (balance, charged) =
         engine.read(|p| (p.state.accounts["a"].balance, p.bills.iter().map(|b| b.line.amounts.payable).sum::<Decimal>())).await.unwrap();

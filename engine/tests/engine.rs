@@ -1,55 +1,25 @@
 //! The engine end to end on a real sled store: acknowledgement, idempotency, group commit,
 //! restart, time travel and the live clock.
 
-use chrono::DateTime;
-use poolbill_domain::{BillingMode, Command, Instant, PoolStatus, PoolType, Price, Rule, Term};
+use poolbill_domain::{Command, PoolStatus, Rule};
 use poolbill_engine::{spawn_clock, Engine, ManualClock, Outcome, Upto};
+use poolbill_testkit::{cmd, d, t};
 use rust_decimal::Decimal;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn t(s: &str) -> Instant {
-    DateTime::parse_from_rfc3339(s).unwrap()
-}
-
-fn d(s: &str) -> Decimal {
-    s.parse().unwrap()
-}
-
 async fn setup(engine: &Engine, balance: &str) {
     let at = t("2023-01-01T00:00:00+08:00");
-    let price = Price { hourly: Some(d("3.50")), monthly: Some(d("1750.00")), yearly: None };
-    engine.execute("price", at, Command::SetPrice { spec: "cpu".into(), price }, None).await.unwrap();
-    let open = Command::OpenAccount { account: "a".into(), balance: d(balance), level: "standard".into(), discount: Decimal::ZERO };
-    engine.execute("open", at, open, None).await.unwrap();
+    engine.execute("price", at, cmd::price("cpu", Some("3.50"), Some("1750.00"), None), None).await.unwrap();
+    engine.execute("open", at, cmd::open_account("a", balance), None).await.unwrap();
 }
 
 fn on_demand(pool: &str) -> Command {
-    Command::Purchase {
-        account: "a".into(),
-        pool: pool.into(),
-        spec: "cpu".into(),
-        nodes: 1,
-        mode: BillingMode::OnDemand,
-        term: None,
-        pool_type: PoolType::Dedicated,
-        region: None,
-        ready: true,
-    }
+    cmd::purchase("a", pool).spec("cpu").build()
 }
 
 fn monthly(pool: &str) -> Command {
-    Command::Purchase {
-        account: "a".into(),
-        pool: pool.into(),
-        spec: "cpu".into(),
-        nodes: 1,
-        mode: BillingMode::Monthly,
-        term: Some(Term::Months(1)),
-        pool_type: PoolType::Dedicated,
-        region: None,
-        ready: false,
-    }
+    cmd::purchase("a", pool).spec("cpu").monthly(1).build()
 }
 
 async fn balance(engine: &Engine) -> Decimal {

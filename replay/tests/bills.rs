@@ -1,49 +1,28 @@
 //! `month_bills`: R5 detail bills of one Beijing month, reconciled with the flow bills.
 
-use chrono::DateTime;
-use poolbill_domain::{BillingMode, Command, Instant, PoolType, Price, Term};
+use poolbill_domain::{BillingMode, Command};
 use poolbill_projections::Projections;
 use poolbill_replay::bills::month_bills;
-use poolbill_replay::rerun::{rerun, Recorded, WhatIf};
+use poolbill_testkit::{cmd, Given, SPEC};
 use rust_decimal::Decimal;
-use rust_decimal_macros::dec;
 use std::str::FromStr;
-
-const DEDICATED: &str = "modelarts.vm.cpu.8ud";
-
-fn t(s: &str) -> Instant {
-    DateTime::parse_from_rfc3339(s).unwrap()
-}
 
 /// Run the commands after prices and two accounts (acct-2 at a 0.10 discount, R2).
 fn project(commands: Vec<(&str, Command)>, until: &str) -> Projections {
     let at = "2023-01-01T00:00:00+08:00";
-    let open = |account: &str, discount: Decimal| Command::OpenAccount { account: account.into(), balance: dec!(100000.00), level: "standard".into(), discount };
     let setup = vec![
-        (at, Command::SetPrice { spec: DEDICATED.into(), price: Price { hourly: Some(dec!(3.50)), monthly: Some(dec!(1750.00)), yearly: None } }),
-        (at, open("acct-1", dec!(0))),
-        (at, open("acct-2", dec!(0.10))),
+        (at, cmd::price(SPEC, Some("3.50"), Some("1750.00"), None)),
+        (at, cmd::open_account("acct-1", "100000.00")),
+        (at, cmd::open_account_discounted("acct-2", "100000.00", "0.10")),
     ];
-    let recorded: Vec<Recorded> = setup
-        .into_iter()
-        .chain(commands)
-        .enumerate()
-        .map(|(i, (at, command))| Recorded { id: Some(format!("test:{i}")), at: t(at), index: Some(i as u64), command })
-        .collect();
-    rerun(&recorded, t(until), &WhatIf::default()).projections
+    Given::commands(setup.into_iter().chain(commands)).projections(until)
 }
 
 fn pool(account: &str, id: &str, nodes: u32, mode: BillingMode) -> Command {
-    Command::Purchase {
-        account: account.into(),
-        pool: id.into(),
-        spec: DEDICATED.into(),
-        nodes,
-        mode,
-        term: (mode == BillingMode::Monthly).then_some(Term::Months(1)),
-        pool_type: PoolType::Dedicated,
-        region: None,
-        ready: mode == BillingMode::OnDemand,
+    let on_demand = cmd::purchase(account, id).nodes(nodes);
+    match mode {
+        BillingMode::Monthly => on_demand.monthly(1).build(),
+        _ => on_demand.build(),
     }
 }
 

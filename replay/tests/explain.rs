@@ -1,77 +1,43 @@
 //! `explain`: each flow-bill line derived by rule number (R2, R3, R4, R9, R13, R15), recomputed
 //! and checked against what the line recorded.
 
-use chrono::DateTime;
-use poolbill_domain::{BillingMode, Command, Instant, JobKind, PoolType, Price, Term};
+use poolbill_domain::{Command, JobKind, Term};
 use poolbill_replay::explain::{explain_at, explain_bill, ExplainError, Explanation, Step};
-use poolbill_replay::rerun::{rerun, to_envelopes, Recorded, WhatIf};
 use poolbill_store::Envelope;
+use poolbill_testkit::{cmd, t, Given, PUBLIC_SPEC};
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use std::str::FromStr;
 
-const DEDICATED: &str = "modelarts.vm.cpu.8ud";
-const PUBLIC: &str = "modelarts.vm.cpu.8u.public";
-
-fn t(s: &str) -> Instant {
-    DateTime::parse_from_rfc3339(s).unwrap()
-}
+const PUBLIC: &str = PUBLIC_SPEC;
 
 /// Prices and two accounts: acct-1 without a discount, acct-2 at rate 0.10 (R2).
 fn setup() -> Vec<(&'static str, Command)> {
     let at = "2023-01-01T00:00:00+08:00";
-    let open = |account: &str, discount: Decimal| Command::OpenAccount {
-        account: account.into(),
-        balance: dec!(100000.00),
-        level: "standard".into(),
-        discount,
-    };
     vec![
-        (at, Command::SetPrice { spec: DEDICATED.into(), price: Price { hourly: Some(dec!(3.50)), monthly: Some(dec!(1750.00)), yearly: Some(dec!(17500.00)) } }),
-        (at, Command::SetPrice { spec: PUBLIC.into(), price: Price { hourly: Some(dec!(3.40)), monthly: None, yearly: None } }),
-        (at, open("acct-1", dec!(0))),
-        (at, open("acct-2", dec!(0.10))),
+        (at, cmd::seed_price()),
+        (at, cmd::price(PUBLIC, Some("3.40"), None, None)),
+        (at, cmd::open_account("acct-1", "100000.00")),
+        (at, cmd::open_account_discounted("acct-2", "100000.00", "0.10")),
     ]
 }
 
 /// A log made by running the commands through the domain, the clock passing `until` at the end.
 fn log(commands: Vec<(&str, Command)>, until: &str) -> Vec<Envelope> {
-    let recorded: Vec<Recorded> = setup()
-        .into_iter()
-        .chain(commands)
-        .enumerate()
-        .map(|(i, (at, command))| Recorded { id: Some(format!("test:{i}")), at: t(at), index: Some(i as u64), command })
-        .collect();
-    let result = rerun(&recorded, t(until), &WhatIf::default());
-    to_envelopes(&result.envelopes)
+    Given::commands(setup().into_iter().chain(commands)).log(until)
 }
 
 fn on_demand(account: &str, pool: &str, nodes: u32, ready: bool) -> Command {
-    Command::Purchase {
-        account: account.into(),
-        pool: pool.into(),
-        spec: DEDICATED.into(),
-        nodes,
-        mode: BillingMode::OnDemand,
-        term: None,
-        pool_type: PoolType::Dedicated,
-        region: None,
-        ready,
+    let p = cmd::purchase(account, pool).nodes(nodes);
+    if ready {
+        p.build()
+    } else {
+        p.not_ready().build()
     }
 }
 
 fn monthly(account: &str, pool: &str) -> Command {
-    Command::Purchase {
-        account: account.into(),
-        pool: pool.into(),
-        spec: DEDICATED.into(),
-        nodes: 1,
-        mode: BillingMode::Monthly,
-        term: Some(Term::Months(1)),
-        pool_type: PoolType::Dedicated,
-        region: None,
-        ready: false,
-    }
+    cmd::purchase(account, pool).monthly(1).build()
 }
 
 /// Seed §6: ready 16:47:08 at 3.50/h, deleted 18:09:06.
@@ -209,8 +175,7 @@ fn every_line_of_a_mixed_log_is_derived_to_its_recorded_amounts() {
         let e = explain_bill(&log, n).unwrap();
         let text = e.to_text();
         assert!(!differs(&e), "bill {n} does not derive:\n{text}");
-        let (list, discount, round_off, payable) =
-            (step(&e, "List price"), step(&e, "Discount"), step(&e, "Round-off"), step(&e, "Payable"));
+        let (list, discount, round_off, payable) = (step(&e, "List price"), step(&e, "Discount"), step(&e, "Round-off"), step(&e, "Payable"));
         assert_eq!(list.value, e.bill.list_price, "bill {n} list\n{text}");
         assert_eq!(discount.value, e.bill.discount, "bill {n} discount\n{text}");
         assert_eq!(round_off.value, e.bill.round_off, "bill {n} round-off\n{text}");

@@ -2,24 +2,14 @@
 //! two nodes 03-20 09:00, converted to a one-month subscription 10:30 (period end 2023-04-20
 //! 23:59:59), then expired, frozen and released (standard level: 15 + 15 days).
 
-use chrono::DateTime;
-use poolbill_domain::{BillingMode, Command, Instant, JobKind, PoolType, Price, Term};
-use poolbill_replay::rerun::{rerun, to_envelopes, Recorded, WhatIf};
+use poolbill_domain::{Command, Instant, JobKind, Price, Term};
 use poolbill_replay::timeline::{render_svg, timeline, Timeline};
 use poolbill_store::Envelope;
+use poolbill_testkit::{cmd, t as at, Given, SPEC};
 use rust_decimal_macros::dec;
 
-fn at(s: &str) -> Instant {
-    DateTime::parse_from_rfc3339(s).expect("an RFC 3339 instant")
-}
-
 fn log(commands: Vec<(&str, Command)>, until: &str) -> Vec<Envelope> {
-    let recorded: Vec<Recorded> = commands
-        .into_iter()
-        .enumerate()
-        .map(|(i, (when, command))| Recorded { id: Some(format!("t:{i}")), at: at(when), index: Some(i as u64), command })
-        .collect();
-    to_envelopes(&rerun(&recorded, at(until), &WhatIf::default()).envelopes)
+    Given::commands(commands).log(until)
 }
 
 fn price(spec: &str, hourly: rust_decimal::Decimal) -> Command {
@@ -31,17 +21,7 @@ fn account(balance: rust_decimal::Decimal) -> Command {
 }
 
 fn on_demand(pool: &str) -> Command {
-    Command::Purchase {
-        account: "acct-1".into(),
-        pool: pool.into(),
-        spec: "modelarts.vm.cpu.8ud".into(),
-        nodes: 1,
-        mode: BillingMode::OnDemand,
-        term: None,
-        pool_type: PoolType::Dedicated,
-        region: None,
-        ready: true,
-    }
+    cmd::purchase("acct-1", pool).build()
 }
 
 /// A training job on the public pool for 43 hours: its lines carry `training_job-1` (R5).
@@ -86,34 +66,14 @@ fn arrears() -> Vec<Envelope> {
 }
 
 fn ch3_scenario_two() -> Vec<Envelope> {
-    let spec = "modelarts.vm.cpu.8ud".to_string();
-    let commands = [
-        ("2023-03-18T15:30:00+08:00", Command::SetPrice { spec: spec.clone(), price: Price { hourly: Some(dec!(3.50)), monthly: Some(dec!(1750)), yearly: None } }),
-        ("2023-03-18T15:30:00+08:00", Command::OpenAccount { account: "acct-1".into(), balance: dec!(100000), level: "standard".into(), discount: dec!(0) }),
-        (
-            "2023-03-18T15:30:00+08:00",
-            Command::Purchase {
-                account: "acct-1".into(),
-                pool: "pool-1".into(),
-                spec,
-                nodes: 1,
-                mode: BillingMode::OnDemand,
-                term: None,
-                pool_type: PoolType::Dedicated,
-                region: None,
-                ready: true,
-            },
-        ),
-        ("2023-03-20T09:00:00+08:00", Command::Scale { pool: "pool-1".into(), nodes: Some(2), spec: None }),
-        ("2023-03-20T10:30:00+08:00", Command::Convert { pool: "pool-1".into(), term: Term::Months(1) }),
-    ];
-    let recorded: Vec<Recorded> = commands
-        .into_iter()
-        .enumerate()
-        .map(|(i, (when, command))| Recorded { id: Some(format!("ch3:{i}")), at: at(when), index: Some(i as u64), command })
-        .collect();
-    let run = rerun(&recorded, at("2023-05-25T00:00:00+08:00"), &WhatIf::default());
-    to_envelopes(&run.envelopes)
+    let at = "2023-03-18T15:30:00+08:00";
+    Given::new()
+        .at(at, cmd::price(SPEC, Some("3.50"), Some("1750"), None))
+        .at(at, cmd::open_account("acct-1", "100000"))
+        .at(at, cmd::purchase("acct-1", "pool-1"))
+        .at("2023-03-20T09:00:00+08:00", cmd::scale("pool-1", 2))
+        .at("2023-03-20T10:30:00+08:00", Command::Convert { pool: "pool-1".into(), term: Term::Months(1) })
+        .log("2023-05-25T00:00:00+08:00")
 }
 
 fn pool() -> Timeline {
@@ -220,16 +180,24 @@ fn arrears_show_as_grace_then_frozen_then_running_again() {
     }
 }
 
-/// Writes the pictures for a person to look at: `TIMELINE_SVG=/tmp/timeline.svg cargo test …`
-/// writes chapter 3's pool there, and the job and the arrears beside it (`-job`, `-arrears`).
+/// Writes the three pictures to files and reads them back: each a whole SVG document naming
+/// its resource. `TIMELINE_SVG=/tmp/timeline.svg cargo test …` keeps them for a person to look
+/// at (chapter 3's pool there, the job and the arrears beside it: `-job`, `-arrears`).
 #[test]
-fn writes_the_svg_when_asked() {
-    if let Ok(path) = std::env::var("TIMELINE_SVG") {
-        std::fs::write(&path, render_svg(&pool())).expect("writes the SVG");
-        let stem = path.trim_end_matches(".svg");
-        let job = timeline(&public_training(), "job-1").expect("job-1");
-        std::fs::write(format!("{stem}-job.svg"), render_svg(&job)).expect("writes the SVG");
-        let arrears = timeline(&arrears(), "pool-1").expect("pool-1");
-        std::fs::write(format!("{stem}-arrears.svg"), render_svg(&arrears)).expect("writes the SVG");
+fn writes_the_svg_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = std::env::var("TIMELINE_SVG").unwrap_or_else(|_| dir.path().join("timeline.svg").display().to_string());
+    let stem = path.trim_end_matches(".svg").to_string();
+    let pictures = [
+        (path, pool(), "pool-1"),
+        (format!("{stem}-job.svg"), timeline(&public_training(), "job-1").expect("job-1"), "job-1"),
+        (format!("{stem}-arrears.svg"), timeline(&arrears(), "pool-1").expect("pool-1"), "pool-1"),
+    ];
+    for (file, picture, id) in pictures {
+        std::fs::write(&file, render_svg(&picture)).expect("writes the SVG");
+        let text = std::fs::read_to_string(&file).expect("reads the SVG back");
+        assert!(text.starts_with("<svg") || text.starts_with("<?xml"), "{file}: an SVG document");
+        assert!(text.trim_end().ends_with("</svg>"), "{file}: a whole one");
+        assert!(text.contains(id), "{file}: names {id}");
     }
 }

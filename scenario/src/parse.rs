@@ -44,7 +44,6 @@ pub struct ScenarioError {
     pub message: String,
 }
 
-
 type Result<T> = std::result::Result<T, ScenarioError>;
 
 fn err<T>(path: impl Into<String>, message: impl Into<String>) -> Result<T> {
@@ -133,15 +132,21 @@ pub fn parse(text: &str) -> Result<Scenario> {
     // Every hour of a running pool is settled: a scenario spans at most ten years.
     if let Some(first) = commands.first() {
         if until - first.at > chrono::Duration::days(MAX_SPAN_DAYS) {
-            return err("until", format!("{} is more than {MAX_SPAN_DAYS} days after the first command ({})", until.to_rfc3339(), first.at.to_rfc3339()));
+            return err(
+                "until",
+                format!("{} is more than {MAX_SPAN_DAYS} days after the first command ({})", until.to_rfc3339(), first.at.to_rfc3339()),
+            );
         }
     }
     Ok(Scenario { name, catalog, policy, accounts, commands, until })
 }
 
+/// What a policy file sets: the policy (if `levels` is given) and prices by spec.
+pub type PolicyFile = (Option<Policy>, Vec<(String, Price)>);
+
 /// A policy file (scenario-format.md: the `policy` object saved alone, `{"levels": …}`), which
 /// may also carry a `catalog` like a scenario's: the terms of a what-if replay.
-pub fn parse_policy_file(text: &str) -> Result<(Option<Policy>, Vec<(String, Price)>)> {
+pub fn parse_policy_file(text: &str) -> Result<PolicyFile> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| ScenarioError { path: "(file)".into(), message: format!("not valid JSON at line {} column {}: {e}", e.line(), e.column()) })?;
     let top = object(&value, "(file)")?;
@@ -350,7 +355,10 @@ fn policy(value: &Value, path: &str) -> Result<Policy> {
         allow_only(obj, &p, &["grace_days", "retention_days"])?;
         policy.levels.insert(
             name.clone(),
-            Level { grace_days: integer(obj, "grace_days", &p, 0, 3650)? as u32, retention_days: integer(obj, "retention_days", &p, 0, 3650)? as u32 },
+            Level {
+                grace_days: integer(obj, "grace_days", &p, 0, 3650)? as u32,
+                retention_days: integer(obj, "retention_days", &p, 0, 3650)? as u32,
+            },
         );
     }
     if policy.levels.is_empty() {

@@ -1,8 +1,8 @@
 use super::*;
 use poolbill_store::conformance::{self, all, appended, ev, req, ts, T0, T1, T2};
 use poolbill_store::ExpectedVersion;
-use std::collections::HashSet;
 use serde_json::json;
+use std::collections::HashSet;
 
 #[test]
 fn the_conformance_suite_passes() {
@@ -11,30 +11,14 @@ fn the_conformance_suite_passes() {
 
 fn three_events() -> SledStore {
     let store = SledStore::temporary().unwrap();
-    store
-        .append(req(
-            Some("c1"),
-            vec![
-                ev("a", "x", T0, json!(1)),
-                ev("a", "x", T1, json!(2)),
-                ev("b", "x", T2, json!(3)),
-            ],
-        ))
-        .unwrap();
+    store.append(req(Some("c1"), vec![ev("a", "x", T0, json!(1)), ev("a", "x", T1, json!(2)), ev("b", "x", T2, json!(3))])).unwrap();
     store
 }
 
 fn assert_corrupt_at(store: &SledStore, position: u64) {
     let items: Vec<_> = store.read_all(1).collect();
-    let first_err = items
-        .iter()
-        .position(|r| r.is_err())
-        .expect("read_all reports an error");
-    assert_eq!(
-        first_err as u64,
-        position - 1,
-        "events before the bad one read fine"
-    );
+    let first_err = items.iter().position(|r| r.is_err()).expect("read_all reports an error");
+    assert_eq!(first_err as u64, position - 1, "events before the bad one read fine");
     assert_eq!(items.len() as u64, position, "iteration stops at the error");
     match &items[first_err] {
         Err(StoreError::Corrupt { position: p, .. }) => assert_eq!(*p, position),
@@ -52,24 +36,8 @@ fn reopen_reads_everything_back_identically() {
     let path = dir.path().join("log");
     let (before, records) = {
         let store = SledStore::open(&path).unwrap();
-        let r1 = appended(
-            store
-                .append(req(
-                    Some("c1"),
-                    vec![ev(
-                        "a",
-                        "x",
-                        "2024-03-01T10:00:00.123456789+05:30",
-                        json!({"n": 1}),
-                    )],
-                ))
-                .unwrap(),
-        );
-        let r2 = appended(
-            store
-                .append(req(Some("c2"), vec![ev("b", "y", T2, json!([1, 2]))]))
-                .unwrap(),
-        );
+        let r1 = appended(store.append(req(Some("c1"), vec![ev("a", "x", "2024-03-01T10:00:00.123456789+05:30", json!({"n": 1}))])).unwrap());
+        let r2 = appended(store.append(req(Some("c2"), vec![ev("b", "y", T2, json!([1, 2]))])).unwrap());
         (all(&store), vec![r1, r2])
     };
 
@@ -78,60 +46,30 @@ fn reopen_reads_everything_back_identically() {
     assert_eq!(after, before);
     // DateTime equality ignores the offset, so check it was kept explicitly.
     assert_eq!(after[0].at.offset().local_minus_utc(), 5 * 3600 + 1800);
-    assert_eq!(
-        after[0].at.to_rfc3339(),
-        "2024-03-01T10:00:00.123456789+05:30"
-    );
+    assert_eq!(after[0].at.to_rfc3339(), "2024-03-01T10:00:00.123456789+05:30");
     assert_eq!(store.command("c1").unwrap(), Some(records[0].clone()));
     assert_eq!(store.command("c2").unwrap(), Some(records[1].clone()));
     assert_eq!(store.last_position().unwrap(), 2);
-    assert_eq!(
-        store.last_instant().unwrap().map(|i| i.to_rfc3339()),
-        Some(ts(T2).to_rfc3339())
-    );
+    assert_eq!(store.last_instant().unwrap().map(|i| i.to_rfc3339()), Some(ts(T2).to_rfc3339()));
     assert_eq!(store.stream_version("a").unwrap(), 1);
-    assert_eq!(
-        store.verify().unwrap(),
-        VerifyReport {
-            events: 2,
-            streams: 2,
-            commands: 2
-        }
-    );
+    assert_eq!(store.verify().unwrap(), VerifyReport { events: 2, streams: 2, commands: 2 });
 
     // Appending after reopen continues the sequence.
-    let r3 = appended(
-        store
-            .append(req(None, vec![ev("a", "x", T2, json!(3))]))
-            .unwrap(),
-    );
+    let r3 = appended(store.append(req(None, vec![ev("a", "x", T2, json!(3))])).unwrap());
     assert_eq!(r3.first_position, Some(3));
-    assert_eq!(
-        store.read_stream("a", 1).unwrap().last().map(|e| e.version),
-        Some(2)
-    );
+    assert_eq!(store.read_stream("a", 1).unwrap().last().map(|e| e.version), Some(2));
 }
 
 #[test]
 fn verify_good_store() {
     let store = three_events();
-    assert_eq!(
-        store.verify().unwrap(),
-        VerifyReport {
-            events: 3,
-            streams: 2,
-            commands: 1
-        }
-    );
+    assert_eq!(store.verify().unwrap(), VerifyReport { events: 3, streams: 2, commands: 1 });
 }
 
 #[test]
 fn garbage_value_is_reported_as_corrupt_at_its_position() {
     let store = three_events();
-    store
-        .raw_events()
-        .insert(2u64.to_be_bytes(), &b"\x00\x01garbage"[..])
-        .unwrap();
+    store.raw_events().insert(2u64.to_be_bytes(), &b"\x00\x01garbage"[..]).unwrap();
     assert_corrupt_at(&store, 2);
     match store.read_stream("a", 1) {
         Err(StoreError::Corrupt { position, .. }) => assert_eq!(position, 2),
@@ -142,18 +80,10 @@ fn garbage_value_is_reported_as_corrupt_at_its_position() {
 #[test]
 fn flipped_payload_byte_fails_the_checksum() {
     let store = three_events();
-    let mut value = store
-        .raw_events()
-        .get(3u64.to_be_bytes())
-        .unwrap()
-        .unwrap()
-        .to_vec();
+    let mut value = store.raw_events().get(3u64.to_be_bytes()).unwrap().unwrap().to_vec();
     let last = value.len() - 2;
     value[last] ^= 0x01;
-    store
-        .raw_events()
-        .insert(3u64.to_be_bytes(), value)
-        .unwrap();
+    store.raw_events().insert(3u64.to_be_bytes(), value).unwrap();
     assert_corrupt_at(&store, 3);
     let err = store.verify().unwrap_err();
     assert!(err.to_string().contains("checksum"), "{err}");
@@ -172,19 +102,12 @@ fn corruption_written_through_raw_sled_after_reopen() {
     let path = dir.path().join("log");
     {
         let store = SledStore::open(&path).unwrap();
-        store
-            .append(req(
-                None,
-                vec![ev("a", "x", T0, json!(1)), ev("a", "x", T1, json!(2))],
-            ))
-            .unwrap();
+        store.append(req(None, vec![ev("a", "x", T0, json!(1)), ev("a", "x", T1, json!(2))])).unwrap();
     }
     {
         let db = sled::open(&path).unwrap();
         let events = db.open_tree("events").unwrap();
-        events
-            .insert(1u64.to_be_bytes(), &b"not a checksum nor json"[..])
-            .unwrap();
+        events.insert(1u64.to_be_bytes(), &b"not a checksum nor json"[..]).unwrap();
         db.flush().unwrap();
     }
     let store = SledStore::open(&path).unwrap();
@@ -201,13 +124,8 @@ fn concurrent_appends_are_gapless_and_lose_nothing() {
             let store = store.clone();
             s.spawn(move || {
                 for i in 0..PER_THREAD {
-                    let mut r = req(
-                        Some(&format!("t{t}-{i}")),
-                        vec![
-                            ev("shared", "x", T0, json!([t, i])),
-                            ev(&format!("own-{t}"), "x", T0, json!([t, i])),
-                        ],
-                    );
+                    let mut r =
+                        req(Some(&format!("t{t}-{i}")), vec![ev("shared", "x", T0, json!([t, i])), ev(&format!("own-{t}"), "x", T0, json!([t, i]))]);
                     r.expected = vec![("shared".into(), ExpectedVersion::Any)];
                     appended(store.append(r).unwrap());
                 }
@@ -223,30 +141,13 @@ fn concurrent_appends_are_gapless_and_lose_nothing() {
     for pair in events.chunks(2) {
         assert_eq!(pair[0].payload, pair[1].payload);
     }
-    let seen: HashSet<String> = events
-        .iter()
-        .filter(|e| e.stream == "shared")
-        .map(|e| e.payload.to_string())
-        .collect();
+    let seen: HashSet<String> = events.iter().filter(|e| e.stream == "shared").map(|e| e.payload.to_string()).collect();
     assert_eq!(seen.len(), THREADS * PER_THREAD);
-    assert_eq!(
-        store.stream_version("shared").unwrap(),
-        (THREADS * PER_THREAD) as u64
-    );
+    assert_eq!(store.stream_version("shared").unwrap(), (THREADS * PER_THREAD) as u64);
     for t in 0..THREADS {
-        assert_eq!(
-            store.stream_version(&format!("own-{t}")).unwrap(),
-            PER_THREAD as u64
-        );
+        assert_eq!(store.stream_version(&format!("own-{t}")).unwrap(), PER_THREAD as u64);
     }
-    assert_eq!(
-        store.verify().unwrap(),
-        VerifyReport {
-            events: total,
-            streams: THREADS as u64 + 1,
-            commands: (THREADS * PER_THREAD) as u64
-        }
-    );
+    assert_eq!(store.verify().unwrap(), VerifyReport { events: total, streams: THREADS as u64 + 1, commands: (THREADS * PER_THREAD) as u64 });
 }
 
 #[test]
@@ -255,11 +156,7 @@ fn a_chain_stops_at_its_first_failure_and_keeps_the_prefix() {
     let mut conflicting = req(Some("c2"), vec![ev("a", "x", T1, json!(2))]);
     conflicting.expected = vec![("a".to_string(), ExpectedVersion::Exactly(7))];
     let (applied, failed) = store
-        .append_chain(vec![
-            req(Some("c1"), vec![ev("a", "x", T0, json!(1))]),
-            conflicting,
-            req(Some("c3"), vec![ev("b", "x", T2, json!(3))]),
-        ])
+        .append_chain(vec![req(Some("c1"), vec![ev("a", "x", T0, json!(1))]), conflicting, req(Some("c3"), vec![ev("b", "x", T2, json!(3))])])
         .unwrap();
     assert_eq!(applied.len(), 1);
     let (index, error) = failed.expect("the second request conflicts");

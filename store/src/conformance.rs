@@ -39,7 +39,8 @@ pub const T2: &str = "2024-03-01T12:00:00+01:00";
 
 /// Run every check, each on a fresh empty store from `fresh`; a failure names its check.
 pub fn run_all(fresh: &dyn Fn() -> Box<dyn EventStore>) {
-    let checks: [(&str, fn(&dyn EventStore)); 7] = [
+    type Check = fn(&dyn EventStore);
+    let checks: [(&str, Check); 7] = [
         ("positions_are_gapless_across_streams_and_batches", positions_are_gapless_across_streams_and_batches),
         ("per_stream_versions_and_read_stream_from_version", per_stream_versions_and_read_stream_from_version),
         ("stream_ids_that_extend_another_with_nul_do_not_mix", stream_ids_that_extend_another_with_nul_do_not_mix),
@@ -62,23 +63,13 @@ pub fn positions_are_gapless_across_streams_and_batches(store: &dyn EventStore) 
     assert_eq!(store.last_position().unwrap(), 0);
     assert_eq!(store.last_instant().unwrap(), None);
 
-    let r1 = appended(
-        store
-            .append(req(
-                Some("c1"),
-                vec![ev("a", "x", T0, json!(1)), ev("b", "x", T0, json!(2))],
-            ))
-            .unwrap(),
-    );
+    let r1 = appended(store.append(req(Some("c1"), vec![ev("a", "x", T0, json!(1)), ev("b", "x", T0, json!(2))])).unwrap());
     assert_eq!((r1.first_position, r1.last_position), (Some(1), Some(2)));
 
     let results = store
         .append_batch(vec![
             req(Some("c2"), vec![ev("b", "y", T1, json!(3))]),
-            req(
-                None,
-                vec![ev("c", "z", T1, json!(4)), ev("a", "z", T2, json!(5))],
-            ),
+            req(None, vec![ev("c", "z", T1, json!(4)), ev("a", "z", T2, json!(5))]),
         ])
         .unwrap();
     assert_eq!(results.len(), 2);
@@ -91,10 +82,7 @@ pub fn positions_are_gapless_across_streams_and_batches(store: &dyn EventStore) 
     let positions: Vec<u64> = events.iter().map(|e| e.position).collect();
     assert_eq!(positions, vec![1, 2, 3, 4, 5]);
     let payloads: Vec<_> = events.iter().map(|e| e.payload.clone()).collect();
-    assert_eq!(
-        payloads,
-        vec![json!(1), json!(2), json!(3), json!(4), json!(5)]
-    );
+    assert_eq!(payloads, vec![json!(1), json!(2), json!(3), json!(4), json!(5)]);
     assert_eq!(events[0].command_id.as_deref(), Some("c1"));
     assert_eq!(events[3].command_id, None);
     assert_eq!(store.last_position().unwrap(), 5);
@@ -106,52 +94,27 @@ pub fn positions_are_gapless_across_streams_and_batches(store: &dyn EventStore) 
 }
 
 pub fn per_stream_versions_and_read_stream_from_version(store: &dyn EventStore) {
-    store
-        .append(req(
-            None,
-            vec![
-                ev("a", "x", T0, json!("a1")),
-                ev("b", "x", T0, json!("b1")),
-                ev("a", "x", T0, json!("a2")),
-            ],
-        ))
-        .unwrap();
-    store
-        .append(req(None, vec![ev("a", "x", T1, json!("a3"))]))
-        .unwrap();
+    store.append(req(None, vec![ev("a", "x", T0, json!("a1")), ev("b", "x", T0, json!("b1")), ev("a", "x", T0, json!("a2"))])).unwrap();
+    store.append(req(None, vec![ev("a", "x", T1, json!("a3"))])).unwrap();
 
     assert_eq!(store.stream_version("a").unwrap(), 3);
     assert_eq!(store.stream_version("b").unwrap(), 1);
     assert_eq!(store.stream_version("nope").unwrap(), 0);
 
     let a = store.read_stream("a", 0).unwrap();
-    assert_eq!(
-        a.iter().map(|e| e.version).collect::<Vec<_>>(),
-        vec![1, 2, 3]
-    );
-    assert_eq!(
-        a.iter().map(|e| e.position).collect::<Vec<_>>(),
-        vec![1, 3, 4]
-    );
+    assert_eq!(a.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(a.iter().map(|e| e.position).collect::<Vec<_>>(), vec![1, 3, 4]);
     assert!(a.iter().all(|e| e.stream == "a"));
 
     let from2 = store.read_stream("a", 2).unwrap();
-    assert_eq!(
-        from2.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
-        vec![json!("a2"), json!("a3")]
-    );
+    assert_eq!(from2.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(), vec![json!("a2"), json!("a3")]);
     assert!(store.read_stream("a", 4).unwrap().is_empty());
     assert!(store.read_stream("nope", 1).unwrap().is_empty());
 }
 
 pub fn stream_ids_that_extend_another_with_nul_do_not_mix(store: &dyn EventStore) {
     let tricky = "a\0\0\0\0\0\0\0\0\u{1}";
-    store
-        .append(req(
-            None,
-            vec![ev("a", "x", T0, json!(1)), ev(tricky, "x", T0, json!(2))],
-        ))
-        .unwrap();
+    store.append(req(None, vec![ev("a", "x", T0, json!(1)), ev(tricky, "x", T0, json!(2))])).unwrap();
     assert_eq!(store.read_stream("a", 1).unwrap().len(), 1);
     assert_eq!(store.read_stream(tricky, 1).unwrap().len(), 1);
     assert_eq!(store.verify().unwrap().streams, 2);
@@ -162,38 +125,15 @@ pub fn exactly_and_no_stream_conflicts_write_nothing(store: &dyn EventStore) {
     first.expected = vec![("a".into(), ExpectedVersion::NoStream)];
     appended(store.append(first).unwrap());
 
-    let mut again = req(
-        Some("c2"),
-        vec![ev("a", "x", T1, json!(2)), ev("b", "x", T1, json!(3))],
-    );
+    let mut again = req(Some("c2"), vec![ev("a", "x", T1, json!(2)), ev("b", "x", T1, json!(3))]);
     again.expected = vec![("a".into(), ExpectedVersion::NoStream)];
-    assert_eq!(
-        store.append(again),
-        Err(StoreError::Conflict {
-            stream: "a".into(),
-            expected: ExpectedVersion::NoStream,
-            actual: 1
-        })
-    );
+    assert_eq!(store.append(again), Err(StoreError::Conflict { stream: "a".into(), expected: ExpectedVersion::NoStream, actual: 1 }));
 
     let mut stale = req(Some("c3"), vec![ev("b", "x", T1, json!(4))]);
-    stale.expected = vec![
-        ("b".into(), ExpectedVersion::Any),
-        ("a".into(), ExpectedVersion::Exactly(0)),
-    ];
+    stale.expected = vec![("b".into(), ExpectedVersion::Any), ("a".into(), ExpectedVersion::Exactly(0))];
     let err = store.append(stale).unwrap_err();
-    assert_eq!(
-        err,
-        StoreError::Conflict {
-            stream: "a".into(),
-            expected: ExpectedVersion::Exactly(0),
-            actual: 1
-        }
-    );
-    assert!(
-        err.to_string().contains("\"a\""),
-        "message names the stream: {err}"
-    );
+    assert_eq!(err, StoreError::Conflict { stream: "a".into(), expected: ExpectedVersion::Exactly(0), actual: 1 });
+    assert!(err.to_string().contains("\"a\""), "message names the stream: {err}");
 
     // Nothing from the rejected requests is visible anywhere.
     assert_eq!(store.last_position().unwrap(), 1);
@@ -207,14 +147,7 @@ pub fn exactly_and_no_stream_conflicts_write_nothing(store: &dyn EventStore) {
     let r = appended(store.append(right).unwrap());
     assert_eq!(r.first_position, Some(2));
     assert_eq!(store.stream_version("a").unwrap(), 2);
-    assert_eq!(
-        store.verify().unwrap(),
-        VerifyReport {
-            events: 2,
-            streams: 1,
-            commands: 2
-        }
-    );
+    assert_eq!(store.verify().unwrap(), VerifyReport { events: 2, streams: 1, commands: 2 });
 }
 
 pub fn duplicate_command_returns_first_record_and_appends_nothing(store: &dyn EventStore) {
@@ -222,27 +155,17 @@ pub fn duplicate_command_returns_first_record_and_appends_nothing(store: &dyn Ev
     first.outcome = json!({"charged": 10});
     let record = appended(store.append(first).unwrap());
 
-    let mut retry = req(
-        Some("pay-1"),
-        vec![ev("a", "x", T1, json!(2)), ev("b", "x", T1, json!(3))],
-    );
+    let mut retry = req(Some("pay-1"), vec![ev("a", "x", T1, json!(2)), ev("b", "x", T1, json!(3))]);
     retry.outcome = json!({"charged": 99});
     // Even a failing concurrency check must not mask the duplicate.
     retry.expected = vec![("a".into(), ExpectedVersion::NoStream)];
-    assert_eq!(
-        store.append(retry),
-        Ok(AppendOutcome::Duplicate(record.clone()))
-    );
+    assert_eq!(store.append(retry), Ok(AppendOutcome::Duplicate(record.clone())));
     assert_eq!(store.last_position().unwrap(), 1);
     assert_eq!(store.command("pay-1").unwrap(), Some(record));
 
     // Within one batch: the second request with the same id sees the first.
-    let results = store
-        .append_batch(vec![
-            req(Some("pay-2"), vec![ev("a", "x", T1, json!(4))]),
-            req(Some("pay-2"), vec![ev("a", "x", T1, json!(5))]),
-        ])
-        .unwrap();
+    let results =
+        store.append_batch(vec![req(Some("pay-2"), vec![ev("a", "x", T1, json!(4))]), req(Some("pay-2"), vec![ev("a", "x", T1, json!(5))])]).unwrap();
     let first = appended(results[0].clone().unwrap());
     assert_eq!(results[1], Ok(AppendOutcome::Duplicate(first)));
     assert_eq!(store.last_position().unwrap(), 2);
@@ -250,36 +173,17 @@ pub fn duplicate_command_returns_first_record_and_appends_nothing(store: &dyn Ev
 }
 
 pub fn out_of_order_is_rejected_and_writes_nothing(store: &dyn EventStore) {
-    store
-        .append(req(None, vec![ev("a", "x", T1, json!(1))]))
-        .unwrap();
+    store.append(req(None, vec![ev("a", "x", T1, json!(1))])).unwrap();
 
     // Earlier than the log's last event.
-    assert_eq!(
-        store.append(req(Some("late"), vec![ev("b", "x", T0, json!(2))])),
-        Err(StoreError::OutOfOrder {
-            at: ts(T0),
-            last: ts(T1)
-        })
-    );
+    assert_eq!(store.append(req(Some("late"), vec![ev("b", "x", T0, json!(2))])), Err(StoreError::OutOfOrder { at: ts(T0), last: ts(T1) }));
     // Earlier than a previous event of the same request: the first one must not land either.
     assert_eq!(
-        store.append(req(
-            Some("swap"),
-            vec![ev("b", "x", T2, json!(3)), ev("b", "x", T1, json!(4))]
-        )),
-        Err(StoreError::OutOfOrder {
-            at: ts(T1),
-            last: ts(T2)
-        })
+        store.append(req(Some("swap"), vec![ev("b", "x", T2, json!(3)), ev("b", "x", T1, json!(4))])),
+        Err(StoreError::OutOfOrder { at: ts(T1), last: ts(T2) })
     );
     // The same instant expressed in another offset is not earlier.
-    store
-        .append(req(
-            None,
-            vec![ev("c", "x", "2024-03-01T10:00:00Z", json!(5))],
-        ))
-        .unwrap();
+    store.append(req(None, vec![ev("c", "x", "2024-03-01T10:00:00Z", json!(5))])).unwrap();
 
     assert_eq!(store.last_position().unwrap(), 2);
     assert_eq!(store.stream_version("b").unwrap(), 0);
@@ -292,29 +196,12 @@ pub fn empty_request_with_command_id_records_outcome(store: &dyn EventStore) {
     let mut r = req(Some("noop"), vec![]);
     r.outcome = json!({"rejected": "insufficient funds"});
     let record = appended(store.append(r).unwrap());
-    assert_eq!(
-        record,
-        CommandRecord {
-            first_position: None,
-            last_position: None,
-            outcome: json!({"rejected": "insufficient funds"})
-        }
-    );
+    assert_eq!(record, CommandRecord { first_position: None, last_position: None, outcome: json!({"rejected": "insufficient funds"}) });
     assert_eq!(store.command("noop").unwrap(), Some(record.clone()));
     assert_eq!(store.last_position().unwrap(), 0);
-    assert_eq!(
-        store.append(req(Some("noop"), vec![])),
-        Ok(AppendOutcome::Duplicate(record))
-    );
+    assert_eq!(store.append(req(Some("noop"), vec![])), Ok(AppendOutcome::Duplicate(record)));
 
     // Without a command id nothing is recorded.
     appended(store.append(req(None, vec![])).unwrap());
-    assert_eq!(
-        store.verify().unwrap(),
-        VerifyReport {
-            events: 0,
-            streams: 0,
-            commands: 1
-        }
-    );
+    assert_eq!(store.verify().unwrap(), VerifyReport { events: 0, streams: 0, commands: 1 });
 }

@@ -106,11 +106,7 @@ pub enum AppendOutcome {
 pub enum StoreError {
     /// An `expected` check failed; nothing was written.
     #[error("concurrency conflict on stream {stream:?}: expected {expected}, but it is at version {actual}")]
-    Conflict {
-        stream: String,
-        expected: ExpectedVersion,
-        actual: u64,
-    },
+    Conflict { stream: String, expected: ExpectedVersion, actual: u64 },
     /// An event is earlier than the log's last event (or an earlier event of the
     /// same request); nothing was written.
     #[error("event at {} is earlier than the preceding event at {}", at.to_rfc3339(), last.to_rfc3339())]
@@ -207,6 +203,9 @@ pub struct VerifyReport {
     pub commands: u64,
 }
 
+/// What [`EventStore::append_chain`] did: the outcomes of the applied prefix and, if a request
+/// failed, its index in the chain and its error.
+pub type ChainOutcome = (Vec<AppendOutcome>, Option<(usize, StoreError)>);
 
 /// An append-only event log. Implementations are cheap to clone and shared across threads;
 /// every call may block (the engine makes them off its async threads).
@@ -220,7 +219,7 @@ pub trait EventStore: Send + Sync {
     /// applied in order until the first that fails (the rest may depend on it), then one flush
     /// either way. Returns the outcomes of the applied prefix and, if one failed, its index and
     /// error.
-    fn append_chain(&self, reqs: Vec<AppendRequest>) -> Result<(Vec<AppendOutcome>, Option<(usize, StoreError)>), StoreError>;
+    fn append_chain(&self, reqs: Vec<AppendRequest>) -> Result<ChainOutcome, StoreError>;
 
     /// One request, flushed.
     fn append(&self, req: AppendRequest) -> Result<AppendOutcome, StoreError> {
@@ -257,7 +256,7 @@ mod tests {
     use conformance::ts;
     use serde_json::json;
 
-#[test]
+    #[test]
     fn envelope_json_keeps_the_offset() {
         let env = Envelope {
             position: 1,
