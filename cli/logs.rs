@@ -89,9 +89,11 @@ pub fn explain(args: ExplainArgs) -> Result<(), Failure> {
 pub fn diff(args: DiffArgs) -> Result<(), Failure> {
     let envelopes = load(&args.log)?;
     let (first, second, names) = match (args.at, &args.policy) {
-        (Some(t), _) => {
-            (fold(&envelopes, Upto::Instant(t))?, fold(&envelopes, Upto::All)?, (format!("as known at {}", t.to_rfc3339()), "as known now".to_string()))
-        }
+        (Some(t), _) => (
+            fold(&envelopes, Upto::Instant(t))?,
+            fold(&envelopes, Upto::All)?,
+            (format!("as known at {}", t.to_rfc3339()), "as known now".to_string()),
+        ),
         (None, Some(policy)) => {
             let other = rerun_under(&envelopes, &what_if(policy)?);
             (fold(&envelopes, Upto::All)?, fold(&other, Upto::All)?, ("as charged".to_string(), format!("under {}", policy.display())))

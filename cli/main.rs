@@ -80,11 +80,7 @@ fn logging(verbose: u8, quiet: bool) {
 }
 
 fn async_runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(failure::runtime("starting the async runtime"))
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(failure::runtime("starting the async runtime"))
 }
 
 fn completions(args: CompletionsArgs) -> Result<(), Failure> {

@@ -14,7 +14,8 @@ pub fn bar(total: u64, what: &'static str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(total);
-    let style = ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} events ({percent}%, {eta} left)").unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style =
+        ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} events ({percent}%, {eta} left)").unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar.set_message(what);
     bar

@@ -32,7 +32,13 @@ fn each_malformed_scenario_is_refused_with_its_place_and_writes_nothing() {
     type Mutation = fn(&mut Value);
     let cases: Vec<(&str, Mutation, &str)> = vec![
         ("unknown type", |v| v["commands"][1]["type"] = json!("buy_everything"), "commands[1].type"),
-        ("missing field", |v| { v["commands"][1].as_object_mut().unwrap().remove("pool"); }, "commands[1].pool: missing field"),
+        (
+            "missing field",
+            |v| {
+                v["commands"][1].as_object_mut().unwrap().remove("pool");
+            },
+            "commands[1].pool: missing field",
+        ),
         ("money as a number", |v| v["commands"][0]["amount"] = json!(10.5), "commands[0].amount"),
         ("money with letters", |v| v["commands"][0]["amount"] = json!("10.5O"), "commands[0].amount"),
         ("money with an exponent", |v| v["commands"][0]["amount"] = json!("1e3"), "commands[0].amount"),
@@ -52,7 +58,13 @@ fn each_malformed_scenario_is_refused_with_its_place_and_writes_nothing() {
         ("unknown level", |v| v["accounts"][0]["level"] = json!("gold"), "accounts[0].level"),
         ("empty id", |v| v["commands"][1]["pool"] = json!(""), "commands[1].pool"),
         ("not an object", |v| v["commands"][0] = json!(42), "commands[0]"),
-        ("commands missing", |v| { v.as_object_mut().unwrap().remove("commands"); }, "commands: missing field"),
+        (
+            "commands missing",
+            |v| {
+                v.as_object_mut().unwrap().remove("commands");
+            },
+            "commands: missing field",
+        ),
         ("year 9999", |v| v["commands"][1]["at"] = json!("9999-12-31T23:59:59+08:00"), "commands[1].at"),
         ("until in year 9999", |v| v["until"] = json!("9999-01-01T00:00:00Z"), "until"),
         ("10^30 money", |v| v["commands"][0]["amount"] = json!("10^30"), "commands[0].amount"),
@@ -68,17 +80,50 @@ fn each_malformed_scenario_is_refused_with_its_place_and_writes_nothing() {
         ("a control character in an id", |v| v["commands"][1]["pool"] = json!("p\u{0007}"), "commands[1].pool"),
         ("a 300-character id", |v| v["commands"][1]["pool"] = json!("p".repeat(300)), "commands[1].pool"),
         ("a type that is a number", |v| v["commands"][0]["type"] = json!(7), "commands[0].type"),
-        ("no at", |v| { v["commands"][0].as_object_mut().unwrap().remove("at"); }, "commands[0].at"),
+        (
+            "no at",
+            |v| {
+                v["commands"][0].as_object_mut().unwrap().remove("at");
+            },
+            "commands[0].at",
+        ),
         ("a catalog entry without prices", |v| v["catalog"][0] = json!({"spec": "cpu"}), "catalog[0]"),
         ("a price of -1", |v| v["catalog"][0]["hourly"] = json!("-1"), "catalog[0].hourly"),
         ("a spec listed twice", |v| v["catalog"] = json!([{"spec": "cpu", "hourly": "1"}, {"spec": "cpu", "hourly": "2"}]), "catalog[1].spec"),
-        ("grace days negative", |v| v["policy"] = json!({"levels": {"standard": {"grace_days": -1, "retention_days": 1}}}), "policy.levels.standard.grace_days"),
+        (
+            "grace days negative",
+            |v| v["policy"] = json!({"levels": {"standard": {"grace_days": -1, "retention_days": 1}}}),
+            "policy.levels.standard.grace_days",
+        ),
         ("scale with nothing", |v| v["commands"][1] = json!({"at": "2023-04-18T09:30:00+08:00", "type": "scale", "pool": "p"}), "commands[1].nodes"),
-        ("a notebook without a disk price", |v| v["commands"][1] = json!({"at": "2023-04-18T09:30:00+08:00", "type": "start_job", "account": "acct-1", "job": "nb", "kind": "notebook", "spec": "cpu", "nodes": 1}), "commands[1].disk_hourly"),
-        ("a service without a model", |v| v["commands"][1] = json!({"at": "2023-04-18T09:30:00+08:00", "type": "start_job", "account": "acct-1", "job": "s", "kind": "service", "spec": "cpu", "nodes": 1}), "commands[1].model"),
-        ("days_before 8", |v| v["commands"][1] = json!({"at": "2023-04-18T09:30:00+08:00", "type": "set_auto_renew", "pool": "p", "enabled": true, "months": 1, "days_before": 8}), "commands[1].days_before"),
-        ("align_day 29", |v| v["commands"][1] = json!({"at": "2023-04-18T09:30:00+08:00", "type": "renew", "pool": "p", "months": 1, "align_day": 29}), "commands[1].align_day"),
-        ("months and years", |v| v["commands"][1] = json!({"at": "2023-04-18T09:30:00+08:00", "type": "renew", "pool": "p", "months": 1, "years": 1}), "commands[1].years"),
+        (
+            "a notebook without a disk price",
+            |v| v["commands"][1] = json!({"at": "2023-04-18T09:30:00+08:00", "type": "start_job", "account": "acct-1", "job": "nb", "kind": "notebook", "spec": "cpu", "nodes": 1}),
+            "commands[1].disk_hourly",
+        ),
+        (
+            "a service without a model",
+            |v| v["commands"][1] = json!({"at": "2023-04-18T09:30:00+08:00", "type": "start_job", "account": "acct-1", "job": "s", "kind": "service", "spec": "cpu", "nodes": 1}),
+            "commands[1].model",
+        ),
+        (
+            "days_before 8",
+            |v| {
+                v["commands"][1] =
+                    json!({"at": "2023-04-18T09:30:00+08:00", "type": "set_auto_renew", "pool": "p", "enabled": true, "months": 1, "days_before": 8})
+            },
+            "commands[1].days_before",
+        ),
+        (
+            "align_day 29",
+            |v| v["commands"][1] = json!({"at": "2023-04-18T09:30:00+08:00", "type": "renew", "pool": "p", "months": 1, "align_day": 29}),
+            "commands[1].align_day",
+        ),
+        (
+            "months and years",
+            |v| v["commands"][1] = json!({"at": "2023-04-18T09:30:00+08:00", "type": "renew", "pool": "p", "months": 1, "years": 1}),
+            "commands[1].years",
+        ),
     ];
     // The same cases against an existing store: it must be left exactly as it was.
     let kept = tempfile::tempdir().unwrap();
@@ -188,10 +233,7 @@ fn refused_commands_are_reported_and_the_rest_goes_on() {
     let path = write(dir.path(), &scenario.to_string());
     let doc = run_json(&["run", path.to_str().unwrap(), "--format", "json"]);
     let rejections = pick(&doc["rejections"], &["index", "type", "rule"]);
-    assert_eq!(
-        rejections,
-        vec![json!({"index": 2, "type": "scale", "rule": "R17"}), json!({"index": 3, "type": "delete", "rule": "R16"})]
-    );
+    assert_eq!(rejections, vec![json!({"index": 2, "type": "scale", "rule": "R17"}), json!({"index": 3, "type": "delete", "rule": "R16"})]);
     assert_eq!(doc["resources"][0]["state"], "deleted");
     // 09:30–10:00 and 10:00–10:30 at 3.50/h: 1.75 each.
     assert_eq!(doc["accounts"][0]["balance"], "106.50");

@@ -66,10 +66,8 @@ fn killing_the_process_loses_nothing_acknowledged() {
         // Some acknowledged commands of earlier rounds are sent again: retries after a restart.
         let resend: Vec<String> = acknowledged.keys().filter(|id| id.starts_with('r')).take(3).cloned().collect();
         let writer = std::thread::spawn(move || {
-            let mut lines: Vec<Value> = resend
-                .iter()
-                .map(|id| json!({"id": id, "at": instant(base), "type": "top_up", "account": "a", "amount": "1.00"}))
-                .collect();
+            let mut lines: Vec<Value> =
+                resend.iter().map(|id| json!({"id": id, "at": instant(base), "type": "top_up", "account": "a", "amount": "1.00"})).collect();
             lines.extend([
                 json!({"id": "setup-price", "at": instant(0), "type": "set_price", "spec": "cpu", "hourly": "3.60"}),
                 json!({"id": "setup-account", "at": instant(0), "type": "open_account", "account": "a", "balance": "0.00"}),

@@ -219,18 +219,73 @@ fn interesting_values() -> &'static Vec<Value> {
         let mut v: Vec<Value> = Vec::new();
         // Numbers: zero, negative, huge, fractional, just inside and outside the bounds.
         for text in [
-            "0", "-1", "1", "2", "3", "7", "8", "28", "29", "1200", "1201", "100000", "100001", "4294967296",
-            "1099511627776", "9223372036854775808", "18446744073709551616", "1e308", "-1e308", "0.5", "1.0", "-0.0",
-            "1e3", "36500", "36501", "1000000",
+            "0",
+            "-1",
+            "1",
+            "2",
+            "3",
+            "7",
+            "8",
+            "28",
+            "29",
+            "1200",
+            "1201",
+            "100000",
+            "100001",
+            "4294967296",
+            "1099511627776",
+            "9223372036854775808",
+            "18446744073709551616",
+            "1e308",
+            "-1e308",
+            "0.5",
+            "1.0",
+            "-0.0",
+            "1e3",
+            "36500",
+            "36501",
+            "1000000",
         ] {
             v.push(serde_json::from_str(text).expect(text));
         }
         // Money strings, valid and almost valid.
         for text in [
-            "1,000.00", "1e3", " 1.00", "1.00 ", "1.0.0", "١٢٣", "10^30", "1000000000000000000000000000000", "-0.00",
-            "0.000000001", "0", "0.00", "1.00", "3.50", "1750.00", "100000.00", "1000000000000", "1000000000000.01",
-            "-1.00", "+1.00", "1.", ".", ".5", "00.10", "0.99999999", "1.000000000", "79228162514264337593543950335",
-            "99999999999999999999999999999999", "0x10", "NaN", "inf", "1_000", "-", "--1", "0.10", "１",
+            "1,000.00",
+            "1e3",
+            " 1.00",
+            "1.00 ",
+            "1.0.0",
+            "١٢٣",
+            "10^30",
+            "1000000000000000000000000000000",
+            "-0.00",
+            "0.000000001",
+            "0",
+            "0.00",
+            "1.00",
+            "3.50",
+            "1750.00",
+            "100000.00",
+            "1000000000000",
+            "1000000000000.01",
+            "-1.00",
+            "+1.00",
+            "1.",
+            ".",
+            ".5",
+            "00.10",
+            "0.99999999",
+            "1.000000000",
+            "79228162514264337593543950335",
+            "99999999999999999999999999999999",
+            "0x10",
+            "NaN",
+            "inf",
+            "1_000",
+            "-",
+            "--1",
+            "0.10",
+            "１",
         ] {
             v.push(json!(text));
         }
@@ -265,8 +320,28 @@ fn interesting_values() -> &'static Vec<Value> {
         }
         // Identifiers: empty, blank, unicode, control characters, long, existing ones.
         for text in [
-            "", " ", "\t", "acct-1", "acct-2", "pool-1", "pool-2", "acct-a", "acct-b", "sub-a", "a\u{0}b", "a\u{7}", "a\nb",
-            "账户-1", "🙂", "\u{202e}rtl", "a\u{85}b", "modelarts.vm.cpu.8ud", "cpu", "pub", "standard", "gold",
+            "",
+            " ",
+            "\t",
+            "acct-1",
+            "acct-2",
+            "pool-1",
+            "pool-2",
+            "acct-a",
+            "acct-b",
+            "sub-a",
+            "a\u{0}b",
+            "a\u{7}",
+            "a\nb",
+            "账户-1",
+            "🙂",
+            "\u{202e}rtl",
+            "a\u{85}b",
+            "modelarts.vm.cpu.8ud",
+            "cpu",
+            "pub",
+            "standard",
+            "gold",
         ] {
             v.push(json!(text));
         }
@@ -276,10 +351,36 @@ fn interesting_values() -> &'static Vec<Value> {
         v.push(json!("y".repeat(100_000)));
         // Types, modes, kinds.
         for text in [
-            "purchase", "scale", "renew", "top_up", "convert", "delete", "ready", "unsubscribe", "set_auto_renew",
-            "buy_package", "start_job", "stop_job", "delete_job", "open_account", "set_price", "set_policy", "advance",
-            "buy_everything", "PURCHASE", "on_demand", "monthly", "yearly", "weekly", "training", "notebook", "service",
-            "workflow", "auto_learning", "public", "dedicated",
+            "purchase",
+            "scale",
+            "renew",
+            "top_up",
+            "convert",
+            "delete",
+            "ready",
+            "unsubscribe",
+            "set_auto_renew",
+            "buy_package",
+            "start_job",
+            "stop_job",
+            "delete_job",
+            "open_account",
+            "set_price",
+            "set_policy",
+            "advance",
+            "buy_everything",
+            "PURCHASE",
+            "on_demand",
+            "monthly",
+            "yearly",
+            "weekly",
+            "training",
+            "notebook",
+            "service",
+            "workflow",
+            "auto_learning",
+            "public",
+            "dedicated",
         ] {
             v.push(json!(text));
         }
@@ -305,8 +406,30 @@ fn interesting(i: usize) -> Value {
 }
 
 const KEYS: [&str; 24] = [
-    "", "note", "comment", "ready", "region", "months", "years", "pool_type", "extra", "Type", "\u{0}", "align_day", "count",
-    "days_before", "discount", "level", "policy", "levels", "alert_below", "disk_gb", "model", "bills", "total", "erratum",
+    "",
+    "note",
+    "comment",
+    "ready",
+    "region",
+    "months",
+    "years",
+    "pool_type",
+    "extra",
+    "Type",
+    "\u{0}",
+    "align_day",
+    "count",
+    "days_before",
+    "discount",
+    "level",
+    "policy",
+    "levels",
+    "alert_below",
+    "disk_gb",
+    "model",
+    "bills",
+    "total",
+    "erratum",
 ];
 
 const NEST_DEPTHS: [usize; 6] = [1, 20, 126, 127, 128, 20_000];
@@ -466,10 +589,7 @@ fn same_kind(current: &Value, i: usize) -> Value {
     if let Value::Bool(b) = current {
         return json!(!b);
     }
-    let pool: Vec<&Value> = interesting_values()
-        .iter()
-        .filter(|v| std::mem::discriminant(*v) == std::mem::discriminant(current))
-        .collect();
+    let pool: Vec<&Value> = interesting_values().iter().filter(|v| std::mem::discriminant(*v) == std::mem::discriminant(current)).collect();
     if pool.is_empty() {
         interesting(i)
     } else {
@@ -690,7 +810,9 @@ impl ScenarioCase {
                     let whole_element = rest.is_empty() && matches!(self.edits[0].act, Act::Delete | Act::Duplicate);
                     if c == "commands" && !whole_element {
                         let exact = match (&self.edits[0].act, rest) {
-                            (Act::Replace(v), [Seg::Key(_)]) if matches!(interesting(*v), Value::Array(_) | Value::Object(_)) => Some(path_text(path)),
+                            (Act::Replace(v), [Seg::Key(_)]) if matches!(interesting(*v), Value::Array(_) | Value::Object(_)) => {
+                                Some(path_text(path))
+                            }
                             (Act::Nest(d), [Seg::Key(_)]) if NEST_DEPTHS[*d] <= 100 => Some(path_text(path)),
                             _ => None,
                         };
@@ -1059,7 +1181,12 @@ struct FileCase {
 
 fn file_case() -> impl Strategy<Value = FileCase> {
     let bytes = prop_oneof![2 => Just(Vec::new()), 1 => prop::collection::vec(byte_mut_strategy(), 1..4)];
-    (any::<usize>(), prop::collection::vec(edit_strategy(), 1..4), any::<bool>(), bytes).prop_map(|(base, edits, pretty, bytes)| FileCase { base, edits, pretty, bytes })
+    (any::<usize>(), prop::collection::vec(edit_strategy(), 1..4), any::<bool>(), bytes).prop_map(|(base, edits, pretty, bytes)| FileCase {
+        base,
+        edits,
+        pretty,
+        bytes,
+    })
 }
 
 impl FileCase {
@@ -1128,8 +1255,24 @@ proptest! {
 // ---------------------------------------------------------------------------------------------
 
 const COMMAND_TYPES: [&str; 18] = [
-    "top_up", "purchase", "ready", "delete", "unsubscribe", "renew", "set_auto_renew", "convert", "scale", "buy_package",
-    "start_job", "stop_job", "delete_job", "open_account", "set_price", "advance", "buy_everything", "",
+    "top_up",
+    "purchase",
+    "ready",
+    "delete",
+    "unsubscribe",
+    "renew",
+    "set_auto_renew",
+    "convert",
+    "scale",
+    "buy_package",
+    "start_job",
+    "stop_job",
+    "delete_job",
+    "open_account",
+    "set_price",
+    "advance",
+    "buy_everything",
+    "",
 ];
 
 fn fields_of(kind: &str) -> &'static [&'static str] {

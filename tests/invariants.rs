@@ -40,9 +40,7 @@
 use chrono::Duration;
 use poolbill_domain::money::trunc8;
 use poolbill_domain::time::{at_three_am, beijing_at, beijing_date, hour_floor, next_hour, to_beijing};
-use poolbill_domain::{
-    Basis, BillLine, BillingMode, Command, Event, Hold, Instant, Item, JobKind, Level, Policy, PoolType, Price, State, Term,
-};
+use poolbill_domain::{Basis, BillLine, BillingMode, Command, Event, Hold, Instant, Item, JobKind, Level, Policy, PoolType, Price, State, Term};
 use poolbill_projections::{Document, Projections};
 use poolbill_replay::rerun::{self, Recorded, WhatIf};
 use poolbill_replay::{fold, jsonl, Upto};
@@ -391,7 +389,8 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value, path: &str) ->
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            keys.into_iter().find_map(|k| first_difference(x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), &format!("{path}.{k}")))
+            keys.into_iter()
+                .find_map(|k| first_difference(x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), &format!("{path}.{k}")))
         }
         (Value::Array(x), Value::Array(y)) => {
             for (i, (u, v)) in x.iter().zip(y).enumerate() {
@@ -520,7 +519,10 @@ fn check_incremental_equals_replay(run: &Run, f: &mut Failures) {
             }
             for (i, (a, b)) in run.envelopes.iter().zip(&imported).enumerate() {
                 if a != b || a.at.offset() != b.at.offset() {
-                    f.fail(CHECK, format!("JSON lines: envelope {} changed in the round trip:\n    {}\n    {}", a.position, lines[i], jsonl::to_line(b)));
+                    f.fail(
+                        CHECK,
+                        format!("JSON lines: envelope {} changed in the round trip:\n    {}\n    {}", a.position, lines[i], jsonl::to_line(b)),
+                    );
                 }
             }
         }
@@ -550,14 +552,8 @@ fn check_time_travel(run: &Run, f: &mut Failures) {
         "job_stopped",
     ];
     let mut rng = Rng::new(run.case.seed ^ CHECK_STREAM);
-    let transitions: Vec<Instant> = run
-        .envelopes
-        .iter()
-        .filter(|e| TRANSITIONS.contains(&e.event_type.as_str()))
-        .map(|e| e.at)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let transitions: Vec<Instant> =
+        run.envelopes.iter().filter(|e| TRANSITIONS.contains(&e.event_type.as_str())).map(|e| e.at).collect::<BTreeSet<_>>().into_iter().collect();
     let mut instants = BTreeSet::new();
     for _ in 0..3 {
         if transitions.is_empty() {
@@ -723,7 +719,10 @@ impl OnTime {
                 if let Some((end, level)) = pool_end(pool) {
                     let due = end + Duration::seconds(1) + day(level.grace_days + level.retention_days);
                     if t != due {
-                        wrong(f, format!("pool {pool} ends {}: released after {}+{} days at {}", bj(end), level.grace_days, level.retention_days, bj(due)));
+                        wrong(
+                            f,
+                            format!("pool {pool} ends {}: released after {}+{} days at {}", bj(end), level.grace_days, level.retention_days, bj(due)),
+                        );
                     }
                 }
             }
@@ -939,7 +938,14 @@ fn check_no_charge_when_not_running(run: &Run, h: &Histories, f: &mut Failures) 
                     CHECK,
                     format!(
                         "{what}: billed while {:?} {} is {} (status {}, hold {:?}, subscription {}, public {}) from {}",
-                        key.0, key.1, s.shown, s.status, s.hold, s.subscription, s.public, bj(at)
+                        key.0,
+                        key.1,
+                        s.shown,
+                        s.status,
+                        s.hold,
+                        s.subscription,
+                        s.public,
+                        bj(at)
                     ),
                 );
                 break;
@@ -949,7 +955,11 @@ fn check_no_charge_when_not_running(run: &Run, h: &Histories, f: &mut Failures) 
             if let Some((at, phase)) = phases.into_iter().find(|(_, p)| matches!(p, Some(Hold::Frozen | Hold::Released))) {
                 f.fail(
                     CHECK,
-                    format!("{what}: billed while account {} is in arrears past grace ({phase:?}) from {} (R12: frozen resources are not billed)", line.account, bj(at)),
+                    format!(
+                        "{what}: billed while account {} is in arrears past grace ({phase:?}) from {} (R12: frozen resources are not billed)",
+                        line.account,
+                        bj(at)
+                    ),
                 );
             }
         }
@@ -1153,7 +1163,10 @@ fn check_negative_only_by_settlement(run: &Run, f: &mut Failures) {
                 let payload = event.encode().1;
                 let recorded = payload.get("balance_after").or_else(|| payload.get("balance")).and_then(|v| v.as_str()).map(dec);
                 if let Some(balance) = recorded.filter(|b| *b != a.balance) {
-                    f.fail(CHECK, format!("account {account}: top-up of {amount} at {} records balance {balance}, running balance {}", bj(*at), a.balance));
+                    f.fail(
+                        CHECK,
+                        format!("account {account}: top-up of {amount} at {} records balance {balance}, running balance {}", bj(*at), a.balance),
+                    );
                 }
                 if a.arrears && a.balance >= Decimal::ZERO {
                     a.topped_to_zero_in_arrears = true;
@@ -1164,7 +1177,12 @@ fn check_negative_only_by_settlement(run: &Run, f: &mut Failures) {
                 if a.arrears || a.balance >= Decimal::ZERO || *balance != a.balance {
                     f.fail(
                         CHECK,
-                        format!("account {account}: arrears started at {} with balance {balance} (running {}, already in arrears {})", bj(*at), a.balance, a.arrears),
+                        format!(
+                            "account {account}: arrears started at {} with balance {balance} (running {}, already in arrears {})",
+                            bj(*at),
+                            a.balance,
+                            a.arrears
+                        ),
                     );
                 }
                 a.arrears = true;
@@ -1197,7 +1215,10 @@ fn check_negative_only_by_settlement(run: &Run, f: &mut Failures) {
                 if !is_usage(line) {
                     if line.amounts.payable > Decimal::ZERO {
                         if a.balance < Decimal::ZERO {
-                            f.fail(CHECK, format!("{what}: an order left the balance negative (R12: fees are refused when the balance cannot cover them)"));
+                            f.fail(
+                                CHECK,
+                                format!("{what}: an order left the balance negative (R12: fees are refused when the balance cannot cover them)"),
+                            );
                         }
                         if a.arrears {
                             f.fail(CHECK, format!("{what}: an order paid while the account is in arrears (R12)"));
@@ -1345,7 +1366,10 @@ fn regression_arrears_and_auto_renew() {
         "auto_renew_refused_in_arrears",
         "storage_billed",
     ] {
-        assert!(seen.contains(wanted), "seed={REGRESSION_SEED} length={REGRESSION_LEN} no longer exercises {wanted} (did the generator change?); seen {seen:?}");
+        assert!(
+            seen.contains(wanted),
+            "seed={REGRESSION_SEED} length={REGRESSION_LEN} no longer exercises {wanted} (did the generator change?); seen {seen:?}"
+        );
     }
     assert!(failures.is_empty(), "{}", failures.report());
 }

@@ -35,8 +35,14 @@ fn replay_of_the_exported_log_equals_run_at_every_transition_and_random_instants
         let store = out.path().join("store");
         let log = out.path().join("log.jsonl");
         let doc = run_json(&[
-            "run", dir.join("scenario.json").to_str().unwrap(), "--format", "json",
-            "--store", store.to_str().unwrap(), "--export", log.to_str().unwrap(),
+            "run",
+            dir.join("scenario.json").to_str().unwrap(),
+            "--format",
+            "json",
+            "--store",
+            store.to_str().unwrap(),
+            "--export",
+            log.to_str().unwrap(),
         ]);
         let replayed = run_json(&["replay", log.to_str().unwrap(), "--format", "json"]);
         assert_eq!(replayed, doc, "{name}: replay of the exported log");
@@ -68,8 +74,14 @@ fn replay_of_the_exported_log_equals_run_at_every_transition_and_random_instants
         for t in instants.iter().step_by(instants.len() / 3 + 1) {
             let t = t.to_rfc3339();
             let by_run = run_json(&[
-                "run", dir.join("scenario.json").to_str().unwrap(), "--format", "json",
-                "--store", out.path().join("store").to_str().unwrap(), "--at", &t,
+                "run",
+                dir.join("scenario.json").to_str().unwrap(),
+                "--format",
+                "json",
+                "--store",
+                out.path().join("store").to_str().unwrap(),
+                "--at",
+                &t,
             ]);
             let by_replay = run_json(&["replay", log.to_str().unwrap(), "--format", "json", "--at", &t]);
             assert_eq!(by_run, by_replay, "{name}: run --at {t} = replay --at {t}");
@@ -121,7 +133,8 @@ fn audit_passes_where_the_seed_agrees_and_reports_exactly_its_errata() {
         let charged = read_json(&charged_path);
         let log = dir.join("log.jsonl");
         let result = run(&["audit", log.to_str().unwrap(), "--charged", charged_path.to_str().unwrap(), "--format", "json"]);
-        let report: Value = serde_json::from_slice(&result.stdout).unwrap_or_else(|e| panic!("{name}: {e}: {}", String::from_utf8_lossy(&result.stderr)));
+        let report: Value =
+            serde_json::from_slice(&result.stdout).unwrap_or_else(|e| panic!("{name}: {e}: {}", String::from_utf8_lossy(&result.stderr)));
         let errata: Vec<&Value> = charged["bills"].as_array().unwrap().iter().filter(|b| b.get("erratum").is_some()).collect();
         let reported = report["discrepancies"].as_array().unwrap();
         assert_eq!(report["integrity"], Value::Array(vec![]), "{name}: the log's lines are its commands' lines");
@@ -219,8 +232,10 @@ fn diff_shows_what_came_later_and_what_a_policy_would_change() {
     let d = run_json(&["diff", log.to_str().unwrap(), "--policy", policy.to_str().unwrap(), "--format", "json"]);
     assert!(!d["removed"].as_array().unwrap().is_empty(), "{d}");
     let what_if = run_json(&["replay", log.to_str().unwrap(), "--policy", policy.to_str().unwrap(), "--format", "json"]);
-    assert_eq!(what_if["bills"].as_array().unwrap().len() + d["removed"].as_array().unwrap().len() - d["added"].as_array().unwrap().len(),
-        run_json(&["replay", log.to_str().unwrap(), "--format", "json"])["bills"].as_array().unwrap().len());
+    assert_eq!(
+        what_if["bills"].as_array().unwrap().len() + d["removed"].as_array().unwrap().len() - d["added"].as_array().unwrap().len(),
+        run_json(&["replay", log.to_str().unwrap(), "--format", "json"])["bills"].as_array().unwrap().len()
+    );
     // A price list too: at 7.00/h every on-demand hour costs twice as much.
     std::fs::write(&policy, r#"{"catalog": [{"spec": "modelarts.vm.cpu.8ud", "hourly": "7.00", "monthly": "1750.00"}]}"#).unwrap();
     let d = run_json(&["diff", log.to_str().unwrap(), "--policy", policy.to_str().unwrap(), "--format", "json"]);
@@ -247,11 +262,16 @@ fn every_tool_works_on_every_fixture() {
         for (i, bill) in all.iter().enumerate().filter(|(i, _)| i % every == 0 || *i == all.len() - 1) {
             let e = serde_json::to_value(explain::explain_bill(&envelopes, i + 1).unwrap()).unwrap();
             assert_eq!(e["bill"]["payable"], bill["payable"], "{name}: bill {}", i + 1);
-            let (list, discount, round_off, payable) = (dec(&e["bill"]["list_price"]), dec(&e["bill"]["discount"]), dec(&e["bill"]["round_off"]), dec(&e["bill"]["payable"]));
+            let (list, discount, round_off, payable) =
+                (dec(&e["bill"]["list_price"]), dec(&e["bill"]["discount"]), dec(&e["bill"]["round_off"]), dec(&e["bill"]["payable"]));
             assert_eq!(list - discount - round_off, payable, "{name}: bill {} adds up", i + 1);
             let steps = e["steps"].as_array().unwrap();
             assert!(steps.iter().all(|s| s["rule"].as_str().unwrap().starts_with('R')), "{name}: every step cites its rule");
-            assert!(!steps.iter().any(|s| s["what"].as_str().unwrap().starts_with("Recorded amounts differ")), "{name}: bill {} recomputes to itself", i + 1);
+            assert!(
+                !steps.iter().any(|s| s["what"].as_str().unwrap().starts_with("Recorded amounts differ")),
+                "{name}: bill {} recomputes to itself",
+                i + 1
+            );
         }
         // bills: every month that has lines totals its flow bills.
         let mut months: Vec<String> = doc["bills"].as_array().unwrap().iter().map(|b| b["start"].as_str().unwrap()[..7].to_string()).collect();
@@ -268,6 +288,10 @@ fn every_tool_works_on_every_fixture() {
         // diff: halfway through, nothing known then is changed later.
         let mid = envelopes[envelopes.len() / 2].at.to_rfc3339();
         let d = run_json(&["diff", log.to_str().unwrap(), "--at", &mid, "--format", "json"]);
-        assert_eq!((d["removed"].as_array().unwrap().len(), d["changed"].as_array().unwrap().len()), (0, 0), "{name}: an append-only log corrects nothing");
+        assert_eq!(
+            (d["removed"].as_array().unwrap().len(), d["changed"].as_array().unwrap().len()),
+            (0, 0),
+            "{name}: an append-only log corrects nothing"
+        );
     }
 }

@@ -36,13 +36,8 @@ fn every_account_reconciles_to_the_cent() {
     for account in scenario["accounts"].as_array().unwrap() {
         let id = account["id"].as_str().unwrap();
         let opening = dec(&account["balance"]);
-        let top_ups: Decimal = scenario["commands"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|c| c["type"] == "top_up" && c["account"] == id)
-            .map(|c| dec(&c["amount"]))
-            .sum();
+        let top_ups: Decimal =
+            scenario["commands"].as_array().unwrap().iter().filter(|c| c["type"] == "top_up" && c["account"] == id).map(|c| dec(&c["amount"])).sum();
         let payable: Decimal = doc["bills"].as_array().unwrap().iter().filter(|b| b["account"] == id).map(|b| dec(&b["payable"])).sum();
         let detail: Decimal = doc["detail_bills"].as_array().unwrap().iter().filter(|b| b["account"] == id).map(|b| dec(&b["payable"])).sum();
         let closing = dec(&doc["accounts"].as_array().unwrap().iter().find(|a| a["account"] == id || a["id"] == id).unwrap()["balance"]);
@@ -56,7 +51,10 @@ fn every_account_reconciles_to_the_cent() {
     let refused = pick(&doc["rejections"], &["index", "type", "rule"]);
     assert_eq!(
         refused,
-        vec![serde_json::json!({"index": 10, "type": "purchase", "rule": "R12"}), serde_json::json!({"index": 11, "type": "start_job", "rule": "R12"})]
+        vec![
+            serde_json::json!({"index": 10, "type": "purchase", "rule": "R12"}),
+            serde_json::json!({"index": 11, "type": "start_job", "rule": "R12"})
+        ]
     );
 }
 
@@ -115,7 +113,9 @@ fn time_travel_is_right_on_both_sides_of_every_transition() {
                 assert_ne!(state(&before, &id), "deleted", "{id} before {at}");
                 assert_eq!(state(&after, &id), "deleted", "{id} at {at}");
             }
-            "pool_unsubscribed" => assert_eq!((state(&before, &name("pool")), state(&after, &name("pool"))), ("running".into(), "released".into()), "{at}"),
+            "pool_unsubscribed" => {
+                assert_eq!((state(&before, &name("pool")), state(&after, &name("pool"))), ("running".into(), "released".into()), "{at}")
+            }
             "pool_renewed" => {
                 let pool = name("pool");
                 let end = DateTime::parse_from_rfc3339(&name("end")).unwrap().to_rfc3339();
@@ -146,7 +146,9 @@ fn time_travel_is_right_on_both_sides_of_every_transition() {
         }
         *checked.entry(envelope.event_type.clone()).or_default() += 1;
     }
-    for kind in ["arrears_started", "arrears_frozen", "arrears_ended", "pool_unsubscribed", "pool_renewed", "job_stopped", "charged", "auto_renew_attempted"] {
+    for kind in
+        ["arrears_started", "arrears_frozen", "arrears_ended", "pool_unsubscribed", "pool_renewed", "job_stopped", "charged", "auto_renew_attempted"]
+    {
         assert!(checked.contains_key(kind), "the scenario has a {kind} transition: {checked:?}");
     }
     // Both failed attempts and the success after the top-up.

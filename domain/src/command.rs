@@ -9,11 +9,24 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
     /// Put a spec's prices in the catalog (prices in force from this instant).
-    SetPrice { spec: String, price: Price },
+    SetPrice {
+        spec: String,
+        price: Price,
+    },
     /// Set the customer levels (R6, R12).
-    SetPolicy { policy: Policy },
-    OpenAccount { account: String, balance: Decimal, level: String, discount: Decimal },
-    TopUp { account: String, amount: Decimal },
+    SetPolicy {
+        policy: Policy,
+    },
+    OpenAccount {
+        account: String,
+        balance: Decimal,
+        level: String,
+        discount: Decimal,
+    },
+    TopUp {
+        account: String,
+        amount: Decimal,
+    },
     Purchase {
         account: String,
         pool: String,
@@ -27,13 +40,36 @@ pub enum Command {
         /// An on-demand pool that is ready at once (R4).
         ready: bool,
     },
-    Ready { pool: String },
-    Delete { pool: String },
-    Renew { pool: String, term: Term, align_day: Option<u32> },
-    SetAutoRenew { pool: String, enabled: bool, term: Option<Term>, days_before: u32, count: Option<u32> },
-    Convert { pool: String, term: Term },
-    Scale { pool: String, nodes: Option<u32>, spec: Option<String> },
-    Unsubscribe { pool: String },
+    Ready {
+        pool: String,
+    },
+    Delete {
+        pool: String,
+    },
+    Renew {
+        pool: String,
+        term: Term,
+        align_day: Option<u32>,
+    },
+    SetAutoRenew {
+        pool: String,
+        enabled: bool,
+        term: Option<Term>,
+        days_before: u32,
+        count: Option<u32>,
+    },
+    Convert {
+        pool: String,
+        term: Term,
+    },
+    Scale {
+        pool: String,
+        nodes: Option<u32>,
+        spec: Option<String>,
+    },
+    Unsubscribe {
+        pool: String,
+    },
     BuyPackage {
         account: String,
         package: String,
@@ -56,8 +92,12 @@ pub enum Command {
         disk_gb: Option<u32>,
         disk_hourly: Option<Decimal>,
     },
-    StopJob { job: String },
-    DeleteJob { job: String },
+    StopJob {
+        job: String,
+    },
+    DeleteJob {
+        job: String,
+    },
 }
 
 /// R14: a notebook's EVS disk when the command gives no size.

@@ -2,8 +2,8 @@
 //! command. Pure: no I/O, no clock but the `now` it is given.
 
 use crate::command::Command;
-use crate::event::Event;
 use crate::command::JobKind;
+use crate::event::Event;
 use crate::model::{Alignment, Basis, BillLine, BillingMode, Item, Period, PoolType, Price, Rejection, Rule, Term, UnusedPart};
 use crate::money::{remaining_factor, trunc2, Amounts};
 use crate::state::{billing_id, Account, JobStatus, Pool, PoolStatus, State};
@@ -24,12 +24,8 @@ pub fn handle(state: &State, command: &Command, at: Instant, index: Option<u64>)
         Ok(events) => Handled { at, events: std::iter::once(received).chain(events).collect(), rejection: None },
         Err(rejection) => {
             let stamp = state.clock.map_or(at, |clock| clock.max(at));
-            let record = Event::CommandRejected {
-                command: command.type_name().to_string(),
-                rule: rejection.rule,
-                reason: rejection.reason.clone(),
-                index,
-            };
+            let record =
+                Event::CommandRejected { command: command.type_name().to_string(), rule: rejection.rule, reason: rejection.reason.clone(), index };
             Handled { at: stamp, events: vec![received, record], rejection: Some(rejection) }
         }
     }
@@ -38,10 +34,7 @@ pub fn handle(state: &State, command: &Command, at: Instant, index: Option<u64>)
 pub fn decide(state: &State, command: &Command, now: Instant) -> Result<Vec<Event>, Rejection> {
     if let Some(clock) = state.clock {
         if now < clock {
-            return Err(Rejection::new(
-                Rule::R1,
-                format!("instant {} is before the last recorded instant {}", now.to_rfc3339(), clock.to_rfc3339()),
-            ));
+            return Err(Rejection::new(Rule::R1, format!("instant {} is before the last recorded instant {}", now.to_rfc3339(), clock.to_rfc3339())));
         }
     }
     match command {
@@ -233,7 +226,15 @@ fn renew(state: &State, pool_id: &str, term: Term, align_day: Option<u32>) -> Re
 }
 
 /// R3: the events of renewing `pool` by `term` (manual, or an R8 attempt), its fee charged.
-pub(crate) fn renewal(state: &State, acct: &Account, pool: &Pool, period: Period, term: Term, align_day: Option<u32>, auto: bool) -> Result<Vec<Event>, Rejection> {
+pub(crate) fn renewal(
+    state: &State,
+    acct: &Account,
+    pool: &Pool,
+    period: Period,
+    term: Term,
+    align_day: Option<u32>,
+    auto: bool,
+) -> Result<Vec<Event>, Rejection> {
     let price = find_price(state, &pool.spec, Rule::R3)?;
     // R3: anchored on the old end, also when renewed after it.
     let months_end = period_end(period.end, term.months());
@@ -295,13 +296,8 @@ fn scale(state: &State, now: Instant, pool_id: &str, nodes: Option<u32>, spec: O
         return Err(Rejection::new(Rule::R17, format!("pool {pool_id:?} already has {to_nodes} nodes of {to_spec}")));
     }
     not_in_arrears(find_account(state, &pool.account, probe_rule)?, "scaling")?;
-    let scaled = |hourly| Event::PoolScaled {
-        account: pool.account.clone(),
-        pool: pool_id.to_string(),
-        spec: to_spec.clone(),
-        nodes: to_nodes,
-        hourly,
-    };
+    let scaled =
+        |hourly| Event::PoolScaled { account: pool.account.clone(), pool: pool_id.to_string(), spec: to_spec.clone(), nodes: to_nodes, hourly };
     if !pool.mode.is_subscription() {
         if pool.status == PoolStatus::Creating {
             return Err(Rejection::new(Rule::R4, format!("pool {pool_id:?} is creating: only ready and delete are accepted")));
@@ -392,7 +388,14 @@ fn find_price<'a>(state: &'a State, spec: &str, rule: Rule) -> Result<&'a Price,
 }
 
 /// R8: turn auto-renewal on (or change it), or off.
-fn set_auto_renew(state: &State, pool_id: &str, enabled: bool, term: Option<Term>, days_before: u32, count: Option<u32>) -> Result<Vec<Event>, Rejection> {
+fn set_auto_renew(
+    state: &State,
+    pool_id: &str,
+    enabled: bool,
+    term: Option<Term>,
+    days_before: u32,
+    count: Option<u32>,
+) -> Result<Vec<Event>, Rejection> {
     let pool = find_pool(state, pool_id, Rule::R8)?;
     if !pool.mode.is_subscription() {
         return Err(Rejection::new(Rule::R8, format!("pool {pool_id:?} is on demand: only subscriptions renew")));

@@ -7,15 +7,28 @@ use crate::time::Instant;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    PriceSet { spec: String, price: Price },
-    PolicySet { policy: Policy },
-    AccountOpened { account: String, balance: Decimal, level: String, discount: Decimal },
+    PriceSet {
+        spec: String,
+        price: Price,
+    },
+    PolicySet {
+        policy: Policy,
+    },
+    AccountOpened {
+        account: String,
+        balance: Decimal,
+        level: String,
+        discount: Decimal,
+    },
     /// Schema v2: `balance_after` (v1 called it `balance`).
-    ToppedUp { account: String, amount: Decimal, balance_after: Decimal },
+    ToppedUp {
+        account: String,
+        amount: Decimal,
+        balance_after: Decimal,
+    },
     PoolPurchased {
         account: String,
         pool: String,
@@ -30,7 +43,11 @@ pub enum Event {
         period: Option<Period>,
     },
     /// Creation succeeded: on-demand metering starts at `hourly` (R4).
-    PoolReady { account: String, pool: String, hourly: Decimal },
+    PoolReady {
+        account: String,
+        pool: String,
+        hourly: Decimal,
+    },
     /// A new configuration from this instant; `hourly` is set for on-demand pools (R10).
     PoolScaled {
         account: String,
@@ -40,15 +57,46 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         hourly: Option<Decimal>,
     },
-    PoolRenewed { account: String, pool: String, months: u32, end: Instant, auto: bool },
-    PoolConverted { account: String, pool: String, mode: BillingMode, months: u32, period: Period },
-    PoolDeleted { account: String, pool: String },
-    ExpiryWarned { account: String, pool: String, expires_at: Instant },
-    PoolExpired { account: String, pool: String },
-    PoolFrozen { account: String, pool: String },
-    PoolReleased { account: String, pool: String },
+    PoolRenewed {
+        account: String,
+        pool: String,
+        months: u32,
+        end: Instant,
+        auto: bool,
+    },
+    PoolConverted {
+        account: String,
+        pool: String,
+        mode: BillingMode,
+        months: u32,
+        period: Period,
+    },
+    PoolDeleted {
+        account: String,
+        pool: String,
+    },
+    ExpiryWarned {
+        account: String,
+        pool: String,
+        expires_at: Instant,
+    },
+    PoolExpired {
+        account: String,
+        pool: String,
+    },
+    PoolFrozen {
+        account: String,
+        pool: String,
+    },
+    PoolReleased {
+        account: String,
+        pool: String,
+    },
     /// R15: unsubscribed; released at once (its refund is the `charged` line beside it).
-    PoolUnsubscribed { account: String, pool: String },
+    PoolUnsubscribed {
+        account: String,
+        pool: String,
+    },
     /// R8: auto-renewal set (or turned off with `enabled: false`).
     AutoRenewSet {
         account: String,
@@ -87,8 +135,14 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         disk_hourly: Option<Decimal>,
     },
-    JobStopped { account: String, job: String },
-    JobDeleted { account: String, job: String },
+    JobStopped {
+        account: String,
+        job: String,
+    },
+    JobDeleted {
+        account: String,
+        job: String,
+    },
     /// R13: a package of `quantity × hours` node-hours for one spec (and region).
     PackageBought {
         account: String,
@@ -104,20 +158,42 @@ pub enum Event {
         alert_below: Option<Decimal>,
     },
     /// R13: the package's remainder fell below its threshold (once).
-    PackageAlerted { account: String, package: String, remaining_node_hours: Decimal },
-    PackageExpired { account: String, package: String },
+    PackageAlerted {
+        account: String,
+        package: String,
+        remaining_node_hours: Decimal,
+    },
+    PackageExpired {
+        account: String,
+        package: String,
+    },
     /// R12: a settlement left the balance negative: pay-per-use resources enter grace.
-    ArrearsStarted { account: String, balance: Decimal },
+    ArrearsStarted {
+        account: String,
+        balance: Decimal,
+    },
     /// R12: grace is over: pay-per-use resources are frozen and stop billing.
-    ArrearsFrozen { account: String },
+    ArrearsFrozen {
+        account: String,
+    },
     /// R12: retention is over: frozen resources are released.
-    ArrearsReleased { account: String },
+    ArrearsReleased {
+        account: String,
+    },
     /// R12: a top-up brought the balance to zero or more: resources run, billing resumes.
-    ArrearsEnded { account: String },
+    ArrearsEnded {
+        account: String,
+    },
     /// One flow-bill line: a charge (positive payable) or refund (negative) (R5).
-    Charged { line: BillLine },
+    Charged {
+        line: BillLine,
+    },
     /// The account's metered usage in `[start, end)` has been billed (R4, R12).
-    CycleSettled { account: String, start: Instant, end: Instant },
+    CycleSettled {
+        account: String,
+        start: Instant,
+        end: Instant,
+    },
     /// A command as it was given, first of what it appended (its id is the envelope's).
     CommandReceived {
         command: Command,
@@ -193,11 +269,7 @@ impl Event {
     /// Read a stored payload of any known schema version, upcasting it to today's shape.
     pub fn decode(event_type: &str, schema_version: u32, payload: &serde_json::Value) -> Result<Event, DecodeError> {
         let upcast = upcast(event_type, schema_version, payload.clone())?;
-        serde_json::from_value(upcast).map_err(|e| DecodeError {
-            event_type: event_type.to_string(),
-            schema_version,
-            detail: e.to_string(),
-        })
+        serde_json::from_value(upcast).map_err(|e| DecodeError { event_type: event_type.to_string(), schema_version, detail: e.to_string() })
     }
 }
 
@@ -252,4 +324,3 @@ pub struct DecodeError {
     pub schema_version: u32,
     pub detail: String,
 }
-

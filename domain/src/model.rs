@@ -10,7 +10,23 @@ use std::fmt;
 /// A rule of `billing-rules.md`, cited by every rejection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Rule {
-    R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, R11, R12, R13, R14, R15, R16, R17,
+    R1,
+    R2,
+    R3,
+    R4,
+    R5,
+    R6,
+    R7,
+    R8,
+    R9,
+    R10,
+    R11,
+    R12,
+    R13,
+    R14,
+    R15,
+    R16,
+    R17,
 }
 
 impl fmt::Display for Rule {
@@ -72,11 +88,7 @@ impl Default for Policy {
 impl Policy {
     /// The level of `name`, or the default one if the name has since been removed.
     pub fn level(&self, name: &str) -> Level {
-        self.levels
-            .get(name)
-            .or_else(|| self.levels.get(DEFAULT_LEVEL))
-            .copied()
-            .unwrap_or(Level { grace_days: 15, retention_days: 15 })
+        self.levels.get(name).or_else(|| self.levels.get(DEFAULT_LEVEL)).copied().unwrap_or(Level { grace_days: 15, retention_days: 15 })
     }
 }
 

@@ -643,8 +643,13 @@ impl State {
         for p in self.pools.values_mut().filter(|p| p.account == account && p.hold.is_some()) {
             if p.hold == Some(Hold::Frozen) {
                 if let Some(price) = hourly(&self.catalog, &p.spec) {
-                    let meter =
-                        MeterFor { account, resource: p.id.clone(), item: Item::Compute, public: p.pool_type == PoolType::Public, region: p.region.clone() };
+                    let meter = MeterFor {
+                        account,
+                        resource: p.id.clone(),
+                        item: Item::Compute,
+                        public: p.pool_type == PoolType::Public,
+                        region: p.region.clone(),
+                    };
                     reopen.push((meter, p.spec.clone(), p.nodes, price));
                 }
             }

@@ -333,10 +333,10 @@ fn on_demand_two_cycles_seed_1_3() {
     let got: Vec<(Instant, Decimal)> = lines(&happened).iter().map(|l| (l.start, l.amounts.payable)).collect();
     assert_eq!(got, vec![(t("2023-04-18T09:59:30+08:00"), dec!(0.02)), (t("2023-04-18T10:00:00+08:00"), dec!(2.66))]);
     // Settled at each cycle's end, even after deletion (R16).
-    assert_eq!(happened.iter().filter(|(_, e)| matches!(e, Event::Charged { .. })).map(|(at, _)| *at).collect::<Vec<_>>(), vec![
-        t("2023-04-18T10:00:00+08:00"),
-        t("2023-04-18T11:00:00+08:00")
-    ]);
+    assert_eq!(
+        happened.iter().filter(|(_, e)| matches!(e, Event::Charged { .. })).map(|(at, _)| *at).collect::<Vec<_>>(),
+        vec![t("2023-04-18T10:00:00+08:00"), t("2023-04-18T11:00:00+08:00")]
+    );
     assert_eq!(w.balance(), dec!(97.32));
     assert!(w.state.meters.is_empty(), "nothing left to bill");
     w.refused(t("2023-04-18T12:00:00+08:00"), Command::Delete { pool: "pool-1".into() }, Rule::R17);
@@ -603,7 +603,17 @@ fn package(id: &str, quantity: u32, hours: u32, valid_days: u32, alert_below: Op
 }
 
 fn priced_package(id: &str, quantity: u32, hours: u32, valid_days: u32, alert_below: Option<Decimal>, price: Decimal) -> Command {
-    Command::BuyPackage { account: "acct-1".into(), package: id.into(), spec: SPEC.into(), quantity, hours, valid_days, price, region: None, alert_below }
+    Command::BuyPackage {
+        account: "acct-1".into(),
+        package: id.into(),
+        spec: SPEC.into(),
+        quantity,
+        hours,
+        valid_days,
+        price,
+        region: None,
+        alert_below,
+    }
 }
 
 fn training(job: &str, pool: Option<&str>) -> Command {

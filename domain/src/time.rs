@@ -25,10 +25,7 @@ pub fn beijing_date(t: Instant) -> NaiveDate {
 /// `date` at `h:m:s` Beijing time.
 pub fn beijing_at(date: NaiveDate, h: u32, m: u32, s: u32) -> Instant {
     let time = NaiveTime::from_hms_opt(h, m, s).expect("valid wall-clock time");
-    beijing()
-        .from_local_datetime(&date.and_time(time))
-        .single()
-        .expect("a fixed offset has exactly one local mapping")
+    beijing().from_local_datetime(&date.and_time(time)).single().expect("a fixed offset has exactly one local mapping")
 }
 
 /// 23:59:59 Beijing on `date`: the last second of a subscription period (R3).
@@ -38,12 +35,7 @@ pub fn end_of_day(date: NaiveDate) -> Instant {
 
 pub fn days_in_month(year: i32, month: u32) -> u32 {
     let first = NaiveDate::from_ymd_opt(year, month, 1).expect("valid month");
-    let next = if month == 12 {
-        NaiveDate::from_ymd_opt(year + 1, 1, 1)
-    } else {
-        NaiveDate::from_ymd_opt(year, month + 1, 1)
-    }
-    .expect("valid month");
+    let next = if month == 12 { NaiveDate::from_ymd_opt(year + 1, 1, 1) } else { NaiveDate::from_ymd_opt(year, month + 1, 1) }.expect("valid month");
     (next - first).num_days() as u32
 }
 
@@ -67,11 +59,7 @@ pub fn period_end(from: Instant, months: u32) -> Instant {
 /// (1..=28), at 23:59:59.
 pub fn align_to_day(end: Instant, day: u32) -> Instant {
     let date = beijing_date(end);
-    let aligned = if date.day() <= day {
-        date.with_day(day)
-    } else {
-        add_months_clamped(date.with_day(1).expect("day 1 exists"), 1).with_day(day)
-    };
+    let aligned = if date.day() <= day { date.with_day(day) } else { add_months_clamped(date.with_day(1).expect("day 1 exists"), 1).with_day(day) };
     end_of_day(aligned.expect("days 1..=28 exist in every month"))
 }
 
@@ -135,7 +123,7 @@ mod tests {
             ("2023-01-31T10:00:00+08:00", 1, "2023-02-28T23:59:59+08:00"), // clamped
             ("2024-01-31T10:00:00+08:00", 1, "2024-02-29T23:59:59+08:00"), // leap year
             ("2023-03-31T12:00:00+08:00", 1, "2023-04-30T23:59:59+08:00"),
-            ("2023-12-15T08:00:00+08:00", 1, "2024-01-15T23:59:59+08:00"), // year wrap
+            ("2023-12-15T08:00:00+08:00", 1, "2024-01-15T23:59:59+08:00"),  // year wrap
             ("2023-04-08T10:00:00+08:00", 12, "2024-04-08T23:59:59+08:00"), // a year is 12 months
             // 20:00 UTC on 03-07 is already 03-08 in Beijing (R1).
             ("2023-03-07T20:00:00Z", 1, "2023-04-08T23:59:59+08:00"),

@@ -215,10 +215,19 @@ fn load(store: &Store) -> Result<(Projections, HashMap<String, u64>), EngineErro
 /// A request's answer, given once its chain is on disk.
 enum Waiter {
     /// A new command: its answer is the append numbered `seq`.
-    Execute { seq: u64, reply: oneshot::Sender<Result<Executed, EngineError>> },
+    Execute {
+        seq: u64,
+        reply: oneshot::Sender<Result<Executed, EngineError>>,
+    },
     /// A command id already recorded: in the log, or by the append `seq` of this batch.
-    Known { record: Result<CommandRecord, u64>, reply: oneshot::Sender<Result<Executed, EngineError>> },
-    Advance { events: Result<u64, EngineError>, reply: oneshot::Sender<Result<u64, EngineError>> },
+    Known {
+        record: Result<CommandRecord, u64>,
+        reply: oneshot::Sender<Result<Executed, EngineError>>,
+    },
+    Advance {
+        events: Result<u64, EngineError>,
+        reply: oneshot::Sender<Result<u64, EngineError>>,
+    },
 }
 
 struct Actor {

@@ -51,7 +51,6 @@ pub struct ProjectionError {
     pub source: DecodeError,
 }
 
-
 impl Projections {
     pub fn new() -> Projections {
         Projections::default()
@@ -70,14 +69,9 @@ impl Projections {
         self.state.apply(event, at);
         match event {
             Event::Charged { line } => self.bills.push(FlowBill { position, at, line: line.clone() }),
-            Event::CommandRejected { command, rule, reason, index } => self.rejections.push(RejectionRecord {
-                position,
-                at,
-                index: *index,
-                command: command.clone(),
-                rule: *rule,
-                reason: reason.clone(),
-            }),
+            Event::CommandRejected { command, rule, reason, index } => {
+                self.rejections.push(RejectionRecord { position, at, index: *index, command: command.clone(), rule: *rule, reason: reason.clone() })
+            }
             _ => {}
         }
         self.events += 1;
@@ -113,7 +107,8 @@ impl Projections {
             match &line.basis {
                 // Node-hours billed on demand, and those a package covered (mode `package`).
                 Basis::Usage { nodes, seconds, covered_node_seconds, .. } => {
-                    entry.usage_hours += (Decimal::from(*nodes) * Decimal::from(*seconds) - Decimal::from(*covered_node_seconds)) / Decimal::from(3600)
+                    entry.usage_hours +=
+                        (Decimal::from(*nodes) * Decimal::from(*seconds) - Decimal::from(*covered_node_seconds)) / Decimal::from(3600)
                 }
                 Basis::Package { node_seconds, .. } => entry.usage_hours += Decimal::from(*node_seconds) / Decimal::from(3600),
                 _ => {}

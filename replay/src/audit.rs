@@ -117,7 +117,11 @@ fn money(text: &str, path: &str) -> Result<Decimal, ChargedError> {
     if plain.is_empty() || !plain.chars().all(|c| c.is_ascii_digit() || c == '.') || plain.matches('.').count() > 1 {
         return refuse(path, format!("{text:?} is not a decimal amount"));
     }
-    Decimal::from_str(text).map_err(|e| ChargedError { path: path.into(), message: format!("{text:?} is not a decimal amount"), source: Some(Box::new(e)) })
+    Decimal::from_str(text).map_err(|e| ChargedError {
+        path: path.into(),
+        message: format!("{text:?} is not a decimal amount"),
+        source: Some(Box::new(e)),
+    })
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -179,7 +183,11 @@ pub fn audit(envelopes: &[Envelope], charged: &Charged) -> Report {
             recorded.len(),
             computed.len(),
             differing + 1,
-            recorded.get(differing).or(computed.get(differing)).map_or("-".to_string(), |l| format!("{} {}", l.resource, to_beijing(l.start).to_rfc3339()))
+            recorded.get(differing).or(computed.get(differing)).map_or("-".to_string(), |l| format!(
+                "{} {}",
+                l.resource,
+                to_beijing(l.start).to_rfc3339()
+            ))
         ));
     }
     let mut report = Report { matched: 0, discrepancies: Vec::new(), matches: Vec::new(), integrity };
@@ -270,7 +278,10 @@ fn why(lines: &[&BillLine], charged: Decimal) -> (String, String) {
     let computed: Decimal = lines.iter().map(|l| l.amounts.payable).sum();
     let rounded = net.round_dp(2);
     if lines.len() > 1 && (charged == trunc2(net) || charged == rounded) {
-        return ("R2".into(), format!("the charged figure prices the {} lines' sum ({}) at once; R2 truncates each line to 2 places", lines.len(), net.normalize()));
+        return (
+            "R2".into(),
+            format!("the charged figure prices the {} lines' sum ({}) at once; R2 truncates each line to 2 places", lines.len(), net.normalize()),
+        );
     }
     let diff = (charged - computed).abs();
     if diff < Decimal::new(1, 2) * Decimal::from(lines.len() as u64) && lines.len() > 1 {

@@ -54,7 +54,8 @@ pub fn diff(first: &Projections, second: &Projections) -> Diff {
         second_total: fmt_cents(total(second)),
         difference: fmt_cents(total(second) - total(first)),
     };
-    let same = |x: &BillView, y: &BillView| (&x.list_price, &x.discount, &x.round_off, &x.payable) == (&y.list_price, &y.discount, &y.round_off, &y.payable);
+    let same =
+        |x: &BillView, y: &BillView| (&x.list_price, &x.discount, &x.round_off, &x.payable) == (&y.list_price, &y.discount, &y.round_off, &y.payable);
     for (key, line) in &a {
         match b.get(key) {
             None => d.removed.push(line.clone()),

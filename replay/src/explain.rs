@@ -218,7 +218,9 @@ impl<'a> Log<'a> {
         let mut steps = Steps::default();
         let derived = match &line.basis {
             Basis::Usage { spec, nodes, hourly, .. } => self.usage_steps(&mut steps, index, line, spec, *nodes, *hourly, rate),
-            Basis::Package { package, nodes, node_seconds, .. } => self.package_use_steps(&mut steps, index, line, package, (*nodes, *node_seconds), rate),
+            Basis::Package { package, nodes, node_seconds, .. } => {
+                self.package_use_steps(&mut steps, index, line, package, (*nodes, *node_seconds), rate)
+            }
             Basis::PackagePrice { spec, quantity, hours, price } => package_price_steps(&mut steps, spec, *quantity, *hours, *price),
             Basis::Term { spec, nodes, term, unit_price, align } => {
                 self.term_steps(&mut steps, index, line, spec, *nodes, *term, *unit_price, align.as_ref(), rate)
@@ -303,11 +305,21 @@ impl<'a> Log<'a> {
 
     /// Where the hourly price came from: the event that opened the stretch's meter.
     fn price_source(&self, index: usize, line: &BillLine) -> String {
-        self.opener(index, line).map(|(i, _)| format!(" (from {} at position {})", self.entries[i].0.event_type, self.entries[i].0.position)).unwrap_or_default()
+        self.opener(index, line)
+            .map(|(i, _)| format!(" (from {} at position {})", self.entries[i].0.event_type, self.entries[i].0.position))
+            .unwrap_or_default()
     }
 
     /// R13: node-seconds of a stretch taken from a package; nothing is owed for them now.
-    fn package_use_steps(&self, steps: &mut Steps, index: usize, line: &BillLine, package: &str, (nodes, taken): (u32, i64), rate: Decimal) -> Amounts {
+    fn package_use_steps(
+        &self,
+        steps: &mut Steps,
+        index: usize,
+        line: &BillLine,
+        package: &str,
+        (nodes, taken): (u32, i64),
+        rate: Decimal,
+    ) -> Amounts {
         self.stretch_steps(steps, line, nodes);
         steps.push(
             Rule::R13,
@@ -402,7 +414,11 @@ impl<'a> Log<'a> {
             let amount = trunc2(monthly * Decimal::from(nodes) * factor);
             steps.push(
                 Rule::R3,
-                format!("Extension: monthly price × nodes × factor = {} × {nodes} × {}, truncated to 2 places", fmt_exact(monthly), fmt_exact(factor)),
+                format!(
+                    "Extension: monthly price × nodes × factor = {} × {nodes} × {}, truncated to 2 places",
+                    fmt_exact(monthly),
+                    fmt_exact(factor)
+                ),
                 fmt_exact(amount),
             );
             exact += amount;
@@ -443,13 +459,24 @@ impl<'a> Log<'a> {
             let factor = remaining_factor(t, u.period_end);
             steps.push(
                 Rule::R9,
-                format!("Remaining factor from {} to the current period's end {}: {} = {}", show(t), show(u.period_end), factor_parts(t, u.period_end), fmt_exact(factor)),
+                format!(
+                    "Remaining factor from {} to the current period's end {}: {} = {}",
+                    show(t),
+                    show(u.period_end),
+                    factor_parts(t, u.period_end),
+                    fmt_exact(factor)
+                ),
                 fmt_exact(factor),
             );
             amount = trunc2(u.monthly * Decimal::from(u.nodes) * factor);
             steps.push(
                 Rule::R15,
-                format!("Unused part: monthly price × nodes × factor = {} × {} × {}, truncated to 2 places", fmt_exact(u.monthly), u.nodes, fmt_exact(factor)),
+                format!(
+                    "Unused part: monthly price × nodes × factor = {} × {} × {}, truncated to 2 places",
+                    fmt_exact(u.monthly),
+                    u.nodes,
+                    fmt_exact(factor)
+                ),
                 fmt_exact(amount),
             );
         }
@@ -457,7 +484,11 @@ impl<'a> Log<'a> {
         for (position, l) in self.paid_lines(index, &line.resource) {
             if l.item == Item::Renewal && l.start > t {
                 unbegun += l.amounts.list_price;
-                steps.push(Rule::R15, format!("Renewal period not yet begun, from {} ({})", show(l.start), self.bill_name(position)), fmt_exact(l.amounts.list_price));
+                steps.push(
+                    Rule::R15,
+                    format!("Renewal period not yet begun, from {} ({})", show(l.start), self.bill_name(position)),
+                    fmt_exact(l.amounts.list_price),
+                );
             }
         }
         let exact = -(amount + unbegun);
@@ -500,7 +531,8 @@ impl<'a> Log<'a> {
                 }
             }
             picked.push((index, "charged".to_string()));
-            let settled = self.entries[index + 1..].iter().position(|(_, ev)| matches!(ev, Event::CycleSettled { account, .. } if *account == line.account));
+            let settled =
+                self.entries[index + 1..].iter().position(|(_, ev)| matches!(ev, Event::CycleSettled { account, .. } if *account == line.account));
             if let Some(offset) = settled {
                 picked.push((index + 1 + offset, "settled the cycle".to_string()));
             }
@@ -573,7 +605,13 @@ impl<'a> Log<'a> {
                     Event::PoolScaled { pool, hourly: Some(_), .. } | Event::PoolConverted { pool, .. } => compute && pool == resource,
                     Event::PoolDeleted { pool, .. } => compute && pool == resource,
                     Event::JobStopped { job, .. } => compute && billed_as(job).as_ref() == Some(resource),
-                    Event::JobDeleted { job, .. } => if compute { billed_as(job).as_ref() == Some(resource) } else { job == resource },
+                    Event::JobDeleted { job, .. } => {
+                        if compute {
+                            billed_as(job).as_ref() == Some(resource)
+                        } else {
+                            job == resource
+                        }
+                    }
                     Event::ArrearsFrozen { account } => *account == line.account,
                     _ => false,
                 }
@@ -696,7 +734,15 @@ fn check(steps: &mut Steps, derived: &Amounts, recorded: &Amounts) {
     if derived == recorded {
         return;
     }
-    let four = |a: &Amounts| format!("list {}, discount {}, round-off {}, payable {}", fmt_exact(a.list_price), fmt_exact(a.discount), fmt_exact(a.round_off), fmt_cents(a.payable));
+    let four = |a: &Amounts| {
+        format!(
+            "list {}, discount {}, round-off {}, payable {}",
+            fmt_exact(a.list_price),
+            fmt_exact(a.discount),
+            fmt_exact(a.round_off),
+            fmt_cents(a.payable)
+        )
+    };
     steps.push(
         Rule::R2,
         format!("Recorded amounts differ from this derivation: the line records {}, the rules give {}", four(recorded), four(derived)),

@@ -126,7 +126,8 @@ pub fn import(reader: impl BufRead) -> Result<Vec<Envelope>, LogError> {
                 return Err(fail(format!("{at} instant {} is before the previous line's {}", envelope.at.to_rfc3339(), last.to_rfc3339())));
             }
         }
-        Event::decode(&envelope.event_type, envelope.schema_version, &envelope.payload).map_err(|e| LogError::caused_by(number, format!("{at} cannot be read"), e))?;
+        Event::decode(&envelope.event_type, envelope.schema_version, &envelope.payload)
+            .map_err(|e| LogError::caused_by(number, format!("{at} cannot be read"), e))?;
         envelopes.push(envelope);
     }
     if !ended {

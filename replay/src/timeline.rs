@@ -241,13 +241,7 @@ fn text(x: f64, y: f64, size: f64, content: impl Into<String>) -> Text {
 }
 
 fn line(x1: f64, y1: f64, x2: f64, y2: f64, stroke: &str, width: f64) -> Line {
-    Line::new()
-        .set("x1", round(x1))
-        .set("y1", round(y1))
-        .set("x2", round(x2))
-        .set("y2", round(y2))
-        .set("stroke", stroke)
-        .set("stroke-width", width)
+    Line::new().set("x1", round(x1)).set("y1", round(y1)).set("x2", round(x2)).set("y2", round(y2)).set("stroke", stroke).set("stroke-width", width)
 }
 
 fn rect(x: f64, y: f64, w: f64, h: f64, fill: &str) -> Rectangle {

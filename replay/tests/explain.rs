@@ -3,8 +3,8 @@
 
 use poolbill_domain::{Command, JobKind, Term};
 use poolbill_replay::explain::{explain_at, explain_bill, ExplainError, Explanation, Step};
-use poolbill_testkit::{cmd, t, Given, PUBLIC_SPEC};
 use poolbill_store::Envelope;
+use poolbill_testkit::{cmd, t, Given, PUBLIC_SPEC};
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use std::str::FromStr;
@@ -29,7 +29,11 @@ fn log(commands: Vec<(&str, Command)>, until: &str) -> Vec<Envelope> {
 
 fn on_demand(account: &str, pool: &str, nodes: u32, ready: bool) -> Command {
     let p = cmd::purchase(account, pool).nodes(nodes);
-    if ready { p.build() } else { p.not_ready().build() }
+    if ready {
+        p.build()
+    } else {
+        p.not_ready().build()
+    }
 }
 
 fn monthly(account: &str, pool: &str) -> Command {
@@ -170,8 +174,7 @@ fn every_line_of_a_mixed_log_is_derived_to_its_recorded_amounts() {
         let e = explain_bill(&log, n).unwrap();
         let text = e.to_text();
         assert!(!differs(&e), "bill {n} does not derive:\n{text}");
-        let (list, discount, round_off, payable) =
-            (step(&e, "List price"), step(&e, "Discount"), step(&e, "Round-off"), step(&e, "Payable"));
+        let (list, discount, round_off, payable) = (step(&e, "List price"), step(&e, "Discount"), step(&e, "Round-off"), step(&e, "Payable"));
         assert_eq!(list.value, e.bill.list_price, "bill {n} list\n{text}");
         assert_eq!(discount.value, e.bill.discount, "bill {n} discount\n{text}");
         assert_eq!(round_off.value, e.bill.round_off, "bill {n} round-off\n{text}");

@@ -3,9 +3,9 @@
 //! 23:59:59), then expired, frozen and released (standard level: 15 + 15 days).
 
 use poolbill_domain::{Command, Instant, JobKind, Price, Term};
-use poolbill_testkit::{cmd, t as at, Given, SPEC};
 use poolbill_replay::timeline::{render_svg, timeline, Timeline};
 use poolbill_store::Envelope;
+use poolbill_testkit::{cmd, t as at, Given, SPEC};
 use rust_decimal_macros::dec;
 
 fn log(commands: Vec<(&str, Command)>, until: &str) -> Vec<Envelope> {

@@ -25,12 +25,8 @@ pub async fn run(engine: &Engine, scenario: &Scenario) -> Result<Vec<(usize, Exe
         engine.execute(format!("{name}:price:{spec}"), start, command, None).await?;
     }
     for account in &scenario.accounts {
-        let command = Command::OpenAccount {
-            account: account.id.clone(),
-            balance: account.balance,
-            level: account.level.clone(),
-            discount: account.discount,
-        };
+        let command =
+            Command::OpenAccount { account: account.id.clone(), balance: account.balance, level: account.level.clone(), discount: account.discount };
         engine.execute(format!("{name}:account:{}", account.id), start, command, None).await?;
     }
     let mut results = Vec::with_capacity(scenario.commands.len());

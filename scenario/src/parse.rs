@@ -44,7 +44,6 @@ pub struct ScenarioError {
     pub message: String,
 }
 
-
 type Result<T> = std::result::Result<T, ScenarioError>;
 
 fn err<T>(path: impl Into<String>, message: impl Into<String>) -> Result<T> {
@@ -133,7 +132,10 @@ pub fn parse(text: &str) -> Result<Scenario> {
     // Every hour of a running pool is settled: a scenario spans at most ten years.
     if let Some(first) = commands.first() {
         if until - first.at > chrono::Duration::days(MAX_SPAN_DAYS) {
-            return err("until", format!("{} is more than {MAX_SPAN_DAYS} days after the first command ({})", until.to_rfc3339(), first.at.to_rfc3339()));
+            return err(
+                "until",
+                format!("{} is more than {MAX_SPAN_DAYS} days after the first command ({})", until.to_rfc3339(), first.at.to_rfc3339()),
+            );
         }
     }
     Ok(Scenario { name, catalog, policy, accounts, commands, until })
@@ -352,7 +354,10 @@ fn policy(value: &Value, path: &str) -> Result<Policy> {
         allow_only(obj, &p, &["grace_days", "retention_days"])?;
         policy.levels.insert(
             name.clone(),
-            Level { grace_days: integer(obj, "grace_days", &p, 0, 3650)? as u32, retention_days: integer(obj, "retention_days", &p, 0, 3650)? as u32 },
+            Level {
+                grace_days: integer(obj, "grace_days", &p, 0, 3650)? as u32,
+                retention_days: integer(obj, "retention_days", &p, 0, 3650)? as u32,
+            },
         );
     }
     if policy.levels.is_empty() {

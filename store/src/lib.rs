@@ -41,9 +41,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
-use sled::transaction::{
-    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
-};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional, TransactionalTree};
 
 #[cfg(test)]
 mod tests;
@@ -141,11 +139,7 @@ pub enum AppendOutcome {
 pub enum StoreError {
     /// An `expected` check failed; nothing was written.
     #[error("concurrency conflict on stream {stream:?}: expected {expected}, but it is at version {actual}")]
-    Conflict {
-        stream: String,
-        expected: ExpectedVersion,
-        actual: u64,
-    },
+    Conflict { stream: String, expected: ExpectedVersion, actual: u64 },
     /// An event is earlier than the log's last event (or an earlier event of the
     /// same request); nothing was written.
     #[error("event at {} is earlier than the preceding event at {}", at.to_rfc3339(), last.to_rfc3339())]
@@ -276,10 +270,7 @@ fn read_watermark(path: &Path) -> Result<Option<(u64, u32)>, StoreError> {
 }
 
 fn corrupt(position: u64, detail: impl Into<String>) -> StoreError {
-    StoreError::Corrupt {
-        position,
-        detail: detail.into(),
-    }
+    StoreError::Corrupt { position, detail: detail.into() }
 }
 
 fn decode_u64(bytes: &[u8]) -> Option<u64> {
@@ -300,10 +291,8 @@ fn index_key(stream: &str, version: u64) -> Vec<u8> {
 }
 
 fn encode_event(env: &Envelope) -> Result<Vec<u8>, StoreError> {
-    let json = serde_json::to_vec(env).map_err(|e| StoreError::Encode {
-        context: format!("serializing event at position {}", env.position),
-        source: e.into(),
-    })?;
+    let json = serde_json::to_vec(env)
+        .map_err(|e| StoreError::Encode { context: format!("serializing event at position {}", env.position), source: e.into() })?;
     let mut value = Vec::with_capacity(json.len() + 4);
     value.extend_from_slice(&crc32fast::hash(&json).to_be_bytes());
     value.extend_from_slice(&json);
@@ -313,46 +302,25 @@ fn encode_event(env: &Envelope) -> Result<Vec<u8>, StoreError> {
 /// Checks the CRC and that the envelope really is the one stored under `position`.
 fn decode_event(position: u64, value: &[u8]) -> Result<Envelope, StoreError> {
     if value.len() < 4 {
-        return Err(corrupt(
-            position,
-            format!(
-                "value is only {} bytes, too short for a checksum",
-                value.len()
-            ),
-        ));
+        return Err(corrupt(position, format!("value is only {} bytes, too short for a checksum", value.len())));
     }
     let (crc, json) = value.split_at(4);
     let stored = u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]);
     let actual = crc32fast::hash(json);
     if stored != actual {
-        return Err(corrupt(
-            position,
-            format!("checksum mismatch: stored {stored:08x}, computed {actual:08x}"),
-        ));
+        return Err(corrupt(position, format!("checksum mismatch: stored {stored:08x}, computed {actual:08x}")));
     }
-    let env: Envelope = serde_json::from_slice(json)
-        .map_err(|e| corrupt(position, format!("undecodable event JSON: {e}")))?;
+    let env: Envelope = serde_json::from_slice(json).map_err(|e| corrupt(position, format!("undecodable event JSON: {e}")))?;
     if env.position != position {
-        return Err(corrupt(
-            position,
-            format!("envelope claims position {}", env.position),
-        ));
+        return Err(corrupt(position, format!("envelope claims position {}", env.position)));
     }
     Ok(env)
 }
 
 fn decode_event_entry(key: &[u8], value: &[u8], expected: u64) -> Result<Envelope, StoreError> {
-    let position = decode_u64(key).ok_or_else(|| {
-        corrupt(
-            expected,
-            format!("events key of {} bytes is not a u64", key.len()),
-        )
-    })?;
+    let position = decode_u64(key).ok_or_else(|| corrupt(expected, format!("events key of {} bytes is not a u64", key.len())))?;
     if position != expected {
-        return Err(corrupt(
-            expected,
-            format!("gap: next stored event is at position {position}"),
-        ));
+        return Err(corrupt(expected, format!("gap: next stored event is at position {position}")));
     }
     decode_event(position, value)
 }
@@ -365,15 +333,7 @@ fn decode_instant(bytes: &[u8]) -> Result<Instant, StoreError> {
 }
 
 fn decode_command(id: &[u8], bytes: &[u8]) -> Result<CommandRecord, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        corrupt(
-            0,
-            format!(
-                "command record {:?} undecodable: {e}",
-                String::from_utf8_lossy(id)
-            ),
-        )
-    })
+    serde_json::from_slice(bytes).map_err(|e| corrupt(0, format!("command record {:?} undecodable: {e}", String::from_utf8_lossy(id))))
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
@@ -411,7 +371,9 @@ impl Store {
             if last < position {
                 return Err(corrupt(
                     last + 1,
-                    format!("the log ends at position {last} but positions up to {position} had been acknowledged: the store was truncated or damaged"),
+                    format!(
+                        "the log ends at position {last} but positions up to {position} had been acknowledged: the store was truncated or damaged"
+                    ),
                 ));
             }
             match store.events.get(position.to_be_bytes()).map_err(storage("reading the acknowledged position"))? {
@@ -424,18 +386,12 @@ impl Store {
 
     /// A store that lives in a temporary directory and vanishes on drop.
     pub fn temporary() -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .temporary(true)
-            .open()
-            .map_err(storage("opening temporary sled database"))?;
+        let db = sled::Config::new().temporary(true).open().map_err(storage("opening temporary sled database"))?;
         Store::from_db(db)
     }
 
     fn from_db(db: sled::Db) -> Result<Store, StoreError> {
-        let open = |name: &str| {
-            db.open_tree(name)
-                .map_err(storage(format_args!("opening tree {name}")))
-        };
+        let open = |name: &str| db.open_tree(name).map_err(storage(format_args!("opening tree {name}")));
         Ok(Store {
             watermark: None,
             watermark_lock: Default::default(),
@@ -451,19 +407,14 @@ impl Store {
     /// Appends one request and flushes. See [`Store::append_batch`].
     pub fn append(&self, req: AppendRequest) -> Result<AppendOutcome, StoreError> {
         let mut results = self.append_batch(vec![req])?;
-        results.pop().unwrap_or_else(|| {
-            Err(StoreError::Internal("append_batch returned no result"))
-        })
+        results.pop().unwrap_or_else(|| Err(StoreError::Internal("append_batch returned no result")))
     }
 
     /// Group commit: each request is its own atomic transaction, applied in
     /// order (so a later request sees the earlier ones, e.g. as a Duplicate);
     /// then one flush. The outer `Err` is a failed flush: then nothing in the
     /// batch may be considered acknowledged.
-    pub fn append_batch(
-        &self,
-        reqs: Vec<AppendRequest>,
-    ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+    pub fn append_batch(&self, reqs: Vec<AppendRequest>) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
         let results: Vec<_> = reqs.iter().map(|req| self.apply(req)).collect();
         // Flush even for duplicates: the original may have been committed by
         // another thread that has not flushed yet.
@@ -475,10 +426,7 @@ impl Store {
     /// leave. Applied in order until the first one that fails; the rest are not applied, since
     /// they may depend on it. One flush either way, so the applied prefix is durable. Returns
     /// the outcomes of the applied prefix and, if one failed, its index and error.
-    pub fn append_chain(
-        &self,
-        reqs: Vec<AppendRequest>,
-    ) -> Result<ChainOutcome, StoreError> {
+    pub fn append_chain(&self, reqs: Vec<AppendRequest>) -> Result<ChainOutcome, StoreError> {
         let mut applied = Vec::with_capacity(reqs.len());
         let mut failed = None;
         for (i, req) in reqs.iter().enumerate() {
@@ -496,35 +444,23 @@ impl Store {
     }
 
     fn apply(&self, req: &AppendRequest) -> Result<AppendOutcome, StoreError> {
-        let trees = (
-            &self.events,
-            &self.streams,
-            &self.stream_index,
-            &self.commands,
-            &self.meta,
-        );
+        let trees = (&self.events, &self.streams, &self.stream_index, &self.commands, &self.meta);
         // The closure may run several times: it only reads through the
         // transactional views and reports through its return value.
-        let result = trees.transaction(|(events, streams, index, commands, meta)| {
-            apply_in_tx(req, events, streams, index, commands, meta)
-        });
+        let result = trees.transaction(|(events, streams, index, commands, meta)| apply_in_tx(req, events, streams, index, commands, meta));
         match result {
             Ok(outcome) => Ok(outcome),
             Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(source)) => Err(StoreError::Sled {
-                context: format!("append transaction (command {:?})", req.command_id),
-                source,
-            }),
+            Err(TransactionError::Storage(source)) => {
+                Err(StoreError::Sled { context: format!("append transaction (command {:?})", req.command_id), source })
+            }
         }
     }
 
     /// All events from `from_position` on (0 and 1 both mean "from the start"),
     /// in position order, read lazily. After the first error (e.g. `Corrupt`)
     /// the iterator ends.
-    pub fn read_all(
-        &self,
-        from_position: u64,
-    ) -> impl Iterator<Item = Result<Envelope, StoreError>> + '_ {
+    pub fn read_all(&self, from_position: u64) -> impl Iterator<Item = Result<Envelope, StoreError>> + '_ {
         let start = from_position.max(1);
         let mut inner = self.events.range(start.to_be_bytes()..);
         let mut expected = start;
@@ -535,10 +471,7 @@ impl Store {
             }
             let item = match inner.next()? {
                 Ok((key, value)) => decode_event_entry(&key, &value, expected),
-                Err(source) => Err(StoreError::Sled {
-                    context: format!("reading events at position {expected}"),
-                    source,
-                }),
+                Err(source) => Err(StoreError::Sled { context: format!("reading events at position {expected}"), source }),
             };
             match item {
                 Ok(_) => expected += 1,
@@ -550,58 +483,33 @@ impl Store {
 
     /// Events of `stream` with version >= `from_version` (0 and 1 both mean
     /// "from the start"), in version order.
-    pub fn read_stream(
-        &self,
-        stream: &str,
-        from_version: u64,
-    ) -> Result<Vec<Envelope>, StoreError> {
+    pub fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<Envelope>, StoreError> {
         let start = from_version.max(1);
         let key_len = stream.len() + 9;
         let mut expected_version = start;
         let mut out = Vec::new();
-        for entry in self
-            .stream_index
-            .range(index_key(stream, start)..=index_key(stream, u64::MAX))
-        {
-            let (key, value) =
-                entry.map_err(storage(format_args!("scanning index of stream {stream:?}")))?;
+        for entry in self.stream_index.range(index_key(stream, start)..=index_key(stream, u64::MAX)) {
+            let (key, value) = entry.map_err(storage(format_args!("scanning index of stream {stream:?}")))?;
             // Longer keys in this range belong to streams whose id extends ours with a NUL.
             if key.len() != key_len {
                 continue;
             }
             let version = decode_u64(&key[stream.len() + 1..]).unwrap_or(0);
-            let position = decode_u64(&value).ok_or_else(|| {
-                corrupt(
-                    0,
-                    format!("stream {stream:?} index entry for version {version} is not a u64"),
-                )
-            })?;
+            let position =
+                decode_u64(&value).ok_or_else(|| corrupt(0, format!("stream {stream:?} index entry for version {version} is not a u64")))?;
             if version != expected_version {
-                return Err(corrupt(
-                    position,
-                    format!("stream {stream:?} has a gap: expected version {expected_version}, found {version}"),
-                ));
+                return Err(corrupt(position, format!("stream {stream:?} has a gap: expected version {expected_version}, found {version}")));
             }
             let value = self
                 .events
                 .get(position.to_be_bytes())
-                .map_err(storage(format_args!(
-                    "reading event at position {position}"
-                )))?
-                .ok_or_else(|| {
-                    corrupt(
-                        position,
-                        format!("indexed by stream {stream:?} version {version} but missing"),
-                    )
-                })?;
+                .map_err(storage(format_args!("reading event at position {position}")))?
+                .ok_or_else(|| corrupt(position, format!("indexed by stream {stream:?} version {version} but missing")))?;
             let env = decode_event(position, &value)?;
             if env.stream != stream || env.version != version {
                 return Err(corrupt(
                     position,
-                    format!(
-                        "index says stream {stream:?} version {version}, event says stream {:?} version {}",
-                        env.stream, env.version
-                    ),
+                    format!("index says stream {stream:?} version {version}, event says stream {:?} version {}", env.stream, env.version),
                 ));
             }
             out.push(env);
@@ -612,25 +520,16 @@ impl Store {
 
     /// Current version of `stream`, 0 when it has no events.
     pub fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
-        let raw = self
-            .streams
-            .get(stream.as_bytes())
-            .map_err(storage(format_args!(
-                "reading version of stream {stream:?}"
-            )))?;
+        let raw = self.streams.get(stream.as_bytes()).map_err(storage(format_args!("reading version of stream {stream:?}")))?;
         match raw {
             None => Ok(0),
-            Some(v) => decode_u64(&v)
-                .ok_or_else(|| corrupt(0, format!("version of stream {stream:?} is not a u64"))),
+            Some(v) => decode_u64(&v).ok_or_else(|| corrupt(0, format!("version of stream {stream:?} is not a u64"))),
         }
     }
 
     /// Position of the last event, 0 when the log is empty.
     pub fn last_position(&self) -> Result<u64, StoreError> {
-        let raw = self
-            .meta
-            .get(META_LAST_POSITION)
-            .map_err(storage("reading meta last_position"))?;
+        let raw = self.meta.get(META_LAST_POSITION).map_err(storage("reading meta last_position"))?;
         match raw {
             None => Ok(0),
             Some(v) => decode_u64(&v).ok_or_else(|| corrupt(0, "meta last_position is not a u64")),
@@ -639,21 +538,14 @@ impl Store {
 
     /// Instant of the last event, `None` when the log is empty.
     pub fn last_instant(&self) -> Result<Option<Instant>, StoreError> {
-        let raw = self
-            .meta
-            .get(META_LAST_INSTANT)
-            .map_err(storage("reading meta last_instant"))?;
+        let raw = self.meta.get(META_LAST_INSTANT).map_err(storage("reading meta last_instant"))?;
         raw.map(|v| decode_instant(&v)).transpose()
     }
 
     /// The record stored under `command_id`, if any.
     pub fn command(&self, command_id: &str) -> Result<Option<CommandRecord>, StoreError> {
-        let raw = self
-            .commands
-            .get(command_id.as_bytes())
-            .map_err(storage(format_args!("reading command {command_id:?}")))?;
-        raw.map(|v| decode_command(command_id.as_bytes(), &v))
-            .transpose()
+        let raw = self.commands.get(command_id.as_bytes()).map_err(storage(format_args!("reading command {command_id:?}")))?;
+        raw.map(|v| decode_command(command_id.as_bytes(), &v)).transpose()
     }
 
     /// Full scan of the log. Checks checksums, gapless positions, gapless
@@ -673,49 +565,28 @@ impl Store {
                 if env.at < last {
                     return Err(corrupt(
                         position,
-                        format!(
-                            "instant {} is earlier than the previous event's {}",
-                            env.at.to_rfc3339(),
-                            last.to_rfc3339()
-                        ),
+                        format!("instant {} is earlier than the previous event's {}", env.at.to_rfc3339(), last.to_rfc3339()),
                     ));
                 }
             }
             last_instant = Some(env.at);
             let entry = streams.entry(env.stream.clone()).or_insert((0, 0));
             if env.version != entry.0 + 1 {
-                return Err(corrupt(
-                    position,
-                    format!(
-                        "stream {:?} version {} follows version {}",
-                        env.stream, env.version, entry.0
-                    ),
-                ));
+                return Err(corrupt(position, format!("stream {:?} version {} follows version {}", env.stream, env.version, entry.0)));
             }
             *entry = (env.version, position);
             let indexed = self
                 .stream_index
                 .get(index_key(&env.stream, env.version))
-                .map_err(storage(format_args!(
-                    "reading stream index for position {position}"
-                )))?;
+                .map_err(storage(format_args!("reading stream index for position {position}")))?;
             if indexed.as_deref().and_then(decode_u64) != Some(position) {
-                return Err(corrupt(
-                    position,
-                    format!(
-                        "stream_index entry for {:?} version {} does not point here",
-                        env.stream, env.version
-                    ),
-                ));
+                return Err(corrupt(position, format!("stream_index entry for {:?} version {} does not point here", env.stream, env.version)));
             }
         }
 
         let index_entries = self.stream_index.len() as u64;
         if index_entries != count {
-            return Err(corrupt(
-                count,
-                format!("stream_index has {index_entries} entries for {count} events"),
-            ));
+            return Err(corrupt(count, format!("stream_index has {index_entries} entries for {count} events")));
         }
         let mut stream_count = 0u64;
         for entry in self.streams.iter() {
@@ -723,61 +594,33 @@ impl Store {
             let name = String::from_utf8_lossy(&key).into_owned();
             let (version, at) = streams.get(&name).copied().unwrap_or((0, 0));
             if decode_u64(&value) != Some(version) {
-                return Err(corrupt(
-                    at,
-                    format!("streams tree version of {name:?} disagrees with its {version} events"),
-                ));
+                return Err(corrupt(at, format!("streams tree version of {name:?} disagrees with its {version} events")));
             }
             stream_count += 1;
         }
         if stream_count != streams.len() as u64 {
-            return Err(corrupt(
-                count,
-                format!(
-                    "streams tree lists {stream_count} streams, the log has {}",
-                    streams.len()
-                ),
-            ));
+            return Err(corrupt(count, format!("streams tree lists {stream_count} streams, the log has {}", streams.len())));
         }
         let meta_position = self.last_position()?;
         if meta_position != count {
-            return Err(corrupt(
-                count,
-                format!("meta last_position is {meta_position} but the log ends at {count}"),
-            ));
+            return Err(corrupt(count, format!("meta last_position is {meta_position} but the log ends at {count}")));
         }
         if self.last_instant()? != last_instant {
-            return Err(corrupt(
-                count,
-                "meta last_instant disagrees with the last event",
-            ));
+            return Err(corrupt(count, "meta last_instant disagrees with the last event"));
         }
 
         let mut commands = 0u64;
         for entry in self.commands.iter() {
             let (key, value) = entry.map_err(storage("scanning commands tree"))?;
             let record = decode_command(&key, &value)?;
-            for p in [record.first_position, record.last_position]
-                .into_iter()
-                .flatten()
-            {
+            for p in [record.first_position, record.last_position].into_iter().flatten() {
                 if p == 0 || p > count {
-                    return Err(corrupt(
-                        0,
-                        format!(
-                            "command {:?} points at position {p}, outside the log",
-                            String::from_utf8_lossy(&key)
-                        ),
-                    ));
+                    return Err(corrupt(0, format!("command {:?} points at position {p}, outside the log", String::from_utf8_lossy(&key))));
                 }
             }
             commands += 1;
         }
-        Ok(VerifyReport {
-            events: count,
-            streams: stream_count,
-            commands,
-        })
+        Ok(VerifyReport { events: count, streams: stream_count, commands })
     }
 
     /// sled's synchronous flush of everything written so far; then the high-water mark moves
@@ -785,10 +628,7 @@ impl Store {
     pub fn flush(&self) -> Result<(), StoreError> {
         // Only what was written before the flush began is known to be on disk after it.
         let durable = self.last_position()?;
-        self.db
-            .flush()
-            .map(|_| ())
-            .map_err(storage("flushing sled database to disk"))?;
+        self.db.flush().map(|_| ()).map_err(storage("flushing sled database to disk"))?;
         self.write_watermark(durable)
     }
 
@@ -848,15 +688,9 @@ fn apply_in_tx(
     }
 
     for (stream, expected) in &req.expected {
-        let actual = tx_u64(streams, stream.as_bytes(), || {
-            format!("version of stream {stream:?}")
-        })?;
+        let actual = tx_u64(streams, stream.as_bytes(), || format!("version of stream {stream:?}"))?;
         if !expected.accepts(actual) {
-            return abort(StoreError::Conflict {
-                stream: stream.clone(),
-                expected: *expected,
-                actual,
-            });
+            return abort(StoreError::Conflict { stream: stream.clone(), expected: *expected, actual });
         }
     }
 
@@ -876,17 +710,13 @@ fn apply_in_tx(
         last_instant = Some(event.at);
     }
 
-    let last_position = tx_u64(meta, META_LAST_POSITION, || {
-        "meta last_position".to_string()
-    })?;
+    let last_position = tx_u64(meta, META_LAST_POSITION, || "meta last_position".to_string())?;
     let mut position = last_position;
     let mut versions: HashMap<&str, u64> = HashMap::new();
     for event in &req.events {
         let version = match versions.get(event.stream.as_str()) {
             Some(v) => *v,
-            None => tx_u64(streams, event.stream.as_bytes(), || {
-                format!("version of stream {:?}", event.stream)
-            })?,
+            None => tx_u64(streams, event.stream.as_bytes(), || format!("version of stream {:?}", event.stream))?,
         } + 1;
         versions.insert(&event.stream, version);
         position += 1;
@@ -905,10 +735,7 @@ fn apply_in_tx(
             Err(e) => return abort(e),
         };
         events.insert(&position.to_be_bytes()[..], value)?;
-        index.insert(
-            index_key(&event.stream, version),
-            &position.to_be_bytes()[..],
-        )?;
+        index.insert(index_key(&event.stream, version), &position.to_be_bytes()[..])?;
     }
     for (stream, version) in &versions {
         streams.insert(stream.as_bytes(), &version.to_be_bytes()[..])?;
@@ -921,27 +748,14 @@ fn apply_in_tx(
     }
 
     let record = if req.events.is_empty() {
-        CommandRecord {
-            first_position: None,
-            last_position: None,
-            outcome: req.outcome.clone(),
-        }
+        CommandRecord { first_position: None, last_position: None, outcome: req.outcome.clone() }
     } else {
-        CommandRecord {
-            first_position: Some(last_position + 1),
-            last_position: Some(position),
-            outcome: req.outcome.clone(),
-        }
+        CommandRecord { first_position: Some(last_position + 1), last_position: Some(position), outcome: req.outcome.clone() }
     };
     if let Some(id) = &req.command_id {
         let json = match serde_json::to_vec(&record) {
             Ok(j) => j,
-            Err(e) => {
-                return abort(StoreError::Encode {
-                    context: format!("serializing record of command {id:?}"),
-                    source: e.into(),
-                })
-            }
+            Err(e) => return abort(StoreError::Encode { context: format!("serializing record of command {id:?}"), source: e.into() }),
         };
         commands.insert(id.as_bytes(), json)?;
     }

@@ -42,14 +42,8 @@ pub fn read_json(path: &Path) -> Value {
 
 /// Only the named fields of each object of an array.
 pub fn pick(items: &Value, keys: &[&str]) -> Vec<Value> {
-    items
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|item| Value::Object(keys.iter().map(|k| (k.to_string(), item[*k].clone())).collect()))
-        .collect()
+    items.as_array().expect("array").iter().map(|item| Value::Object(keys.iter().map(|k| (k.to_string(), item[*k].clone())).collect())).collect()
 }
 
-pub const BILL_FIELDS: [&str; 10] =
-    ["resource", "account", "mode", "item", "start", "end", "list_price", "discount", "round_off", "payable"];
+pub const BILL_FIELDS: [&str; 10] = ["resource", "account", "mode", "item", "start", "end", "list_price", "discount", "round_off", "payable"];
 pub const RESOURCE_FIELDS: [&str; 4] = ["id", "state", "nodes", "expires_at"];
