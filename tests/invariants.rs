@@ -21,7 +21,8 @@
 //! 1. `reconciliation` (R5, R12): opening + top-ups − Σ flow payable = closing, per account.
 //! 2. `detail_equals_flow` (R5): the detail bills' payable equals the flow bills', per account
 //!    and in total.
-//! 3. `incremental_equals_replay`: the engine's own projections equal a fold of its log, and the
+//! 3. `incremental_equals_replay`: the engine's own projections equal a fold of its log, the
+//!    streamed document is byte for byte the in-memory one, and the
 //!    log survives a JSON-lines round trip unchanged.
 //! 4. `time_travel`: the log folded as of T equals a fresh rerun of the commands up to T.
 //! 5. `allowed_transitions` (R4, R6, R12, R14–R17): every shown-state change is one the rules
@@ -528,6 +529,17 @@ fn check_incremental_equals_replay(run: &Run, f: &mut Failures) {
             }
             if let Some(d) = state_difference(&run.projections.state, &folded.state) {
                 f.fail(CHECK, format!("rerun state vs fold of its log: {d}"));
+            }
+            // The streamed document (history-free fold, reordered lines) is the same bytes.
+            let mut streamed = Vec::new();
+            match poolbill_replay::document::write_document(jsonl::as_results(&run.envelopes), Upto::All, &mut streamed, |_| {}) {
+                Ok(_) => {
+                    let in_memory = serde_json::to_string_pretty(&folded.document()).expect("documents serialise") + "\n";
+                    if streamed != in_memory.as_bytes() {
+                        f.fail(CHECK, "the streamed document differs from the in-memory one".to_string());
+                    }
+                }
+                Err(e) => f.fail(CHECK, format!("the streamed document failed: {e}")),
             }
         }
         Err(e) => f.fail(CHECK, format!("the log does not fold: {e}")),

@@ -44,13 +44,27 @@ pub enum FoldError {
 /// (upcast) and applied; `visit` then sees the projections, the envelope and its event. Every
 /// reader of a log — the engine's open, replay, explain, timeline — folds with it. Instants
 /// never go back in a log, so "as of T" is a prefix.
-pub fn fold_visit<E, I>(envelopes: I, upto: Upto, mut visit: impl FnMut(&Projections, &E, Event)) -> Result<Projections, FoldError>
+pub fn fold_visit<E, I>(envelopes: I, upto: Upto, visit: impl FnMut(&Projections, &E, Event)) -> Result<Projections, FoldError>
+where
+    E: Borrow<Envelope>,
+    I: IntoIterator<Item = Result<E, StoreError>>,
+{
+    fold_from(Projections::new(), envelopes, upto, visit)
+}
+
+/// [`fold_visit`] from projections already folded (a snapshot, or history-free
+/// [`Projections::live`]): the envelopes must continue where they end.
+pub fn fold_from<E, I>(
+    mut projections: Projections,
+    envelopes: I,
+    upto: Upto,
+    mut visit: impl FnMut(&Projections, &E, Event),
+) -> Result<Projections, FoldError>
 where
     E: Borrow<Envelope>,
     I: IntoIterator<Item = Result<E, StoreError>>,
 {
     let _span = tracing::info_span!("replay", upto = ?upto).entered();
-    let mut projections = Projections::new();
     for item in envelopes {
         let item = item?;
         let envelope = item.borrow();
@@ -99,14 +113,21 @@ pub struct Step {
 }
 
 /// The projections of a log, and the steps that extend it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Ledger {
     projections: Projections,
 }
 
+impl Default for Ledger {
+    fn default() -> Ledger {
+        Ledger::new()
+    }
+}
+
 impl Ledger {
+    /// A ledger of an empty log, keeping every bill and refusal ([`Projections::new`]).
     pub fn new() -> Ledger {
-        Ledger::default()
+        Ledger { projections: Projections::new() }
     }
 
     /// Continue from projections already folded (e.g. a snapshot, or a replay).

@@ -12,17 +12,21 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// Everything derived from a log prefix.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Projections {
     /// The domain state (resources, accounts, catalog), by the same `State::apply` that decisions use.
     pub state: State,
-    /// Flow bills (R5) in log order.
+    /// Flow bills (R5) in log order — kept only when `keeps_history`.
     pub bills: Vec<FlowBill>,
+    /// Refused commands in log order — kept only when `keeps_history`.
     pub rejections: Vec<RejectionRecord>,
     /// Events folded so far.
     pub events: u64,
     pub last_position: u64,
     pub last_instant: Option<Instant>,
+    /// Whether bills and refusals, which grow with every event, are kept in memory. A live
+    /// engine and a streamed document leave them to the log and keep only what is live.
+    pub keeps_history: bool,
 }
 
 /// One flow-bill line and the event that recorded it.
@@ -51,9 +55,31 @@ pub struct ProjectionError {
     pub source: DecodeError,
 }
 
+impl Default for Projections {
+    /// [`Projections::new`]: history kept.
+    fn default() -> Projections {
+        Projections::new()
+    }
+}
+
 impl Projections {
+    /// Projections that keep every bill and refusal in memory (small logs, tests, the tools
+    /// that need them all at once).
     pub fn new() -> Projections {
-        Projections::default()
+        Projections { keeps_history: true, ..Projections::live() }
+    }
+
+    /// Projections of what is live only: state and counters, bounded by live resources.
+    pub fn live() -> Projections {
+        Projections {
+            state: State::default(),
+            bills: Vec::new(),
+            rejections: Vec::new(),
+            events: 0,
+            last_position: 0,
+            last_instant: None,
+            keeps_history: false,
+        }
     }
 
     /// Fold one stored envelope: decode (upcasting older schema versions), then apply.
@@ -68,6 +94,7 @@ impl Projections {
     pub fn apply_event(&mut self, position: u64, at: Instant, event: &Event) {
         self.state.apply(event, at);
         match event {
+            _ if !self.keeps_history => {}
             Event::Charged { line } => self.bills.push(FlowBill { position, at, line: line.clone() }),
             Event::CommandRejected { command, rule, reason, index } => {
                 self.rejections.push(RejectionRecord { position, at, index: *index, command: command.clone(), rule: *rule, reason: reason.clone() })
@@ -89,131 +116,163 @@ impl Projections {
     /// R5 detail bills: per Beijing calendar month (of the line's start), account, resource and
     /// billing mode, the sums of the flow bills' amounts. Their payable equals the flow bills'.
     pub fn detail_bills(&self) -> Vec<DetailBill> {
-        let mut groups: BTreeMap<(String, String, String, &'static str), DetailBill> = BTreeMap::new();
+        let mut details = DetailBills::default();
         for bill in &self.bills {
-            let line = &bill.line;
-            let date = beijing_date(line.start);
-            let month = format!("{:04}-{:02}", date.year(), date.month());
-            let key = (month.clone(), line.account.clone(), line.resource.clone(), line.mode.as_str());
-            let entry = groups.entry(key).or_insert_with(|| DetailBill {
-                month,
-                account: line.account.clone(),
-                resource: line.resource.clone(),
-                mode: line.mode.as_str(),
-                usage_hours: Decimal::ZERO,
-                amounts: Amounts::zero(),
-                lines: 0,
-            });
-            match &line.basis {
-                // Node-hours billed on demand, and those a package covered (mode `package`).
-                Basis::Usage { nodes, seconds, covered_node_seconds, .. } => {
-                    entry.usage_hours +=
-                        (Decimal::from(*nodes) * Decimal::from(*seconds) - Decimal::from(*covered_node_seconds)) / Decimal::from(3600)
-                }
-                Basis::Package { node_seconds, .. } => entry.usage_hours += Decimal::from(*node_seconds) / Decimal::from(3600),
-                _ => {}
-            }
-            entry.amounts = entry.amounts + line.amounts;
-            entry.lines += 1;
+            details.add(&bill.line);
         }
-        groups.into_values().collect()
+        details.into_rows()
     }
 
     /// The contract's output document (`scenario-format.md`).
     pub fn document(&self) -> Document {
-        let bills = self
-            .flow_bills()
-            .into_iter()
-            .map(|b| {
-                let l = &b.line;
-                BillView {
-                    resource: l.resource.clone(),
-                    account: l.account.clone(),
-                    mode: l.mode.as_str(),
-                    item: l.item.as_str(),
-                    start: to_beijing(l.start).to_rfc3339(),
-                    end: to_beijing(l.end).to_rfc3339(),
-                    list_price: fmt_exact(l.amounts.list_price),
-                    discount: fmt_exact(l.amounts.discount),
-                    round_off: fmt_exact(l.amounts.round_off),
-                    payable: fmt_cents(l.amounts.payable),
-                    event: b.position,
-                }
-            })
-            .collect();
-        let pools = self.state.pools.values().map(|p| ResourceView {
-            id: p.id.clone(),
-            state: p.shown_state(),
-            nodes: p.nodes,
-            expires_at: p.period.filter(|_| p.mode.is_subscription()).map(|per| to_beijing(per.end).to_rfc3339()),
-            kind: "pool",
-            account: p.account.clone(),
-            mode: p.mode.as_str(),
-            spec: p.spec.clone(),
-            billed_as: p.id.clone(),
-            pool: None,
-        });
-        let jobs = self.state.jobs.values().map(|j| ResourceView {
-            id: j.id.clone(),
-            state: j.shown_state(),
-            nodes: j.nodes,
-            expires_at: None,
-            kind: j.kind.as_str(),
-            account: j.account.clone(),
-            mode: if j.pool.is_some() { "dedicated_pool" } else { "on_demand" },
-            spec: j.spec.clone(),
-            billed_as: j.billing_id(),
-            pool: j.pool.clone(),
-        });
-        let packages = self.state.packages.values().map(|p| ResourceView {
-            id: p.id.clone(),
-            state: if p.expired { "expired" } else { "running" },
-            nodes: p.quantity,
-            expires_at: Some(to_beijing(p.expires_at).to_rfc3339()),
-            kind: "package",
-            account: p.account.clone(),
-            mode: "package",
-            spec: p.spec.clone(),
-            billed_as: p.id.clone(),
-            pool: None,
-        });
-        let mut resources: Vec<ResourceView> = pools.chain(jobs).chain(packages).collect();
-        resources.sort_by(|a, b| a.id.cmp(&b.id));
-        let accounts = self
-            .state
-            .accounts
-            .values()
-            .map(|a| AccountView { id: a.id.clone(), balance: fmt_cents(a.balance), in_arrears: a.arrears.is_some() })
-            .collect();
-        let rejections = self
-            .rejections
-            .iter()
-            .map(|r| RejectionView {
-                index: r.index,
-                r#type: r.command.clone(),
-                rule: r.rule.to_string(),
-                reason: r.reason.clone(),
-                at: to_beijing(r.at).to_rfc3339(),
-            })
-            .collect();
-        let detail_bills = self
-            .detail_bills()
-            .into_iter()
-            .map(|d| DetailView {
-                month: d.month,
-                account: d.account,
-                resource: d.resource,
-                mode: d.mode,
-                usage_hours: fmt_exact(d.usage_hours.round_dp(8)),
-                list_price: fmt_exact(d.amounts.list_price),
-                discount: fmt_exact(d.amounts.discount),
-                round_off: fmt_exact(d.amounts.round_off),
-                payable: fmt_cents(d.amounts.payable),
-                lines: d.lines,
-            })
-            .collect();
-        Document { bills, resources, accounts, rejections, events: self.events, detail_bills }
+        Document {
+            bills: self.flow_bills().into_iter().map(BillView::of).collect(),
+            resources: resource_views(&self.state),
+            accounts: account_views(&self.state),
+            rejections: self.rejections.iter().map(RejectionView::of).collect(),
+            events: self.events,
+            detail_bills: self.detail_bills().into_iter().map(DetailView::of).collect(),
+        }
     }
+}
+
+/// R5 detail bills being summed: per Beijing calendar month (of the line's start), account,
+/// resource and billing mode. Rows grow with resources × months, not with lines.
+#[derive(Clone, Debug, Default)]
+pub struct DetailBills {
+    groups: BTreeMap<(String, String, String, &'static str), DetailBill>,
+}
+
+impl DetailBills {
+    /// Add one flow-bill line to its month's row.
+    pub fn add(&mut self, line: &BillLine) {
+        let date = beijing_date(line.start);
+        let month = format!("{:04}-{:02}", date.year(), date.month());
+        let key = (month, line.account.clone(), line.resource.clone(), line.mode.as_str());
+        let entry = self.groups.entry(key).or_insert_with_key(|(month, account, resource, mode)| DetailBill {
+            month: month.clone(),
+            account: account.clone(),
+            resource: resource.clone(),
+            mode,
+            usage_hours: Decimal::ZERO,
+            amounts: Amounts::zero(),
+            lines: 0,
+        });
+        match &line.basis {
+            // Node-hours billed on demand, and those a package covered (mode `package`).
+            Basis::Usage { nodes, seconds, covered_node_seconds, .. } => {
+                entry.usage_hours += (Decimal::from(*nodes) * Decimal::from(*seconds) - Decimal::from(*covered_node_seconds)) / Decimal::from(3600)
+            }
+            Basis::Package { node_seconds, .. } => entry.usage_hours += Decimal::from(*node_seconds) / Decimal::from(3600),
+            _ => {}
+        }
+        entry.amounts = entry.amounts + line.amounts;
+        entry.lines += 1;
+    }
+
+    /// The rows, by month, account, resource and mode.
+    pub fn into_rows(self) -> Vec<DetailBill> {
+        self.groups.into_values().collect()
+    }
+}
+
+impl BillView {
+    /// How the document shows a flow-bill line.
+    pub fn of(b: &FlowBill) -> BillView {
+        let l = &b.line;
+        BillView {
+            resource: l.resource.clone(),
+            account: l.account.clone(),
+            mode: l.mode.as_str(),
+            item: l.item.as_str(),
+            start: to_beijing(l.start).to_rfc3339(),
+            end: to_beijing(l.end).to_rfc3339(),
+            list_price: fmt_exact(l.amounts.list_price),
+            discount: fmt_exact(l.amounts.discount),
+            round_off: fmt_exact(l.amounts.round_off),
+            payable: fmt_cents(l.amounts.payable),
+            event: b.position,
+        }
+    }
+}
+
+impl RejectionView {
+    /// How the document shows a refused command.
+    pub fn of(r: &RejectionRecord) -> RejectionView {
+        RejectionView {
+            index: r.index,
+            r#type: r.command.clone(),
+            rule: r.rule.to_string(),
+            reason: r.reason.clone(),
+            at: to_beijing(r.at).to_rfc3339(),
+        }
+    }
+}
+
+impl DetailView {
+    /// How the document shows a detail bill.
+    pub fn of(d: DetailBill) -> DetailView {
+        DetailView {
+            month: d.month,
+            account: d.account,
+            resource: d.resource,
+            mode: d.mode,
+            usage_hours: fmt_exact(d.usage_hours.round_dp(8)),
+            list_price: fmt_exact(d.amounts.list_price),
+            discount: fmt_exact(d.amounts.discount),
+            round_off: fmt_exact(d.amounts.round_off),
+            payable: fmt_cents(d.amounts.payable),
+            lines: d.lines,
+        }
+    }
+}
+
+/// The document's `accounts`: each account's balance and whether it is in arrears.
+pub fn account_views(state: &State) -> Vec<AccountView> {
+    state.accounts.values().map(|a| AccountView { id: a.id.clone(), balance: fmt_cents(a.balance), in_arrears: a.arrears.is_some() }).collect()
+}
+
+/// The document's `resources`: pools, jobs and packages, by id.
+pub fn resource_views(state: &State) -> Vec<ResourceView> {
+    let pools = state.pools.values().map(|p| ResourceView {
+        id: p.id.clone(),
+        state: p.shown_state(),
+        nodes: p.nodes,
+        expires_at: p.period.filter(|_| p.mode.is_subscription()).map(|per| to_beijing(per.end).to_rfc3339()),
+        kind: "pool",
+        account: p.account.clone(),
+        mode: p.mode.as_str(),
+        spec: p.spec.clone(),
+        billed_as: p.id.clone(),
+        pool: None,
+    });
+    let jobs = state.jobs.values().map(|j| ResourceView {
+        id: j.id.clone(),
+        state: j.shown_state(),
+        nodes: j.nodes,
+        expires_at: None,
+        kind: j.kind.as_str(),
+        account: j.account.clone(),
+        mode: if j.pool.is_some() { "dedicated_pool" } else { "on_demand" },
+        spec: j.spec.clone(),
+        billed_as: j.billing_id(),
+        pool: j.pool.clone(),
+    });
+    let packages = state.packages.values().map(|p| ResourceView {
+        id: p.id.clone(),
+        state: if p.expired { "expired" } else { "running" },
+        nodes: p.quantity,
+        expires_at: Some(to_beijing(p.expires_at).to_rfc3339()),
+        kind: "package",
+        account: p.account.clone(),
+        mode: "package",
+        spec: p.spec.clone(),
+        billed_as: p.id.clone(),
+        pool: None,
+    });
+    let mut resources: Vec<ResourceView> = pools.chain(jobs).chain(packages).collect();
+    resources.sort_by(|a, b| a.id.cmp(&b.id));
+    resources
 }
 
 /// One month's sums for a resource and billing mode (R5).

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod bills;
 pub mod diff;
+pub mod document;
 pub mod explain;
 pub mod jsonl;
 pub mod rerun;

@@ -1,0 +1,284 @@
+//! The output document (`scenario-format.md`) written as a stream, in memory bounded by what is
+//! live rather than by history: the log is folded once with history-free projections, and
+//! each flow-bill line is formatted as it is met and put in the contract's order (start, then
+//! resource, then log position) by a small reordering buffer that spills to a temporary file.
+//! The bytes are exactly those of `serde_json::to_string_pretty(&projections.document())`,
+//! followed by a newline.
+//!
+//! Why a buffer is enough: a line is recorded at most about an hour after its start (a cycle is
+//! settled at its end, R4), so a line whose start is more than an hour before the log's clock
+//! can go out. Lines that start later than they are recorded (a renewal paid ahead, R3) wait
+//! in the buffer until the clock reaches them — a few per live subscription. A line that starts
+//! before lines already written (a renewal after expiry counts from the old end, R3) is rare;
+//! it is kept aside and merged in at the end.
+
+use chrono::Duration;
+use poolbill_domain::{Event, Instant};
+use poolbill_ledger::{fold_from, FoldError, Upto};
+use poolbill_projections::{account_views, resource_views, BillView, DetailBills, DetailView, FlowBill, Projections, RejectionRecord, RejectionView};
+use poolbill_store::{Envelope, StoreError};
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+
+/// Why a document could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    #[error(transparent)]
+    Fold(#[from] FoldError),
+    #[error("writing the document")]
+    Io(#[from] io::Error),
+}
+
+/// What a written document held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Written {
+    pub events: u64,
+    pub bills: u64,
+    pub rejections: u64,
+    /// Lines that came after lines sorting after them had been written out, merged in at the end.
+    pub late: u64,
+}
+
+/// Fold `envelopes` as of `upto` and write the document to `out`, reporting each position
+/// folded. Nothing is written to `out` unless the whole fold succeeded.
+pub fn write_document<I>(envelopes: I, upto: Upto, out: &mut impl Write, mut progress: impl FnMut(u64)) -> Result<Written, DocumentError>
+where
+    I: IntoIterator<Item = Result<Envelope, StoreError>>,
+{
+    let mut bills = BillOrder::new()?;
+    let mut rejections = Spill::new()?;
+    let mut details = DetailBills::default();
+    let mut failed: Option<io::Error> = None;
+    let projections = fold_from(Projections::live(), envelopes, upto, |p: &Projections, e: &Envelope, event| {
+        progress(e.position);
+        if failed.is_some() {
+            return;
+        }
+        let result = match event {
+            Event::Charged { line } => {
+                details.add(&line);
+                let clock = p.last_instant.unwrap_or(e.at);
+                bills.push(FlowBill { position: e.position, at: e.at, line }, clock)
+            }
+            Event::CommandRejected { command, rule, reason, index } => {
+                let record = RejectionRecord { position: e.position, at: e.at, index, command, rule, reason };
+                pretty(&RejectionView::of(&record), 4).and_then(|text| rejections.push(&text))
+            }
+            _ => Ok(()),
+        };
+        failed = result.err();
+    })?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    let counts = Written { events: projections.events, bills: bills.count, rejections: rejections.count, late: bills.late.len() as u64 };
+    let mut w = BufWriter::new(out);
+    w.write_all(b"{\n  \"bills\": ")?;
+    bills.finish(&mut w)?;
+    write!(w, ",\n  \"resources\": {}", pretty(&resource_views(&projections.state), 2)?.trim_start())?;
+    write!(w, ",\n  \"accounts\": {}", pretty(&account_views(&projections.state), 2)?.trim_start())?;
+    w.write_all(b",\n  \"rejections\": ")?;
+    rejections.finish(&mut w)?;
+    write!(w, ",\n  \"events\": {}", projections.events)?;
+    let details: Vec<DetailView> = details.into_rows().into_iter().map(DetailView::of).collect();
+    write!(w, ",\n  \"detail_bills\": {}\n}}\n", pretty(&details, 2)?.trim_start())?;
+    w.flush()?;
+    Ok(counts)
+}
+
+/// `value` as pretty JSON, every line indented by `indent` spaces (its place in the document).
+fn pretty(value: &impl serde::Serialize, indent: usize) -> io::Result<String> {
+    let text = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    let mut out = Vec::with_capacity(text.len() + 16 * indent);
+    out.resize(indent, b' ');
+    for byte in text {
+        out.push(byte);
+        if byte == b'\n' {
+            out.resize(out.len() + indent, b' ');
+        }
+    }
+    String::from_utf8(out).map_err(io::Error::other)
+}
+
+/// Array elements written to a temporary file as they come, then copied out as a JSON array.
+struct Spill {
+    file: BufWriter<File>,
+    count: u64,
+}
+
+impl Spill {
+    fn new() -> io::Result<Spill> {
+        Ok(Spill { file: BufWriter::new(tempfile::tempfile()?), count: 0 })
+    }
+
+    /// One element, already formatted at its depth.
+    fn push(&mut self, text: &str) -> io::Result<()> {
+        if self.count > 0 {
+            self.file.write_all(b",")?;
+        }
+        self.file.write_all(b"\n")?;
+        self.file.write_all(text.as_bytes())?;
+        self.count += 1;
+        Ok(())
+    }
+
+    fn finish(self, out: &mut impl Write) -> io::Result<()> {
+        if self.count == 0 {
+            return out.write_all(b"[]");
+        }
+        let mut file = self.file.into_inner().map_err(|e| e.into_error())?;
+        file.seek(SeekFrom::Start(0))?;
+        out.write_all(b"[")?;
+        io::copy(&mut BufReader::new(file), out)?;
+        out.write_all(b"\n  ]")
+    }
+}
+
+/// A line's place in the contract's order, with its formatted text.
+struct Pending {
+    start: Instant,
+    resource: String,
+    position: u64,
+    text: String,
+}
+
+impl Pending {
+    fn key(&self) -> (Instant, &str, u64) {
+        (self.start, &self.resource, self.position)
+    }
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+/// Flow-bill lines put in the contract's order: a buffer of lines that may still be overtaken,
+/// lines already in order on a temporary file, and the rare lines that came too late for it.
+struct BillOrder {
+    waiting: BinaryHeap<Reverse<Pending>>,
+    spilled: BufWriter<File>,
+    /// The key of the last line spilled: later lines sorting before it are late.
+    last: Option<(Instant, String, u64)>,
+    late: Vec<Pending>,
+    count: u64,
+}
+
+impl BillOrder {
+    fn new() -> io::Result<BillOrder> {
+        Ok(BillOrder { waiting: BinaryHeap::new(), spilled: BufWriter::new(tempfile::tempfile()?), last: None, late: Vec::new(), count: 0 })
+    }
+
+    /// Take a line recorded when the log's clock was at `clock`.
+    fn push(&mut self, bill: FlowBill, clock: Instant) -> io::Result<()> {
+        let pending =
+            Pending { start: bill.line.start, resource: bill.line.resource.clone(), position: bill.position, text: pretty(&BillView::of(&bill), 4)? };
+        self.count += 1;
+        let overtaken = self.last.as_ref().is_some_and(|(s, r, p)| pending.key() < (*s, r.as_str(), *p));
+        if overtaken {
+            self.late.push(pending);
+            return Ok(());
+        }
+        self.waiting.push(Reverse(pending));
+        // Lines that start an hour or more before the clock can no longer be overtaken.
+        let horizon = clock - Duration::hours(1);
+        while self.waiting.peek().is_some_and(|Reverse(p)| p.start < horizon) {
+            let Reverse(p) = self.waiting.pop().expect("peeked");
+            write_record(&mut self.spilled, &p)?;
+            self.last = Some((p.start, p.resource, p.position));
+        }
+        Ok(())
+    }
+
+    /// Write the lines as a JSON array: the spilled ones merged with the late ones, then those
+    /// still waiting (which sort after everything spilled).
+    fn finish(self, out: &mut impl Write) -> io::Result<()> {
+        if self.count == 0 {
+            return out.write_all(b"[]");
+        }
+        let mut late = self.late;
+        late.sort();
+        let mut late = late.into_iter().peekable();
+        let mut waiting = self.waiting.into_sorted_vec();
+        waiting.reverse(); // Reverse<_> sorts descending: the smallest key first now.
+        let mut file = self.spilled.into_inner().map_err(|e| e.into_error())?;
+        file.seek(SeekFrom::Start(0))?;
+        let mut spilled = BufReader::new(file);
+        let mut first = true;
+        let mut emit = |p: &Pending, out: &mut dyn Write| -> io::Result<()> {
+            out.write_all(if first { b"[\n" } else { b",\n" })?;
+            first = false;
+            out.write_all(p.text.as_bytes())
+        };
+        while let Some(p) = read_record(&mut spilled)? {
+            while late.peek().is_some_and(|l| l < &p) {
+                emit(&late.next().expect("peeked"), out)?;
+            }
+            emit(&p, out)?;
+        }
+        for Reverse(p) in waiting {
+            while late.peek().is_some_and(|l| l < &p) {
+                emit(&late.next().expect("peeked"), out)?;
+            }
+            emit(&p, out)?;
+        }
+        for p in late {
+            emit(&p, out)?;
+        }
+        out.write_all(b"\n  ]")
+    }
+}
+
+fn write_record(w: &mut impl Write, p: &Pending) -> io::Result<()> {
+    w.write_all(&p.start.timestamp().to_le_bytes())?;
+    w.write_all(&p.start.timestamp_subsec_nanos().to_le_bytes())?;
+    w.write_all(&p.start.offset().local_minus_utc().to_le_bytes())?;
+    w.write_all(&p.position.to_le_bytes())?;
+    for text in [&p.resource, &p.text] {
+        w.write_all(&(text.len() as u64).to_le_bytes())?;
+        w.write_all(text.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn read_record(r: &mut impl Read) -> io::Result<Option<Pending>> {
+    let mut secs = [0u8; 8];
+    match r.read_exact(&mut secs) {
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        other => other?,
+    }
+    let mut four = [0u8; 4];
+    r.read_exact(&mut four)?;
+    let nanos = u32::from_le_bytes(four);
+    r.read_exact(&mut four)?;
+    let offset = chrono::FixedOffset::east_opt(i32::from_le_bytes(four)).ok_or_else(|| io::Error::other("a bad offset in the spill file"))?;
+    let mut eight = [0u8; 8];
+    r.read_exact(&mut eight)?;
+    let position = u64::from_le_bytes(eight);
+    let mut text = || -> io::Result<String> {
+        r.read_exact(&mut eight)?;
+        let mut bytes = vec![0u8; u64::from_le_bytes(eight) as usize];
+        r.read_exact(&mut bytes)?;
+        String::from_utf8(bytes).map_err(io::Error::other)
+    };
+    let resource = text()?;
+    let body = text()?;
+    let start = chrono::DateTime::from_timestamp(i64::from_le_bytes(secs), nanos)
+        .ok_or_else(|| io::Error::other("a bad instant in the spill file"))?
+        .with_timezone(&offset);
+    Ok(Some(Pending { start, resource, position, text: body }))
+}

@@ -1,0 +1,79 @@
+//! The streamed document is byte for byte the in-memory one, for every fixture's log, whole
+//! and as of instants on both sides of its events (late renewals included: R3 counts a renewal
+//! after expiry from the old end, so its line starts before lines already written).
+
+use poolbill_replay::document::write_document;
+use poolbill_replay::{fold, jsonl, Upto};
+use poolbill_store::Envelope;
+use std::path::PathBuf;
+
+fn fixture_logs() -> Vec<(String, Vec<Envelope>)> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+    let mut logs: Vec<(String, Vec<Envelope>)> = std::fs::read_dir(&root)
+        .unwrap()
+        .filter_map(|e| {
+            let dir = e.unwrap().path();
+            let log = dir.join("log.jsonl");
+            log.is_file().then(|| (dir.file_name().unwrap().to_string_lossy().to_string(), jsonl::read_file(&log).unwrap()))
+        })
+        .collect();
+    logs.sort_by(|a, b| a.0.cmp(&b.0));
+    logs
+}
+
+fn in_memory(envelopes: &[Envelope], upto: Upto) -> String {
+    let document = fold(jsonl::as_results(envelopes), upto).unwrap().document();
+    serde_json::to_string_pretty(&document).unwrap() + "\n"
+}
+
+fn streamed(envelopes: &[Envelope], upto: Upto) -> String {
+    let mut out = Vec::new();
+    write_document(jsonl::as_results(envelopes), upto, &mut out, |_| {}).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn every_fixture_streams_the_same_document_whole_and_as_of_each_instant() {
+    let logs = fixture_logs();
+    assert!(logs.len() >= 26, "the fixtures' logs are found");
+    let mut late_seen = false;
+    for (name, envelopes) in &logs {
+        assert_eq!(streamed(envelopes, Upto::All), in_memory(envelopes, Upto::All), "{name}: the whole log");
+        let mut instants: Vec<_> = envelopes.iter().map(|e| e.at).collect();
+        instants.dedup();
+        for at in instants.iter().step_by(instants.len().div_ceil(12).max(1)) {
+            assert_eq!(streamed(envelopes, Upto::Instant(*at)), in_memory(envelopes, Upto::Instant(*at)), "{name}: as of {at}");
+        }
+        // A line that starts before a line recorded earlier is the late case the merge handles.
+        let starts: Vec<_> = fold(jsonl::as_results(envelopes), Upto::All).unwrap().bills.iter().map(|b| b.line.start).collect();
+        late_seen |= starts.windows(2).any(|w| w[1] + chrono::Duration::hours(1) < w[0]);
+    }
+    assert!(late_seen, "some fixture has a line recorded after lines that start later than it (a late renewal)");
+}
+
+#[test]
+fn an_empty_log_streams_an_empty_document() {
+    assert_eq!(streamed(&[], Upto::All), in_memory(&[], Upto::All));
+}
+
+#[test]
+fn a_renewal_after_expiry_is_merged_in_before_the_lines_written_since_its_start_r3() {
+    // Given an on-demand pool billed every hour and a month's subscription that expires on
+    // 2023-05-01 and is frozen a fortnight later: renewed on 2023-05-20, its line starts at the
+    // old end (R3), weeks before hourly lines already written out.
+    use poolbill_testkit::{cmd, Given};
+    let given = Given::new()
+        .at("2023-04-01T10:00:00+08:00", cmd::seed_price())
+        .at("2023-04-01T10:00:00+08:00", cmd::open_account("acct-1", "100000.00"))
+        .at("2023-04-01T10:00:00+08:00", cmd::purchase("acct-1", "sub").monthly(1).build())
+        .at("2023-04-01T10:00:00+08:00", cmd::purchase("acct-1", "od").build())
+        .at(
+            "2023-05-20T10:00:00+08:00",
+            poolbill_domain::Command::Renew { pool: "sub".into(), term: poolbill_domain::Term::Months(1), align_day: None },
+        );
+    let envelopes = given.log("2023-05-21T00:00:00+08:00");
+    let mut out = Vec::new();
+    let written = write_document(jsonl::as_results(&envelopes), Upto::All, &mut out, |_| {}).unwrap();
+    assert_eq!(written.late, 1, "the renewal line is the late one");
+    assert_eq!(String::from_utf8(out).unwrap(), in_memory(&envelopes, Upto::All));
+}
