@@ -2,8 +2,9 @@
 
 use crate::args::{instant, RunArgs, ServeArgs, TableFormat};
 use crate::failure::{input, one_line, runtime, Failure};
-use crate::{print_out, progress, table, to_json};
+use crate::{print_out, progress, table};
 use poolbill_engine::{Engine, Outcome};
+use poolbill_replay::document::write_document;
 use poolbill_replay::Upto;
 use std::io::BufRead;
 use std::path::Path;
@@ -22,17 +23,22 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     if let Some(out) = &args.export {
         export(&engine, out)?;
     }
-    let document = match args.at {
-        // Time travel reads the same log as it stood then.
-        Some(at) => engine.as_of(Upto::Instant(at)).await.map(|p| p.document()),
-        None => engine.document().await,
+    // The document is read from the log (time travel: the log as it stood then).
+    let upto = args.at.map_or(Upto::All, Upto::Instant);
+    match args.format {
+        // Streamed: memory follows what is live, not the length of the history.
+        TableFormat::Json => tokio::task::block_in_place(|| {
+            let mut stdout = std::io::stdout().lock();
+            let written = write_document(engine.store().read_all(1), upto, &mut stdout, |_| {}).map_err(runtime("writing the document"))?;
+            tracing::info!(events = written.events, bills = written.bills, rejections = written.rejections, "done");
+            Ok(())
+        }),
+        TableFormat::Table => {
+            let document = engine.as_of(upto).await.map_err(runtime("reading the document"))?.document();
+            tracing::info!(events = document.events, bills = document.bills.len(), rejections = document.rejections.len(), "done");
+            print_out(&table::render(&document))
+        }
     }
-    .map_err(runtime("reading the document"))?;
-    tracing::info!(events = document.events, bills = document.bills.len(), rejections = document.rejections.len(), "done");
-    print_out(&match args.format {
-        TableFormat::Json => to_json(&document)?,
-        TableFormat::Table => table::render(&document),
-    })
 }
 
 /// Write the log as JSON lines, whole or not at all (a temporary file renamed into place).

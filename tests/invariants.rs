@@ -304,7 +304,10 @@ fn run(case: Case) -> Run {
             engine.execute(id, c.at, c.command.clone(), c.index).await.expect("the engine writes");
         }
         engine.advance_to(case.until).await.expect("the engine writes");
-        let projections = engine.read(|p| p.clone()).await.expect("the engine answers");
+        // The engine keeps what is live; bills and refusals are read back from its log.
+        let live = engine.read(|p| p.state.clone()).await.expect("the engine answers");
+        let projections = engine.as_of(poolbill_engine::Upto::All).await.expect("the log reads back");
+        assert_eq!(live, projections.state, "the engine's live state is the fold of its log");
         let envelopes: Vec<Envelope> = engine.store().read_all(1).map(|e| e.expect("the log reads back")).collect();
         (envelopes, projections)
     });

@@ -14,7 +14,7 @@ pub use poolbill_ledger::Upto;
 use poolbill_domain::{latest_version, Command, Event, Instant, Rejection, Rule};
 use poolbill_ledger::{replay, FoldError, Ledger, Step};
 use poolbill_projections::Projections;
-use poolbill_store::{AppendOutcome, AppendRequest, CommandRecord, EventStore, ExpectedVersion, NewEvent, StoreError};
+use poolbill_store::{AppendOutcome, AppendRequest, CommandRecord, Envelope, EventStore, ExpectedVersion, NewEvent, StoreError};
 use poolbill_store_sled::SledStore;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -154,7 +154,8 @@ impl Engine {
         rx.await.map_err(|_| self.closed())?
     }
 
-    /// Read the current (acknowledged) projections.
+    /// Read the current (acknowledged) live projections: state and counters. Bills and
+    /// refusals are history, kept in the log: read them with [`Engine::as_of`].
     pub async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Projections) -> T + Send + 'static) -> Result<T, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Read(Box::new(move |p| {
@@ -164,9 +165,10 @@ impl Engine {
         rx.await.map_err(|_| self.closed())
     }
 
-    /// The contract's output document, as of now.
+    /// The contract's output document, as of now, read from the log and built in memory (for
+    /// a long log, `poolbill_replay::document::write_document` streams it instead).
     pub async fn document(&self) -> Result<poolbill_projections::Document, EngineError> {
-        self.read(|p| p.document()).await
+        Ok(self.as_of(Upto::All).await?.document())
     }
 
     /// When something next falls due, if anything does.
@@ -176,6 +178,10 @@ impl Engine {
 
     /// Time travel: projections rebuilt from the log as it stood at `upto`.
     pub async fn as_of(&self, upto: Upto) -> Result<Projections, EngineError> {
+        // A stopped engine answers every request with why it stopped, reads of its log too.
+        if let Some(cause) = self.stopped.get() {
+            return Err(EngineError::Stopped(cause.clone()));
+        }
         let store = self.store.clone();
         blocking(move || replay(store.as_ref(), upto).map_err(EngineError::from)).await
     }
@@ -211,7 +217,8 @@ fn load(store: &dyn EventStore) -> Result<(Ledger, HashMap<String, u64>), Engine
             versions.insert(e.stream.clone(), e.version);
         }
     });
-    let projections = poolbill_ledger::fold(envelopes, Upto::All)?;
+    // What is live only: bills and refusals stay in the log (read with `as_of`).
+    let projections = poolbill_ledger::fold_from(Projections::live(), envelopes, Upto::All, |_, _: &Envelope, _| {})?;
     Ok((Ledger::from_projections(projections), versions))
 }
 

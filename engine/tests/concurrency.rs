@@ -4,7 +4,7 @@
 
 use chrono::Duration;
 use poolbill_domain::{BillingMode, Command, Event, Instant, Rule, Term};
-use poolbill_engine::{Engine, EngineError, Outcome};
+use poolbill_engine::{Engine, EngineError, Outcome, Upto};
 use poolbill_store::{AppendRequest, NewEvent};
 use poolbill_testkit::{cmd, d, t};
 use rust_decimal::Decimal;
@@ -27,8 +27,8 @@ fn purchase(pool: &str, mode: BillingMode) -> Command {
 }
 
 async fn assert_ledger(engine: &Engine, opening: Decimal) {
-    let (balance, charged) =
-        engine.read(|p| (p.state.accounts["a"].balance, p.bills.iter().map(|b| b.line.amounts.payable).sum::<Decimal>())).await.unwrap();
+    let balance = engine.read(|p| p.state.accounts["a"].balance).await.unwrap();
+    let charged: Decimal = engine.as_of(Upto::All).await.unwrap().bills.iter().map(|b| b.line.amounts.payable).sum();
     let top_ups: Decimal = engine
         .store()
         .read_all(1)
@@ -124,7 +124,7 @@ async fn top_ups_during_settlement() {
     engine.advance_to(t("2023-04-18T22:00:00+08:00")).await.unwrap();
     assert_ledger(&engine, d("10")).await;
     // Every hour billed once, at 3.50.
-    let lines: Vec<Decimal> = engine.read(|p| p.bills.iter().map(|b| b.line.amounts.payable).collect()).await.unwrap();
+    let lines: Vec<Decimal> = engine.as_of(Upto::All).await.unwrap().bills.iter().map(|b| b.line.amounts.payable).collect();
     assert_eq!(lines, vec![d("3.50"); 13]);
 }
 

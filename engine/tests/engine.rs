@@ -46,7 +46,7 @@ async fn a_repeated_command_id_returns_the_first_result_and_appends_nothing() {
     assert!(matches!(refused.outcome, Outcome::Rejected { rule: Rule::R17, .. }));
     let again = engine.execute("buy-2", at, monthly("q"), Some(7)).await.unwrap();
     assert_eq!(again.outcome, refused.outcome);
-    let rejections = engine.read(|p| p.rejections.clone()).await.unwrap();
+    let rejections = engine.as_of(Upto::All).await.unwrap().rejections;
     assert_eq!(rejections.len(), 1);
     assert_eq!(rejections[0].index, Some(7));
 }
