@@ -6,6 +6,7 @@ use chrono::DateTime;
 use poolbill_domain::Command;
 use poolbill_engine::{Engine, Outcome};
 use poolbill_replay::Upto;
+use poolbill_store::EventStore;
 use poolbill_store_sled::SledStore;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
@@ -44,12 +45,10 @@ pub fn replay_store(dir: &Path, at: Option<&str>, out: &mut impl Write) -> Resul
         Some(t) => Upto::Instant(DateTime::parse_from_rfc3339(t).map_err(|e| format!("--at {t}: {e}"))?),
     };
     let store = SledStore::open(dir).map_err(|e| e.to_string())?;
-    let projections = poolbill_replay::replay(&store, upto).map_err(|e| e.to_string())?;
-    let document = projections.document();
-    serde_json::to_writer_pretty(&mut *out, &document).map_err(|e| e.to_string())?;
-    out.write_all(b"\n").map_err(|e| e.to_string())?;
+    // Streamed, as `poolbill run --format json` writes it.
+    let written = poolbill_replay::document::write_document(store.read_all(1), upto, out, |_| {}).map_err(|e| e.to_string())?;
     out.flush().map_err(|e| e.to_string())?;
-    Ok(json!({"events": document.events, "seconds": started.elapsed().as_secs_f64()}))
+    Ok(json!({"events": written.events, "seconds": started.elapsed().as_secs_f64()}))
 }
 
 /// Durable appends through the engine on a fresh store at `dir`: `clients` tasks each run
