@@ -44,6 +44,7 @@ impl Tool {
             Tool::Bills(_) => "bills",
             Tool::Timeline(_) => "timeline",
             Tool::Verify(_) => "verify",
+            Tool::Export(_) => "export",
             Tool::Completions(_) => "completions",
         }
     }
@@ -60,6 +61,7 @@ pub enum Tool {
     Bills(BillsArgs),
     Timeline(TimelineArgs),
     Verify(VerifyArgs),
+    Export(ExportArgs),
     Completions(CompletionsArgs),
 }
 
@@ -126,13 +128,43 @@ pub struct ServeArgs {
     pub store: PathBuf,
 }
 
+/// Where a tool reads its log: a portable log file, or a store directory (exactly one).
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct LogSource {
+    /// The portable log (`run --export`, `export`).
+    #[arg(value_name = "LOG.jsonl")]
+    pub log: Option<PathBuf>,
+    /// Read the log of this store directory instead (not while `serve` has it open); the same
+    /// output as for its exported log.
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+}
+
+/// Write a store's log as a portable log (JSON lines, what `run --export` writes).
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  poolbill export --store store/ --out log.jsonl")]
+pub struct ExportArgs {
+    /// The store directory (not while `serve` has it open).
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+    /// Write the log to this file, whole or not at all; `-` or none: to stdout (a log cut
+    /// short there lacks its end line, and every reader refuses it).
+    #[arg(long, value_name = "LOG.jsonl")]
+    pub out: Option<PathBuf>,
+    /// Replace the file if it exists.
+    #[arg(long, requires = "out")]
+    pub force: bool,
+}
+
 /// Rebuild the document from a portable log, whole or as of an instant or a position.
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  poolbill replay fixtures/subscription-upgrade/log.jsonl --upto 7 --format json")]
+#[command(
+    after_help = "Example:\n  poolbill replay fixtures/subscription-upgrade/log.jsonl --upto 7 --format json\n  poolbill replay --store store/ --at 2023-04-12T00:00:00+08:00"
+)]
 pub struct ReplayArgs {
-    /// The portable log (`run --export`).
-    #[arg(value_name = "LOG.jsonl")]
-    pub log: PathBuf,
+    #[command(flatten)]
+    pub source: LogSource,
     /// Everything that had happened by this instant.
     #[arg(long, value_name = "INSTANT", value_parser = instant, conflicts_with = "upto")]
     pub at: Option<Instant>,
@@ -152,9 +184,8 @@ pub struct ReplayArgs {
 #[derive(Debug, Args)]
 #[command(after_help = "Example:\n  poolbill audit fixtures/on-demand-two-cycles/log.jsonl --charged fixtures/on-demand-two-cycles/CHARGED.json")]
 pub struct AuditArgs {
-    /// The portable log (`run --export`).
-    #[arg(value_name = "LOG.jsonl")]
-    pub log: PathBuf,
+    #[command(flatten)]
+    pub source: LogSource,
     /// What was charged (`{"bills": […], "total": …}`).
     #[arg(long, value_name = "CHARGED.json")]
     pub charged: PathBuf,
@@ -170,9 +201,8 @@ pub struct AuditArgs {
     after_help = "Example:\n  poolbill explain fixtures/subscription-upgrade/log.jsonl --bill 2"
 )]
 pub struct ExplainArgs {
-    /// The portable log (`run --export`).
-    #[arg(value_name = "LOG.jsonl")]
-    pub log: PathBuf,
+    #[command(flatten)]
+    pub source: LogSource,
     /// The bill's number: the `#` column of `run`'s table (1, 2, …).
     #[arg(long, value_name = "N", value_parser = bill_number)]
     pub bill: Option<usize>,
@@ -194,9 +224,8 @@ pub struct ExplainArgs {
     after_help = "Example:\n  poolbill diff fixtures/arrears-grace-frozen-recovery/log.jsonl --at 2023-04-18T20:00:00+08:00"
 )]
 pub struct DiffArgs {
-    /// The portable log (`run --export`).
-    #[arg(value_name = "LOG.jsonl")]
-    pub log: PathBuf,
+    #[command(flatten)]
+    pub source: LogSource,
     /// The bills as known at this instant, against the bills as known now.
     #[arg(long, value_name = "INSTANT", value_parser = instant)]
     pub at: Option<Instant>,
@@ -212,9 +241,8 @@ pub struct DiffArgs {
 #[derive(Debug, Args)]
 #[command(after_help = "Example:\n  poolbill bills fixtures/subscription-upgrade/log.jsonl --month 2023-04 --format csv")]
 pub struct BillsArgs {
-    /// The portable log (`run --export`).
-    #[arg(value_name = "LOG.jsonl")]
-    pub log: PathBuf,
+    #[command(flatten)]
+    pub source: LogSource,
     /// The Beijing month.
     #[arg(long, value_name = "YYYY-MM")]
     pub month: String,
@@ -227,9 +255,8 @@ pub struct BillsArgs {
 #[derive(Debug, Args)]
 #[command(after_help = "Example:\n  poolbill timeline fixtures/ch3-scale-then-convert/log.jsonl --resource pool-1 --svg pool.svg")]
 pub struct TimelineArgs {
-    /// The portable log (`run --export`).
-    #[arg(value_name = "LOG.jsonl")]
-    pub log: PathBuf,
+    #[command(flatten)]
+    pub source: LogSource,
     /// The pool, job or package to draw.
     #[arg(long, value_name = "ID")]
     pub resource: String,
@@ -288,6 +315,7 @@ mod tests {
             "bills",
             "timeline",
             "verify",
+            "export",
             "completions",
             "help",
             "--at",
@@ -301,6 +329,8 @@ mod tests {
             "--resource",
             "--month",
             "--svg",
+            "--out",
+            "--force",
             "--help",
             "-h",
             "--version",
@@ -349,10 +379,23 @@ mod tests {
                 Ok(cli) => {
                     // What parsed is consistent with the groups the tools rely on.
                     match cli.command {
-                        Tool::Explain(a) => prop_assert!(a.bill.is_some() != (a.resource.is_some() && a.at.is_some())),
-                        Tool::Diff(a) => prop_assert!(a.at.is_some() != a.policy.is_some()),
+                        Tool::Explain(a) => {
+                            prop_assert!(a.bill.is_some() != (a.resource.is_some() && a.at.is_some()));
+                            prop_assert!(a.source.log.is_some() != a.source.store.is_some());
+                        }
+                        Tool::Diff(a) => {
+                            prop_assert!(a.at.is_some() != a.policy.is_some());
+                            prop_assert!(a.source.log.is_some() != a.source.store.is_some());
+                        }
                         Tool::Verify(a) => prop_assert!(a.store.is_some() != a.log.is_some()),
-                        Tool::Replay(a) => prop_assert!(!(a.at.is_some() && a.upto.is_some())),
+                        Tool::Replay(a) => {
+                            prop_assert!(!(a.at.is_some() && a.upto.is_some()));
+                            prop_assert!(a.source.log.is_some() != a.source.store.is_some());
+                        }
+                        Tool::Audit(a) => prop_assert!(a.source.log.is_some() != a.source.store.is_some()),
+                        Tool::Bills(a) => prop_assert!(a.source.log.is_some() != a.source.store.is_some()),
+                        Tool::Timeline(a) => prop_assert!(a.source.log.is_some() != a.source.store.is_some()),
+                        Tool::Export(a) => prop_assert!(!a.force || a.out.is_some()),
                         _ => {}
                     }
                 }

@@ -1,27 +1,126 @@
-//! The tools that read a portable log (`run --export`): replay, audit, explain, diff, bills and
-//! timeline. A log is read and checked whole before anything is derived from it.
+//! The tools that read a log: replay, audit, explain, diff, bills and timeline, from a portable
+//! log (`run --export`, `export`) or straight from a store directory (`--store DIR`, the same
+//! output as for its exported log); `export` writes a store's portable log; `verify` checks
+//! either. A log file is read and checked whole before anything is derived from it.
 
-use crate::args::{AuditArgs, BillsArgs, BillsFormat, DiffArgs, ExplainArgs, ReplayArgs, TableFormat, TextFormat, TimelineArgs, VerifyArgs};
-use crate::failure::{damaged, input, runtime, Failure};
+use crate::args::{
+    AuditArgs, BillsArgs, BillsFormat, DiffArgs, ExplainArgs, ExportArgs, LogSource, ReplayArgs, TableFormat, TextFormat, TimelineArgs, VerifyArgs,
+};
+use crate::failure::{damaged, input, one_line, runtime, Failure};
 use crate::{print_out, progress, table, to_json};
 use poolbill_projections::Projections;
 use poolbill_replay::rerun::{commands, rerun, to_envelopes, WhatIf};
-use poolbill_replay::{audit as audit_log, bills as month, diff as diff_logs, explain as explain_log, fold_with, jsonl, timeline as draw, Upto};
-use poolbill_store::{Envelope, EventStore};
-use std::path::Path;
+use poolbill_replay::{
+    audit as audit_log, bills as month, diff as diff_logs, explain as explain_log, fold_with, jsonl, timeline as draw, ReplayError, Upto,
+};
+use poolbill_store::{Envelope, EventStore, StoreError};
+use poolbill_store_sled::SledStore;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
-fn load(path: &Path) -> Result<Vec<Envelope>, Failure> {
-    let envelopes = jsonl::read_file(path).map_err(input(format!("{} is not a sound log", path.display())))?;
-    tracing::info!(events = envelopes.len(), log = %path.display(), "log read and checked");
-    Ok(envelopes)
+/// Where a tool's log comes from.
+enum Origin<'a> {
+    File(&'a Path),
+    Store(&'a Path),
 }
 
-/// Fold a log, showing progress on a terminal when it is long.
-fn fold(envelopes: &[Envelope], upto: Upto) -> Result<Projections, Failure> {
+impl LogSource {
+    fn origin(&self) -> Result<Origin<'_>, Failure> {
+        // clap lets through exactly one of them.
+        match (&self.log, &self.store) {
+            (Some(log), None) => Ok(Origin::File(log)),
+            (None, Some(dir)) => Ok(Origin::Store(dir)),
+            _ => Err(Failure::Input("give either a log file (LOG.jsonl) or --store DIR, not both".into())),
+        }
+    }
+}
+
+/// Open an existing store for reading: a tool never creates one. A missing directory, or one
+/// without a store in it, is bad input (exit 2); a store another process has open (a running
+/// `serve`) or that cannot be opened is a failure (exit 1), damage saying so.
+fn open_store(dir: &Path) -> Result<SledStore, Failure> {
+    let name = dir.display();
+    if !dir.exists() {
+        return Err(Failure::Input(format!("--store {name}: no such directory").into()));
+    }
+    if !dir.is_dir() {
+        return Err(Failure::Input(format!("--store {name}: not a directory").into()));
+    }
+    if !dir.join("db").is_file() {
+        return Err(Failure::Input(format!("--store {name}: not a poolbill store (no sled database in it)").into()));
+    }
+    SledStore::open(dir).map_err(|e| {
+        // sled takes an exclusive lock on its files; its error says so only in words.
+        if one_line(&e).contains("could not acquire lock") {
+            runtime(format!("the store at {name} is in use by another process (a running `poolbill serve`?): stop it first"))(e)
+        } else {
+            damaged(format!("opening the store at {name}"))(e)
+        }
+    })
+}
+
+/// A failure reading a store's log: damage (exit 1).
+fn unreadable(dir: &Path) -> impl Fn(ReplayError) -> Failure + '_ {
+    move |e| damaged(format!("reading the store at {}", dir.display()))(e)
+}
+
+/// A whole log in memory, and the store it was read from (if it was).
+struct Log<'a> {
+    envelopes: Vec<Envelope>,
+    store: Option<&'a Path>,
+}
+
+impl Log<'_> {
+    /// Fold it: an event that cannot be read is bad input in a file (exit 2), damage in a
+    /// store (exit 1).
+    fn fold(&self, upto: Upto) -> Result<Projections, Failure> {
+        match self.store {
+            None => fold(&self.envelopes, upto),
+            Some(dir) => fold_envelopes(&self.envelopes, upto).map_err(unreadable(dir)),
+        }
+    }
+}
+
+/// The whole log in memory: a file read and checked whole, or every envelope of a store (the
+/// tools that need all of it: explain, timeline, audit's re-run, diff, bills, a re-run).
+fn load(source: &LogSource) -> Result<Log<'_>, Failure> {
+    match source.origin()? {
+        Origin::File(path) => {
+            let envelopes = jsonl::read_file(path).map_err(input(format!("{} is not a sound log", path.display())))?;
+            tracing::info!(events = envelopes.len(), log = %path.display(), "log read and checked");
+            Ok(Log { envelopes, store: None })
+        }
+        Origin::Store(dir) => {
+            let store = open_store(dir)?;
+            let total = store.last_position().map_err(|e| unreadable(dir)(e.into()))?;
+            let bar = progress::bar(total, "reading");
+            let read: Result<Vec<Envelope>, StoreError> = store
+                .read_all(1)
+                .inspect(|read| {
+                    if let Ok(envelope) = read {
+                        bar.set_position(envelope.position)
+                    }
+                })
+                .collect();
+            bar.finish_and_clear();
+            let envelopes = read.map_err(|e| unreadable(dir)(e.into()))?;
+            tracing::info!(events = envelopes.len(), store = %dir.display(), "store read");
+            Ok(Log { envelopes, store: Some(dir) })
+        }
+    }
+}
+
+/// Fold envelopes, showing progress on a terminal when there are many.
+fn fold_envelopes(envelopes: &[Envelope], upto: Upto) -> Result<Projections, ReplayError> {
     let bar = progress::bar(envelopes.len() as u64, "replaying");
     let projections = fold_with(jsonl::as_results(envelopes), upto, |position| bar.set_position(position));
     bar.finish_and_clear();
-    projections.map_err(|e| Failure::Input(e.into()))
+    projections
+}
+
+/// Fold a log read from a file, or one derived from it: what cannot be read is bad input.
+fn fold(envelopes: &[Envelope], upto: Upto) -> Result<Projections, Failure> {
+    fold_envelopes(envelopes, upto).map_err(|e| Failure::Input(e.into()))
 }
 
 fn what_if(path: &Path) -> Result<WhatIf, Failure> {
@@ -38,17 +137,30 @@ fn rerun_under(envelopes: &[Envelope], what_if: &WhatIf) -> Vec<Envelope> {
 }
 
 pub fn replay(args: ReplayArgs) -> Result<(), Failure> {
-    let envelopes = load(&args.log)?;
     let upto = match (args.at, args.upto) {
         (Some(at), _) => Upto::Instant(at),
         (None, Some(position)) => Upto::Position(position),
         (None, None) => Upto::All,
     };
-    let envelopes = match &args.policy {
-        Some(policy) => rerun_under(&envelopes, &what_if(policy)?),
-        None => envelopes,
+    let projections = match (&args.policy, args.source.origin()?) {
+        // A store's log is folded as it is read (up to `upto`, no further): its envelopes are
+        // never all in memory at once.
+        (None, Origin::Store(dir)) => {
+            let store = open_store(dir)?;
+            let total = store.last_position().map_err(|e| unreadable(dir)(e.into()))?;
+            let bar = progress::bar(total, "replaying");
+            let projections = fold_with(store.read_all(1), upto, |position| bar.set_position(position));
+            bar.finish_and_clear();
+            projections.map_err(unreadable(dir))?
+        }
+        (None, Origin::File(_)) => load(&args.source)?.fold(upto)?,
+        // A re-run needs every command of the log first.
+        (Some(policy), _) => {
+            let what_if = what_if(policy)?;
+            fold(&rerun_under(&load(&args.source)?.envelopes, &what_if), upto)?
+        }
     };
-    let document = fold(&envelopes, upto)?.document();
+    let document = projections.document();
     print_out(&match args.format {
         TableFormat::Json => to_json(&document)?,
         TableFormat::Table => table::render(&document),
@@ -56,11 +168,12 @@ pub fn replay(args: ReplayArgs) -> Result<(), Failure> {
 }
 
 pub fn audit(args: AuditArgs) -> Result<(), Failure> {
-    let envelopes = load(&args.log)?;
+    // What was charged is checked before the log is read (or a store opened).
     let path = args.charged.display();
     let text = std::fs::read_to_string(&args.charged).map_err(input(format!("cannot read {path}")))?;
     let charged = audit_log::parse_charged(&text).map_err(input(format!("{path} is not a valid CHARGED.json")))?;
-    let report = audit_log::audit(&envelopes, &charged);
+    let log = load(&args.source)?;
+    let report = audit_log::audit(&log.envelopes, &charged);
     print_out(&match args.format {
         TableFormat::Json => to_json(&report)?,
         TableFormat::Table => report.to_text(),
@@ -73,11 +186,12 @@ pub fn audit(args: AuditArgs) -> Result<(), Failure> {
 }
 
 pub fn explain(args: ExplainArgs) -> Result<(), Failure> {
-    let envelopes = load(&args.log)?;
+    let log = load(&args.source)?;
+    let envelopes = &log.envelopes;
     // clap lets through `--bill N` alone, or `--resource ID` with `--at INSTANT`.
     let explanations = match (args.bill, args.resource, args.at) {
-        (Some(n), _, _) => vec![explain_log::explain_bill(&envelopes, n).map_err(|e| Failure::Input(e.into()))?],
-        (None, Some(resource), Some(at)) => explain_log::explain_at(&envelopes, &resource, at).map_err(|e| Failure::Input(e.into()))?,
+        (Some(n), _, _) => vec![explain_log::explain_bill(envelopes, n).map_err(|e| Failure::Input(e.into()))?],
+        (None, Some(resource), Some(at)) => explain_log::explain_at(envelopes, &resource, at).map_err(|e| Failure::Input(e.into()))?,
         _ => return Err(Failure::Input("explain needs --bill N, or --resource ID with --at INSTANT".into())),
     };
     print_out(&match args.format {
@@ -87,18 +201,17 @@ pub fn explain(args: ExplainArgs) -> Result<(), Failure> {
 }
 
 pub fn diff(args: DiffArgs) -> Result<(), Failure> {
-    let envelopes = load(&args.log)?;
-    let (first, second, names) = match (args.at, &args.policy) {
-        (Some(t), _) => (
-            fold(&envelopes, Upto::Instant(t))?,
-            fold(&envelopes, Upto::All)?,
-            (format!("as known at {}", t.to_rfc3339()), "as known now".to_string()),
-        ),
-        (None, Some(policy)) => {
-            let other = rerun_under(&envelopes, &what_if(policy)?);
-            (fold(&envelopes, Upto::All)?, fold(&other, Upto::All)?, ("as charged".to_string(), format!("under {}", policy.display())))
+    let what_if = args.policy.as_deref().map(what_if).transpose()?;
+    let log = load(&args.source)?;
+    let (first, second, names) = match (args.at, &args.policy, &what_if) {
+        (Some(t), _, _) => {
+            (log.fold(Upto::Instant(t))?, log.fold(Upto::All)?, (format!("as known at {}", t.to_rfc3339()), "as known now".to_string()))
         }
-        (None, None) => return Err(Failure::Input("diff needs --at INSTANT or --policy POLICY.json".into())),
+        (None, Some(policy), Some(what_if)) => {
+            let other = rerun_under(&log.envelopes, what_if);
+            (log.fold(Upto::All)?, fold(&other, Upto::All)?, ("as charged".to_string(), format!("under {}", policy.display())))
+        }
+        _ => return Err(Failure::Input("diff needs --at INSTANT or --policy POLICY.json".into())),
     };
     let d = diff_logs::diff(&first, &second);
     print_out(&match args.format {
@@ -108,8 +221,8 @@ pub fn diff(args: DiffArgs) -> Result<(), Failure> {
 }
 
 pub fn bills(args: BillsArgs) -> Result<(), Failure> {
-    let envelopes = load(&args.log)?;
-    let bills = month::month_bills(&fold(&envelopes, Upto::All)?, &args.month).map_err(input("--month"))?;
+    let log = load(&args.source)?;
+    let bills = month::month_bills(&log.fold(Upto::All)?, &args.month).map_err(input("--month"))?;
     print_out(&match args.format {
         BillsFormat::Json => to_json(&bills.to_json())?,
         BillsFormat::Csv => bills.to_csv(),
@@ -118,9 +231,54 @@ pub fn bills(args: BillsArgs) -> Result<(), Failure> {
 }
 
 pub fn timeline(args: TimelineArgs) -> Result<(), Failure> {
-    let envelopes = load(&args.log)?;
-    let picture = draw::timeline(&envelopes, &args.resource).map_err(|e| Failure::Input(e.into()))?;
+    let log = load(&args.source)?;
+    let picture = draw::timeline(&log.envelopes, &args.resource).map_err(|e| Failure::Input(e.into()))?;
     std::fs::write(&args.svg, draw::render_svg(&picture)).map_err(runtime(format!("writing {}", args.svg.display())))
+}
+
+/// `export --store DIR [--out LOG.jsonl]`: the store's log as a portable log, byte for byte what
+/// `run --export` writes. To a file whole or not at all (written beside it, then renamed into
+/// place), never over an existing file without `--force`; to stdout without `--out` or with
+/// `--out -` (a log cut short there has no end line, and every reader refuses it).
+pub fn export(args: ExportArgs) -> Result<(), Failure> {
+    let target = args.out.filter(|out| out.as_os_str() != "-");
+    if let Some(out) = &target {
+        if !args.force && std::fs::symlink_metadata(out).is_ok() {
+            return Err(Failure::Input(format!("--out {}: the file exists (--force replaces it)", out.display()).into()));
+        }
+    }
+    let store = open_store(&args.store)?;
+    let Some(out) = target else {
+        let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+        write_log(&store, &mut stdout).map_err(runtime(format!("exporting the store at {} to stdout", args.store.display())))?;
+        return stdout.flush().map_err(runtime("writing the output"));
+    };
+    let partial = partial_path(&out);
+    let context = format!("exporting the store at {} to {}", args.store.display(), out.display());
+    let file = std::fs::File::create(&partial).map_err(input(format!("--out {}: cannot create {}", out.display(), partial.display())))?;
+    let mut file = std::io::BufWriter::new(file);
+    let written = write_log(&store, &mut file).and_then(|()| file.flush().map_err(Into::into)).and_then(|()| Ok(std::fs::rename(&partial, &out)?));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&partial);
+        return Err(runtime(context)(e));
+    }
+    Ok(())
+}
+
+/// Where a log is written before it is renamed into place (as `run --export` does).
+fn partial_path(out: &Path) -> PathBuf {
+    out.with_extension("jsonl.partial")
+}
+
+/// The portable log of `store` to `out`, with a progress bar on a terminal when it is long.
+fn write_log(store: &SledStore, out: &mut impl Write) -> Result<(), crate::failure::BoxError> {
+    let total = store.last_position()?;
+    let bar = progress::bar(total, "exporting");
+    let exported = jsonl::export_with(store, out, |position| bar.set_position(position));
+    bar.finish_and_clear();
+    let events = exported?;
+    tracing::info!(events, "exported");
+    Ok(())
 }
 
 /// `verify --store DIR` or `verify LOG.jsonl`: every event read back, checksums, positions,
@@ -128,11 +286,8 @@ pub fn timeline(args: TimelineArgs) -> Result<(), Failure> {
 pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
     let (events, last) = match (&args.store, &args.log) {
         (Some(dir), _) => {
-            if !dir.join("db").is_file() {
-                return Err(Failure::Input(format!("{} is not a poolbill store", dir.display()).into()));
-            }
             let name = dir.display();
-            let store = poolbill_store_sled::SledStore::open(dir).map_err(damaged(format!("opening {name}")))?;
+            let store = open_store(dir)?;
             let report = store.verify().map_err(damaged(format!("verifying {name}")))?;
             let projections = poolbill_replay::replay(&store, Upto::All).map_err(damaged(format!("replaying {name}")))?;
             print_out(&format!("{} streams, {} command records\n", report.streams, report.commands))?;

@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         Tool::Bills(args) => logs::bills(args),
         Tool::Timeline(args) => logs::timeline(args),
         Tool::Verify(args) => logs::verify(args),
+        Tool::Export(args) => logs::export(args),
         Tool::Completions(args) => completions(args),
     };
     match result {

@@ -5,16 +5,17 @@ mod common;
 use common::{fixtures_dir, run};
 
 /// Each subcommand with the options its help must mention.
-const TOOLS: [(&str, &[&str]); 10] = [
+const TOOLS: [(&str, &[&str]); 11] = [
     ("run", &["--at", "--format", "--store", "--export", "SCENARIO.json", "[default: table]"]),
     ("serve", &["--store"]),
-    ("replay", &["--at", "--upto", "--format", "--policy", "LOG.jsonl"]),
-    ("audit", &["--charged", "--format"]),
-    ("explain", &["--bill", "--resource", "--at", "--format", "[default: text]"]),
-    ("diff", &["--at", "--policy", "--format"]),
-    ("bills", &["--month", "--format", "csv"]),
-    ("timeline", &["--resource", "--svg"]),
+    ("replay", &["--store", "LOG.jsonl", "--at", "--upto", "--format", "--policy", "LOG.jsonl"]),
+    ("audit", &["--store", "LOG.jsonl", "--charged", "--format"]),
+    ("explain", &["--store", "LOG.jsonl", "--bill", "--resource", "--at", "--format", "[default: text]"]),
+    ("diff", &["--store", "LOG.jsonl", "--at", "--policy", "--format"]),
+    ("bills", &["--store", "LOG.jsonl", "--month", "--format", "csv"]),
+    ("timeline", &["--store", "LOG.jsonl", "--resource", "--svg"]),
     ("verify", &["--store", "LOG.jsonl"]),
+    ("export", &["--store", "--out", "--force"]),
     ("completions", &["bash", "zsh", "fish"]),
 ];
 
@@ -104,6 +105,17 @@ fn usage_errors_exit_2_naming_what_is_wrong_and_print_nothing_on_stdout() {
         (vec!["bills", log], "--month"),
         (vec!["bills", log, "--month", "2023-04", "--format", "xml"], "xml"),
         (vec!["timeline", log, "--resource", "pool-1"], "--svg"),
+        (vec!["replay"], "--store"),
+        (vec!["replay", log, "--store", "store/"], "--store"),
+        (vec!["audit", "--charged", log], "LOG.jsonl"),
+        (vec!["audit", log, "--store", "store/", "--charged", log], "--store"),
+        (vec!["explain", "--store", "store/", log, "--bill", "1"], "--store"),
+        (vec!["diff", "--at", "2023-04-12T00:00:00+08:00"], "--store"),
+        (vec!["bills", log, "--store", "store/", "--month", "2023-04"], "--store"),
+        (vec!["timeline", "--resource", "pool-1", "--svg", "x.svg"], "LOG.jsonl"),
+        (vec!["export"], "--store"),
+        (vec!["export", "--store", "store/", "--force"], "--out"),
+        (vec!["export", "--store", "store/", log], "unexpected argument"),
         (vec!["verify"], "--store"),
         (vec!["verify", "--store", "x", log], "LOG.jsonl"),
         (vec!["completions", "cmd.exe"], "cmd.exe"),

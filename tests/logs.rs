@@ -296,3 +296,227 @@ fn every_tool_works_on_every_fixture() {
         );
     }
 }
+
+/// `poolbill ARGS` with the log given as `source` (`LOG.jsonl`, or `--store DIR`): its exit
+/// status, stdout and stderr.
+fn tool(args: &[&str], source: &[&str]) -> (Option<i32>, Vec<u8>, String) {
+    let mut all = args.to_vec();
+    all.extend_from_slice(source);
+    let out = run(&all);
+    (out.status.code(), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn every_tool_gives_the_same_from_a_store_as_from_its_exported_log() {
+    for dir in fixtures() {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let out = tempfile::tempdir().unwrap();
+        let store = out.path().join("store");
+        let log = out.path().join("run-export.jsonl");
+        let (scenario, store_arg, log_arg) = (dir.join("scenario.json"), store.to_str().unwrap(), log.to_str().unwrap());
+        run_json(&["run", scenario.to_str().unwrap(), "--format", "json", "--store", store_arg, "--export", log_arg]);
+        let exported = std::fs::read(&log).unwrap();
+
+        // export --store writes exactly what run --export wrote, to a file or to stdout.
+        let file = out.path().join("export.jsonl");
+        let (code, stdout, stderr) = tool(&["export", "--store", store_arg, "--out", file.to_str().unwrap()], &[]);
+        assert_eq!(code, Some(0), "{name}: export: {stderr}");
+        assert!(stdout.is_empty(), "{name}: export --out prints nothing");
+        assert!(std::fs::read(&file).unwrap() == exported, "{name}: export --store = run --export, byte for byte");
+        let (code, stdout, stderr) = tool(&["export", "--store", store_arg], &[]);
+        assert_eq!(code, Some(0), "{name}: export to stdout: {stderr}");
+        assert!(stdout == exported, "{name}: export --store to stdout = run --export");
+        assert!(!out.path().join("export.jsonl.partial").exists(), "{name}: no partial file is left");
+
+        let envelopes = jsonl::read_file(&log).unwrap();
+        let doc: Value = serde_json::from_slice(&run(&["replay", log_arg, "--format", "json"]).stdout).unwrap();
+        let mid = envelopes[envelopes.len() / 2].at.to_rfc3339();
+        let bills = doc["bills"].as_array().unwrap();
+        let month = bills.first().map_or("2023-04".to_string(), |b| b["start"].as_str().unwrap()[..7].to_string());
+        let resource = doc["resources"][0]["id"].as_str().unwrap_or("nothing").to_string();
+        let upto = (envelopes.len() / 3).max(1).to_string();
+        let last_bill = bills.len().max(1).to_string();
+        let charged = dir.join("CHARGED.json");
+        let svg_of = |source: &[&str], file: &str| {
+            let svg = out.path().join(file);
+            let (code, stdout, stderr) = tool(&["timeline", "--resource", &resource, "--svg", svg.to_str().unwrap()], source);
+            (code, stdout, stderr, std::fs::read(&svg).ok())
+        };
+        let cases: Vec<Vec<&str>> = vec![
+            vec!["replay", "--format", "json"],
+            vec!["replay"],
+            vec!["replay", "--format", "json", "--at", &mid],
+            vec!["replay", "--format", "json", "--upto", &upto],
+            vec!["explain", "--bill", &last_bill],
+            vec!["explain", "--bill", &last_bill, "--format", "json"],
+            vec!["diff", "--at", &mid, "--format", "json"],
+            vec!["bills", "--month", &month, "--format", "json"],
+            vec!["bills", "--month", &month, "--format", "csv"],
+            vec!["audit", "--charged", charged.to_str().unwrap(), "--format", "json"],
+            vec!["audit", "--charged", charged.to_str().unwrap()],
+        ];
+        for args in cases {
+            let from_log = tool(&args, &[log_arg]);
+            let from_store = tool(&args, &["--store", store_arg]);
+            assert!(
+                from_log.0 == Some(0) || (args[0] == "audit" && from_log.0 == Some(1)) || (args[0] == "explain" && bills.is_empty()),
+                "{name}: {args:?} on the log: {}",
+                from_log.2
+            );
+            assert_eq!(from_store.0, from_log.0, "{name}: {args:?}: exit status; {}", from_store.2);
+            assert!(
+                from_store.1 == from_log.1,
+                "{name}: {args:?}: the same output\n--- store\n{}\n--- log\n{}",
+                String::from_utf8_lossy(&from_store.1),
+                String::from_utf8_lossy(&from_log.1)
+            );
+            assert!(!from_log.1.is_empty() || from_log.0 != Some(0), "{name}: {args:?}: some output");
+        }
+        let (from_log, from_store) = (svg_of(&[log_arg], "log.svg"), svg_of(&["--store", store_arg], "store.svg"));
+        assert_eq!(from_store.0, from_log.0, "{name}: timeline exit status: {}", from_store.2);
+        assert!(from_log.3.is_some() == (from_log.0 == Some(0)), "{name}: timeline: {}", from_log.2);
+        assert!(from_store.3 == from_log.3, "{name}: the same SVG, byte for byte");
+        // Reading changed nothing: the store still exports what it did.
+        assert!(tool(&["export", "--store", store_arg], &[]).1 == exported, "{name}: the tools leave the store as it was");
+    }
+}
+
+/// Each tool's arguments before its log, on a store of `subscription-upgrade`.
+fn store_tools(out: &Path) -> Vec<Vec<String>> {
+    let charged = fixtures_dir().join("subscription-upgrade/CHARGED.json").to_str().unwrap().to_string();
+    let svg = out.join("pool.svg").to_str().unwrap().to_string();
+    let export = out.join("export.jsonl").to_str().unwrap().to_string();
+    [
+        vec!["replay"],
+        vec!["audit", "--charged", &charged],
+        vec!["explain", "--bill", "1"],
+        vec!["diff", "--at", "2023-04-12T00:00:00+08:00"],
+        vec!["bills", "--month", "2023-04"],
+        vec!["timeline", "--resource", "pool-1", "--svg", &svg],
+        vec!["export", "--out", &export],
+        vec!["verify"],
+    ]
+    .iter()
+    .map(|args| args.iter().map(|a| a.to_string()).collect())
+    .collect()
+}
+
+fn run_owned(args: &[String], store: &Path) -> (Option<i32>, String, String) {
+    let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+    all.extend(["--store", store.to_str().unwrap()]);
+    let out = run(&all);
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn a_store_that_is_not_there_is_refused_and_never_created() {
+    let out = tempfile::tempdir().unwrap();
+    let missing = out.path().join("no-such-store");
+    let empty = out.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for args in store_tools(out.path()) {
+        let (code, stdout, stderr) = run_owned(&args, &missing);
+        assert_eq!(code, Some(2), "{args:?} on a missing store: {stderr}");
+        assert!(stderr.contains(missing.to_str().unwrap()) && stderr.contains("no such directory"), "{args:?}: names it: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+        assert!(!missing.exists(), "{args:?}: the store was not created");
+        let (code, _, stderr) = run_owned(&args, &empty);
+        assert_eq!(code, Some(2), "{args:?} on an empty directory: {stderr}");
+        assert!(stderr.contains(empty.to_str().unwrap()) && stderr.contains("not a poolbill store"), "{args:?}: names it: {stderr}");
+        assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0, "{args:?}: nothing was written into the directory");
+        assert!(!out.path().join("pool.svg").exists() && !out.path().join("export.jsonl").exists(), "{args:?}: no output file");
+    }
+}
+
+/// `subscription-upgrade` run on a kept store in `dir`.
+fn kept_store(dir: &Path) -> PathBuf {
+    let store = dir.join("store");
+    let scenario = fixtures_dir().join("subscription-upgrade/scenario.json");
+    run_json(&["run", scenario.to_str().unwrap(), "--format", "json", "--store", store.to_str().unwrap()]);
+    store
+}
+
+#[test]
+fn a_damaged_store_is_refused_naming_the_position() {
+    let out = tempfile::tempdir().unwrap();
+    let store = kept_store(out.path());
+    // As if sled had recovered only a prefix: the high-water mark remembers more than the log.
+    let mark = store.join(poolbill_store_sled::WATERMARK_FILE);
+    let text = std::fs::read_to_string(&mark).unwrap();
+    let (position, crc) = text.split_once(' ').unwrap();
+    let position: u64 = position.parse().unwrap();
+    std::fs::write(&mark, format!("{} {crc}", position + 5)).unwrap();
+    for args in store_tools(out.path()) {
+        let (code, stdout, stderr) = run_owned(&args, &store);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("DAMAGED") && stderr.contains(&format!("position {}", position + 1)), "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: nothing half-read is shown: {stdout}");
+        assert!(!out.path().join("export.jsonl").exists(), "{args:?}: no log exported");
+    }
+}
+
+#[test]
+fn a_store_in_use_by_serve_is_refused_saying_so() {
+    use std::io::{BufRead, Write};
+    let out = tempfile::tempdir().unwrap();
+    let store = kept_store(out.path());
+    let mut serve = poolbill()
+        .args(["serve", "--store", store.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = serve.stdin.take().unwrap();
+    let mut answers = std::io::BufReader::new(serve.stdout.take().unwrap());
+    // An answer means the store is open (serve opens it before it reads a line); this one
+    // writes nothing.
+    writeln!(stdin, "not a command").unwrap();
+    let mut answer = String::new();
+    answers.read_line(&mut answer).unwrap();
+    assert!(answer.contains("not valid JSON"), "{answer}");
+    for args in store_tools(out.path()) {
+        let (code, stdout, stderr) = run_owned(&args, &store);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(store.to_str().unwrap()) && stderr.contains("in use"), "{args:?}: names the store and says why: {stderr}");
+        assert!(!stderr.contains("DAMAGED"), "{args:?}: a store in use is not damaged: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+        assert!(!out.path().join("export.jsonl").exists(), "{args:?}: no log exported");
+    }
+    drop(stdin);
+    assert!(serve.wait().unwrap().success());
+    // Once serve is gone the store reads again.
+    assert_eq!(run_owned(&store_tools(out.path())[0], &store).0, Some(0));
+}
+
+#[test]
+fn export_never_replaces_a_file_unless_forced() {
+    let out = tempfile::tempdir().unwrap();
+    let store = kept_store(out.path());
+    let target = out.path().join("log.jsonl");
+    std::fs::write(&target, "precious\n").unwrap();
+    let export = |force: bool| {
+        let mut args = vec!["export", "--store", store.to_str().unwrap(), "--out", target.to_str().unwrap()];
+        if force {
+            args.push("--force");
+        }
+        run(&args)
+    };
+    let refused = export(false);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(target.to_str().unwrap()) && stderr.contains("--force"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n", "the file is untouched");
+    let forced = export(true);
+    assert!(forced.status.success(), "{}", String::from_utf8_lossy(&forced.stderr));
+    // What `run --export` writes for the same store (a re-run on it appends nothing).
+    let by_run = out.path().join("by-run.jsonl");
+    let scenario = fixtures_dir().join("subscription-upgrade/scenario.json");
+    run_json(&["run", scenario.to_str().unwrap(), "--format", "json", "--store", store.to_str().unwrap(), "--export", by_run.to_str().unwrap()]);
+    assert!(std::fs::read(&target).unwrap() == std::fs::read(&by_run).unwrap(), "--force wrote the store's log");
+    // Into a directory that does not exist: bad input, nothing written.
+    let nowhere = out.path().join("nowhere/log.jsonl");
+    let r = run(&["export", "--store", store.to_str().unwrap(), "--out", nowhere.to_str().unwrap()]);
+    assert_eq!(r.status.code(), Some(2), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(String::from_utf8_lossy(&r.stderr).contains(nowhere.to_str().unwrap()));
+}

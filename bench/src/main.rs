@@ -20,8 +20,8 @@ const USAGE: &str = "usage:
   poolbill-bench replay-store DIR [--at INSTANT]        (replay a store; the document on stdout)
   poolbill-bench appends DIR [--clients N] [--seconds S] (durable top-ups through the engine)
 
-Figures (--only): fsync, run, size, export, decode, replay, replay-store, at, explain, reopen,
-single, group. Without --poolbill, `cargo build --release --bin poolbill` is run first and
+Figures (--only): fsync, run, size, export, decode, replay, replay-store, replay-store-cli, at,
+explain, reopen, single, group. Without --poolbill, `cargo build --release --bin poolbill` is run first and
 target/release/poolbill measured. The default --out is target/bench/PRESET-SEED.";
 
 fn main() -> ExitCode {

@@ -10,7 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 
 /// Every figure, in the order measured; `--only` takes a comma-separated subset.
-pub const FIGURES: [&str; 12] = ["fsync", "run", "size", "export", "decode", "replay", "replay-store", "at", "explain", "reopen", "single", "group"];
+pub const FIGURES: [&str; 13] =
+    ["fsync", "run", "size", "export", "decode", "replay", "replay-store", "replay-store-cli", "at", "explain", "reopen", "single", "group"];
 
 /// The targets.
 const MEMORY_LIMIT: f64 = 400e6;
@@ -95,7 +96,8 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         }
     }
 
-    let needs_store = FIGURES[1..10].iter().any(|k| selected(k));
+    // Every figure but the disk's and the appends' (which have stores of their own).
+    let needs_store = FIGURES.iter().filter(|k| !["fsync", "single", "group"].contains(k)).any(|k| selected(k));
     // `run` and `replay` are compared with the parse of the log: they need it too.
     let needs_log = ["run", "export", "decode", "replay", "at", "explain"].iter().any(|k| selected(k));
     let have_store = paths.store.join(poolbill_store_marker()).exists();
@@ -261,6 +263,30 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             key: "replay-store".into(),
             what: "replay from the store (decode + fold + document)".into(),
             command: format!("poolbill-bench replay-store {} > doc.json (poolbill_replay::replay, Upto::All)", rel(&paths.store)),
+            value: format!("{} ({} events/s)", seconds(secs(&r)), grouped(rate)),
+            peak_rss: Some(r.peak_rss),
+            baseline: facts.rust_floor.map(|f| format!("Rust parse of its log {}", seconds(f))).unwrap_or_default(),
+            checks: vec![
+                Check::at_least("rate", rate, REPLAY_STORE_RATE, "events/s"),
+                Check::at_most("memory", r.peak_rss as f64, MEMORY_LIMIT, "B"),
+            ],
+            numbers: numbers(&r, json!({"events": n, "events_per_s": rate})),
+        });
+    }
+
+    if selected("replay-store-cli") {
+        say("replay the store through the command line");
+        let doc = opts.out.join("replay-store-cli.json");
+        let mut cmd = Command::new(&opts.poolbill);
+        cmd.arg("replay").arg("--store").arg(&paths.store).args(["--format", "json"]);
+        let r = child(&mut cmd, b"", Output::File(&doc), &opts.out, "replay-store-cli")?;
+        let n = document_events(&doc)?;
+        let rate = n as f64 / secs(&r);
+        compare_documents(&facts, &doc, "replay --store", &mut notes, opts.keep);
+        figures.push(Figure {
+            key: "replay-store-cli".into(),
+            what: "replay a store through the command line (folded as it is read, document)".into(),
+            command: format!("poolbill replay --store {} --format json > doc.json", rel(&paths.store)),
             value: format!("{} ({} events/s)", seconds(secs(&r)), grouped(rate)),
             peak_rss: Some(r.peak_rss),
             baseline: facts.rust_floor.map(|f| format!("Rust parse of its log {}", seconds(f))).unwrap_or_default(),
