@@ -47,6 +47,10 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 #[cfg(test)]
 mod tests;
 
+/// sled's page cache (its default is 1 GB): reads of a long log are sequential, so a small
+/// cache costs little and keeps a reader's memory bounded.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 const META_LAST_POSITION: &[u8] = b"last_position";
 const META_LAST_INSTANT: &[u8] = b"last_instant";
 
@@ -174,7 +178,7 @@ impl SledStore {
             corrupt(position, format!("the store at {} is damaged ({detail}); it had acknowledged events up to position {position}", path.display()))
         };
         // sled may panic rather than err on some damage: that is damage too.
-        let opened = std::panic::catch_unwind(|| sled::Config::new().path(path).open()).map_err(|_| match mark {
+        let opened = std::panic::catch_unwind(|| sled::Config::new().path(path).cache_capacity(CACHE_BYTES).open()).map_err(|_| match mark {
             Some((position, _)) => damaged("sled panicked while recovering its files".to_string(), position),
             None => StoreError::Panicked { path: path.display().to_string() },
         })?;
@@ -204,7 +208,7 @@ impl SledStore {
 
     /// A store that lives in a temporary directory and vanishes on drop.
     pub fn temporary() -> Result<SledStore, StoreError> {
-        let db = sled::Config::new().temporary(true).open().map_err(storage("opening temporary sled database"))?;
+        let db = sled::Config::new().temporary(true).cache_capacity(CACHE_BYTES).open().map_err(storage("opening temporary sled database"))?;
         SledStore::from_db(db)
     }
 
