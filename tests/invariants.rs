@@ -40,12 +40,16 @@
 //!    auto-renewal attempts, arrears steps, settlements and package expiry come at their instants.
 //! 10. `refund_within_paid` (R9, R15): a downgrade or unsubscribe never credits more than the
 //!     subscription was paid since its purchase or conversion.
+//! 11. `snapshot_plus_tail`: at random cut points, a snapshot of the prefix (written and read
+//!     back) plus the rest of the log equals the full replay: state, counters, later bills.
 
 use chrono::Duration;
 use poolbill_domain::money::trunc8;
 use poolbill_domain::time::{at_three_am, beijing_at, beijing_date, hour_floor, next_hour, to_beijing};
 use poolbill_domain::{Basis, BillLine, BillingMode, Command, Event, Hold, Instant, Item, JobKind, Level, Policy, PoolType, Price, State, Term};
 use poolbill_engine::Engine;
+use poolbill_ledger::fold_from;
+use poolbill_ledger::snapshot::Snapshot;
 use poolbill_projections::{Document, Projections};
 use poolbill_replay::rerun::{self, Recorded, WhatIf};
 use poolbill_replay::{fold, jsonl, Upto};
@@ -99,6 +103,7 @@ const PACKAGES: [&str; 2] = ["k1", "k2"];
 /// A second stream of the seed, for what must not depend on the history's length.
 const TAIL_STREAM: u64 = 0xA5A5_5A5A_0BAD_F00D;
 const CHECK_STREAM: u64 = 0x1234_5678_9ABC_DEF1;
+const SNAPSHOT_STREAM: u64 = 0x0F0F_F0F0_5EED_CAFE;
 
 use poolbill_testkit::{d as dec, t as instant};
 
@@ -404,7 +409,8 @@ fn check_case(seed: u64, length: usize) -> (Run, Failures) {
     check_no_second_billed_twice(&run, &histories, &mut f);
     check_negative_only_by_settlement(&run, &mut f);
     check_refund_within_paid(&run, &mut f);
-    lap("checks 7-8, 10");
+    check_snapshot_plus_tail(&run, &mut f);
+    lap("checks 7-8, 10-11");
     (run, f)
 }
 
@@ -1307,6 +1313,55 @@ fn check_refund_within_paid(run: &Run, f: &mut Failures) {
                 ),
             ),
             _ => *so_far += line.amounts.payable,
+        }
+    }
+}
+
+/// Check 11 (snapshots): at random cut points, a snapshot of the log's prefix, written and read
+/// back, plus the rest of the log gives the full replay's state, counters and the bills after
+/// the cut — as the engine's open does.
+fn check_snapshot_plus_tail(run: &Run, f: &mut Failures) {
+    const CHECK: &str = "snapshot_plus_tail";
+    let envelopes = &run.envelopes;
+    let mut rng = Rng::new(run.case.seed ^ SNAPSHOT_STREAM);
+    let cuts: BTreeSet<usize> = (0..3).map(|_| rng.below(envelopes.len() as u64 + 1) as usize).collect();
+    for cut in cuts {
+        let mut versions = std::collections::HashMap::new();
+        let prefix = fold_from(Projections::live(), jsonl::as_results(&envelopes[..cut]), Upto::All, |_, e: &Envelope, _| {
+            versions.insert(e.stream.clone(), e.version);
+        });
+        let Ok(prefix) = prefix else {
+            f.fail(CHECK, format!("the prefix up to {cut} does not fold"));
+            continue;
+        };
+        let bytes = Snapshot::of(&prefix, &versions).encode();
+        let (start, _) = match Snapshot::decode(cut as u64, &bytes) {
+            Ok(snapshot) => snapshot.into_parts(),
+            Err(e) => {
+                f.fail(CHECK, format!("the snapshot at {cut} does not read back: {e}"));
+                continue;
+            }
+        };
+        let mut tail_bills = Vec::new();
+        let resumed = fold_from(start, jsonl::as_results(&envelopes[cut..]), Upto::All, |_, e: &Envelope, event| {
+            if let Event::Charged { line } = event {
+                tail_bills.push((e.position, line));
+            }
+        });
+        let Ok(resumed) = resumed else {
+            f.fail(CHECK, format!("the tail after {cut} does not fold on the snapshot"));
+            continue;
+        };
+        let full = &run.projections;
+        if let Some(d) = state_difference(&resumed.state, &full.state) {
+            f.fail(CHECK, format!("snapshot at {cut} + tail vs the full replay: {d}"));
+        }
+        if (resumed.events, resumed.last_position, resumed.last_instant) != (full.events, full.last_position, full.last_instant) {
+            f.fail(CHECK, format!("snapshot at {cut} + tail: counters differ from the full replay"));
+        }
+        let full_tail: Vec<(u64, BillLine)> = full.bills.iter().filter(|b| b.position > cut as u64).map(|b| (b.position, b.line.clone())).collect();
+        if tail_bills != full_tail {
+            f.fail(CHECK, format!("snapshot at {cut} + tail: {} bills after the cut, the full replay has {}", tail_bills.len(), full_tail.len()));
         }
     }
 }

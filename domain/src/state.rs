@@ -5,9 +5,10 @@ use crate::event::Event;
 use crate::model::{Basis, BillingMode, Item, Period, Policy, PoolType, Price, Term};
 use crate::time::{after, Instant};
 use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     /// The instant of the last event applied.
     pub clock: Option<Instant>,
@@ -18,10 +19,11 @@ pub struct State {
     pub jobs: BTreeMap<String, Job>,
     pub packages: BTreeMap<String, Package>,
     /// Pay-per-use usage not yet settled, by (billed resource id, item) (R4).
+    #[serde(with = "meters_as_list")]
     pub meters: BTreeMap<(String, Item), Meter>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Account {
     pub id: String,
     pub balance: Decimal,
@@ -31,14 +33,14 @@ pub struct Account {
     pub arrears: Option<Arrears>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Arrears {
     pub since: Instant,
     pub phase: Hold,
 }
 
 /// R12: where an account's pay-per-use resources are in arrears.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Hold {
     /// Still running and billed.
     Grace,
@@ -48,7 +50,7 @@ pub enum Hold {
     Released,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PoolStatus {
     Creating,
     Running,
@@ -75,7 +77,7 @@ impl PoolStatus {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Pool {
     pub id: String,
     pub account: String,
@@ -111,7 +113,7 @@ impl Pool {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PaidTerm {
     pub start: Instant,
     pub end: Instant,
@@ -119,7 +121,7 @@ pub struct PaidTerm {
 }
 
 /// R8: auto-renewal settings, and the instant from which the next attempt may be made.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AutoRenew {
     pub term: Term,
     pub days_before: u32,
@@ -128,7 +130,7 @@ pub struct AutoRenew {
     pub not_before: Instant,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobStatus {
     Running,
     Stopped,
@@ -148,7 +150,7 @@ impl JobStatus {
 }
 
 /// R14: a training job, notebook, service, workflow or auto-learning job.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub id: String,
     pub account: String,
@@ -213,7 +215,7 @@ pub fn same_region(a: &Option<String>, b: &Option<String>) -> bool {
 }
 
 /// R13: node-hours of one spec (and region), valid for a while, used before pay-per-use.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Package {
     pub id: String,
     pub account: String,
@@ -240,7 +242,7 @@ impl Package {
 }
 
 /// One configuration's usage within a settlement cycle.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Stretch {
     pub start: Instant,
     pub end: Instant,
@@ -250,7 +252,7 @@ pub struct Stretch {
 }
 
 /// A metered resource's unsettled usage: closed stretches, and the open one if it is running.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Meter {
     pub account: String,
     /// The id its bills carry (R5).
@@ -263,7 +265,7 @@ pub struct Meter {
     pub open: Option<OpenStretch>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OpenStretch {
     pub since: Instant,
     pub spec: String,
@@ -694,3 +696,19 @@ impl State {
 
 /// The spec name a notebook's EVS disk is metered under: its "nodes" are gigabytes.
 pub const EVS_SPEC: &str = "evs";
+
+/// JSON objects have string keys only: the meters are written as a list of their values (each
+/// meter names its own resource and item).
+mod meters_as_list {
+    use super::{Item, Meter};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(meters: &BTreeMap<(String, Item), Meter>, s: S) -> Result<S::Ok, S::Error> {
+        meters.values().collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<(String, Item), Meter>, D::Error> {
+        Ok(Vec::<Meter>::deserialize(d)?.into_iter().map(|m| ((m.resource.clone(), m.item), m)).collect())
+    }
+}

@@ -12,9 +12,10 @@ pub use clock::{spawn_clock, Clock, ManualClock, SystemClock};
 pub use poolbill_ledger::Upto;
 
 use poolbill_domain::{latest_version, Command, Event, Instant, Rejection, Rule};
+use poolbill_ledger::snapshot::{self, Snapshot};
 use poolbill_ledger::{replay, FoldError, Ledger, Step};
 use poolbill_projections::Projections;
-use poolbill_store::{AppendOutcome, AppendRequest, CommandRecord, Envelope, EventStore, ExpectedVersion, NewEvent, StoreError};
+use poolbill_store::{AppendOutcome, AppendRequest, CommandRecord, EventStore, ExpectedVersion, NewEvent, StoreError};
 use poolbill_store_sled::SledStore;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -99,14 +100,21 @@ impl Engine {
         Engine::start(store).await
     }
 
-    /// Start an engine on an open store: one sequential scan rebuilds its state.
+    /// Start an engine on an open store: its newest snapshot plus the log after it rebuild
+    /// the live state; a snapshot is kept every [`snapshot::EVERY`] events.
     pub async fn start(store: impl EventStore + 'static) -> Result<Engine, EngineError> {
+        Engine::start_with(store, snapshot::EVERY).await
+    }
+
+    /// [`Engine::start`], keeping a snapshot every `snapshot_every` events.
+    pub async fn start_with(store: impl EventStore + 'static, snapshot_every: u64) -> Result<Engine, EngineError> {
         let store: Arc<dyn EventStore> = Arc::new(store);
         let scan = store.clone();
-        let (ledger, versions) = blocking(move || load(scan.as_ref())).await?;
+        let (ledger, versions) = blocking(move || load(scan.as_ref(), snapshot_every)).await?;
         let (tx, rx) = mpsc::channel(1024);
         let stopped = Arc::new(OnceLock::new());
-        let actor = Actor::new(store.clone(), ledger, versions, rx, stopped.clone());
+        let mut actor = Actor::new(store.clone(), ledger, versions, rx, stopped.clone());
+        actor.snapshot_every = snapshot_every.max(1);
         tokio::spawn(actor.run());
         Ok(Engine { tx, store, stopped })
     }
@@ -209,17 +217,25 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, EngineError> 
     tokio::task::spawn_blocking(f).await.map_err(|e| EngineError::Aborted(format!("blocking task failed: {e}")))?
 }
 
-/// Rebuild the ledger (by the one fold) and stream versions from the whole log.
-fn load(store: &dyn EventStore) -> Result<(Ledger, HashMap<String, u64>), EngineError> {
-    let mut versions = HashMap::new();
-    let envelopes = store.read_all(1).inspect(|e| {
-        if let Ok(e) = e {
-            versions.insert(e.stream.clone(), e.version);
-        }
-    });
-    // What is live only: bills and refusals stay in the log (read with `as_of`).
-    let projections = poolbill_ledger::fold_from(Projections::live(), envelopes, Upto::All, |_, _: &Envelope, _| {})?;
-    Ok((Ledger::from_projections(projections), versions))
+/// Rebuild the ledger and stream versions: the newest snapshot, then the log after it. What is
+/// live only: bills and refusals stay in the log (read with `as_of`). A long replay is followed
+/// by a snapshot, so that the next open is short.
+fn load(store: &dyn EventStore, snapshot_every: u64) -> Result<(Ledger, HashMap<String, u64>), EngineError> {
+    let loaded = poolbill_ledger::load_live(store)?;
+    if loaded.folded >= snapshot_every.max(1) {
+        save_snapshot(store, &loaded.projections, &loaded.versions);
+    }
+    Ok((Ledger::from_projections(loaded.projections), loaded.versions))
+}
+
+/// Keep a snapshot of acknowledged state. It is only an optimisation: a failure is logged, not
+/// an error.
+fn save_snapshot(store: &dyn EventStore, projections: &Projections, versions: &HashMap<String, u64>) {
+    let position = projections.last_position;
+    match store.put_snapshot(position, &Snapshot::of(projections, versions).encode()) {
+        Ok(()) => tracing::debug!(position, "snapshot kept"),
+        Err(e) => tracing::warn!(position, error = %e, "a snapshot could not be kept"),
+    }
 }
 
 /// A request's answer, given once its chain is on disk.
@@ -256,6 +272,10 @@ struct Actor {
     broken: Option<String>,
     /// Set when the state could not be rebuilt after a failed write: the actor stops.
     stopped: Arc<OnceLock<Arc<EngineError>>>,
+    /// The position of the last snapshot kept (or of the state at open).
+    snapshot_at: u64,
+    /// How many events pass between snapshots.
+    snapshot_every: u64,
 }
 
 impl Actor {
@@ -266,7 +286,20 @@ impl Actor {
         rx: mpsc::Receiver<Request>,
         stopped: Arc<OnceLock<Arc<EngineError>>>,
     ) -> Actor {
-        Actor { store, ledger, versions, rx, pending: Vec::new(), next_seq: 0, written: HashMap::new(), broken: None, stopped }
+        let snapshot_at = ledger.projections().last_position;
+        Actor {
+            store,
+            ledger,
+            versions,
+            rx,
+            pending: Vec::new(),
+            next_seq: 0,
+            written: HashMap::new(),
+            broken: None,
+            stopped,
+            snapshot_at,
+            snapshot_every: snapshot::EVERY,
+        }
     }
 
     async fn run(mut self) {
@@ -364,6 +397,9 @@ impl Actor {
         self.flush_pending().await;
         self.answer(waiters);
         self.written.clear();
+        if self.broken.is_none() {
+            self.maybe_snapshot().await;
+        }
         self.broken = None;
     }
 
@@ -486,11 +522,28 @@ impl Actor {
         }
     }
 
+    /// Every `snapshot_every` events, a snapshot of the acknowledged state (nothing is
+    /// pending after a group commit), so that opening the store replays only the tail.
+    async fn maybe_snapshot(&mut self) {
+        let projections = self.ledger.projections();
+        if projections.last_position < self.snapshot_at + self.snapshot_every {
+            return;
+        }
+        self.snapshot_at = projections.last_position;
+        let (store, projections, versions) = (self.store.clone(), projections.clone(), self.versions.clone());
+        let _ = blocking(move || {
+            save_snapshot(store.as_ref(), &projections, &versions);
+            Ok(())
+        })
+        .await;
+    }
+
     /// After a failed write: forget speculative state, rebuild from what is on disk.
     async fn reload(&mut self) -> Result<(), EngineError> {
         self.pending.clear();
         let store = self.store.clone();
-        let (ledger, versions) = blocking(move || load(store.as_ref())).await?;
+        let every = self.snapshot_every;
+        let (ledger, versions) = blocking(move || load(store.as_ref(), every)).await?;
         self.ledger = ledger;
         self.versions = versions;
         Ok(())

@@ -156,3 +156,49 @@ async fn the_live_clock_drives_the_same_path() {
     assert_eq!(balance(&engine).await, d("89.50"), "three hours settled by the clock");
     driver.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_opens_from_its_snapshot_and_the_tail_of_its_log_and_ignores_a_damaged_snapshot() {
+    use poolbill_store::EventStore;
+    use poolbill_store_sled::SledStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let hourly = |hours: i64| t("2023-04-18T10:00:00+08:00") + chrono::Duration::hours(hours);
+    // Given an engine that keeps a snapshot every 40 events, and a day of hourly settlements.
+    let state = {
+        let engine = Engine::start_with(SledStore::open(&path).unwrap(), 40).await.unwrap();
+        setup(&engine, "1000").await;
+        engine.execute("buy", hourly(0), on_demand("p"), None).await.unwrap();
+        engine.advance_to(hourly(24)).await.unwrap();
+        // A few events after the snapshot the day's commit left: the tail to replay.
+        for i in 0..3 {
+            engine.execute(format!("top-{i}"), hourly(24), Command::TopUp { account: "a".into(), amount: d("1") }, None).await.unwrap();
+        }
+        engine.read(|p| (p.state.clone(), p.last_position)).await.unwrap()
+    };
+    // sled releases its lock when the engine task has ended.
+    let store = loop {
+        match SledStore::open(&path) {
+            Ok(store) => break store,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let kept = store.snapshot_positions().unwrap();
+    assert!(!kept.is_empty() && kept.iter().all(|p| *p < state.1), "snapshots before the end: {kept:?} (end {})", state.1);
+    let newest = *kept.last().unwrap();
+    // When it is opened again: the same state as the full replay, from the snapshot plus tail.
+    let loaded = poolbill_ledger::load_live(&store).unwrap();
+    assert_eq!((loaded.snapshot, loaded.folded), (Some(newest), state.1 - newest));
+    assert_eq!((loaded.projections.state, loaded.projections.last_position), state.clone());
+    // And a damaged snapshot is ignored in favour of the log, with the same state.
+    store.put_snapshot(newest, b"garbage").unwrap();
+    let loaded = poolbill_ledger::load_live(&store).unwrap();
+    assert!(loaded.ignored.is_some(), "the damaged snapshot is said to be ignored");
+    assert_eq!((loaded.projections.state, loaded.projections.last_position), state.clone());
+    drop(store);
+    let engine = Engine::open(&path).await.unwrap();
+    assert_eq!(engine.read(|p| (p.state.clone(), p.last_position)).await.unwrap(), state);
+    // It goes on deciding from there: the next hour is billed once more.
+    engine.advance_to(hourly(25)).await.unwrap();
+    assert_eq!(balance(&engine).await, d("1003") - d("3.50") * Decimal::from(25));
+}

@@ -7,10 +7,14 @@
 //! all go through it, so that what is decided live and what an auditor recomputes are the same
 //! steps by construction. No I/O and no clock: every instant is given.
 
+pub mod snapshot;
+
 use poolbill_domain::{handle, tick, Command, Event, Instant, Rejection};
 use poolbill_projections::{ProjectionError, Projections};
 use poolbill_store::{Envelope, EventStore, StoreError};
+use snapshot::{Snapshot, SnapshotError};
 use std::borrow::Borrow;
+use std::collections::HashMap;
 
 /// How much of a log to fold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +82,104 @@ where
     }
     tracing::debug!(events = projections.events, bills = projections.bills.len(), "replayed");
     Ok(projections)
+}
+
+/// The live projections (state and counters) and stream versions of a store's whole log, as a
+/// live engine needs them: from the newest snapshot that reads back, then the events after it.
+pub struct Loaded {
+    pub projections: Projections,
+    pub versions: HashMap<String, u64>,
+    /// The position of the snapshot it started from, if one was used.
+    pub snapshot: Option<u64>,
+    /// A snapshot that could not be used, and why (the log was replayed instead).
+    pub ignored: Option<(u64, SnapshotError)>,
+    /// Events folded after the snapshot (all of them without one).
+    pub folded: u64,
+}
+
+/// Load a store's live projections from its newest readable snapshot plus the tail of its log.
+pub fn load_live(store: &dyn EventStore) -> Result<Loaded, FoldError> {
+    let last = store.last_position()?;
+    let (start, versions, snapshot, ignored) = match store.snapshot_at_or_before(last)? {
+        Some((position, bytes)) => match Snapshot::decode(position, &bytes) {
+            Ok(snapshot) => {
+                let (projections, versions) = snapshot.into_parts();
+                (projections, versions, Some(position), None)
+            }
+            Err(why) => {
+                tracing::warn!(position, error = %why, "a snapshot cannot be used: the log is replayed instead");
+                (Projections::live(), HashMap::new(), None, Some((position, why)))
+            }
+        },
+        None => (Projections::live(), HashMap::new(), None, None),
+    };
+    let from = start.last_position + 1;
+    let mut versions = versions;
+    let mut folded = 0;
+    let projections = fold_from(start, store.read_all(from), Upto::All, |_, envelope: &Envelope, _| {
+        versions.insert(envelope.stream.clone(), envelope.version);
+        folded += 1;
+    })?;
+    tracing::debug!(snapshot = ?snapshot, folded, "loaded");
+    Ok(Loaded { projections, versions, snapshot, ignored, folded })
+}
+
+/// What `verify` found of a store's snapshots: each kept one checked against a replay of the
+/// log up to its position.
+#[derive(Debug, Default)]
+pub struct SnapshotsChecked {
+    /// Snapshots equal to the replay of their prefix.
+    pub sound: Vec<u64>,
+    /// Snapshots that cannot be read or disagree with the replay, and how.
+    pub unsound: Vec<(u64, String)>,
+    /// The live projections of the whole log (a by-product of the one pass).
+    pub projections: Projections,
+}
+
+/// Check every kept snapshot against a replay of its prefix, in one pass over the log.
+pub fn check_snapshots(store: &dyn EventStore) -> Result<SnapshotsChecked, FoldError> {
+    let mut checked = SnapshotsChecked::default();
+    let mut kept = Vec::new();
+    for position in store.snapshot_positions()? {
+        match store.snapshot_at_or_before(position)?.map(|(p, bytes)| Snapshot::decode(p, &bytes)) {
+            Some(Ok(snapshot)) => kept.push(snapshot),
+            Some(Err(why)) => checked.unsound.push((position, why.to_string())),
+            None => checked.unsound.push((position, "listed but not found".into())),
+        }
+    }
+    if kept.first().is_some_and(|s| s.position == 0) {
+        let empty = kept.remove(0);
+        compare(&empty, &Projections::live(), &HashMap::new(), &mut checked);
+    }
+    let mut versions = HashMap::new();
+    let mut next = kept.into_iter().peekable();
+    let mut results = Vec::new();
+    let projections = fold_from(Projections::live(), store.read_all(1), Upto::All, |p: &Projections, envelope: &Envelope, _| {
+        versions.insert(envelope.stream.clone(), envelope.version);
+        while next.peek().is_some_and(|s| s.position == envelope.position) {
+            let snapshot = next.next().expect("peeked");
+            results.push((snapshot.clone(), Snapshot::of(p, &versions)));
+        }
+    })?;
+    for (kept, replayed) in results {
+        match kept == replayed {
+            true => checked.sound.push(kept.position),
+            false => checked.unsound.push((kept.position, "it disagrees with a replay of the log up to its position".into())),
+        }
+    }
+    for beyond in next {
+        checked.unsound.push((beyond.position, format!("it is past the end of the log ({})", projections.last_position)));
+    }
+    checked.projections = projections;
+    Ok(checked)
+}
+
+fn compare(kept: &Snapshot, projections: &Projections, versions: &HashMap<String, u64>, checked: &mut SnapshotsChecked) {
+    if *kept == Snapshot::of(projections, versions) {
+        checked.sound.push(kept.position);
+    } else {
+        checked.unsound.push((kept.position, "it disagrees with a replay of the log up to its position".into()));
+    }
 }
 
 /// [`fold_visit`], reporting each position folded.

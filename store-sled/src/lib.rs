@@ -37,7 +37,9 @@
 //! sled is pinned to `=0.34.7`, the last stable release: 1.0 is an alpha
 //! without transactions, which this store depends on.
 
-use poolbill_store::{AppendOutcome, AppendRequest, ChainOutcome, CommandRecord, Envelope, EventStore, Instant, StoreError, VerifyReport};
+use poolbill_store::{
+    AppendOutcome, AppendRequest, ChainOutcome, CommandRecord, Envelope, EventStore, Instant, StoreError, VerifyReport, SNAPSHOTS_KEPT,
+};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
@@ -66,6 +68,8 @@ pub struct SledStore {
     stream_index: sled::Tree,
     commands: sled::Tree,
     meta: sled::Tree,
+    /// Snapshots of projections by position (opaque bytes): an optimisation, outside the log.
+    snapshots: sled::Tree,
 }
 
 fn storage(context: impl fmt::Display) -> impl FnOnce(sled::Error) -> StoreError {
@@ -222,6 +226,7 @@ impl SledStore {
             stream_index: open("stream_index")?,
             commands: open("commands")?,
             meta: open("meta")?,
+            snapshots: open("snapshots")?,
             db,
         })
     }
@@ -276,6 +281,27 @@ impl SledStore {
 }
 
 impl EventStore for SledStore {
+    fn put_snapshot(&self, position: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.snapshots.insert(position.to_be_bytes(), bytes).map_err(storage(format_args!("writing the snapshot at position {position}")))?;
+        // Only the newest are kept: older ones cost space and would rarely be read.
+        let positions = self.snapshot_positions()?;
+        for old in positions.iter().take(positions.len().saturating_sub(SNAPSHOTS_KEPT)) {
+            self.snapshots.remove(old.to_be_bytes()).map_err(storage("dropping an old snapshot"))?;
+        }
+        // A snapshot is only an optimisation: it is not flushed on its own (a lost one costs a
+        // longer replay), and it lands with the next group commit's flush.
+        Ok(())
+    }
+
+    fn snapshot_at_or_before(&self, position: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let found = self.snapshots.range(..=position.to_be_bytes()).next_back().transpose().map_err(storage("reading snapshots"))?;
+        Ok(found.and_then(|(key, value)| decode_u64(&key).map(|p| (p, value.to_vec()))))
+    }
+
+    fn snapshot_positions(&self) -> Result<Vec<u64>, StoreError> {
+        self.snapshots.iter().keys().map(|k| k.map_err(storage("listing snapshots")).map(|k| decode_u64(&k).unwrap_or(0))).collect()
+    }
+
     /// Group commit: each request is its own atomic transaction, applied in
     /// order (so a later request sees the earlier ones, e.g. as a Duplicate);
     /// then one flush. The outer `Err` is a failed flush: then nothing in the

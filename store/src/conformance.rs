@@ -40,7 +40,7 @@ pub const T2: &str = "2024-03-01T12:00:00+01:00";
 /// Run every check, each on a fresh empty store from `fresh`; a failure names its check.
 pub fn run_all(fresh: &dyn Fn() -> Box<dyn EventStore>) {
     type Check = fn(&dyn EventStore);
-    let checks: [(&str, Check); 7] = [
+    let checks: [(&str, Check); 8] = [
         ("positions_are_gapless_across_streams_and_batches", positions_are_gapless_across_streams_and_batches),
         ("per_stream_versions_and_read_stream_from_version", per_stream_versions_and_read_stream_from_version),
         ("stream_ids_that_extend_another_with_nul_do_not_mix", stream_ids_that_extend_another_with_nul_do_not_mix),
@@ -48,6 +48,10 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn EventStore>) {
         ("duplicate_command_returns_first_record_and_appends_nothing", duplicate_command_returns_first_record_and_appends_nothing),
         ("out_of_order_is_rejected_and_writes_nothing", out_of_order_is_rejected_and_writes_nothing),
         ("empty_request_with_command_id_records_outcome", empty_request_with_command_id_records_outcome),
+        (
+            "snapshots_are_found_at_or_before_a_position_and_only_the_newest_are_kept",
+            snapshots_are_found_at_or_before_a_position_and_only_the_newest_are_kept,
+        ),
     ];
     for (name, check) in checks {
         let store = fresh();
@@ -204,4 +208,25 @@ pub fn empty_request_with_command_id_records_outcome(store: &dyn EventStore) {
     // Without a command id nothing is recorded.
     appended(store.append(req(None, vec![])).unwrap());
     assert_eq!(store.verify().unwrap(), VerifyReport { events: 0, streams: 0, commands: 1 });
+}
+
+pub fn snapshots_are_found_at_or_before_a_position_and_only_the_newest_are_kept(store: &dyn EventStore) {
+    assert_eq!(store.snapshot_at_or_before(u64::MAX).unwrap(), None, "a new store has none");
+    for position in [10u64, 20, 30] {
+        store.put_snapshot(position, format!("at {position}").as_bytes()).unwrap();
+    }
+    assert_eq!(store.snapshot_at_or_before(9).unwrap(), None);
+    assert_eq!(store.snapshot_at_or_before(10).unwrap(), Some((10, b"at 10".to_vec())));
+    assert_eq!(store.snapshot_at_or_before(29).unwrap(), Some((20, b"at 20".to_vec())));
+    assert_eq!(store.snapshot_at_or_before(u64::MAX).unwrap(), Some((30, b"at 30".to_vec())));
+    // Taken again at a position, the newer bytes replace the older.
+    store.put_snapshot(30, b"again").unwrap();
+    assert_eq!(store.snapshot_at_or_before(30).unwrap(), Some((30, b"again".to_vec())));
+    for position in 4..=(SNAPSHOTS_KEPT as u64 + 3) {
+        store.put_snapshot(position * 10, b"x").unwrap();
+    }
+    let kept = store.snapshot_positions().unwrap();
+    assert_eq!(kept.len(), SNAPSHOTS_KEPT, "only the newest are kept: {kept:?}");
+    assert_eq!(kept.last(), Some(&((SNAPSHOTS_KEPT as u64 + 3) * 10)));
+    assert!(kept.windows(2).all(|w| w[0] < w[1]), "oldest first: {kept:?}");
 }

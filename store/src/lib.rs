@@ -203,6 +203,9 @@ pub struct VerifyReport {
     pub commands: u64,
 }
 
+/// How many snapshots a store keeps (the newest).
+pub const SNAPSHOTS_KEPT: usize = 8;
+
 /// What [`EventStore::append_chain`] did: the outcomes of the applied prefix and, if a request
 /// failed, its index in the chain and its error.
 pub type ChainOutcome = (Vec<AppendOutcome>, Option<(usize, StoreError)>);
@@ -244,6 +247,17 @@ pub trait EventStore: Send + Sync {
 
     /// What was recorded for a command id, if it was seen.
     fn command(&self, command_id: &str) -> Result<Option<CommandRecord>, StoreError>;
+
+    /// Keep a snapshot of the projections as they stood after `position` (opaque bytes, checked
+    /// by whoever reads them back). Snapshots are an optimisation, never the source of truth:
+    /// only the newest [`SNAPSHOTS_KEPT`] are kept.
+    fn put_snapshot(&self, position: u64, bytes: &[u8]) -> Result<(), StoreError>;
+
+    /// The newest snapshot taken at or before `position`, with its position.
+    fn snapshot_at_or_before(&self, position: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+
+    /// The positions of the snapshots kept, oldest first.
+    fn snapshot_positions(&self) -> Result<Vec<u64>, StoreError>;
 
     /// Read everything back and check it (checksums, gapless positions and versions, indexes,
     /// instants in order), naming the first damage found.

@@ -1,0 +1,134 @@
+//! Snapshots of the live projections (state and counters) with the stream versions at a
+//! position: an optimisation, never a source of truth. Each is versioned and checksummed; one
+//! that cannot be read (another format, a flipped byte, another position) is ignored in favour
+//! of replaying the log, and `poolbill verify` checks every kept snapshot against a replay of
+//! its prefix.
+
+use poolbill_domain::{Instant, State};
+use poolbill_projections::Projections;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// The format this build writes and reads. Another format is ignored, not upcast: a snapshot
+/// can always be made again from the log.
+pub const FORMAT: u32 = 1;
+
+/// How many events the engine lets pass between snapshots.
+pub const EVERY: u64 = 100_000;
+
+/// What a snapshot holds: everything a live engine needs to go on from `position`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub format: u32,
+    pub position: u64,
+    pub instant: Option<Instant>,
+    pub events: u64,
+    pub state: State,
+    /// Each stream's version at `position` (the expected versions of the next appends).
+    pub versions: BTreeMap<String, u64>,
+}
+
+/// Why a snapshot was not used.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("the snapshot's checksum does not match: it was damaged")]
+    Checksum,
+    #[error("the snapshot is too short to hold a checksum")]
+    Short,
+    #[error("the snapshot cannot be read")]
+    Decode(#[from] serde_json::Error),
+    #[error("the snapshot is in format {0}, this build reads format {FORMAT}")]
+    Format(u32),
+    #[error("the snapshot says position {found}, but it was kept under position {expected}")]
+    Position { expected: u64, found: u64 },
+}
+
+impl Snapshot {
+    /// The live part of `projections` (history is not kept in snapshots) and the versions.
+    pub fn of(projections: &Projections, versions: &HashMap<String, u64>) -> Snapshot {
+        Snapshot {
+            format: FORMAT,
+            position: projections.last_position,
+            instant: projections.last_instant,
+            events: projections.events,
+            state: projections.state.clone(),
+            versions: versions.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        }
+    }
+
+    /// History-free projections to go on folding from `position + 1`, and the versions.
+    pub fn into_parts(self) -> (Projections, HashMap<String, u64>) {
+        let mut projections = Projections::live();
+        projections.state = self.state;
+        projections.events = self.events;
+        projections.last_position = self.position;
+        projections.last_instant = self.instant;
+        (projections, self.versions.into_iter().collect())
+    }
+
+    /// CRC-32 of the JSON, then the JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        let json = serde_json::to_vec(self).expect("snapshots serialise");
+        let mut bytes = crc32fast::hash(&json).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&json);
+        bytes
+    }
+
+    /// Read a snapshot kept under `position`, checking its checksum, format and position.
+    pub fn decode(position: u64, bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
+        if bytes.len() < 4 {
+            return Err(SnapshotError::Short);
+        }
+        let (crc, json) = bytes.split_at(4);
+        if crc != crc32fast::hash(json).to_be_bytes() {
+            return Err(SnapshotError::Checksum);
+        }
+        // The format first, so that another format is named rather than failing to decode.
+        #[derive(Deserialize)]
+        struct Format {
+            format: u32,
+        }
+        let format: Format = serde_json::from_slice(json)?;
+        if format.format != FORMAT {
+            return Err(SnapshotError::Format(format.format));
+        }
+        let snapshot: Snapshot = serde_json::from_slice(json)?;
+        if snapshot.position != position {
+            return Err(SnapshotError::Position { expected: position, found: snapshot.position });
+        }
+        Ok(snapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        let mut projections = Projections::live();
+        projections.last_position = 7;
+        projections.events = 7;
+        let versions = HashMap::from([("account-a".to_string(), 3), ("commands".to_string(), 4)]);
+        Snapshot::of(&projections, &versions)
+    }
+
+    #[test]
+    fn a_snapshot_reads_back_as_written() {
+        let written = snapshot();
+        assert_eq!(Snapshot::decode(7, &written.encode()).unwrap(), written);
+    }
+
+    #[test]
+    fn a_damaged_or_foreign_snapshot_is_refused_never_trusted() {
+        let bytes = snapshot().encode();
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 2;
+        flipped[last] ^= 1;
+        assert!(matches!(Snapshot::decode(7, &flipped), Err(SnapshotError::Checksum)));
+        assert!(matches!(Snapshot::decode(7, &bytes[..3]), Err(SnapshotError::Short)));
+        assert!(matches!(Snapshot::decode(8, &bytes), Err(SnapshotError::Position { expected: 8, found: 7 })));
+        let mut future = snapshot();
+        future.format = FORMAT + 1;
+        assert!(matches!(Snapshot::decode(7, &future.encode()), Err(SnapshotError::Format(f)) if f == FORMAT + 1));
+    }
+}
