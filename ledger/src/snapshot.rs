@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 pub const FORMAT: u32 = 1;
 
 /// How many events the engine lets pass between snapshots.
-pub const EVERY: u64 = 100_000;
+pub const EVERY: u64 = 20_000;
 
 /// What a snapshot holds: everything a live engine needs to go on from `position`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
