@@ -65,37 +65,77 @@ const IN_FLIGHT: usize = 1024;
 /// when stdin closes, everything in flight is answered, then serve ends.
 pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let engine = Engine::open(&args.store).await.map_err(runtime(format!("opening the store at {}", args.store.display())))?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Read>(64);
     // Standard input is read on a thread of its own: it blocks.
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { return };
-            if tx.blocking_send(line).is_err() {
-                return;
-            }
-        }
-    });
+    std::thread::spawn(move || read_lines(std::io::stdin().lock(), tx));
     let (answers, in_flight) = tokio::sync::mpsc::channel::<Pending>(IN_FLIGHT);
     let printer = tokio::spawn(print_answers(in_flight));
     let mut number = 0u64;
+    let mut failed = None;
     loop {
         // A printer that stopped (stdout failed) ends serve without waiting for more input.
-        let line = tokio::select! {
-            line = rx.recv() => line,
+        let read = tokio::select! {
+            read = rx.recv() => read,
             _ = answers.closed() => None,
         };
-        let Some(line) = line else { break };
-        number += 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let pending = submit_line(&engine, &line, number).await;
+        let pending = match read {
+            None => break,
+            Some(Read::Failed(e)) => {
+                failed = Some(e);
+                break;
+            }
+            Some(Read::Line(line)) if line.trim().is_empty() => {
+                number += 1;
+                continue;
+            }
+            Some(Read::Line(line)) => {
+                number += 1;
+                submit_line(&engine, &line, number).await
+            }
+            Some(Read::NotUtf8(e)) => {
+                number += 1;
+                Pending::Now(serde_json::json!({"line": number, "error": format!("line {number}: not valid UTF-8: {e}")}))
+            }
+        };
         if answers.send(pending).await.is_err() {
             break; // the printer stopped: its error is below
         }
     }
+    // Everything in flight is answered before serve ends, also after a read error.
     drop(answers);
-    printer.await.map_err(runtime("writing the answers"))?
+    printer.await.map_err(runtime("writing the answers"))??;
+    match failed {
+        Some(e) => Err(runtime(format!("reading line {} of standard input", number + 1))(e)),
+        None => Ok(()),
+    }
+}
+
+/// What the reading thread got: a line (without its line ending), a line that is not UTF-8
+/// (answered with an error in its place), or a read error (serve stops reading).
+enum Read {
+    Line(String),
+    NotUtf8(std::str::Utf8Error),
+    Failed(std::io::Error),
+}
+
+fn read_lines(mut input: impl BufRead, tx: tokio::sync::mpsc::Sender<Read>) {
+    loop {
+        let mut bytes = Vec::new();
+        let read = match input.read_until(b'\n', &mut bytes) {
+            Ok(0) => return,
+            Ok(_) => {
+                let end = bytes.strip_suffix(b"\n").map_or(bytes.len(), |b| b.strip_suffix(b"\r").unwrap_or(b).len());
+                bytes.truncate(end);
+                String::from_utf8(bytes).map_or_else(|e| Read::NotUtf8(e.utf8_error()), Read::Line)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => Read::Failed(e),
+        };
+        let last = matches!(read, Read::Failed(_));
+        if tx.blocking_send(read).is_err() || last {
+            return;
+        }
+    }
 }
 
 /// A line's answer: known at once (bad input, or the engine refused to take it), or to come

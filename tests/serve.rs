@@ -237,3 +237,38 @@ fn piped_commands_are_answered_in_order_once_durable_and_share_flushes() {
         commits.len()
     );
 }
+
+/// A line that is not UTF-8 is answered with an error in its place, and serve goes on with the
+/// lines after it (it used to stop reading there, silently, and exit 0).
+#[test]
+fn a_line_that_is_not_utf8_is_answered_in_its_place_and_serve_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_path = dir.path().join("store");
+    let mut input = Vec::new();
+    let open = json!({"id": "open", "at": instant(0), "type": "open_account", "account": "a", "balance": "1.00"});
+    let top_up = json!({"id": "top-up", "at": instant(1), "type": "top_up", "account": "a", "amount": "2.00"});
+    input.extend(format!("{open}\r\n").as_bytes());
+    input.extend(b"{\"id\": \"x\xff\"}\n");
+    input.extend(format!("{top_up}").as_bytes()); // the last line without its newline
+    let mut child = poolbill()
+        .args(["serve", "--store", store_path.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("poolbill serve starts");
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success(), "{:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    let answers: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    assert_eq!((&answers[0]["line"], &answers[0]["status"]), (&json!(1), &json!("accepted")), "{answers:?}");
+    assert_eq!(answers[1]["line"], 2, "{answers:?}");
+    let error = answers[1]["error"].as_str().unwrap_or_else(|| panic!("{answers:?}"));
+    assert!(error.contains("line 2: not valid UTF-8"), "{error}");
+    assert_eq!((&answers[2]["line"], &answers[2]["status"]), (&json!(3), &json!("accepted")), "{answers:?}");
+    let store = SledStore::open(&store_path).unwrap();
+    assert_eq!(replay(&store, Upto::All).unwrap().state.accounts["a"].balance, d("3.00"));
+}
