@@ -3,7 +3,8 @@
 use crate::args::{instant, RunArgs, ServeArgs, TableFormat};
 use crate::failure::{input, one_line, runtime, Failure};
 use crate::{print_out, progress, table};
-use poolbill_engine::{Engine, Outcome};
+use poolbill_domain::Instant;
+use poolbill_engine::{Engine, Executed, Outcome, Submitted};
 use poolbill_replay::document::write_document;
 use poolbill_replay::Upto;
 use std::io::BufRead;
@@ -56,78 +57,201 @@ fn export(engine: &Engine, target: &Path) -> Result<(), Failure> {
     std::fs::rename(&partial, target).map_err(runtime(&context))
 }
 
+/// How many lines may be in flight at once (read and handed to the engine, not yet answered):
+/// a producer faster than the disk waits, so memory stays bounded.
+const IN_FLIGHT: usize = 1024;
+
 /// One command per line: `{"id": "…", "at": "…", "type": "…", …fields}` (the scenario's command
 /// fields, plus `open_account` and `set_price`), or `{"type": "advance", "at": "…"}`. Each line is
-/// answered once what it did is on disk.
+/// answered once what it did is on disk, in input order (blank lines are skipped).
+///
+/// A pipeline: lines are read and handed to the engine, in input order, while earlier ones are
+/// still in flight, so the single writer decides them in the order given and those in flight
+/// together share a group commit (one flush). At most [`IN_FLIGHT`] lines wait for their answer;
+/// when stdin closes, everything in flight is answered, then serve ends.
 pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let engine = Engine::open(&args.store).await.map_err(runtime(format!("opening the store at {}", args.store.display())))?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Read>(64);
     // Standard input is read on a thread of its own: it blocks.
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { return };
-            if tx.blocking_send(line).is_err() {
-                return;
-            }
-        }
-    });
+    std::thread::spawn(move || read_lines(std::io::stdin().lock(), tx));
+    let (answers, in_flight) = tokio::sync::mpsc::channel::<Pending>(IN_FLIGHT);
+    let printer = tokio::spawn(print_answers(in_flight));
     let mut number = 0u64;
-    while let Some(line) = rx.recv().await {
-        number += 1;
-        if line.trim().is_empty() {
-            continue;
+    let mut failed = None;
+    loop {
+        // A printer that stopped (stdout failed) ends serve without waiting for more input.
+        let read = tokio::select! {
+            read = rx.recv() => read,
+            _ = answers.closed() => None,
+        };
+        let pending = match read {
+            None => break,
+            Some(Read::Failed(e)) => {
+                failed = Some(e);
+                break;
+            }
+            Some(Read::Line(line)) if line.trim().is_empty() => {
+                number += 1;
+                continue;
+            }
+            Some(Read::Line(line)) => {
+                number += 1;
+                submit_line(&engine, &line, number).await
+            }
+            Some(Read::NotUtf8(e)) => {
+                number += 1;
+                Pending::Now(serde_json::json!({"line": number, "error": format!("line {number}: not valid UTF-8: {e}")}))
+            }
+        };
+        if answers.send(pending).await.is_err() {
+            break; // the printer stopped: its error is below
         }
-        let answer = serve_line(&engine, &line, number).await;
-        print_out(&(answer.to_string() + "\n"))?;
     }
-    Ok(())
+    // Everything in flight is answered before serve ends, also after a read error.
+    drop(answers);
+    printer.await.map_err(runtime("writing the answers"))??;
+    match failed {
+        Some(e) => Err(runtime(format!("reading line {} of standard input", number + 1))(e)),
+        None => Ok(()),
+    }
 }
 
-async fn serve_line(engine: &Engine, line: &str, number: u64) -> serde_json::Value {
+/// What the reading thread got: a line (without its line ending), a line that is not UTF-8
+/// (answered with an error in its place), or a read error (serve stops reading).
+enum Read {
+    Line(String),
+    NotUtf8(std::str::Utf8Error),
+    Failed(std::io::Error),
+}
+
+fn read_lines(mut input: impl BufRead, tx: tokio::sync::mpsc::Sender<Read>) {
+    loop {
+        let mut bytes = Vec::new();
+        let read = match input.read_until(b'\n', &mut bytes) {
+            Ok(0) => return,
+            Ok(_) => {
+                let end = bytes.strip_suffix(b"\n").map_or(bytes.len(), |b| b.strip_suffix(b"\r").unwrap_or(b).len());
+                bytes.truncate(end);
+                String::from_utf8(bytes).map_or_else(|e| Read::NotUtf8(e.utf8_error()), Read::Line)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => Read::Failed(e),
+        };
+        let last = matches!(read, Read::Failed(_));
+        if tx.blocking_send(read).is_err() || last {
+            return;
+        }
+    }
+}
+
+/// A line's answer: known at once (bad input, or the engine refused to take it), or to come
+/// from the engine once what the line did is on disk.
+enum Pending {
+    Now(serde_json::Value),
+    Command { number: u64, id: String, answer: Submitted<Executed> },
+    Advance { number: u64, at: Instant, answer: Submitted<u64> },
+}
+
+impl Pending {
+    fn is_answered(&self) -> bool {
+        match self {
+            Pending::Now(_) => true,
+            Pending::Command { answer, .. } => answer.is_answered(),
+            Pending::Advance { answer, .. } => answer.is_answered(),
+        }
+    }
+
+    async fn answer(self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            Pending::Now(answer) => answer,
+            Pending::Command { number, id, answer } => match answer.answer().await {
+                Ok(done) => {
+                    let mut answer = json!({
+                        "line": number, "id": id, "duplicate": done.duplicate,
+                        "first_position": done.first_position, "last_position": done.last_position,
+                    });
+                    match done.outcome {
+                        Outcome::Accepted => answer["status"] = json!("accepted"),
+                        Outcome::Rejected { rule, reason } => {
+                            answer["status"] = json!("rejected");
+                            answer["rule"] = json!(rule.to_string());
+                            answer["reason"] = json!(reason);
+                        }
+                    }
+                    answer
+                }
+                Err(e) => json!({"line": number, "id": id, "error": one_line(&e)}),
+            },
+            Pending::Advance { number, at, answer } => match answer.answer().await {
+                Ok(events) => json!({"line": number, "advanced_to": at.to_rfc3339(), "events": events}),
+                Err(e) => json!({"line": number, "error": one_line(&e)}),
+            },
+        }
+    }
+}
+
+/// Write each answer, in input order, as it comes; stdout is flushed whenever the next answer
+/// is not there yet, so that nothing answered waits behind something still in flight.
+async fn print_answers(mut in_flight: tokio::sync::mpsc::Receiver<Pending>) -> Result<(), Failure> {
+    use std::io::Write;
+    use tokio::sync::mpsc::error::TryRecvError;
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    let written = |e: std::io::Error| runtime("writing the output")(e);
+    loop {
+        let pending = match in_flight.try_recv() {
+            Ok(pending) => pending,
+            Err(TryRecvError::Empty) => {
+                out.flush().map_err(written)?;
+                match in_flight.recv().await {
+                    Some(pending) => pending,
+                    None => break,
+                }
+            }
+            Err(TryRecvError::Disconnected) => break,
+        };
+        if !pending.is_answered() {
+            out.flush().map_err(written)?;
+        }
+        let answer = pending.answer().await;
+        writeln!(out, "{answer}").map_err(written)?;
+    }
+    out.flush().map_err(written)
+}
+
+/// Read one line and hand it to the engine (in input order); bad input is answered at once and
+/// changes nothing.
+async fn submit_line(engine: &Engine, line: &str, number: u64) -> Pending {
     use serde_json::json;
     let value: serde_json::Value = match serde_json::from_str(line) {
         Ok(v) => v,
-        Err(e) => return json!({"line": number, "error": format!("not valid JSON: {e}")}),
+        Err(e) => return Pending::Now(json!({"line": number, "error": format!("not valid JSON: {e}")})),
     };
     let path = format!("line {number}");
     if value.get("type").and_then(|t| t.as_str()) == Some("advance") {
         let at = match value.get("at").and_then(|v| v.as_str()).map(instant) {
             Some(Ok(at)) => at,
-            _ => return json!({"line": number, "error": format!("{path}.at: an RFC 3339 instant is needed")}),
+            _ => return Pending::Now(json!({"line": number, "error": format!("{path}.at: an RFC 3339 instant is needed")})),
         };
-        return match engine.advance_to(at).await {
-            Ok(events) => json!({"line": number, "advanced_to": at.to_rfc3339(), "events": events}),
-            Err(e) => json!({"line": number, "error": one_line(&e)}),
+        return match engine.submit_advance(at).await {
+            Ok(answer) => Pending::Advance { number, at, answer },
+            Err(e) => Pending::Now(json!({"line": number, "error": one_line(&e)})),
         };
     }
     let id = match value.get("id").and_then(|v| v.as_str()) {
         Some(id) if !id.is_empty() => id.to_string(),
-        _ => return json!({"line": number, "error": format!("{path}.id: missing command id")}),
+        _ => return Pending::Now(json!({"line": number, "error": format!("{path}.id: missing command id")})),
     };
-    let mut fields = value.clone();
+    let mut fields = value;
     if let Some(obj) = fields.as_object_mut() {
         obj.remove("id");
     }
     let (at, command) = match poolbill_scenario::command(&fields, &path) {
         Ok(parsed) => parsed,
-        Err(e) => return json!({"line": number, "id": id, "error": e.to_string()}),
+        Err(e) => return Pending::Now(json!({"line": number, "id": id, "error": e.to_string()})),
     };
-    match engine.execute(id.clone(), at, command, None).await {
-        Ok(done) => {
-            let mut answer = json!({
-                "line": number, "id": id, "duplicate": done.duplicate,
-                "first_position": done.first_position, "last_position": done.last_position,
-            });
-            match done.outcome {
-                Outcome::Accepted => answer["status"] = json!("accepted"),
-                Outcome::Rejected { rule, reason } => {
-                    answer["status"] = json!("rejected");
-                    answer["rule"] = json!(rule.to_string());
-                    answer["reason"] = json!(reason);
-                }
-            }
-            answer
-        }
-        Err(e) => json!({"line": number, "id": id, "error": one_line(&e)}),
+    match engine.submit(id.clone(), at, command, None).await {
+        Ok(answer) => Pending::Command { number, id, answer },
+        Err(e) => Pending::Now(json!({"line": number, "id": id, "error": one_line(&e)})),
     }
 }

@@ -21,7 +21,7 @@ const USAGE: &str = "usage:
   poolbill-bench appends DIR [--clients N] [--seconds S] (durable top-ups through the engine)
 
 Figures (--only): fsync, run, size, export, decode, replay, replay-store, replay-store-cli, at,
-explain, reopen, single, group. Without --poolbill, `cargo build --release --bin poolbill` is run first and
+explain, reopen, single, group, serve. Without --poolbill, `cargo build --release --bin poolbill` is run first and
 target/release/poolbill measured. The default --out is target/bench/PRESET-SEED.";
 
 fn main() -> ExitCode {

@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 
 /// Every figure, in the order measured; `--only` takes a comma-separated subset.
-pub const FIGURES: [&str; 13] =
-    ["fsync", "run", "size", "export", "decode", "replay", "replay-store", "replay-store-cli", "at", "explain", "reopen", "single", "group"];
+pub const FIGURES: [&str; 14] =
+    ["fsync", "run", "size", "export", "decode", "replay", "replay-store", "replay-store-cli", "at", "explain", "reopen", "single", "group", "serve"];
 
 /// The targets.
 const MEMORY_LIMIT: f64 = 400e6;
@@ -22,6 +22,10 @@ const BYTES_PER_EVENT: f64 = 300.0;
 const SINGLE_SHARE_OF_FSYNC: f64 = 0.4;
 const GROUP_RATE: f64 = 100_000.0;
 const GROUP_CLIENTS: usize = 64;
+/// The `serve` figure: this many top-ups piped to `poolbill serve` in one write, over
+/// `SERVE_ACCOUNTS` accounts opened first.
+const SERVE_COMMANDS: usize = 5_000;
+const SERVE_ACCOUNTS: usize = 4;
 
 pub struct Options {
     pub params: Params,
@@ -53,6 +57,8 @@ struct Facts {
     python: Option<Run>,
     rust_floor: Option<f64>,
     fsync: Option<f64>,
+    /// The single-client engine rate, commands/s.
+    single: Option<f64>,
     run_document: Option<PathBuf>,
 }
 
@@ -377,6 +383,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         let commands = got["commands"].as_f64().unwrap_or(0.0) / s;
         let events_rate = got["events"].as_f64().unwrap_or(0.0) / s;
         let (what, baseline, check) = if clients == 1 {
+            facts.single = Some(commands);
             let fsync = facts.fsync.unwrap_or(f64::NAN);
             (
                 "durable single appends (1 client, engine `execute` of top-ups, each awaited)".to_string(),
@@ -399,6 +406,37 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             baseline,
             checks: vec![check],
             numbers: numbers(&r, got),
+        });
+    }
+
+    if selected("serve") {
+        say(&format!("serve, {SERVE_COMMANDS} piped commands"));
+        let dir = opts.out.join("serve-store");
+        let _ = std::fs::remove_dir_all(&dir);
+        let answers = opts.out.join("serve.out");
+        let mut cmd = Command::new(&opts.poolbill);
+        cmd.arg("serve").arg("--store").arg(&dir);
+        let r = child(&mut cmd, serve_input().as_bytes(), Output::File(&answers), &opts.out, "serve")?;
+        let _ = std::fs::remove_dir_all(&dir);
+        let text = std::fs::read_to_string(&answers).map_err(|e| format!("{}: {e}", answers.display()))?;
+        let accepted = text.lines().filter(|l| l.contains("\"status\":\"accepted\"")).count();
+        if accepted != SERVE_ACCOUNTS + SERVE_COMMANDS {
+            let first: Vec<&str> = text.lines().take(3).collect();
+            return Err(format!("poolbill serve accepted {accepted} of {} commands: {first:?}", SERVE_ACCOUNTS + SERVE_COMMANDS));
+        }
+        let rate = accepted as f64 / secs(&r);
+        figures.push(Figure {
+            key: "serve".into(),
+            what: format!("serve, {} piped commands (top-ups in one write; a fresh store, start to exit)", grouped(accepted as f64)),
+            command: format!("poolbill serve --store DIR < {} lines", grouped(accepted as f64)),
+            value: format!("{} commands/s ({})", grouped(rate), seconds(secs(&r))),
+            peak_rss: Some(r.peak_rss),
+            baseline: facts
+                .single
+                .map(|single| format!("engine, 1 client: {} commands/s ({:.1}×)", grouped(single), rate / single))
+                .unwrap_or_default(),
+            checks: Vec::new(),
+            numbers: numbers(&r, json!({"commands": accepted})),
         });
     }
 
@@ -427,6 +465,23 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         figures,
         notes,
     })
+}
+
+/// The `serve` figure's input: accounts opened, then top-ups over them, one JSON line each.
+fn serve_input() -> String {
+    let at = "2023-01-01T00:00:00+08:00";
+    let mut lines = String::new();
+    for a in 0..SERVE_ACCOUNTS {
+        lines += &format!(
+            "{}\n",
+            json!({"id": format!("serve-open-{a}"), "at": at, "type": "open_account", "account": format!("serve-{a}"), "balance": "0.00"})
+        );
+    }
+    for k in 0..SERVE_COMMANDS {
+        let account = format!("serve-{}", k % SERVE_ACCOUNTS);
+        lines += &format!("{}\n", json!({"id": format!("serve-{k}"), "at": at, "type": "top_up", "account": account, "amount": "1.00"}));
+    }
+    lines
 }
 
 /// A time-travel or explain figure: a point query, ≤ 50 ms (the target, set for a

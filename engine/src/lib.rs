@@ -136,9 +136,7 @@ impl Engine {
     async fn execute_in(&self, id: String, at: Instant, command: Command, index: Option<u64>) -> Result<Executed, EngineError> {
         let mut attempt = 0;
         loop {
-            let (reply, rx) = oneshot::channel();
-            self.send(Request::Execute { id: id.clone(), at, command: Box::new(command.clone()), index, reply }).await?;
-            match rx.await.map_err(|_| self.closed())? {
+            match self.submit(id.clone(), at, command.clone(), index).await?.answer().await {
                 Err(EngineError::Aborted(why)) if attempt < RETRIES => {
                     attempt += 1;
                     tracing::debug!(attempt, %why, "not written; retried on state rebuilt from the log");
@@ -157,9 +155,32 @@ impl Engine {
     /// Let the clock pass `to`: every time-driven event due by then, in instant order. Returns
     /// how many events that appended.
     pub async fn advance_to(&self, to: Instant) -> Result<u64, EngineError> {
+        self.submit_advance(to).await?.answer().await
+    }
+
+    /// Hand a command to the engine without waiting for its answer (a pipeline): returns once
+    /// the command is queued, with a handle on the answer [`execute`](Engine::execute) would
+    /// give, which comes once the command's events are on disk. The writer decides queued
+    /// requests in the order they were queued, so one task submitting commands one after
+    /// another has them decided in that order, and those in flight together share group
+    /// commits. Waits only while the engine's queue is full.
+    ///
+    /// Unlike `execute`, a command not written because an earlier write in its group commit
+    /// failed is not retried (a retry would be decided after requests queued behind it): its
+    /// answer is then [`EngineError::Aborted`], and submitting it again with the same id is safe.
+    pub async fn submit(&self, id: impl Into<String>, at: Instant, command: Command, index: Option<u64>) -> Result<Submitted<Executed>, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Execute { id: id.into(), at, command: Box::new(command), index, reply }).await?;
+        Ok(Submitted { reply: rx, stopped: self.stopped.clone() })
+    }
+
+    /// [`advance_to`](Engine::advance_to) as a pipeline step, in order with
+    /// [`submit`](Engine::submit): returns once queued; the answer is how many events the clock
+    /// appended, once they are on disk.
+    pub async fn submit_advance(&self, to: Instant) -> Result<Submitted<u64>, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Advance { to, reply }).await?;
-        rx.await.map_err(|_| self.closed())?
+        Ok(Submitted { reply: rx, stopped: self.stopped.clone() })
     }
 
     /// Read the current (acknowledged) live projections: state and counters. Bills and
@@ -203,12 +224,36 @@ impl Engine {
         self.tx.send(request).await.map_err(|_| self.closed())
     }
 
-    /// The error for a request the actor did not answer: why it stopped, if it did.
     fn closed(&self) -> EngineError {
-        match self.stopped.get() {
-            Some(cause) => EngineError::Stopped(cause.clone()),
-            None => EngineError::Closed,
-        }
+        closed(&self.stopped)
+    }
+}
+
+/// The error for a request the actor did not answer: why it stopped, if it did.
+fn closed(stopped: &OnceLock<Arc<EngineError>>) -> EngineError {
+    match stopped.get() {
+        Some(cause) => EngineError::Stopped(cause.clone()),
+        None => EngineError::Closed,
+    }
+}
+
+/// A request queued by [`Engine::submit`] or [`Engine::submit_advance`]: its answer, to come
+/// once what it wrote is on disk.
+pub struct Submitted<T> {
+    reply: oneshot::Receiver<Result<T, EngineError>>,
+    stopped: Arc<OnceLock<Arc<EngineError>>>,
+}
+
+impl<T> Submitted<T> {
+    /// Whether the answer has come (waiting for it would not wait).
+    pub fn is_answered(&self) -> bool {
+        !self.reply.is_empty()
+    }
+
+    /// Wait for the answer.
+    pub async fn answer(self) -> Result<T, EngineError> {
+        let Submitted { reply, stopped } = self;
+        reply.await.map_err(|_| closed(&stopped))?
     }
 }
 

@@ -92,6 +92,44 @@ async fn futures_join<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     out
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submitted_commands_are_decided_in_submission_order_and_answered_once_on_disk() {
+    let engine = Engine::temporary().await.unwrap();
+    let at = t("2023-01-01T00:00:00+08:00");
+    // Queued without waiting: each depends on its predecessors (a price before a purchase, an
+    // account before its top-ups and its purchase), so any other order would refuse some.
+    let mut pending = vec![
+        engine.submit("price", at, cmd::price("cpu", Some("3.50"), Some("1750.00"), None), None).await.unwrap(),
+        engine.submit("open", at, cmd::open_account("a", "0"), None).await.unwrap(),
+    ];
+    for k in 0..200 {
+        pending.push(engine.submit(format!("top-up-{k}"), at, cmd::top_up("a", "10"), None).await.unwrap());
+    }
+    // 2000 paid by 200 top-ups of 10 just before: accepted only in this order (R12).
+    pending.push(engine.submit("buy", at, monthly("p"), None).await.unwrap());
+    pending.push(engine.submit("buy", at, monthly("q"), None).await.unwrap());
+    let advanced = engine.submit_advance(t("2023-01-01T01:00:00+08:00")).await.unwrap();
+    let retry = pending.pop().unwrap();
+    let mut last = 0;
+    let mut bought = None;
+    for (i, answer) in pending.into_iter().enumerate() {
+        let done = answer.answer().await.unwrap();
+        assert_eq!(done.outcome, Outcome::Accepted, "request {i}");
+        let (first, end) = (done.first_position.unwrap(), done.last_position.unwrap());
+        assert!(!done.duplicate && last < first && first <= end, "request {i}: {first}..{end} after {last}");
+        last = end;
+        bought = Some(done);
+    }
+    // The same id again, queued right behind: the purchase's first result, nothing appended.
+    let again = retry.answer().await.unwrap();
+    let bought = bought.unwrap();
+    assert!(again.duplicate);
+    assert_eq!((again.outcome, again.first_position, again.last_position), (bought.outcome, bought.first_position, bought.last_position));
+    advanced.answer().await.unwrap();
+    assert_eq!(balance(&engine).await, d("250"));
+    assert_eq!(engine.read(|p| p.state.pools.len()).await.unwrap(), 1);
+}
+
 #[tokio::test]
 async fn a_reopened_store_continues_where_it_stopped() {
     let dir = tempfile::tempdir().unwrap();
