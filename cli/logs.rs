@@ -9,6 +9,7 @@ use crate::args::{
 use crate::failure::{damaged, input, one_line, runtime, Failure};
 use crate::{print_out, progress, table, to_json};
 use poolbill_projections::Projections;
+use poolbill_replay::document::{write_document, DocumentError};
 use poolbill_replay::rerun::{commands, rerun, to_envelopes, WhatIf};
 use poolbill_replay::{
     audit as audit_log, bills as month, diff as diff_logs, explain as explain_log, fold_with, jsonl, timeline as draw, ReplayError, Upto,
@@ -62,6 +63,15 @@ fn open_store(dir: &Path) -> Result<SledStore, Failure> {
 /// A failure reading a store's log: damage (exit 1).
 fn unreadable(dir: &Path) -> impl Fn(ReplayError) -> Failure + '_ {
     move |e| damaged(format!("reading the store at {}", dir.display()))(e)
+}
+
+/// A document that could not be written: the store could not be read (damaged), or the output
+/// could not be written.
+fn document_failure(dir: &Path) -> impl Fn(DocumentError) -> Failure + '_ {
+    move |e| match e {
+        DocumentError::Fold(e) => unreadable(dir)(e),
+        DocumentError::Io(e) => runtime("writing the document")(e),
+    }
 }
 
 /// A whole log in memory, and the store it was read from (if it was).
@@ -142,6 +152,25 @@ pub fn replay(args: ReplayArgs) -> Result<(), Failure> {
         (None, Some(position)) => Upto::Position(position),
         (None, None) => Upto::All,
     };
+    // The JSON document is streamed (the contract's document, bills in order, written as the log
+    // is folded): neither the store's envelopes nor its bills are all in memory at once.
+    if let (TableFormat::Json, None) = (args.format, &args.policy) {
+        let mut stdout = std::io::stdout().lock();
+        return match args.source.origin()? {
+            Origin::Store(dir) => {
+                let store = open_store(dir)?;
+                let total = store.last_position().map_err(|e| unreadable(dir)(e.into()))?;
+                let bar = progress::bar(total, "replaying");
+                let written = write_document(store.read_all(1), upto, &mut stdout, |position| bar.set_position(position));
+                bar.finish_and_clear();
+                written.map(|_| ()).map_err(document_failure(dir))
+            }
+            Origin::File(_) => {
+                let log = load(&args.source)?;
+                write_document(jsonl::as_results(&log.envelopes), upto, &mut stdout, |_| {}).map(|_| ()).map_err(runtime("writing the document"))
+            }
+        };
+    }
     let projections = match (&args.policy, args.source.origin()?) {
         // A store's log is folded as it is read (up to `upto`, no further): its envelopes are
         // never all in memory at once.
