@@ -907,10 +907,9 @@ fn trunc2_of(d: Decimal) -> Decimal {
     money::trunc2(d)
 }
 
-#[test]
-fn r12_a_refund_that_brings_the_balance_to_zero_or_more_ends_the_arrears() {
-    // Given 2,194.74: a month of pool "sub" (1,750.00) and an on-demand pool at 7.00/h from
-    // 2023-04-01 10:00: 444.74 left runs out at 2023-04-04 02:00 (−3.26): arrears, "od" in grace.
+/// 2,194.74 to start; from 2023-04-01 10:00 a month of pool "sub" (1,750.00) and an on-demand
+/// pool "od" at 7.00/h, which overdraws the rest at 2023-04-04 02:00 (R12).
+fn a_subscription_and_an_on_demand_pool_outrunning_the_balance() -> World {
     let mut w = World::new(dec!(2194.74));
     let at = t("2023-04-01T10:00:00+08:00");
     w.ok(at, monthly("sub", 1));
@@ -919,6 +918,14 @@ fn r12_a_refund_that_brings_the_balance_to_zero_or_more_ends_the_arrears() {
         *spec = BIG.into();
     }
     w.ok(at, od);
+    w
+}
+
+#[test]
+fn r12_a_refund_that_brings_the_balance_to_zero_or_more_ends_the_arrears() {
+    // Given 2,194.74: a month of pool "sub" (1,750.00) and an on-demand pool at 7.00/h from
+    // 2023-04-01 10:00: 444.74 left runs out at 2023-04-04 02:00 (−3.26): arrears, "od" in grace.
+    let mut w = a_subscription_and_an_on_demand_pool_outrunning_the_balance();
     w.advance(t("2023-04-04T02:00:00+08:00"));
     assert_eq!(w.state.accounts["acct-1"].arrears.map(|a| a.since), Some(t("2023-04-04T02:00:00+08:00")));
     assert_eq!(w.pool("od").shown_state(), "grace");
@@ -938,14 +945,7 @@ fn r12_a_refund_that_brings_the_balance_to_zero_or_more_ends_the_arrears() {
 
 #[test]
 fn r12_a_refund_that_leaves_the_balance_negative_does_not_end_the_arrears() {
-    let mut w = World::new(dec!(2194.74));
-    let at = t("2023-04-01T10:00:00+08:00");
-    w.ok(at, monthly("sub", 1));
-    let mut od = on_demand("od", 1, true);
-    if let Command::Purchase { spec, .. } = &mut od {
-        *spec = BIG.into();
-    }
-    w.ok(at, od);
+    let mut w = a_subscription_and_an_on_demand_pool_outrunning_the_balance();
     // 2023-04-12 10:00: 264 h billed (−1,403.26); the refund 1,750 × (18/30 + 1/31 = 0.6323)
     // = 1,106.52 leaves −296.74: still in arrears, buying packages refused (R12).
     let events = w.ok(t("2023-04-12T10:00:00+08:00"), Command::Unsubscribe { pool: "sub".into() });
