@@ -9,7 +9,7 @@ use crate::args::{
 use crate::failure::{damaged, input, one_line, runtime, Failure};
 use crate::{print_out, progress, table, to_json};
 use poolbill_projections::Projections;
-use poolbill_replay::document::{write_document, DocumentError};
+use poolbill_replay::document::{write_document, write_log_document, DocumentError, LogDocumentError};
 use poolbill_replay::rerun::{commands, rerun, to_envelopes, WhatIf};
 use poolbill_replay::{
     audit as audit_log, bills as month, diff as diff_logs, explain as explain_log, fold_with, jsonl, timeline as draw, ReplayError, Upto,
@@ -165,9 +165,15 @@ pub fn replay(args: ReplayArgs) -> Result<(), Failure> {
                 bar.finish_and_clear();
                 written.map(|_| ()).map_err(document_failure(dir))
             }
-            Origin::File(_) => {
-                let log = load(&args.source)?;
-                write_document(jsonl::as_results(&log.envelopes), upto, &mut stdout, |_| {}).map(|_| ()).map_err(runtime("writing the document"))
+            // Checked line by line as it is folded; nothing is shown unless the whole log is sound.
+            Origin::File(path) => {
+                let name = path.display();
+                let file = std::fs::File::open(path).map_err(input(format!("cannot read {name}")))?;
+                write_log_document(std::io::BufReader::new(file), upto, &mut stdout).map(|_| ()).map_err(|e| match e {
+                    LogDocumentError::Log(e) => input(format!("{name} is not a sound log"))(e),
+                    LogDocumentError::Document(DocumentError::Fold(e)) => input(format!("{name} cannot be replayed"))(e),
+                    LogDocumentError::Document(DocumentError::Io(e)) => runtime("writing the document")(e),
+                })
             }
         };
     }

@@ -12,6 +12,7 @@
 //! before lines already written (a renewal after expiry counts from the old end, R3) is rare;
 //! it is kept aside and merged in at the end.
 
+use crate::jsonl::{LogError, LogReader};
 use chrono::Duration;
 use poolbill_domain::{Event, Instant};
 use poolbill_ledger::{fold_from, FoldError, Upto};
@@ -20,7 +21,7 @@ use poolbill_store::{Envelope, StoreError};
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 
 /// Why a document could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +87,44 @@ where
     write!(w, ",\n  \"detail_bills\": {}\n}}\n", pretty(&details, 2)?.trim_start())?;
     w.flush()?;
     Ok(counts)
+}
+
+/// Why the document of a portable log could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum LogDocumentError {
+    /// The log is not sound (named by line); nothing was written.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Document(#[from] DocumentError),
+}
+
+/// [`write_document`] for a portable log read as it is folded, each line checked as it is read
+/// ([`LogReader`]); past `upto` the rest is still read and checked, so that nothing is shown of
+/// a log that is not sound, whole. Memory holds what is live, never the log.
+pub fn write_log_document(reader: impl BufRead, upto: Upto, out: &mut impl Write) -> Result<Written, LogDocumentError> {
+    let mut lines = LogReader::new(reader);
+    let mut damage: Option<LogError> = None;
+    let envelopes = lines.by_ref().map_while(|read| match read {
+        Ok(envelope) => Some(Ok(envelope)),
+        Err(e) => {
+            damage = Some(e);
+            None
+        }
+    });
+    // Written aside first: the rest of the log must be checked before anything is shown.
+    let mut aside = tempfile::tempfile().map_err(DocumentError::from)?;
+    let written = write_document(envelopes, upto, &mut aside, |_| {});
+    if let Some(e) = damage {
+        return Err(e.into());
+    }
+    let written = written?;
+    if let Some(Err(e)) = lines.find(Result::is_err) {
+        return Err(e.into());
+    }
+    aside.seek(SeekFrom::Start(0)).map_err(DocumentError::from)?;
+    io::copy(&mut aside, out).map_err(DocumentError::from)?;
+    Ok(written)
 }
 
 /// `value` as pretty JSON, every line indented by `indent` spaces (its place in the document).

@@ -82,69 +82,120 @@ pub fn export_with(store: &dyn EventStore, out: &mut impl Write, mut progress: i
 /// a known event type and schema version, positions 1, 2, 3 … in order, per-stream versions
 /// without gaps, instants that never go back.
 pub fn import(reader: impl BufRead) -> Result<Vec<Envelope>, LogError> {
-    let mut envelopes = Vec::new();
-    let mut versions: HashMap<String, u64> = HashMap::new();
-    let mut ended = false;
-    let mut lines = 0;
-    for (i, line) in reader.lines().enumerate() {
-        let number = i as u64 + 1;
-        lines = number;
-        let fail = |message: String| LogError::new(number, message);
-        let line = line.map_err(|e| LogError::caused_by(number, "cannot read", e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        if ended {
-            return Err(fail("a line after the end line".into()));
-        }
-        let mut value: serde_json::Value = serde_json::from_str(&line).map_err(|e| LogError::caused_by(number, "not valid JSON", e))?;
-        if let Some(end) = value.get("end") {
-            check_end(end, &envelopes).map_err(fail)?;
-            ended = true;
-            continue;
-        }
-        let stated = match value.as_object_mut().and_then(|o| o.remove("checksum")) {
-            Some(serde_json::Value::String(s)) => s,
-            _ => return Err(fail("no checksum".into())),
-        };
-        let envelope: Envelope = serde_json::from_value(value).map_err(|e| LogError::caused_by(number, "not an event envelope", e))?;
-        let at = format!("(position {})", envelope.position);
-        if checksum(&envelope) != stated {
-            return Err(fail(format!("{at} checksum mismatch: the line was changed or torn")));
-        }
-        let expected_position = envelopes.len() as u64 + 1;
-        if envelope.position != expected_position {
-            return Err(fail(format!("{at} expected position {expected_position}: a line is missing or out of order")));
-        }
-        let version = versions.entry(envelope.stream.clone()).or_insert(0);
-        if envelope.version != *version + 1 {
-            return Err(fail(format!("{at} stream {:?} jumps from version {} to {}", envelope.stream, version, envelope.version)));
-        }
-        *version += 1;
-        if let Some(last) = envelopes.last().map(|e: &Envelope| e.at) {
-            if envelope.at < last {
-                return Err(fail(format!("{at} instant {} is before the previous line's {}", envelope.at.to_rfc3339(), last.to_rfc3339())));
+    LogReader::new(reader).collect()
+}
+
+/// A log read line by line, each line checked as it is read (as [`import`] checks them), the
+/// end line last: for folding a long log without holding it. Whoever folds it must show
+/// nothing until the reader has ended without an error (`document::write_document` does so).
+pub struct LogReader<R> {
+    lines: std::io::Lines<R>,
+    number: u64,
+    versions: HashMap<String, u64>,
+    count: u64,
+    last: Option<(poolbill_domain::Instant, String)>,
+    ended: bool,
+    failed: bool,
+}
+
+impl<R: BufRead> LogReader<R> {
+    pub fn new(reader: R) -> LogReader<R> {
+        LogReader { lines: reader.lines(), number: 0, versions: HashMap::new(), count: 0, last: None, ended: false, failed: false }
+    }
+
+    /// The next envelope, or what is wrong with the line (or with the log's end).
+    fn next_envelope(&mut self) -> Option<Result<Envelope, LogError>> {
+        loop {
+            let Some(line) = self.lines.next() else {
+                if self.ended {
+                    return None;
+                }
+                let after = self.last.as_ref().map_or("before its first event".to_string(), |_| format!("after position {}", self.count));
+                return Some(Err(LogError::new(self.number + 1, format!("the log has no end line: it was cut short {after}"))));
+            };
+            self.number += 1;
+            let number = self.number;
+            let fail = |message: String| Some(Err(LogError::new(number, message)));
+            let line = match line {
+                Ok(line) => line,
+                Err(e) => return Some(Err(LogError::caused_by(number, "cannot read", e))),
+            };
+            if line.trim().is_empty() {
+                continue;
             }
+            if self.ended {
+                return fail("a line after the end line".into());
+            }
+            let mut value: serde_json::Value = match serde_json::from_str(&line) {
+                Ok(v) => v,
+                Err(e) => return Some(Err(LogError::caused_by(number, "not valid JSON", e))),
+            };
+            if let Some(end) = value.get("end") {
+                if let Err(message) = check_end(end, self.count, self.last.as_ref().map(|(_, c)| c.as_str())) {
+                    return fail(message);
+                }
+                self.ended = true;
+                continue;
+            }
+            let stated = match value.as_object_mut().and_then(|o| o.remove("checksum")) {
+                Some(serde_json::Value::String(s)) => s,
+                _ => return fail("no checksum".into()),
+            };
+            let envelope: Envelope = match serde_json::from_value(value) {
+                Ok(e) => e,
+                Err(e) => return Some(Err(LogError::caused_by(number, "not an event envelope", e))),
+            };
+            let at = format!("(position {})", envelope.position);
+            let sum = checksum(&envelope);
+            if sum != stated {
+                return fail(format!("{at} checksum mismatch: the line was changed or torn"));
+            }
+            let expected_position = self.count + 1;
+            if envelope.position != expected_position {
+                return fail(format!("{at} expected position {expected_position}: a line is missing or out of order"));
+            }
+            let version = self.versions.entry(envelope.stream.clone()).or_insert(0);
+            if envelope.version != *version + 1 {
+                return fail(format!("{at} stream {:?} jumps from version {} to {}", envelope.stream, version, envelope.version));
+            }
+            *version += 1;
+            if let Some((last, _)) = &self.last {
+                if envelope.at < *last {
+                    return fail(format!("{at} instant {} is before the previous line's {}", envelope.at.to_rfc3339(), last.to_rfc3339()));
+                }
+            }
+            if let Err(e) = Event::decode(&envelope.event_type, envelope.schema_version, &envelope.payload) {
+                return Some(Err(LogError::caused_by(number, format!("{at} cannot be read"), e)));
+            }
+            self.count += 1;
+            self.last = Some((envelope.at, sum));
+            return Some(Ok(envelope));
         }
-        Event::decode(&envelope.event_type, envelope.schema_version, &envelope.payload)
-            .map_err(|e| LogError::caused_by(number, format!("{at} cannot be read"), e))?;
-        envelopes.push(envelope);
     }
-    if !ended {
-        let after = envelopes.last().map_or("before its first event".to_string(), |e| format!("after position {}", e.position));
-        return Err(LogError::new(lines + 1, format!("the log has no end line: it was cut short {after}")));
+}
+
+impl<R: BufRead> Iterator for LogReader<R> {
+    type Item = Result<Envelope, LogError>;
+
+    /// Ends after the first error: nothing after a damaged line is read.
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let next = self.next_envelope();
+        self.failed = matches!(next, Some(Err(_)));
+        next
     }
-    Ok(envelopes)
 }
 
 /// The end line agrees with what came before it: the count, and the last envelope's checksum.
-fn check_end(end: &serde_json::Value, envelopes: &[Envelope]) -> Result<(), String> {
-    let count = end.get("events").and_then(|c| c.as_u64()).ok_or("an end line without its count of events")?;
-    if count != envelopes.len() as u64 {
-        return Err(format!("the end line counts {count} events but {} came before it: lines are missing", envelopes.len()));
+fn check_end(end: &serde_json::Value, count: u64, last_checksum: Option<&str>) -> Result<(), String> {
+    let stated_count = end.get("events").and_then(|c| c.as_u64()).ok_or("an end line without its count of events")?;
+    if stated_count != count {
+        return Err(format!("the end line counts {stated_count} events but {count} came before it: lines are missing"));
     }
     let stated = end.get("last_checksum").and_then(|c| c.as_str());
-    if stated != envelopes.last().map(checksum).as_deref() {
+    if stated != last_checksum {
         return Err("the end line's checksum is not the last event's: the log was changed".into());
     }
     Ok(())

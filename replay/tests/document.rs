@@ -77,3 +77,35 @@ fn a_renewal_after_expiry_is_merged_in_before_the_lines_written_since_its_start_
     assert_eq!(written.late, 1, "the renewal line is the late one");
     assert_eq!(String::from_utf8(out).unwrap(), in_memory(&envelopes, Upto::All));
 }
+
+#[test]
+fn a_portable_log_streams_the_same_document_and_a_damaged_one_shows_nothing() {
+    use poolbill_replay::document::{write_log_document, LogDocumentError};
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/subscription-lifecycle/log.jsonl");
+    let text = std::fs::read_to_string(&root).unwrap();
+    let envelopes = jsonl::read_file(&root).unwrap();
+    for upto in [Upto::All, Upto::Instant(envelopes[envelopes.len() / 2].at)] {
+        let mut out = Vec::new();
+        write_log_document(text.as_bytes(), upto, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), in_memory(&envelopes, upto));
+    }
+    // A line changed after the instant asked for is still found: the whole log is checked
+    // before anything is shown.
+    let lines: Vec<&str> = text.lines().collect();
+    let last_event = lines.len() - 2;
+    let damaged: String = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| if i == last_event { l.replacen("\"version\":", "\"version\":9", 1) } else { l.to_string() } + "\n")
+        .collect();
+    let mut out = Vec::new();
+    let early = Upto::Instant(envelopes[0].at);
+    match write_log_document(damaged.as_bytes(), early, &mut out) {
+        Err(LogDocumentError::Log(e)) => assert_eq!(e.line, last_event as u64 + 1, "{e}"),
+        other => panic!("a damaged log is refused naming its line, not {other:?}"),
+    }
+    assert!(out.is_empty(), "nothing is shown of a damaged log");
+    // A log cut short (no end line) is refused too.
+    let cut: String = lines[..lines.len() - 1].iter().map(|l| format!("{l}\n")).collect();
+    assert!(matches!(write_log_document(cut.as_bytes(), Upto::All, &mut Vec::new()), Err(LogDocumentError::Log(_))));
+}
