@@ -6,7 +6,7 @@
 use crate::args::{
     AuditArgs, BillsArgs, BillsFormat, DiffArgs, ExplainArgs, ExportArgs, LogSource, ReplayArgs, TableFormat, TextFormat, TimelineArgs, VerifyArgs,
 };
-use crate::failure::{damaged, input, one_line, runtime, Failure};
+use crate::failure::{damaged, input, runtime, Failure};
 use crate::{print_out, progress, table, to_json};
 use poolbill_projections::Projections;
 use poolbill_replay::document::{write_document, write_log_document, DocumentError, LogDocumentError};
@@ -50,13 +50,11 @@ fn open_store(dir: &Path) -> Result<SledStore, Failure> {
     if !dir.join("db").is_file() {
         return Err(Failure::Input(format!("--store {name}: not a poolbill store (no sled database in it)").into()));
     }
-    SledStore::open(dir).map_err(|e| {
-        // sled takes an exclusive lock on its files; its error says so only in words.
-        if one_line(&e).contains("could not acquire lock") {
+    SledStore::open(dir).map_err(|e| match e {
+        StoreError::InUse { .. } => {
             runtime(format!("the store at {name} is in use by another process (a running `poolbill serve`?): stop it first"))(e)
-        } else {
-            damaged(format!("opening the store at {name}"))(e)
         }
+        e => damaged(format!("opening the store at {name}"))(e),
     })
 }
 

@@ -187,6 +187,11 @@ impl SledStore {
             None => StoreError::Panicked { path: path.display().to_string() },
         })?;
         let db = opened.map_err(|e| match mark {
+            // sled locks its files: a store in use is not a damaged one. sled 0.34.7 says so
+            // only in the words of an `Other` I/O error (config.rs).
+            _ if matches!(&e, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock")) => {
+                StoreError::InUse { path: path.display().to_string() }
+            }
             Some((position, _)) => damaged(format!("sled: {e}"), position),
             None => StoreError::backend(format!("opening the sled database at {}", path.display()), e),
         })?;

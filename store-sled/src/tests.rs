@@ -166,3 +166,18 @@ fn a_chain_stops_at_its_first_failure_and_keeps_the_prefix() {
     assert_eq!(all(&store).len(), 1);
     assert_eq!(store.command("c3").unwrap(), None);
 }
+
+#[test]
+fn a_store_open_elsewhere_is_in_use_not_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let first = SledStore::open(&path).unwrap();
+    first.append(req(Some("c1"), vec![ev("a", "x", T0, json!(1))])).unwrap();
+    match SledStore::open(&path) {
+        Err(StoreError::InUse { path: named }) => assert!(named.ends_with("log"), "{named}"),
+        Err(other) => panic!("a store in use is not damaged: {other}"),
+        Ok(_) => panic!("sled's lock lets one process in"),
+    }
+    drop(first);
+    assert!(SledStore::open(&path).is_ok(), "free again once closed");
+}

@@ -140,6 +140,10 @@ pub enum StoreError {
     /// The backend's database panicked while opening a store that had acknowledged nothing yet.
     #[error("storage error: opening the database at {path}: it panicked while recovering its files")]
     Panicked { path: String },
+    /// Another process has the store open (backends that lock their files, as sled does):
+    /// nothing is wrong with it.
+    #[error("the store at {path} is in use by another process")]
+    InUse { path: String },
     /// What cannot happen did: a bug in the store.
     #[error("internal error in the store: {0}")]
     Internal(&'static str),
