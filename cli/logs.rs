@@ -8,6 +8,7 @@ use crate::args::{
 };
 use crate::failure::{damaged, input, runtime, Failure};
 use crate::{print_out, progress, table, to_json};
+use poolbill_domain::Event;
 use poolbill_projections::Projections;
 use poolbill_replay::document::{write_document, write_log_document, DocumentError, LogDocumentError};
 use poolbill_replay::rerun::{commands, rerun, to_envelopes, WhatIf};
@@ -254,8 +255,29 @@ pub fn diff(args: DiffArgs) -> Result<(), Failure> {
 }
 
 pub fn bills(args: BillsArgs) -> Result<(), Failure> {
-    let log = load(&args.source)?;
-    let bills = month::month_bills(&log.fold(Upto::All)?, &args.month).map_err(input("--month"))?;
+    // The month is checked before the log is read; the log is folded as it is read, keeping
+    // only the month's rows.
+    let mut sums = month::MonthSums::new(&args.month).map_err(input("--month"))?;
+    let add = |_: &Projections, _: &Envelope, event: Event| {
+        if let Event::Charged { line } = event {
+            sums.add(&line);
+        }
+    };
+    match args.source.origin()? {
+        Origin::Store(dir) => {
+            let store = open_store(dir)?;
+            poolbill_ledger::fold_from(Projections::live(), store.read_all(1), Upto::All, add).map_err(unreadable(dir))?;
+        }
+        Origin::File(path) => {
+            let name = path.display();
+            let file = std::fs::File::open(path).map_err(input(format!("cannot read {name}")))?;
+            jsonl::fold_log(std::io::BufReader::new(file), Upto::All, add).map_err(|e| match e {
+                jsonl::LogFoldError::Log(e) => input(format!("{name} is not a sound log"))(e),
+                jsonl::LogFoldError::Fold(e) => input(format!("{name} cannot be replayed"))(e),
+            })?;
+        }
+    }
+    let bills = sums.finish();
     print_out(&match args.format {
         BillsFormat::Json => to_json(&bills.to_json())?,
         BillsFormat::Csv => bills.to_csv(),

@@ -5,7 +5,8 @@
 use chrono::Datelike;
 use poolbill_domain::money::{fmt_cents, fmt_exact};
 use poolbill_domain::time::beijing_date;
-use poolbill_projections::{DetailView, Projections};
+use poolbill_domain::BillLine;
+use poolbill_projections::{DetailBills, DetailView, Projections};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
@@ -24,26 +25,55 @@ pub struct MonthBills {
 /// The detail bills of `month` ("2023-04"); months group lines by the Beijing date of their
 /// start (R1, R5). A malformed month is an error naming it.
 pub fn month_bills(projections: &Projections, month: &str) -> Result<MonthBills, MonthError> {
-    check_month(month)?;
-    let rows: Vec<DetailView> = projections.document().detail_bills.into_iter().filter(|d| d.month == month).collect();
-    let sums = projections.detail_bills().into_iter().filter(|d| d.month == month).fold([Decimal::ZERO; 4], |mut s, d| {
-        s[0] += d.amounts.list_price;
-        s[1] += d.amounts.discount;
-        s[2] += d.amounts.round_off;
-        s[3] += d.amounts.payable;
-        s
-    });
-    // Summed from the flow bills themselves, not the detail rows, so that the two can be compared.
-    let flow: Decimal = projections.bills.iter().filter(|b| month_of(b.line.start) == month).map(|b| b.line.amounts.payable).sum();
-    Ok(MonthBills {
-        month: month.to_string(),
-        rows,
-        total_list: fmt_exact(sums[0]),
-        total_discount: fmt_exact(sums[1]),
-        total_round_off: fmt_exact(sums[2]),
-        total_payable: fmt_cents(sums[3]),
-        flow_payable: fmt_cents(flow),
-    })
+    let mut summing = MonthSums::new(month)?;
+    for bill in &projections.bills {
+        summing.add(&bill.line);
+    }
+    Ok(summing.finish())
+}
+
+/// One month's detail bills being summed as flow-bill lines go by (a fold of any length keeps
+/// only the month's rows: resources × modes).
+pub struct MonthSums {
+    month: String,
+    details: DetailBills,
+    /// Summed from the flow bills themselves, not the detail rows, so that the two can be compared.
+    flow: Decimal,
+}
+
+impl MonthSums {
+    pub fn new(month: &str) -> Result<MonthSums, MonthError> {
+        check_month(month)?;
+        Ok(MonthSums { month: month.to_string(), details: DetailBills::default(), flow: Decimal::ZERO })
+    }
+
+    /// Count `line` if it starts in the month.
+    pub fn add(&mut self, line: &BillLine) {
+        if month_of(line.start) == self.month {
+            self.details.add(line);
+            self.flow += line.amounts.payable;
+        }
+    }
+
+    pub fn finish(self) -> MonthBills {
+        let details = self.details.into_rows();
+        let sums = details.iter().fold([Decimal::ZERO; 4], |mut s, d| {
+            s[0] += d.amounts.list_price;
+            s[1] += d.amounts.discount;
+            s[2] += d.amounts.round_off;
+            s[3] += d.amounts.payable;
+            s
+        });
+        MonthBills {
+            month: self.month,
+            rows: details.into_iter().map(DetailView::of).collect(),
+            total_list: fmt_exact(sums[0]),
+            total_discount: fmt_exact(sums[1]),
+            total_round_off: fmt_exact(sums[2]),
+            total_payable: fmt_cents(sums[3]),
+            flow_payable: fmt_cents(self.flow),
+        }
+    }
 }
 
 /// A month that is not one.

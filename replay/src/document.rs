@@ -12,7 +12,7 @@
 //! before lines already written (a renewal after expiry counts from the old end, R3) is rare;
 //! it is kept aside and merged in at the end.
 
-use crate::jsonl::{LogError, LogReader};
+use crate::jsonl::{fold_log, LogError, LogFoldError};
 use chrono::Duration;
 use poolbill_domain::{Event, Instant};
 use poolbill_ledger::{fold_from, FoldError, Upto};
@@ -48,45 +48,68 @@ pub fn write_document<I>(envelopes: I, upto: Upto, out: &mut impl Write, mut pro
 where
     I: IntoIterator<Item = Result<Envelope, StoreError>>,
 {
-    let mut bills = BillOrder::new()?;
-    let mut rejections = Spill::new()?;
-    let mut details = DetailBills::default();
-    let mut failed: Option<io::Error> = None;
+    let mut writer = DocumentWriter::new()?;
     let projections = fold_from(Projections::live(), envelopes, upto, |p: &Projections, e: &Envelope, event| {
         progress(e.position);
-        if failed.is_some() {
+        writer.visit(p, e, event);
+    })?;
+    writer.finish(&projections, out)
+}
+
+/// The document being gathered during a fold: bill lines put in order, refusals on a temporary
+/// file, monthly detail rows summed. `visit` each folded event, then `finish`.
+pub struct DocumentWriter {
+    bills: BillOrder,
+    rejections: Spill,
+    details: DetailBills,
+    failed: Option<io::Error>,
+}
+
+impl DocumentWriter {
+    pub fn new() -> io::Result<DocumentWriter> {
+        Ok(DocumentWriter { bills: BillOrder::new()?, rejections: Spill::new()?, details: DetailBills::default(), failed: None })
+    }
+
+    /// One event, just folded into `p` at `e`.
+    pub fn visit(&mut self, p: &Projections, e: &Envelope, event: Event) {
+        if self.failed.is_some() {
             return;
         }
         let result = match event {
             Event::Charged { line } => {
-                details.add(&line);
+                self.details.add(&line);
                 let clock = p.last_instant.unwrap_or(e.at);
-                bills.push(FlowBill { position: e.position, at: e.at, line }, clock)
+                self.bills.push(FlowBill { position: e.position, at: e.at, line }, clock)
             }
             Event::CommandRejected { command, rule, reason, index } => {
                 let record = RejectionRecord { position: e.position, at: e.at, index, command, rule, reason };
-                pretty(&RejectionView::of(&record), 4).and_then(|text| rejections.push(&text))
+                pretty(&RejectionView::of(&record), 4).and_then(|text| self.rejections.push(&text))
             }
             _ => Ok(()),
         };
-        failed = result.err();
-    })?;
-    if let Some(e) = failed {
-        return Err(e.into());
+        self.failed = result.err();
     }
-    let counts = Written { events: projections.events, bills: bills.count, rejections: rejections.count, late: bills.late.len() as u64 };
-    let mut w = BufWriter::new(out);
-    w.write_all(b"{\n  \"bills\": ")?;
-    bills.finish(&mut w)?;
-    write!(w, ",\n  \"resources\": {}", pretty(&resource_views(&projections.state), 2)?.trim_start())?;
-    write!(w, ",\n  \"accounts\": {}", pretty(&account_views(&projections.state), 2)?.trim_start())?;
-    w.write_all(b",\n  \"rejections\": ")?;
-    rejections.finish(&mut w)?;
-    write!(w, ",\n  \"events\": {}", projections.events)?;
-    let details: Vec<DetailView> = details.into_rows().into_iter().map(DetailView::of).collect();
-    write!(w, ",\n  \"detail_bills\": {}\n}}\n", pretty(&details, 2)?.trim_start())?;
-    w.flush()?;
-    Ok(counts)
+
+    /// Write the document of the fold that ended in `projections`.
+    pub fn finish(self, projections: &Projections, out: &mut impl Write) -> Result<Written, DocumentError> {
+        if let Some(e) = self.failed {
+            return Err(e.into());
+        }
+        let (bills, rejections) = (self.bills, self.rejections);
+        let counts = Written { events: projections.events, bills: bills.count, rejections: rejections.count, late: bills.late.len() as u64 };
+        let mut w = BufWriter::new(out);
+        w.write_all(b"{\n  \"bills\": ")?;
+        bills.finish(&mut w)?;
+        write!(w, ",\n  \"resources\": {}", pretty(&resource_views(&projections.state), 2)?.trim_start())?;
+        write!(w, ",\n  \"accounts\": {}", pretty(&account_views(&projections.state), 2)?.trim_start())?;
+        w.write_all(b",\n  \"rejections\": ")?;
+        rejections.finish(&mut w)?;
+        write!(w, ",\n  \"events\": {}", projections.events)?;
+        let details: Vec<DetailView> = self.details.into_rows().into_iter().map(DetailView::of).collect();
+        write!(w, ",\n  \"detail_bills\": {}\n}}\n", pretty(&details, 2)?.trim_start())?;
+        w.flush()?;
+        Ok(counts)
+    }
 }
 
 /// Why the document of a portable log could not be written.
@@ -99,29 +122,23 @@ pub enum LogDocumentError {
     Document(#[from] DocumentError),
 }
 
-/// [`write_document`] for a portable log read as it is folded, each line checked as it is read
-/// ([`LogReader`]); past `upto` the rest is still read and checked, so that nothing is shown of
-/// a log that is not sound, whole. Memory holds what is live, never the log.
-pub fn write_log_document(reader: impl BufRead, upto: Upto, out: &mut impl Write) -> Result<Written, LogDocumentError> {
-    let mut lines = LogReader::new(reader);
-    let mut damage: Option<LogError> = None;
-    let envelopes = lines.by_ref().map_while(|read| match read {
-        Ok(envelope) => Some(Ok(envelope)),
-        Err(e) => {
-            damage = Some(e);
-            None
+impl From<LogFoldError> for LogDocumentError {
+    fn from(e: LogFoldError) -> Self {
+        match e {
+            LogFoldError::Log(e) => LogDocumentError::Log(e),
+            LogFoldError::Fold(e) => LogDocumentError::Document(e.into()),
         }
-    });
-    // Written aside first: the rest of the log must be checked before anything is shown.
+    }
+}
+
+/// [`write_document`] for a portable log read as it is folded ([`fold_log`]: each line checked,
+/// and the rest past `upto` too), written aside and shown only once the whole log is found
+/// sound. Memory holds what is live, never the log.
+pub fn write_log_document(reader: impl BufRead, upto: Upto, out: &mut impl Write) -> Result<Written, LogDocumentError> {
+    let mut writer = DocumentWriter::new().map_err(DocumentError::from)?;
+    let projections = fold_log(reader, upto, |p, e, event| writer.visit(p, e, event))?;
     let mut aside = tempfile::tempfile().map_err(DocumentError::from)?;
-    let written = write_document(envelopes, upto, &mut aside, |_| {});
-    if let Some(e) = damage {
-        return Err(e.into());
-    }
-    let written = written?;
-    if let Some(Err(e)) = lines.find(Result::is_err) {
-        return Err(e.into());
-    }
+    let written = writer.finish(&projections, &mut aside)?;
     aside.seek(SeekFrom::Start(0)).map_err(DocumentError::from)?;
     io::copy(&mut aside, out).map_err(DocumentError::from)?;
     Ok(written)

@@ -4,6 +4,8 @@
 //! lines is caught too.
 
 use poolbill_domain::Event;
+use poolbill_ledger::{fold_from, FoldError, Upto};
+use poolbill_projections::Projections;
 use poolbill_store::{Envelope, EventStore, StoreError};
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -186,6 +188,41 @@ impl<R: BufRead> Iterator for LogReader<R> {
         self.failed = matches!(next, Some(Err(_)));
         next
     }
+}
+
+/// Why a portable log could not be folded as it was read.
+#[derive(Debug, thiserror::Error)]
+pub enum LogFoldError {
+    /// The log is not sound (named by line).
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Fold(#[from] FoldError),
+}
+
+/// Fold a portable log as it is read, each line checked ([`LogReader`]), with history-free
+/// projections (`visit` sees each event, to keep what it needs); past `upto` the rest of the
+/// log is still read and checked, so that a log that is not sound whole is an error, never half
+/// an answer.
+pub fn fold_log(reader: impl BufRead, upto: Upto, visit: impl FnMut(&Projections, &Envelope, Event)) -> Result<Projections, LogFoldError> {
+    let mut lines = LogReader::new(reader);
+    let mut damage: Option<LogError> = None;
+    let envelopes = lines.by_ref().map_while(|read| match read {
+        Ok(envelope) => Some(Ok::<_, StoreError>(envelope)),
+        Err(e) => {
+            damage = Some(e);
+            None
+        }
+    });
+    let folded = fold_from(Projections::live(), envelopes, upto, visit);
+    if let Some(e) = damage {
+        return Err(e.into());
+    }
+    let projections = folded?;
+    if let Some(Err(e)) = lines.find(Result::is_err) {
+        return Err(e.into());
+    }
+    Ok(projections)
 }
 
 /// The end line agrees with what came before it: the count, and the last envelope's checksum.

@@ -49,6 +49,15 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 #[cfg(test)]
 mod tests;
 
+/// How often opening a locked store is tried again, 50 ms apart, before it is called in use.
+const LOCK_RETRIES: u32 = 20;
+
+/// sled locks its files, and says so only in the words of an `Other` I/O error (sled 0.34.7,
+/// config.rs).
+fn is_locked(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"))
+}
+
 /// sled's page cache (its default is 1 GB): reads of a long log are sequential, so a small
 /// cache costs little and keeps a reader's memory bounded.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -182,16 +191,27 @@ impl SledStore {
             corrupt(position, format!("the store at {} is damaged ({detail}); it had acknowledged events up to position {position}", path.display()))
         };
         // sled may panic rather than err on some damage: that is damage too.
-        let opened = std::panic::catch_unwind(|| sled::Config::new().path(path).cache_capacity(CACHE_BYTES).open()).map_err(|_| match mark {
-            Some((position, _)) => damaged("sled panicked while recovering its files".to_string(), position),
-            None => StoreError::Panicked { path: path.display().to_string() },
-        })?;
-        let db = opened.map_err(|e| match mark {
-            // sled locks its files: a store in use is not a damaged one. sled 0.34.7 says so
-            // only in the words of an `Other` I/O error (config.rs).
-            _ if matches!(&e, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock")) => {
-                StoreError::InUse { path: path.display().to_string() }
+        let open = || {
+            std::panic::catch_unwind(|| sled::Config::new().path(path).cache_capacity(CACHE_BYTES).open()).map_err(|_| match mark {
+                Some((position, _)) => damaged("sled panicked while recovering its files".to_string(), position),
+                None => StoreError::Panicked { path: path.display().to_string() },
+            })
+        };
+        // A store just closed (by this process or one that is exiting) keeps sled's lock until
+        // sled's background work lets go of its files: wait a little before calling it in use.
+        let mut opened = open()?;
+        for _ in 0..LOCK_RETRIES {
+            match &opened {
+                Err(e) if is_locked(e) => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    opened = open()?;
+                }
+                _ => break,
             }
+        }
+        let db = opened.map_err(|e| match mark {
+            // A store in use is not a damaged one.
+            _ if is_locked(&e) => StoreError::InUse { path: path.display().to_string() },
             Some((position, _)) => damaged(format!("sled: {e}"), position),
             None => StoreError::backend(format!("opening the sled database at {}", path.display()), e),
         })?;
