@@ -256,43 +256,39 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         });
     }
 
-    if selected("replay-store") {
-        say("replay the store");
-        let doc = opts.out.join("replay-store.json");
-        let mut cmd = Command::new(&opts.bench);
-        cmd.arg("replay-store").arg(&paths.store);
-        let r = child(&mut cmd, b"", Output::File(&doc), &opts.out, "replay-store")?;
+    // A store replayed to a document, in process and through the command line: one figure each.
+    let replays = [
+        ("replay-store", "replay the store", "replay from the store (decode + fold + document)", false),
+        (
+            "replay-store-cli",
+            "replay the store through the command line",
+            "replay a store through the command line (folded as it is read, document)",
+            true,
+        ),
+    ];
+    for (key, saying, what, cli) in replays {
+        if !selected(key) {
+            continue;
+        }
+        say(saying);
+        let doc = opts.out.join(format!("{key}.json"));
+        let (mut cmd, command) = if cli {
+            let mut cmd = Command::new(&opts.poolbill);
+            cmd.arg("replay").arg("--store").arg(&paths.store).args(["--format", "json"]);
+            (cmd, format!("poolbill replay --store {} --format json > doc.json", rel(&paths.store)))
+        } else {
+            let mut cmd = Command::new(&opts.bench);
+            cmd.arg("replay-store").arg(&paths.store);
+            (cmd, format!("poolbill-bench replay-store {} > doc.json (poolbill_replay::replay, Upto::All)", rel(&paths.store)))
+        };
+        let r = child(&mut cmd, b"", Output::File(&doc), &opts.out, key)?;
         let n = document_events(&doc)?;
         let rate = n as f64 / secs(&r);
-        compare_documents(&facts, &doc, "replay of the store", &mut notes, opts.keep);
+        compare_documents(&facts, &doc, if cli { "replay --store" } else { "replay of the store" }, &mut notes, opts.keep);
         figures.push(Figure {
-            key: "replay-store".into(),
-            what: "replay from the store (decode + fold + document)".into(),
-            command: format!("poolbill-bench replay-store {} > doc.json (poolbill_replay::replay, Upto::All)", rel(&paths.store)),
-            value: format!("{} ({} events/s)", seconds(secs(&r)), grouped(rate)),
-            peak_rss: Some(r.peak_rss),
-            baseline: facts.rust_floor.map(|f| format!("Rust parse of its log {}", seconds(f))).unwrap_or_default(),
-            checks: vec![
-                Check::at_least("rate", rate, REPLAY_STORE_RATE, "events/s"),
-                Check::at_most("memory", r.peak_rss as f64, MEMORY_LIMIT, "B"),
-            ],
-            numbers: numbers(&r, json!({"events": n, "events_per_s": rate})),
-        });
-    }
-
-    if selected("replay-store-cli") {
-        say("replay the store through the command line");
-        let doc = opts.out.join("replay-store-cli.json");
-        let mut cmd = Command::new(&opts.poolbill);
-        cmd.arg("replay").arg("--store").arg(&paths.store).args(["--format", "json"]);
-        let r = child(&mut cmd, b"", Output::File(&doc), &opts.out, "replay-store-cli")?;
-        let n = document_events(&doc)?;
-        let rate = n as f64 / secs(&r);
-        compare_documents(&facts, &doc, "replay --store", &mut notes, opts.keep);
-        figures.push(Figure {
-            key: "replay-store-cli".into(),
-            what: "replay a store through the command line (folded as it is read, document)".into(),
-            command: format!("poolbill replay --store {} --format json > doc.json", rel(&paths.store)),
+            key: key.into(),
+            what: what.into(),
+            command,
             value: format!("{} ({} events/s)", seconds(secs(&r)), grouped(rate)),
             peak_rss: Some(r.peak_rss),
             baseline: facts.rust_floor.map(|f| format!("Rust parse of its log {}", seconds(f))).unwrap_or_default(),
