@@ -5,7 +5,9 @@
 //!
 //! The live engine, re-runs (audit, what-if, the property tests), replay, explain and timeline
 //! all go through it, so that what is decided live and what an auditor recomputes are the same
-//! steps by construction. No I/O and no clock: every instant is given.
+//! steps by construction. No clock: every instant is given. The steps and the fold are pure;
+//! the few functions that take a store (`replay`, `load_live`, `check_snapshots`) read it only
+//! through the `EventStore` trait.
 
 pub mod snapshot;
 
