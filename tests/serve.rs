@@ -123,6 +123,22 @@ fn input() -> Input {
     input
 }
 
+/// `poolbill serve --store STORE` fed `input` in one write (closing stdin then ends it once
+/// everything is answered), with `RUST_LOG` set when given.
+fn serve(store: &std::path::Path, input: Vec<u8>, log: Option<&str>) -> std::process::Output {
+    let mut command = poolbill();
+    command.args(["serve", "--store", store.to_str().unwrap()]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some(filter) = log {
+        command.env("RUST_LOG", filter);
+    }
+    let mut child = command.spawn().expect("poolbill serve starts");
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().expect("serve reads all of its input");
+    out
+}
+
 #[test]
 fn piped_commands_are_answered_in_order_once_durable_and_share_flushes() {
     let dir = tempfile::tempdir().unwrap();
@@ -130,20 +146,8 @@ fn piped_commands_are_answered_in_order_once_durable_and_share_flushes() {
     let Input { lines, expect } = input();
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
 
-    let mut child = poolbill()
-        .args(["serve", "--store", store_path.to_str().unwrap()])
-        // Each group commit's store write and flush is a debug event of the store.
-        .env("RUST_LOG", "poolbill_store_sled=debug")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("poolbill serve starts");
-    let mut stdin = child.stdin.take().unwrap();
-    // All of it in one write; closing stdin then ends serve once everything is answered.
-    let writer = std::thread::spawn(move || stdin.write_all(text.as_bytes()));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().expect("serve reads all of its input");
+    // Each group commit's store write and flush is a debug event of the store.
+    let out = serve(&store_path, text.into_bytes(), Some("poolbill_store_sled=debug"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "serve exits 0 once stdin closes: {:?}\n{stderr}", out.status);
 
@@ -250,17 +254,7 @@ fn a_line_that_is_not_utf8_is_answered_in_its_place_and_serve_goes_on() {
     input.extend(format!("{open}\r\n").as_bytes());
     input.extend(b"{\"id\": \"x\xff\"}\n");
     input.extend(format!("{top_up}").as_bytes()); // the last line without its newline
-    let mut child = poolbill()
-        .args(["serve", "--store", store_path.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("poolbill serve starts");
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
+    let out = serve(&store_path, input, None);
     assert!(out.status.success(), "{:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
     let answers: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(answers.len(), 3, "{answers:?}");
