@@ -298,14 +298,13 @@ impl Event {
     /// The schema version this build writes for the event's type. Each type has its own: a
     /// shape change bumps only its type and adds a step to [`upcast`].
     pub fn schema_version(&self) -> u32 {
-        latest_version(&self.encode().0)
+        latest_version(self.event_type_name())
     }
 
     /// The payload and type tag to store.
     pub fn encode(&self) -> (String, serde_json::Value) {
         let value = serde_json::to_value(self).expect("events always serialise");
-        let name = value.get("type").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-        (name, value)
+        (self.event_type_name().to_string(), value)
     }
 
     /// Read a stored payload of any known schema version, upcasting it to today's shape.
