@@ -258,17 +258,53 @@ impl Event {
         }
     }
 
+    /// The type tag stored beside the payload (serde's `type`, snake_case), without serialising.
+    pub fn event_type_name(&self) -> &'static str {
+        match self {
+            Event::PriceSet { .. } => "price_set",
+            Event::PolicySet { .. } => "policy_set",
+            Event::AccountOpened { .. } => "account_opened",
+            Event::ToppedUp { .. } => "topped_up",
+            Event::PoolPurchased { .. } => "pool_purchased",
+            Event::PoolReady { .. } => "pool_ready",
+            Event::PoolScaled { .. } => "pool_scaled",
+            Event::PoolRenewed { .. } => "pool_renewed",
+            Event::PoolConverted { .. } => "pool_converted",
+            Event::PoolDeleted { .. } => "pool_deleted",
+            Event::ExpiryWarned { .. } => "expiry_warned",
+            Event::PoolExpired { .. } => "pool_expired",
+            Event::PoolFrozen { .. } => "pool_frozen",
+            Event::PoolReleased { .. } => "pool_released",
+            Event::PoolUnsubscribed { .. } => "pool_unsubscribed",
+            Event::AutoRenewSet { .. } => "auto_renew_set",
+            Event::AutoRenewAttempted { .. } => "auto_renew_attempted",
+            Event::JobStarted { .. } => "job_started",
+            Event::JobStopped { .. } => "job_stopped",
+            Event::JobDeleted { .. } => "job_deleted",
+            Event::PackageBought { .. } => "package_bought",
+            Event::PackageAlerted { .. } => "package_alerted",
+            Event::PackageExpired { .. } => "package_expired",
+            Event::ArrearsStarted { .. } => "arrears_started",
+            Event::ArrearsFrozen { .. } => "arrears_frozen",
+            Event::ArrearsReleased { .. } => "arrears_released",
+            Event::ArrearsEnded { .. } => "arrears_ended",
+            Event::Charged { .. } => "charged",
+            Event::CycleSettled { .. } => "cycle_settled",
+            Event::CommandReceived { .. } => "command_received",
+            Event::CommandRejected { .. } => "command_rejected",
+        }
+    }
+
     /// The schema version this build writes for the event's type. Each type has its own: a
     /// shape change bumps only its type and adds a step to [`upcast`].
     pub fn schema_version(&self) -> u32 {
-        latest_version(&self.encode().0)
+        latest_version(self.event_type_name())
     }
 
     /// The payload and type tag to store.
     pub fn encode(&self) -> (String, serde_json::Value) {
         let value = serde_json::to_value(self).expect("events always serialise");
-        let name = value.get("type").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-        (name, value)
+        (self.event_type_name().to_string(), value)
     }
 
     /// Read a stored payload of any known schema version, upcasting it to today's shape.

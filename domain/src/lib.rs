@@ -7,6 +7,7 @@
 //! No I/O and no system clock here: every instant is given, so a log replays the same forever.
 
 pub mod agenda;
+pub mod codec;
 pub mod command;
 pub mod decide;
 pub mod event;

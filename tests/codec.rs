@@ -1,0 +1,48 @@
+//! The binary event codec on real logs: every event of every seed fixture's log (as `poolbill
+//! run` writes it today) comes back from its binary payload as the very JSON it was stored as,
+//! and the binary payloads take fewer bytes than the JSON ones.
+
+mod common;
+
+use common::*;
+use poolbill_domain::{latest_version, Event};
+use poolbill_replay::jsonl;
+
+#[test]
+fn every_fixture_event_round_trips_through_the_binary_codec_in_fewer_bytes() {
+    let (mut events, mut json_bytes, mut binary_bytes) = (0usize, 0usize, 0usize);
+    let mut binary = Vec::new();
+    for dir in fixtures() {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let out = tempfile::tempdir().unwrap();
+        let log = out.path().join("log.jsonl");
+        run_json(&["run", dir.join("scenario.json").to_str().unwrap(), "--format", "json", "--export", log.to_str().unwrap()]);
+        for envelope in jsonl::read_file(&log).unwrap() {
+            let (event_type, version) = (envelope.event_type.as_str(), envelope.schema_version);
+            let at = format!("{name} #{} {event_type}", envelope.position);
+            assert_eq!(version, latest_version(event_type), "{at}: a run writes the latest version");
+            let event = Event::decode(event_type, version, &envelope.payload).unwrap();
+            assert_eq!(event.event_type_name(), event_type, "{at}");
+
+            binary.clear();
+            event.encode_binary(&mut binary);
+            let back = Event::decode_binary(event_type, version, &binary).unwrap_or_else(|e| panic!("{at}: {e}"));
+            // Text, not ==: Decimal's == ignores the scale and DateTime's the offset.
+            assert_eq!(serde_json::to_string(&back).unwrap(), serde_json::to_string(&event).unwrap(), "{at}");
+            assert_eq!(serde_json::to_value(&back).unwrap(), envelope.payload, "{at}: the stored payload");
+
+            events += 1;
+            json_bytes += serde_json::to_string(&envelope.payload).unwrap().len();
+            binary_bytes += binary.len();
+        }
+    }
+    let report = format!(
+        "{events} events: binary {binary_bytes} B ({:.1} B/event), JSON payloads {json_bytes} B ({:.1} B/event), {:.1} %",
+        binary_bytes as f64 / events as f64,
+        json_bytes as f64 / events as f64,
+        100.0 * binary_bytes as f64 / json_bytes as f64
+    );
+    println!("{report}");
+    assert!(events > 1000, "{report}");
+    assert!(binary_bytes < json_bytes, "{report}");
+}
