@@ -21,7 +21,8 @@ fn every_fixture_event_round_trips_through_the_binary_codec_in_fewer_bytes() {
             let (event_type, version) = (envelope.event_type.as_str(), envelope.schema_version);
             let at = format!("{name} #{} {event_type}", envelope.position);
             assert_eq!(version, latest_version(event_type), "{at}: a run writes the latest version");
-            let event = Event::decode(event_type, version, &envelope.payload).unwrap();
+            let payload = envelope.payload.as_json().expect("portable logs carry JSON payloads");
+            let event = Event::decode(event_type, version, payload).unwrap();
             assert_eq!(event.event_type_name(), event_type, "{at}");
 
             binary.clear();
@@ -29,10 +30,10 @@ fn every_fixture_event_round_trips_through_the_binary_codec_in_fewer_bytes() {
             let back = Event::decode_binary(event_type, version, &binary).unwrap_or_else(|e| panic!("{at}: {e}"));
             // Text, not ==: Decimal's == ignores the scale and DateTime's the offset.
             assert_eq!(serde_json::to_string(&back).unwrap(), serde_json::to_string(&event).unwrap(), "{at}");
-            assert_eq!(serde_json::to_value(&back).unwrap(), envelope.payload, "{at}: the stored payload");
+            assert_eq!(&serde_json::to_value(&back).unwrap(), payload, "{at}: the stored payload");
 
             events += 1;
-            json_bytes += serde_json::to_string(&envelope.payload).unwrap().len();
+            json_bytes += serde_json::to_string(payload).unwrap().len();
             binary_bytes += binary.len();
         }
     }

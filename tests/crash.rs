@@ -125,7 +125,7 @@ fn killing_the_process_loses_nothing_acknowledged() {
         let mut expected = Decimal::ZERO;
         for envelope in store.read_all(1) {
             let envelope = envelope.unwrap();
-            match Event::decode(&envelope.event_type, envelope.schema_version, &envelope.payload).unwrap() {
+            match poolbill_projections::event_of(&envelope).unwrap() {
                 Event::ToppedUp { balance_after, .. } => {
                     expected += Decimal::ONE;
                     assert_eq!(balance_after, expected, "round {round}: balance after top-up at {}", envelope.position);

@@ -212,7 +212,7 @@ fn piped_commands_are_answered_in_order_once_durable_and_share_flushes() {
     let mut received = Vec::new();
     for envelope in store.read_all(1) {
         let envelope = envelope.unwrap();
-        match Event::decode(&envelope.event_type, envelope.schema_version, &envelope.payload).unwrap() {
+        match poolbill_projections::event_of(&envelope).unwrap() {
             Event::CommandReceived { .. } => received.push(envelope.command_id.clone().expect("a command's id")),
             Event::AccountOpened { .. } | Event::ToppedUp { .. } | Event::CommandRejected { .. } => {}
             other => panic!("unexpected event at {}: {other:?}", envelope.position),

@@ -76,10 +76,11 @@ fn truncated_or_flipped_store_files_are_never_silently_used() {
             format!("truncated by {cut} bytes")
         } else {
             let mut bytes = std::fs::read(&db).unwrap();
-            // Every other flip lands inside a stored envelope's JSON, the rest anywhere.
-            let envelopes: Vec<usize> = bytes.windows(9).enumerate().filter(|(_, w)| w == b"\"payload\"").map(|(i, _)| i).collect();
+            // Every other flip lands inside a stored event (its type name, then its payload),
+            // the rest anywhere.
+            let envelopes: Vec<usize> = bytes.windows(7).enumerate().filter(|(_, w)| w == b"charged").map(|(i, _)| i).collect();
             let at = if round % 2 == 0 && !envelopes.is_empty() {
-                envelopes[next(envelopes.len() as u64) as usize] + 12 + next(20) as usize
+                envelopes[next(envelopes.len() as u64) as usize] + next(40) as usize
             } else {
                 next(db_len) as usize
             };

@@ -11,11 +11,11 @@ mod clock;
 pub use clock::{spawn_clock, Clock, ManualClock, SystemClock};
 pub use poolbill_ledger::Upto;
 
-use poolbill_domain::{latest_version, Command, Event, Instant, Rejection, Rule};
+use poolbill_domain::{Command, Event, Instant, Rejection, Rule};
 use poolbill_ledger::snapshot::{self, Snapshot};
 use poolbill_ledger::{replay, FoldError, Ledger, Step};
 use poolbill_projections::Projections;
-use poolbill_store::{AppendOutcome, AppendRequest, CommandRecord, EventStore, ExpectedVersion, NewEvent, StoreError};
+use poolbill_store::{AppendOutcome, AppendRequest, CommandRecord, EventStore, ExpectedVersion, StoreError};
 use poolbill_store_sled::SledStore;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -493,10 +493,8 @@ impl Actor {
                 let current = self.versions.get(&stream).copied().unwrap_or(0);
                 expected.push((stream.clone(), if current == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exactly(current) }));
             }
-            *self.versions.entry(stream.clone()).or_insert(0) += 1;
-            let (event_type, payload) = event.encode();
-            let schema_version = latest_version(&event_type);
-            new_events.push(NewEvent { stream, event_type, schema_version, at, payload });
+            *self.versions.entry(stream).or_insert(0) += 1;
+            new_events.push(poolbill_projections::new_event(event, at));
         }
         let seq = self.next_seq;
         self.next_seq += 1;

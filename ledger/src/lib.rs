@@ -77,8 +77,7 @@ where
         if !upto.includes(envelope) {
             break;
         }
-        let event = Event::decode(&envelope.event_type, envelope.schema_version, &envelope.payload)
-            .map_err(|source| ProjectionError { position: envelope.position, source })?;
+        let event = poolbill_projections::event_of(envelope).map_err(|source| ProjectionError { position: envelope.position, source })?;
         projections.apply_event(envelope.position, envelope.at, &event);
         visit(&projections, &item, event);
     }

@@ -6,10 +6,46 @@ use chrono::Datelike;
 use poolbill_domain::money::{fmt_cents, fmt_exact};
 use poolbill_domain::time::{beijing_date, to_beijing};
 use poolbill_domain::{Amounts, Basis, BillLine, DecodeError, Event, Instant, Rule, State};
-use poolbill_store::Envelope;
+use poolbill_store::{Envelope, NewEvent, Payload};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use std::collections::BTreeMap;
+
+/// The event an envelope carries, however its payload is stored: the compact binary encoding
+/// of events written since, or the JSON of older stores and of portable logs (older schema
+/// versions upcast either way).
+pub fn event_of(envelope: &Envelope) -> Result<Event, DecodeError> {
+    match &envelope.payload {
+        Payload::Binary(bytes) => Event::decode_binary(&envelope.event_type, envelope.schema_version, bytes),
+        Payload::Json(value) => Event::decode(&envelope.event_type, envelope.schema_version, value),
+    }
+}
+
+/// The envelope as a portable log carries it: its payload as JSON. A JSON payload is kept
+/// as stored (an older schema version stays older: logs are never rewritten).
+pub fn portable(envelope: &Envelope) -> Result<std::borrow::Cow<'_, Envelope>, DecodeError> {
+    match &envelope.payload {
+        Payload::Json(_) => Ok(std::borrow::Cow::Borrowed(envelope)),
+        Payload::Binary(_) => {
+            let (_, json) = event_of(envelope)?.encode();
+            Ok(std::borrow::Cow::Owned(Envelope { payload: Payload::Json(json), ..envelope.clone() }))
+        }
+    }
+}
+
+/// An event to append at `at`, in the compact binary encoding of its type's latest schema.
+pub fn new_event(event: &Event, at: Instant) -> NewEvent {
+    let event_type = event.event_type_name();
+    let mut bytes = Vec::with_capacity(64);
+    event.encode_binary(&mut bytes);
+    NewEvent {
+        stream: event.stream(),
+        event_type: event_type.to_string(),
+        schema_version: poolbill_domain::latest_version(event_type),
+        at,
+        payload: Payload::Binary(bytes),
+    }
+}
 
 /// Everything derived from a log prefix.
 #[derive(Clone, Debug)]
@@ -84,8 +120,7 @@ impl Projections {
 
     /// Fold one stored envelope: decode (upcasting older schema versions), then apply.
     pub fn apply(&mut self, envelope: &Envelope) -> Result<(), ProjectionError> {
-        let event = Event::decode(&envelope.event_type, envelope.schema_version, &envelope.payload)
-            .map_err(|source| ProjectionError { position: envelope.position, source })?;
+        let event = event_of(envelope).map_err(|source| ProjectionError { position: envelope.position, source })?;
         self.apply_event(envelope.position, envelope.at, &event);
         Ok(())
     }

@@ -295,7 +295,7 @@ pub fn recorded_lines(envelopes: &[Envelope]) -> Vec<BillLine> {
     envelopes
         .iter()
         .filter(|e| e.event_type == "charged")
-        .filter_map(|e| match Event::decode(&e.event_type, e.schema_version, &e.payload) {
+        .filter_map(|e| match poolbill_projections::event_of(e) {
             Ok(Event::Charged { line }) => Some(line),
             _ => None,
         })

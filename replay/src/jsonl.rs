@@ -3,9 +3,9 @@
 //! an end line (`{"end": {"events": N, "last_checksum": …}}`), so that a log that lost its last
 //! lines is caught too.
 
-use poolbill_domain::Event;
+use poolbill_domain::{DecodeError, Event};
 use poolbill_ledger::{fold_from, FoldError, Upto};
-use poolbill_projections::Projections;
+use poolbill_projections::{event_of, portable, Projections};
 use poolbill_store::{Envelope, EventStore, StoreError};
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -31,33 +31,39 @@ impl LogError {
     }
 }
 
+/// The checksum of an envelope in its portable form (JSON payload).
 fn checksum(envelope: &Envelope) -> String {
-    let canonical = serde_json::to_string(envelope).expect("envelopes serialise");
+    let canonical = serde_json::to_string(envelope).expect("portable envelopes serialise");
     format!("{:08x}", crc32fast::hash(canonical.as_bytes()))
 }
 
-/// One line of the log: the envelope's fields and its checksum.
-pub fn to_line(envelope: &Envelope) -> String {
-    let mut value = serde_json::to_value(envelope).expect("envelopes serialise");
-    value["checksum"] = serde_json::Value::String(checksum(envelope));
-    value.to_string()
+/// One line of the log: the envelope's fields, its payload as JSON, and its checksum.
+pub fn to_line(envelope: &Envelope) -> Result<String, DecodeError> {
+    let envelope = portable(envelope)?;
+    let mut value = serde_json::to_value(&*envelope).expect("portable envelopes serialise");
+    value["checksum"] = serde_json::Value::String(checksum(&envelope));
+    Ok(value.to_string())
 }
 
 /// The end line after `count` envelopes, the last of which is `last`.
-pub fn end_line(count: u64, last: Option<&Envelope>) -> String {
+pub fn end_line(count: u64, last: Option<&Envelope>) -> Result<String, DecodeError> {
     let mut end = serde_json::json!({"events": count});
     if let Some(last) = last {
-        end["last_checksum"] = serde_json::Value::String(checksum(last));
+        end["last_checksum"] = serde_json::Value::String(checksum(&*portable(last)?));
     }
-    serde_json::json!({ "end": end }).to_string()
+    Ok(serde_json::json!({ "end": end }).to_string())
 }
 
 /// A whole log as text: its lines and its end line.
-pub fn to_text(envelopes: &[Envelope]) -> String {
-    let mut text: String = envelopes.iter().map(|e| to_line(e) + "\n").collect();
-    text.push_str(&end_line(envelopes.len() as u64, envelopes.last()));
+pub fn to_text(envelopes: &[Envelope]) -> Result<String, DecodeError> {
+    let mut text = String::new();
+    for envelope in envelopes {
+        text.push_str(&to_line(envelope)?);
+        text.push('\n');
+    }
+    text.push_str(&end_line(envelopes.len() as u64, envelopes.last())?);
     text.push('\n');
-    text
+    Ok(text)
 }
 
 /// Write a store's whole log; returns how many envelopes.
@@ -71,12 +77,15 @@ pub fn export_with(store: &dyn EventStore, out: &mut impl Write, mut progress: i
     let mut last = None;
     for envelope in store.read_all(1) {
         let envelope = envelope.map_err(|e| LogError::caused_by(0, "reading the store", e))?;
-        writeln!(out, "{}", to_line(&envelope)).map_err(|e| LogError::caused_by(count + 1, "writing", e))?;
+        let unreadable = |e| LogError::caused_by(0, format!("the store's event at position {} cannot be read", envelope.position), e);
+        let line = to_line(&envelope).map_err(unreadable)?;
+        writeln!(out, "{line}").map_err(|e| LogError::caused_by(count + 1, "writing", e))?;
         count += 1;
         progress(envelope.position);
-        last = Some(envelope);
+        last = Some(portable(&envelope).map_err(unreadable)?.into_owned());
     }
-    writeln!(out, "{}", end_line(count, last.as_ref())).map_err(|e| LogError::caused_by(count + 1, "writing", e))?;
+    let end = end_line(count, last.as_ref()).map_err(|e| LogError::caused_by(0, "the store's last event cannot be read", e))?;
+    writeln!(out, "{end}").map_err(|e| LogError::caused_by(count + 1, "writing", e))?;
     Ok(count)
 }
 
@@ -166,7 +175,7 @@ impl<R: BufRead> LogReader<R> {
                     return fail(format!("{at} instant {} is before the previous line's {}", envelope.at.to_rfc3339(), last.to_rfc3339()));
                 }
             }
-            if let Err(e) = Event::decode(&envelope.event_type, envelope.schema_version, &envelope.payload) {
+            if let Err(e) = event_of(&envelope) {
                 return Some(Err(LogError::caused_by(number, format!("{at} cannot be read"), e)));
             }
             self.count += 1;

@@ -22,7 +22,7 @@ pub fn commands(envelopes: &[Envelope]) -> Vec<Recorded> {
     envelopes
         .iter()
         .filter(|e| e.event_type == "command_received")
-        .filter_map(|e| match Event::decode(&e.event_type, e.schema_version, &e.payload) {
+        .filter_map(|e| match poolbill_projections::event_of(e) {
             Ok(Event::CommandReceived { command, index, requested_at }) => {
                 Some(Recorded { id: e.command_id.clone(), at: requested_at.unwrap_or(e.at), index, command })
             }
@@ -97,7 +97,16 @@ pub fn to_envelopes(log: &[(Instant, Option<String>, Event)]) -> Vec<Envelope> {
             *version += 1;
             let (event_type, payload) = event.encode();
             let schema_version = latest_version(&event_type);
-            Envelope { position: i as u64 + 1, stream, version: *version, event_type, schema_version, at: *at, command_id: id.clone(), payload }
+            Envelope {
+                position: i as u64 + 1,
+                stream,
+                version: *version,
+                event_type,
+                schema_version,
+                at: *at,
+                command_id: id.clone(),
+                payload: payload.into(),
+            }
         })
         .collect()
 }

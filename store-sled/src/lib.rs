@@ -1,13 +1,13 @@
 //! `poolbill-store-sled`: poolbill's default event store, an [`EventStore`] on sled.
 //!
 //! This is the only crate that touches sled. It knows nothing about billing:
-//! events are opaque JSON payloads wrapped in [`Envelope`]s.
+//! events are opaque payloads (binary or JSON) wrapped in [`Envelope`]s.
 //!
 //! # Tree layout
 //!
 //! | tree           | key                                         | value                                        |
 //! |----------------|---------------------------------------------|----------------------------------------------|
-//! | `events`       | global position, `u64` big-endian           | CRC32 (4 bytes BE) of the JSON, then the JSON of the [`Envelope`] |
+//! | `events`       | global position, `u64` big-endian           | CRC32 (4 bytes BE), then the binary envelope (see `encode_event`), or the JSON of the [`Envelope`] in stores written before it |
 //! | `streams`      | stream id bytes                             | current stream version, `u64` BE             |
 //! | `stream_index` | stream id bytes, `0x00`, version `u64` BE   | global position, `u64` BE                    |
 //! | `commands`     | command id bytes                            | JSON of the [`CommandRecord`]                |
@@ -38,7 +38,7 @@
 //! without transactions, which this store depends on.
 
 use poolbill_store::{
-    AppendOutcome, AppendRequest, ChainOutcome, CommandRecord, Envelope, EventStore, Instant, StoreError, VerifyReport, SNAPSHOTS_KEPT,
+    AppendOutcome, AppendRequest, ChainOutcome, CommandRecord, Envelope, EventStore, Instant, Payload, StoreError, VerifyReport, SNAPSHOTS_KEPT,
 };
 use std::collections::HashMap;
 use std::fmt;
@@ -48,6 +48,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 #[cfg(test)]
 mod tests;
+mod varint;
 
 /// How often opening a locked store is tried again, 50 ms apart, before it is called in use.
 const LOCK_RETRIES: u32 = 20;
@@ -125,22 +126,107 @@ fn index_key(stream: &str, version: u64) -> Vec<u8> {
     key
 }
 
+/// The byte after the checksum of an event stored by this build: its layout, the binary envelope
+/// below. Events stored before it hold JSON there, which always begins with `{`.
+const BINARY_ENVELOPE_V1: u8 = 1;
+
+/// How a payload is kept inside a binary envelope.
+const PAYLOAD_JSON: u8 = 0;
+const PAYLOAD_BINARY: u8 = 1;
+
+/// The stored value of an event: a CRC-32 (4 bytes BE) of its position (8 bytes BE) and of
+/// everything after the checksum, then [`BINARY_ENVELOPE_V1`], the version, schema version,
+/// instant (seconds, nanoseconds, UTC offset), stream, type, command id, and the payload, its
+/// kind first. The position is the key, so it is not stored again, but the checksum covers it:
+/// a value found under another key does not pass.
 fn encode_event(env: &Envelope) -> Result<Vec<u8>, StoreError> {
-    let json = serde_json::to_vec(env)
-        .map_err(|e| StoreError::Encode { context: format!("serializing event at position {}", env.position), source: e.into() })?;
-    let mut value = Vec::with_capacity(json.len() + 4);
-    value.extend_from_slice(&crc32fast::hash(&json).to_be_bytes());
-    value.extend_from_slice(&json);
+    let mut value = Vec::with_capacity(64 + env.stream.len() + env.event_type.len());
+    value.extend_from_slice(&[0; 4]);
+    value.push(BINARY_ENVELOPE_V1);
+    varint::put(&mut value, env.version);
+    varint::put(&mut value, env.schema_version.into());
+    varint::put_signed(&mut value, env.at.timestamp());
+    varint::put(&mut value, env.at.timestamp_subsec_nanos().into());
+    varint::put_signed(&mut value, env.at.offset().local_minus_utc().into());
+    varint::put_bytes(&mut value, env.stream.as_bytes());
+    varint::put_bytes(&mut value, env.event_type.as_bytes());
+    match &env.command_id {
+        None => varint::put(&mut value, 0),
+        Some(id) => {
+            varint::put(&mut value, id.len() as u64 + 1);
+            value.extend_from_slice(id.as_bytes());
+        }
+    }
+    match &env.payload {
+        Payload::Json(json) => {
+            value.push(PAYLOAD_JSON);
+            serde_json::to_writer(&mut value, json)
+                .map_err(|e| StoreError::Encode { context: format!("serializing the payload at position {}", env.position), source: e.into() })?;
+        }
+        Payload::Binary(bytes) => {
+            value.push(PAYLOAD_BINARY);
+            value.extend_from_slice(bytes);
+        }
+    }
+    let crc = checksum(env.position, &value[4..]);
+    value[..4].copy_from_slice(&crc.to_be_bytes());
     Ok(value)
 }
 
-/// Checks the CRC and that the envelope really is the one stored under `position`.
+fn checksum(position: u64, body: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&position.to_be_bytes());
+    hasher.update(body);
+    hasher.finalize()
+}
+
+/// Checks the CRC and that the envelope really is the one stored under `position`. Reads both
+/// layouts: the binary envelope, and the JSON one of stores written before it (never
+/// rewritten: they keep their JSON events, and later appends are binary).
 fn decode_event(position: u64, value: &[u8]) -> Result<Envelope, StoreError> {
-    if value.len() < 4 {
-        return Err(corrupt(position, format!("value is only {} bytes, too short for a checksum", value.len())));
+    if value.len() < 5 {
+        return Err(corrupt(position, format!("value is only {} bytes, too short for a checksum and a layout", value.len())));
     }
-    let (crc, json) = value.split_at(4);
+    let (crc, body) = value.split_at(4);
     let stored = u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    if body[0] == b'{' {
+        return decode_json_event(position, stored, body);
+    }
+    let actual = checksum(position, body);
+    if stored != actual {
+        return Err(corrupt(position, format!("checksum mismatch: stored {stored:08x}, computed {actual:08x}")));
+    }
+    if body[0] != BINARY_ENVELOPE_V1 {
+        return Err(corrupt(position, format!("unknown envelope layout {}", body[0])));
+    }
+    decode_binary_event(position, &body[1..]).map_err(|detail| corrupt(position, format!("undecodable binary envelope: {detail}")))
+}
+
+fn decode_binary_event(position: u64, bytes: &[u8]) -> Result<Envelope, String> {
+    let mut r = varint::Reader::new(bytes);
+    let version = r.u64()?;
+    let schema_version = u32::try_from(r.u64()?).map_err(|_| "schema version out of range")?;
+    let (seconds, nanos, offset) = (r.i64()?, r.u64()?, r.i64()?);
+    let offset = i32::try_from(offset).ok().and_then(chrono::FixedOffset::east_opt).ok_or("UTC offset out of range")?;
+    let nanos = u32::try_from(nanos).map_err(|_| "nanoseconds out of range")?;
+    let at = chrono::DateTime::from_timestamp(seconds, nanos).ok_or("instant out of range")?.with_timezone(&offset);
+    let stream = r.string()?;
+    let event_type = r.string()?;
+    let command_id = match r.u64()? {
+        0 => None,
+        len => Some(r.string_of(len - 1)?),
+    };
+    let payload = match r.byte()? {
+        PAYLOAD_JSON => Payload::Json(serde_json::from_slice(r.rest()).map_err(|e| format!("payload JSON: {e}"))?),
+        PAYLOAD_BINARY => Payload::Binary(r.rest().to_vec()),
+        other => return Err(format!("unknown payload kind {other}")),
+    };
+    Ok(Envelope { position, stream, version, event_type, schema_version, at, command_id, payload })
+}
+
+/// An event stored before the binary envelope: the CRC is of the JSON alone, which names its
+/// own position.
+fn decode_json_event(position: u64, stored: u32, json: &[u8]) -> Result<Envelope, StoreError> {
     let actual = crc32fast::hash(json);
     if stored != actual {
         return Err(corrupt(position, format!("checksum mismatch: stored {stored:08x}, computed {actual:08x}")));

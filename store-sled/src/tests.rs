@@ -90,6 +90,35 @@ fn flipped_payload_byte_fails_the_checksum() {
 }
 
 #[test]
+fn a_value_under_another_position_fails_the_checksum() {
+    let store = three_events();
+    let first = store.raw_events().get(1u64.to_be_bytes()).unwrap().unwrap();
+    store.raw_events().insert(2u64.to_be_bytes(), first).unwrap();
+    assert_corrupt_at(&store, 2);
+}
+
+#[test]
+fn events_stored_as_json_by_earlier_builds_read_back_beside_binary_ones() {
+    let store = three_events();
+    let before = all(&store);
+    // The layout of builds before the binary envelope: CRC-32 of the JSON, then the JSON.
+    let json = serde_json::to_vec(&before[1]).unwrap();
+    let mut legacy = crc32fast::hash(&json).to_be_bytes().to_vec();
+    legacy.extend_from_slice(&json);
+    store.raw_events().insert(2u64.to_be_bytes(), legacy.clone()).unwrap();
+    assert_eq!(all(&store), before);
+    assert_eq!(store.verify().unwrap().events, 3);
+    // Its checksum and its position are still checked.
+    let mut flipped = legacy.clone();
+    *flipped.last_mut().unwrap() ^= 1;
+    store.raw_events().insert(2u64.to_be_bytes(), flipped).unwrap();
+    assert_corrupt_at(&store, 2);
+    store.raw_events().insert(2u64.to_be_bytes(), legacy.clone()).unwrap();
+    store.raw_events().insert(3u64.to_be_bytes(), legacy).unwrap();
+    assert_corrupt_at(&store, 3);
+}
+
+#[test]
 fn missing_event_is_a_gap() {
     let store = three_events();
     store.raw_events().remove(2u64.to_be_bytes()).unwrap();
@@ -141,7 +170,7 @@ fn concurrent_appends_are_gapless_and_lose_nothing() {
     for pair in events.chunks(2) {
         assert_eq!(pair[0].payload, pair[1].payload);
     }
-    let seen: HashSet<String> = events.iter().filter(|e| e.stream == "shared").map(|e| e.payload.to_string()).collect();
+    let seen: HashSet<String> = events.iter().filter(|e| e.stream == "shared").map(|e| format!("{:?}", e.payload)).collect();
     assert_eq!(seen.len(), THREADS * PER_THREAD);
     assert_eq!(store.stream_version("shared").unwrap(), (THREADS * PER_THREAD) as u64);
     for t in 0..THREADS {

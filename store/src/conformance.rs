@@ -11,8 +11,8 @@ pub fn ts(s: &str) -> Instant {
 }
 
 /// An event of `event_type` on `stream` at `at`.
-pub fn ev(stream: &str, event_type: &str, at: &str, payload: serde_json::Value) -> NewEvent {
-    NewEvent { stream: stream.to_string(), event_type: event_type.to_string(), schema_version: 1, at: ts(at), payload }
+pub fn ev(stream: &str, event_type: &str, at: &str, payload: impl Into<Payload>) -> NewEvent {
+    NewEvent { stream: stream.to_string(), event_type: event_type.to_string(), schema_version: 1, at: ts(at), payload: payload.into() }
 }
 
 /// A request without version checks; its outcome names its command id.
@@ -40,7 +40,7 @@ pub const T2: &str = "2024-03-01T12:00:00+01:00";
 /// Run every check, each on a fresh empty store from `fresh`; a failure names its check.
 pub fn run_all(fresh: &dyn Fn() -> Box<dyn EventStore>) {
     type Check = fn(&dyn EventStore);
-    let checks: [(&str, Check); 8] = [
+    let checks: [(&str, Check); 9] = [
         ("positions_are_gapless_across_streams_and_batches", positions_are_gapless_across_streams_and_batches),
         ("per_stream_versions_and_read_stream_from_version", per_stream_versions_and_read_stream_from_version),
         ("stream_ids_that_extend_another_with_nul_do_not_mix", stream_ids_that_extend_another_with_nul_do_not_mix),
@@ -48,6 +48,7 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn EventStore>) {
         ("duplicate_command_returns_first_record_and_appends_nothing", duplicate_command_returns_first_record_and_appends_nothing),
         ("out_of_order_is_rejected_and_writes_nothing", out_of_order_is_rejected_and_writes_nothing),
         ("empty_request_with_command_id_records_outcome", empty_request_with_command_id_records_outcome),
+        ("binary_and_json_payloads_come_back_as_given", binary_and_json_payloads_come_back_as_given),
         (
             "snapshots_are_found_at_or_before_a_position_and_only_the_newest_are_kept",
             snapshots_are_found_at_or_before_a_position_and_only_the_newest_are_kept,
@@ -86,7 +87,7 @@ pub fn positions_are_gapless_across_streams_and_batches(store: &dyn EventStore) 
     let positions: Vec<u64> = events.iter().map(|e| e.position).collect();
     assert_eq!(positions, vec![1, 2, 3, 4, 5]);
     let payloads: Vec<_> = events.iter().map(|e| e.payload.clone()).collect();
-    assert_eq!(payloads, vec![json!(1), json!(2), json!(3), json!(4), json!(5)]);
+    assert_eq!(payloads, [1, 2, 3, 4, 5].map(|n| Payload::Json(json!(n))));
     assert_eq!(events[0].command_id.as_deref(), Some("c1"));
     assert_eq!(events[3].command_id, None);
     assert_eq!(store.last_position().unwrap(), 5);
@@ -111,7 +112,7 @@ pub fn per_stream_versions_and_read_stream_from_version(store: &dyn EventStore) 
     assert!(a.iter().all(|e| e.stream == "a"));
 
     let from2 = store.read_stream("a", 2).unwrap();
-    assert_eq!(from2.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(), vec![json!("a2"), json!("a3")]);
+    assert_eq!(from2.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(), [json!("a2"), json!("a3")].map(Payload::Json));
     assert!(store.read_stream("a", 4).unwrap().is_empty());
     assert!(store.read_stream("nope", 1).unwrap().is_empty());
 }
@@ -208,6 +209,21 @@ pub fn empty_request_with_command_id_records_outcome(store: &dyn EventStore) {
     // Without a command id nothing is recorded.
     appended(store.append(req(None, vec![])).unwrap());
     assert_eq!(store.verify().unwrap(), VerifyReport { events: 0, streams: 0, commands: 1 });
+}
+
+/// A store keeps payloads opaque: binary ones come back byte for byte (even bytes that look
+/// like JSON, or none at all), JSON ones as the same value, side by side in one request.
+pub fn binary_and_json_payloads_come_back_as_given(store: &dyn EventStore) {
+    let binaries: [Vec<u8>; 4] = [vec![], vec![0, 255, 0x7b], b"{\"looks\": \"like JSON\"}".to_vec(), (0..=255).collect()];
+    let mut events: Vec<NewEvent> = binaries.iter().map(|b| ev("a", "bin", T0, Payload::Binary(b.clone()))).collect();
+    events.insert(2, ev("b", "json", T0, json!({"amount": "1.00", "nested": [1, null]})));
+    let given: Vec<Payload> = events.iter().map(|e| e.payload.clone()).collect();
+    store.append(req(Some("mixed"), events)).unwrap();
+    let read: Vec<Payload> = all(store).into_iter().map(|e| e.payload).collect();
+    assert_eq!(read, given);
+    let stream: Vec<Payload> = store.read_stream("a", 1).unwrap().into_iter().map(|e| e.payload).collect();
+    assert_eq!(stream, binaries.map(Payload::Binary));
+    assert_eq!(store.verify().unwrap().events, 5);
 }
 
 pub fn snapshots_are_found_at_or_before_a_position_and_only_the_newest_are_kept(store: &dyn EventStore) {

@@ -29,7 +29,7 @@ pub struct Envelope {
     /// When it happened.
     pub at: Instant,
     pub command_id: Option<String>,
-    pub payload: serde_json::Value,
+    pub payload: Payload,
 }
 
 /// An event to append; the store assigns position and version.
@@ -39,7 +39,53 @@ pub struct NewEvent {
     pub event_type: String,
     pub schema_version: u32,
     pub at: Instant,
-    pub payload: serde_json::Value,
+    pub payload: Payload,
+}
+
+/// An event's payload as stored. Stores keep it as given and never look inside.
+///
+/// `Json` is the portable form (exported logs, and every event stored before the binary
+/// encoding); `Binary` is a compact encoding defined by whoever writes the events (poolbill's
+/// domain: `Event::encode_binary`), read back by the same. A binary payload has no JSON form
+/// here: serializing an envelope that carries one is an error, so convert it first (the
+/// projections' `portable`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Payload {
+    Json(serde_json::Value),
+    Binary(Vec<u8>),
+}
+
+impl Payload {
+    /// The JSON payload, if that is how it is stored.
+    pub fn as_json(&self) -> Option<&serde_json::Value> {
+        match self {
+            Payload::Json(value) => Some(value),
+            Payload::Binary(_) => None,
+        }
+    }
+}
+
+impl From<serde_json::Value> for Payload {
+    fn from(value: serde_json::Value) -> Payload {
+        Payload::Json(value)
+    }
+}
+
+impl serde::Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Payload::Json(value) => value.serialize(serializer),
+            Payload::Binary(_) => {
+                Err(serde::ser::Error::custom("a binary payload has no JSON form here: convert the envelope to its portable form first"))
+            }
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Payload {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Payload, D::Error> {
+        serde_json::Value::deserialize(deserializer).map(Payload::Json)
+    }
 }
 
 /// Optimistic concurrency check on one stream. `NoStream` means version 0.
@@ -284,7 +330,7 @@ mod tests {
             schema_version: 2,
             at: ts("2024-03-01T10:00:00-04:00"),
             command_id: None,
-            payload: json!(null),
+            payload: json!(null).into(),
         };
         let text = serde_json::to_string(&env).unwrap();
         assert!(text.contains("\"2024-03-01T10:00:00-04:00\""), "{text}");
