@@ -44,6 +44,8 @@ fn killing_the_process_loses_nothing_acknowledged() {
     let store_path = dir.path().join("store");
     let mut rng = Lcg(seed);
     let mut acknowledged: HashMap<String, (Option<u64>, Option<u64>)> = HashMap::new();
+    // Every command line sent, by id: a retry repeats its command exactly.
+    let mut sent_lines: HashMap<String, Value> = HashMap::new();
     let mut survived = 0;
     let mut resent = 0;
 
@@ -64,24 +66,25 @@ fn killing_the_process_loses_nothing_acknowledged() {
         let base = round * 100_000;
         let sent = 20 + rng.below(60);
         let kill_after = rng.below(sent);
-        // Some acknowledged commands of earlier rounds are sent again: retries after a restart.
-        let resend: Vec<String> = acknowledged.keys().filter(|id| id.starts_with('r')).take(3).cloned().collect();
+        // Some acknowledged commands of earlier rounds are sent again, exactly as they were
+        // first sent: retries after a restart.
+        let mut lines: Vec<Value> = acknowledged.keys().filter(|id| id.starts_with('r')).take(3).map(|id| sent_lines[id].clone()).collect();
+        lines.extend([
+            json!({"id": "setup-price", "at": instant(0), "type": "set_price", "spec": "cpu", "hourly": "3.60"}),
+            json!({"id": "setup-account", "at": instant(0), "type": "open_account", "account": "a", "balance": "0.00"}),
+        ]);
+        for k in 0..sent {
+            let at = instant(base + 1 + k * 60);
+            let line = match k % 10 {
+                3 => json!({"id": format!("r{round}-{k}"), "at": at, "type": "purchase", "account": "a",
+                            "pool": format!("p{round}-{k}"), "spec": "cpu", "nodes": 1, "mode": "on_demand", "ready": true}),
+                7 => json!({"id": format!("r{round}-{k}"), "at": at, "type": "delete", "pool": format!("p{round}-{}", k - 4)}),
+                _ => json!({"id": format!("r{round}-{k}"), "at": at, "type": "top_up", "account": "a", "amount": "1.00"}),
+            };
+            sent_lines.insert(format!("r{round}-{k}"), line.clone());
+            lines.push(line);
+        }
         let writer = std::thread::spawn(move || {
-            let mut lines: Vec<Value> =
-                resend.iter().map(|id| json!({"id": id, "at": instant(base), "type": "top_up", "account": "a", "amount": "1.00"})).collect();
-            lines.extend([
-                json!({"id": "setup-price", "at": instant(0), "type": "set_price", "spec": "cpu", "hourly": "3.60"}),
-                json!({"id": "setup-account", "at": instant(0), "type": "open_account", "account": "a", "balance": "0.00"}),
-            ]);
-            for k in 0..sent {
-                let at = instant(base + 1 + k * 60);
-                lines.push(match k % 10 {
-                    3 => json!({"id": format!("r{round}-{k}"), "at": at, "type": "purchase", "account": "a",
-                                "pool": format!("p{round}-{k}"), "spec": "cpu", "nodes": 1, "mode": "on_demand", "ready": true}),
-                    7 => json!({"id": format!("r{round}-{k}"), "at": at, "type": "delete", "pool": format!("p{round}-{}", k - 4)}),
-                    _ => json!({"id": format!("r{round}-{k}"), "at": at, "type": "top_up", "account": "a", "amount": "1.00"}),
-                });
-            }
             for line in lines {
                 if writeln!(stdin, "{line}").and_then(|_| stdin.flush()).is_err() {
                     return; // killed

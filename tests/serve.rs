@@ -266,3 +266,37 @@ fn a_line_that_is_not_utf8_is_answered_in_its_place_and_serve_goes_on() {
     let store = SledStore::open(&store_path).unwrap();
     assert_eq!(replay(&store, Upto::All).unwrap().state.accounts["a"].balance, d("3.00"));
 }
+
+/// Issue 12: an idempotency key reused for a different command is refused, naming both, and
+/// changes nothing; the same command again is still the first answer (a duplicate). Across a
+/// restart too: the fingerprint is kept in the store with the command's record.
+#[test]
+fn an_id_reused_for_another_command_is_refused_naming_both_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let line =
+        |amount: &str, seconds: i64| json!({"id": "t1", "at": instant(seconds), "type": "top_up", "account": "a", "amount": amount}).to_string();
+    let open = json!({"id": "open-a", "at": instant(0), "type": "open_account", "account": "a", "balance": "0.00"}).to_string();
+    let answers = |out: std::process::Output| -> Vec<Value> {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let input = [open, line("1.00", 1), line("999.00", 1), line("1.00", 2), line("1.00", 1)].join("\n") + "\n";
+    let first = answers(serve(&store, input.clone().into_bytes(), None));
+    assert_eq!(first[1]["status"], "accepted", "{:?}", first[1]);
+    assert_eq!(first[1]["duplicate"], false);
+    for refused in [&first[2], &first[3]] {
+        let error = refused["error"].as_str().unwrap_or_else(|| panic!("an error: {refused}"));
+        assert!(error.contains("\"t1\"") && error.contains("already used for another command"), "{error}");
+        assert!(error.contains("\"1.00\""), "names the first command: {error}");
+    }
+    assert!(first[2]["error"].as_str().unwrap().contains("\"999.00\""), "names the second command");
+    assert_eq!(first[4]["duplicate"], true, "the same command again is the first answer: {:?}", first[4]);
+    // After a restart, from the record in the store.
+    let again = answers(serve(&store, input.into_bytes(), None));
+    assert!(again[2]["error"].as_str().is_some_and(|e| e.contains("999.00")), "{:?}", again[2]);
+    assert_eq!((again[1]["duplicate"].clone(), again[4]["duplicate"].clone()), (json!(true), json!(true)));
+    let store = SledStore::open(&store).unwrap();
+    let projections = replay(&store, Upto::All).unwrap();
+    assert_eq!(projections.state.accounts["a"].balance, d("1.00"), "only the first top-up happened");
+}

@@ -72,6 +72,10 @@ pub enum EngineError {
     /// The engine task has stopped.
     #[error("the engine has stopped")]
     Closed,
+    /// The command id was already used for another command (another body or instant): nothing
+    /// was done. A retry must repeat its command exactly; a new command needs a new id.
+    #[error("command id {id:?} was already used for another command: first {first}, now {now}; nothing was done (a new command needs a new id)")]
+    IdReused { id: String, first: String, now: String },
     /// A write failed and rebuilding the state from the log failed too: the engine stopped
     /// rather than go on from state that is not the log's. Every later request gets this.
     #[error("the engine stopped: after a failed write, its state could not be rebuilt from the log")]
@@ -290,6 +294,11 @@ enum Waiter {
         seq: u64,
         reply: oneshot::Sender<Result<Executed, EngineError>>,
     },
+    /// Answered at once, before anything is written (an id reused for another command).
+    Refused {
+        error: EngineError,
+        reply: oneshot::Sender<Result<Executed, EngineError>>,
+    },
     /// A command id already recorded: in the log, or by the append `seq` of this batch.
     Known {
         record: Result<CommandRecord, u64>,
@@ -414,19 +423,24 @@ impl Actor {
         };
 
         let mut waiters = Vec::new();
-        let mut seq_by_id: HashMap<String, u64> = HashMap::new();
+        // This batch's new command ids: their append and fingerprint.
+        let mut seq_by_id: HashMap<String, (u64, String)> = HashMap::new();
         for write in writes {
             match write {
                 Request::Execute { id, at, command, index, reply } => {
-                    if let Some(record) = known.get(&id) {
+                    let now = fingerprint(at, &command);
+                    let first = known.get(&id).and_then(|r| r.fingerprint.clone()).or_else(|| seq_by_id.get(&id).map(|(_, f)| f.clone()));
+                    if let Some(first) = first.filter(|first| *first != now) {
+                        waiters.push(Waiter::Refused { error: EngineError::IdReused { id, first, now }, reply });
+                    } else if let Some(record) = known.get(&id) {
                         waiters.push(Waiter::Known { record: Ok(record.clone()), reply });
-                    } else if let Some(seq) = seq_by_id.get(&id) {
+                    } else if let Some((seq, _)) = seq_by_id.get(&id) {
                         waiters.push(Waiter::Known { record: Err(*seq), reply });
                     } else if self.broken.is_none() {
                         // The ledger's order (R1): what is due by `at`, then the command.
                         let _ = self.advance(at).await;
-                        let seq = self.decide(at, &command, index, id.clone());
-                        seq_by_id.insert(id, seq);
+                        let seq = self.decide(at, &command, index, id.clone(), now.clone());
+                        seq_by_id.insert(id, (seq, now));
                         waiters.push(Waiter::Execute { seq, reply });
                     } else {
                         waiters.push(Waiter::Execute { seq: u64::MAX, reply });
@@ -457,7 +471,7 @@ impl Actor {
             let Some(step) = self.ledger.tick(to) else { break };
             tracing::trace!(at = %step.at.to_rfc3339(), events = step.events.len(), "time-driven events");
             count += step.events.len() as u64;
-            self.queue(step, serde_json::Value::Null);
+            self.queue(step, serde_json::Value::Null, None);
             if self.pending.len() >= MAX_CHAIN {
                 self.flush_pending().await;
             }
@@ -470,18 +484,18 @@ impl Actor {
 
     /// Decide one command and queue what it appends (its input, then its events or the record
     /// of its refusal). Returns its number.
-    fn decide(&mut self, at: Instant, command: &Command, index: Option<u64>, id: String) -> u64 {
+    fn decide(&mut self, at: Instant, command: &Command, index: Option<u64>, id: String, fingerprint: String) -> u64 {
         let step = self.ledger.decide(Some(id), at, command, index);
         let outcome = match &step.rejection {
             None => Outcome::Accepted,
             Some(Rejection { rule, reason }) => Outcome::Rejected { rule: *rule, reason: reason.clone() },
         };
-        self.queue(step, outcome_json(&outcome))
+        self.queue(step, outcome_json(&outcome), Some(fingerprint))
     }
 
     /// Append a step the ledger has applied (speculatively: a failed write rebuilds the ledger
     /// from the log) to the pending chain, with the checks its streams' versions call for.
-    fn queue(&mut self, step: Step, outcome: serde_json::Value) -> u64 {
+    fn queue(&mut self, step: Step, outcome: serde_json::Value, fingerprint: Option<String>) -> u64 {
         let Step { at, command_id, events, .. } = step;
         let mut expected: Vec<(String, ExpectedVersion)> = Vec::new();
         let mut new_events = Vec::with_capacity(events.len());
@@ -498,7 +512,7 @@ impl Actor {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.pending.push((seq, AppendRequest { command_id, expected, events: new_events, outcome }));
+        self.pending.push((seq, AppendRequest { command_id, expected, events: new_events, outcome, fingerprint }));
         seq
     }
 
@@ -509,7 +523,8 @@ impl Actor {
         if chain.is_empty() {
             return;
         }
-        let seqs: Vec<u64> = chain.iter().map(|(seq, _)| *seq).collect();
+        let seqs: Vec<(u64, Option<String>, Option<String>)> =
+            chain.iter().map(|(seq, r)| (*seq, r.command_id.clone(), r.fingerprint.clone())).collect();
         let requests: Vec<AppendRequest> = chain.into_iter().map(|(_, r)| r).collect();
         let store = self.store.clone();
         let result = blocking(move || store.append_chain(requests).map_err(EngineError::from)).await;
@@ -520,8 +535,14 @@ impl Actor {
             Err(EngineError::Store(e)) => (Vec::new(), Some((0, e)), None),
             Err(e) => (Vec::new(), None, Some(e.to_string())),
         };
-        for (i, seq) in seqs.iter().enumerate() {
+        for (i, (seq, id, now)) in seqs.iter().enumerate() {
             let answer = match (outcomes.get(i), &failure) {
+                // Recorded meanwhile by another writer of the store, for another command.
+                (Some(AppendOutcome::Duplicate(CommandRecord { fingerprint: Some(first), .. })), _)
+                    if now.as_ref().is_some_and(|now| now != first) =>
+                {
+                    Err(EngineError::IdReused { id: id.clone().unwrap_or_default(), first: first.clone(), now: now.clone().unwrap_or_default() })
+                }
                 (Some(AppendOutcome::Appended(r) | AppendOutcome::Duplicate(r)), _) => Ok(r.clone()),
                 (None, Some((at, e))) if *at == i => Err(EngineError::Store(e.clone())),
                 (None, Some((at, e))) => Err(EngineError::Aborted(format!("an earlier write in the same commit failed ({at}): {e}"))),
@@ -546,6 +567,9 @@ impl Actor {
                 Waiter::Execute { seq, reply } => {
                     let _ = reply.send(self.record(seq).map(|r| executed(r, false)));
                 }
+                Waiter::Refused { error, reply } => {
+                    let _ = reply.send(Err(error));
+                }
                 Waiter::Known { record, reply } => {
                     let record = record.or_else(|seq| self.record(seq));
                     let _ = reply.send(record.map(|r| executed(r, true)));
@@ -560,6 +584,9 @@ impl Actor {
     fn record(&self, seq: u64) -> Result<CommandRecord, EngineError> {
         match self.written.get(&seq) {
             Some(Ok(r)) => Ok(r.clone()),
+            Some(Err(EngineError::IdReused { id, first, now })) => {
+                Err(EngineError::IdReused { id: id.clone(), first: first.clone(), now: now.clone() })
+            }
             Some(Err(e)) => Err(EngineError::Aborted(e.to_string())),
             None => Err(EngineError::Aborted(self.broken.clone().unwrap_or_else(|| "not written".to_string()))),
         }
@@ -591,6 +618,12 @@ impl Actor {
         self.versions = versions;
         Ok(())
     }
+}
+
+/// What a command id stands for: the command and the instant it was given for, as canonical
+/// JSON (amounts keep their scale, instants their offset). A retry must repeat both.
+pub fn fingerprint(at: Instant, command: &Command) -> String {
+    serde_json::json!({ "at": at.to_rfc3339(), "command": command }).to_string()
 }
 
 fn outcome_json(outcome: &Outcome) -> serde_json::Value {

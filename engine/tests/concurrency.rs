@@ -145,6 +145,7 @@ async fn a_conflict_with_another_writer_is_retried_on_fresh_state() {
             expected: vec![],
             events: vec![poolbill_projections::new_event(&intruder, at)],
             outcome: serde_json::Value::Null,
+            fingerprint: None,
         })
         .unwrap();
     // The engine's next write on that stream conflicts, reloads, decides again, succeeds.
@@ -170,6 +171,7 @@ async fn an_engine_that_cannot_rebuild_its_state_after_a_failed_write_stops_with
             expected: vec![],
             events: vec![NewEvent { stream, event_type: "from_the_future".into(), schema_version: 1, at, payload: serde_json::json!({}).into() }],
             outcome: serde_json::Value::Null,
+            fingerprint: None,
         })
         .map(|_| engine.store().last_position().unwrap())
         .unwrap();

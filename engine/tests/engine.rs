@@ -2,7 +2,7 @@
 //! restart, time travel and the live clock.
 
 use poolbill_domain::{Command, PoolStatus, Rule};
-use poolbill_engine::{spawn_clock, Engine, ManualClock, Outcome, Upto};
+use poolbill_engine::{spawn_clock, Engine, EngineError, ManualClock, Outcome, Upto};
 use poolbill_testkit::{cmd, d, t};
 use rust_decimal::Decimal;
 use std::sync::Arc;
@@ -35,8 +35,8 @@ async fn a_repeated_command_id_returns_the_first_result_and_appends_nothing() {
     assert_eq!(first.outcome, Outcome::Accepted);
     assert!(!first.duplicate);
     let events = engine.store().last_position().unwrap();
-    // The retry, even with another command under the same id, is the first result.
-    let again = engine.execute("buy-1", at, monthly("other"), None).await.unwrap();
+    // The retry, the very same command, is the first result.
+    let again = engine.execute("buy-1", at, monthly("p"), None).await.unwrap();
     assert!(again.duplicate);
     assert_eq!((again.outcome, again.first_position), (first.outcome, first.first_position));
     assert_eq!(engine.store().last_position().unwrap(), events);
@@ -44,11 +44,44 @@ async fn a_repeated_command_id_returns_the_first_result_and_appends_nothing() {
     // A rejection is a result too: retried, it is the same rejection.
     let refused = engine.execute("buy-2", at, monthly("p"), Some(7)).await.unwrap();
     assert!(matches!(refused.outcome, Outcome::Rejected { rule: Rule::R17, .. }));
-    let again = engine.execute("buy-2", at, monthly("q"), Some(7)).await.unwrap();
-    assert_eq!(again.outcome, refused.outcome);
+    let again = engine.execute("buy-2", at, monthly("p"), Some(7)).await.unwrap();
+    assert_eq!((again.outcome, again.duplicate), (refused.outcome, true));
     let rejections = engine.as_of(Upto::All).await.unwrap().rejections;
     assert_eq!(rejections.len(), 1);
     assert_eq!(rejections[0].index, Some(7));
+}
+
+#[tokio::test]
+async fn an_id_used_again_for_another_command_is_refused_naming_both_and_changes_nothing() {
+    let engine = Engine::temporary().await.unwrap();
+    setup(&engine, "5000").await;
+    let at = t("2023-04-08T10:00:00+08:00");
+    let top_up = |amount: &str| Command::TopUp { account: "a".into(), amount: d(amount) };
+    engine.execute("t1", at, top_up("1.00"), None).await.unwrap();
+    let events = engine.store().last_position().unwrap();
+    // Another amount, another instant, or another kind of command under the same id: refused.
+    let later = t("2023-04-08T11:00:00+08:00");
+    for (when, command) in [(at, top_up("999.00")), (later, top_up("1.00")), (at, monthly("p"))] {
+        match engine.execute("t1", when, command, None).await {
+            Err(e @ EngineError::IdReused { .. }) => {
+                let message = e.to_string();
+                assert!(message.contains("\"t1\"") && message.contains("\"1.00\""), "names the id and the first command: {message}");
+            }
+            other => panic!("expected IdReused, got {other:?}"),
+        }
+    }
+    let e = engine.execute("t1", at, top_up("999.00"), None).await.unwrap_err().to_string();
+    assert!(e.contains("999.00") && e.contains("first") && e.contains("now"), "names both: {e}");
+    assert_eq!(engine.store().last_position().unwrap(), events, "nothing appended");
+    assert_eq!(balance(&engine).await, d("5001.00"));
+    // Within one group commit: the second use of a new id for another command is refused too.
+    let first = engine.submit("t2", at, top_up("2.00"), None).await.unwrap();
+    let second = engine.submit("t2", at, top_up("3.00"), None).await.unwrap();
+    let same = engine.submit("t2", at, top_up("2.00"), None).await.unwrap();
+    assert!(!first.answer().await.unwrap().duplicate);
+    assert!(matches!(second.answer().await, Err(EngineError::IdReused { .. })));
+    assert!(same.answer().await.unwrap().duplicate);
+    assert_eq!(balance(&engine).await, d("5003.00"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,7 +140,7 @@ async fn submitted_commands_are_decided_in_submission_order_and_answered_once_on
     }
     // 2000 paid by 200 top-ups of 10 just before: accepted only in this order (R12).
     pending.push(engine.submit("buy", at, monthly("p"), None).await.unwrap());
-    pending.push(engine.submit("buy", at, monthly("q"), None).await.unwrap());
+    pending.push(engine.submit("buy", at, monthly("p"), None).await.unwrap());
     let advanced = engine.submit_advance(t("2023-01-01T01:00:00+08:00")).await.unwrap();
     let retry = pending.pop().unwrap();
     let mut last = 0;
@@ -151,7 +184,7 @@ async fn a_reopened_store_continues_where_it_stopped() {
     engine.advance_to(t("2023-04-18T12:00:00+08:00")).await.unwrap();
     assert_eq!(balance(&engine).await, d("97.32"));
     // The ids recorded before the restart are still known.
-    assert!(engine.execute("od", t("2023-04-18T12:00:00+08:00"), on_demand("p"), None).await.unwrap().duplicate);
+    assert!(engine.execute("od", t("2023-04-18T09:59:30+08:00"), on_demand("p"), None).await.unwrap().duplicate);
 }
 
 #[tokio::test]

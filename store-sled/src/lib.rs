@@ -701,9 +701,14 @@ fn apply_in_tx(
     }
 
     let record = if req.events.is_empty() {
-        CommandRecord { first_position: None, last_position: None, outcome: req.outcome.clone() }
+        CommandRecord { first_position: None, last_position: None, outcome: req.outcome.clone(), fingerprint: req.fingerprint.clone() }
     } else {
-        CommandRecord { first_position: Some(last_position + 1), last_position: Some(position), outcome: req.outcome.clone() }
+        CommandRecord {
+            first_position: Some(last_position + 1),
+            last_position: Some(position),
+            outcome: req.outcome.clone(),
+            fingerprint: req.fingerprint.clone(),
+        }
     };
     if let Some(id) = &req.command_id {
         let json = match serde_json::to_vec(&record) {

@@ -17,7 +17,13 @@ pub fn ev(stream: &str, event_type: &str, at: &str, payload: impl Into<Payload>)
 
 /// A request without version checks; its outcome names its command id.
 pub fn req(command_id: Option<&str>, events: Vec<NewEvent>) -> AppendRequest {
-    AppendRequest { command_id: command_id.map(str::to_string), expected: vec![], events, outcome: json!({"ok": command_id}) }
+    AppendRequest {
+        command_id: command_id.map(str::to_string),
+        expected: vec![],
+        events,
+        outcome: json!({"ok": command_id}),
+        fingerprint: command_id.map(|id| format!("request {id}")),
+    }
 }
 
 /// Every event of the log.
@@ -159,9 +165,13 @@ pub fn duplicate_command_returns_first_record_and_appends_nothing(store: &dyn Ev
     let mut first = req(Some("pay-1"), vec![ev("a", "x", T0, json!(1))]);
     first.outcome = json!({"charged": 10});
     let record = appended(store.append(first).unwrap());
+    assert_eq!(record.fingerprint.as_deref(), Some("request pay-1"), "the fingerprint is kept with the record");
 
+    // The store answers with the first record, its fingerprint included, whatever the retry's
+    // (whoever appends compares them).
     let mut retry = req(Some("pay-1"), vec![ev("a", "x", T1, json!(2)), ev("b", "x", T1, json!(3))]);
     retry.outcome = json!({"charged": 99});
+    retry.fingerprint = Some("another request".into());
     // Even a failing concurrency check must not mask the duplicate.
     retry.expected = vec![("a".into(), ExpectedVersion::NoStream)];
     assert_eq!(store.append(retry), Ok(AppendOutcome::Duplicate(record.clone())));
@@ -201,7 +211,15 @@ pub fn empty_request_with_command_id_records_outcome(store: &dyn EventStore) {
     let mut r = req(Some("noop"), vec![]);
     r.outcome = json!({"rejected": "insufficient funds"});
     let record = appended(store.append(r).unwrap());
-    assert_eq!(record, CommandRecord { first_position: None, last_position: None, outcome: json!({"rejected": "insufficient funds"}) });
+    assert_eq!(
+        record,
+        CommandRecord {
+            first_position: None,
+            last_position: None,
+            outcome: json!({"rejected": "insufficient funds"}),
+            fingerprint: Some("request noop".into())
+        }
+    );
     assert_eq!(store.command("noop").unwrap(), Some(record.clone()));
     assert_eq!(store.last_position().unwrap(), 0);
     assert_eq!(store.append(req(Some("noop"), vec![])), Ok(AppendOutcome::Duplicate(record)));

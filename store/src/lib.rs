@@ -128,6 +128,10 @@ pub struct AppendRequest {
     pub events: Vec<NewEvent>,
     /// Caller's result, stored under `command_id`.
     pub outcome: serde_json::Value,
+    /// What the command id stands for, in a canonical text (the command and its instant),
+    /// stored with the outcome so that a later use of the id can be compared with it in full:
+    /// the same id for another command is refused, never answered as a duplicate.
+    pub fingerprint: Option<String>,
 }
 
 /// What was recorded for a command id.
@@ -137,6 +141,10 @@ pub struct CommandRecord {
     pub first_position: Option<u64>,
     pub last_position: Option<u64>,
     pub outcome: serde_json::Value,
+    /// The request's fingerprint (see [`AppendRequest::fingerprint`]); none in records written
+    /// before fingerprints were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
