@@ -88,6 +88,17 @@ fn a_store_of_json_events_reads_back_as_it_was_written_and_grows_with_binary_one
     assert!(new_events.iter().any(|l| l.contains("\"event_type\":\"charged\"")), "pool-9 was settled: {new_events:?}");
     ok(&["verify", "--store", store_arg]);
 
+    // Its tag index was built from the old events when the engine opened it, and continued.
+    {
+        use poolbill_store::EventStore;
+        let opened = poolbill_store_sled::SledStore::open(&store).unwrap();
+        assert_eq!(opened.tagged_through().unwrap(), opened.last_position().unwrap());
+        let pool_1 = opened.tagged("resource:pool-1", 0, usize::MAX).unwrap();
+        assert!(pool_1.len() >= 3 && pool_1.iter().all(|&p| p <= 31), "pool-1's old events are indexed: {pool_1:?}");
+        let pool_9 = opened.tagged("resource:pool-9", 0, usize::MAX).unwrap();
+        assert!(!pool_9.is_empty() && pool_9.iter().all(|&p| p > 31), "and the new pool's: {pool_9:?}");
+    }
+
     // The grown store, its export and a fold of that export agree.
     let log = dir.path().join("grown.jsonl");
     assert_eq!(ok(&["replay", "--store", store_arg, "--format", "json"]), ok(&["replay", log.to_str().unwrap(), "--format", "json"]));

@@ -114,7 +114,12 @@ impl Engine {
     pub async fn start_with(store: impl EventStore + 'static, snapshot_every: u64) -> Result<Engine, EngineError> {
         let store: Arc<dyn EventStore> = Arc::new(store);
         let scan = store.clone();
-        let (ledger, versions) = blocking(move || load(scan.as_ref(), snapshot_every)).await?;
+        let (ledger, versions) = blocking(move || {
+            // A store written before tags gets its index before anything is appended to it.
+            poolbill_ledger::catch_up_tags(scan.as_ref())?;
+            load(scan.as_ref(), snapshot_every)
+        })
+        .await?;
         let (tx, rx) = mpsc::channel(1024);
         let stopped = Arc::new(OnceLock::new());
         let mut actor = Actor::new(store.clone(), ledger, versions, rx, stopped.clone());

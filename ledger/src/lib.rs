@@ -99,6 +99,38 @@ pub struct Loaded {
 }
 
 /// Load a store's live projections from its newest readable snapshot plus the tail of its log.
+/// How many events one catch-up transaction indexes.
+const TAG_BATCH: usize = 20_000;
+
+/// Index the events a store holds beyond its tag index ([`poolbill_projections::tags_of`]), in
+/// order, in batches: a store written before tags were kept gets its index once, and the
+/// events themselves are not touched. Returns how many events were indexed.
+pub fn catch_up_tags(store: &dyn EventStore) -> Result<u64, FoldError> {
+    let (through, last) = (store.tagged_through()?, store.last_position()?);
+    if through >= last {
+        return Ok(0);
+    }
+    let _span = tracing::info_span!("indexing", from = through + 1, to = last).entered();
+    let mut batch = Vec::with_capacity(TAG_BATCH);
+    let mut indexed = 0;
+    for envelope in store.read_all(through + 1) {
+        let envelope = envelope?;
+        let event = poolbill_projections::event_of(&envelope).map_err(|source| ProjectionError { position: envelope.position, source })?;
+        batch.push((envelope.position, poolbill_projections::tags_of(&event)));
+        if batch.len() == TAG_BATCH {
+            store.tag_existing(&batch)?;
+            indexed += batch.len() as u64;
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        store.tag_existing(&batch)?;
+        indexed += batch.len() as u64;
+    }
+    tracing::info!(indexed, "tags of older events recorded");
+    Ok(indexed)
+}
+
 pub fn load_live(store: &dyn EventStore) -> Result<Loaded, FoldError> {
     let last = store.last_position()?;
     let (start, versions, snapshot, ignored) = match store.snapshot_at_or_before(last)? {

@@ -33,7 +33,8 @@ pub fn portable(envelope: &Envelope) -> Result<std::borrow::Cow<'_, Envelope>, D
     }
 }
 
-/// An event to append at `at`, in the compact binary encoding of its type's latest schema.
+/// An event to append at `at`, in the compact binary encoding of its type's latest schema,
+/// with its [`tags_of`].
 pub fn new_event(event: &Event, at: Instant) -> NewEvent {
     let event_type = event.event_type_name();
     let mut bytes = Vec::with_capacity(64);
@@ -44,6 +45,80 @@ pub fn new_event(event: &Event, at: Instant) -> NewEvent {
         schema_version: poolbill_domain::latest_version(event_type),
         at,
         payload: Payload::Binary(bytes),
+        tags: tags_of(event),
+    }
+}
+
+/// The tag of the events about one resource (pool, job, package, or the id a job's bills carry).
+pub fn resource_tag(id: &str) -> String {
+    format!("resource:{id}")
+}
+
+/// The tag of an account's own changes (opening, arrears), apart from its flood of charges.
+pub fn account_tag(account: &str) -> String {
+    format!("account:{account}")
+}
+
+/// The prefix of the tags that count flow-bill lines by the hour they start in.
+pub const BILL_HOUR: &str = "bill-hour:";
+
+/// The tag of the flow-bill lines that start in the hour of `start` (hours since the epoch,
+/// zero-padded so that tags sort as hours do): counting them places a line in the bills list
+/// without reading every line before it.
+pub fn bill_hour_tag(start: Instant) -> String {
+    format!("{BILL_HOUR}{:012}", start.timestamp().div_euclid(3600))
+}
+
+/// The keys a store indexes an event by, so that the questions asked of one resource (explain,
+/// time travel) read its events, not the whole log: the resources it concerns, the account
+/// whose standing it changes, and for a flow-bill line the hour it starts in.
+pub fn tags_of(event: &Event) -> Vec<String> {
+    let resource = |id: &str| vec![resource_tag(id)];
+    match event {
+        Event::Charged { line } => vec![resource_tag(&line.resource), bill_hour_tag(line.start)],
+        Event::PoolPurchased { pool, .. }
+        | Event::PoolReady { pool, .. }
+        | Event::PoolScaled { pool, .. }
+        | Event::PoolRenewed { pool, .. }
+        | Event::PoolConverted { pool, .. }
+        | Event::PoolDeleted { pool, .. }
+        | Event::ExpiryWarned { pool, .. }
+        | Event::PoolExpired { pool, .. }
+        | Event::PoolFrozen { pool, .. }
+        | Event::PoolReleased { pool, .. }
+        | Event::PoolUnsubscribed { pool, .. }
+        | Event::AutoRenewSet { pool, .. }
+        | Event::AutoRenewAttempted { pool, .. } => resource(pool),
+        Event::JobStarted { job, billed_as, .. } if billed_as != job => vec![resource_tag(job), resource_tag(billed_as)],
+        Event::JobStarted { job, .. } | Event::JobStopped { job, .. } | Event::JobDeleted { job, .. } => resource(job),
+        Event::PackageBought { package, .. } | Event::PackageAlerted { package, .. } | Event::PackageExpired { package, .. } => resource(package),
+        Event::AccountOpened { account, .. }
+        | Event::ArrearsStarted { account, .. }
+        | Event::ArrearsFrozen { account }
+        | Event::ArrearsReleased { account }
+        | Event::ArrearsEnded { account } => vec![account_tag(account)],
+        Event::CommandReceived { command, .. } => command_target(command).map(resource).unwrap_or_default(),
+        Event::PriceSet { .. } | Event::PolicySet { .. } | Event::ToppedUp { .. } | Event::CycleSettled { .. } | Event::CommandRejected { .. } => {
+            Vec::new()
+        }
+    }
+}
+
+/// The resource a command is about, if it is about one.
+fn command_target(command: &poolbill_domain::Command) -> Option<&str> {
+    use poolbill_domain::Command as C;
+    match command {
+        C::Purchase { pool, .. }
+        | C::Ready { pool }
+        | C::Delete { pool }
+        | C::Renew { pool, .. }
+        | C::SetAutoRenew { pool, .. }
+        | C::Convert { pool, .. }
+        | C::Scale { pool, .. }
+        | C::Unsubscribe { pool } => Some(pool),
+        C::BuyPackage { package, .. } => Some(package),
+        C::StartJob { job, .. } | C::StopJob { job } | C::DeleteJob { job } => Some(job),
+        C::SetPrice { .. } | C::SetPolicy { .. } | C::OpenAccount { .. } | C::TopUp { .. } => None,
     }
 }
 

@@ -11,7 +11,9 @@
 //! | `streams`      | stream id bytes                             | current stream version, `u64` BE             |
 //! | `stream_index` | stream id bytes, `0x00`, version `u64` BE   | global position, `u64` BE                    |
 //! | `commands`     | command id bytes                            | JSON of the [`CommandRecord`]                |
-//! | `meta`         | `last_position` / `last_instant`            | `u64` BE / RFC 3339 text                     |
+//! | `meta`         | `last_position` / `last_instant` / `tagged_through` | `u64` BE / RFC 3339 text / `u64` BE  |
+//! | `tags`         | tag bytes                                   | how many events carry it, `u64` BE           |
+//! | `tag_index`    | tag bytes, `0x00`, position `u64` BE        | empty                                        |
 //!
 //! Big-endian keys make sled's byte order equal to numeric order, so range scans
 //! return events by position and stream entries by version. Stream ids may
@@ -65,6 +67,8 @@ const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 const META_LAST_POSITION: &[u8] = b"last_position";
 const META_LAST_INSTANT: &[u8] = b"last_instant";
+/// Every event up to this position has its tags recorded (absent: none has).
+const META_TAGGED_THROUGH: &[u8] = b"tagged_through";
 
 /// Handle on the event log. Cheap to clone (sled handles are reference counted).
 #[derive(Clone)]
@@ -78,6 +82,8 @@ pub struct SledStore {
     stream_index: sled::Tree,
     commands: sled::Tree,
     meta: sled::Tree,
+    tags: sled::Tree,
+    tag_index: sled::Tree,
     /// Snapshots of projections by position (opaque bytes): an optimisation, outside the log.
     snapshots: sled::Tree,
 }
@@ -337,16 +343,20 @@ impl SledStore {
             stream_index: open("stream_index")?,
             commands: open("commands")?,
             meta: open("meta")?,
+            tags: open("tags")?,
+            tag_index: open("tag_index")?,
             snapshots: open("snapshots")?,
             db,
         })
     }
 
     fn apply(&self, req: &AppendRequest) -> Result<AppendOutcome, StoreError> {
-        let trees = (&self.events, &self.streams, &self.stream_index, &self.commands, &self.meta);
+        let trees = (&self.events, &self.streams, &self.stream_index, &self.commands, &self.meta, &self.tags, &self.tag_index);
         // The closure may run several times: it only reads through the
         // transactional views and reports through its return value.
-        let result = trees.transaction(|(events, streams, index, commands, meta)| apply_in_tx(req, events, streams, index, commands, meta));
+        let result = trees.transaction(|(events, streams, index, commands, meta, tags, tag_index)| {
+            apply_in_tx(req, events, streams, index, commands, meta, (tags, tag_index))
+        });
         match result {
             Ok(outcome) => Ok(outcome),
             Err(TransactionError::Abort(e)) => Err(e),
@@ -507,6 +517,68 @@ impl EventStore for SledStore {
         Ok(out)
     }
 
+    fn tagged(&self, tag: &str, from: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
+        let key = |position: u64| {
+            let mut key = index_prefix(tag);
+            key.extend_from_slice(&position.to_be_bytes());
+            key
+        };
+        let key_len = tag.len() + 9;
+        let mut positions = Vec::new();
+        for entry in self.tag_index.range(key(from)..=key(u64::MAX)) {
+            if positions.len() >= limit {
+                break;
+            }
+            let (k, _) = entry.map_err(storage(format_args!("scanning the index of tag {tag:?}")))?;
+            // Longer keys in this range belong to tags that extend ours with a NUL.
+            if k.len() == key_len {
+                positions.push(decode_u64(&k[tag.len() + 1..]).unwrap_or(0));
+            }
+        }
+        Ok(positions)
+    }
+
+    fn tag_counts(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        self.tags
+            .scan_prefix(prefix.as_bytes())
+            .map(|entry| {
+                let (tag, count) = entry.map_err(storage(format_args!("scanning tags starting with {prefix:?}")))?;
+                let tag = String::from_utf8_lossy(&tag).into_owned();
+                let count = decode_u64(&count).ok_or_else(|| corrupt(0, format!("the count of tag {tag:?} is not a u64")))?;
+                Ok((tag, count))
+            })
+            .collect()
+    }
+
+    fn tagged_through(&self) -> Result<u64, StoreError> {
+        match self.meta.get(META_TAGGED_THROUGH).map_err(storage("reading meta tagged_through"))? {
+            None => Ok(0),
+            Some(v) => decode_u64(&v).ok_or_else(|| corrupt(0, "meta tagged_through is not a u64")),
+        }
+    }
+
+    fn tag_existing(&self, tagged: &[(u64, Vec<String>)]) -> Result<(), StoreError> {
+        let trees = (&self.meta, &self.tags, &self.tag_index);
+        let result = trees.transaction(|(meta, tags, tag_index)| {
+            let mut through = tx_u64(meta, META_TAGGED_THROUGH, || "meta tagged_through".to_string())?;
+            let last = tx_u64(meta, META_LAST_POSITION, || "meta last_position".to_string())?;
+            for (position, event_tags) in tagged {
+                if *position != through + 1 || *position > last {
+                    return abort(StoreError::Internal("tags of existing events must continue the index, within the log"));
+                }
+                tag_in_tx((tags, tag_index), *position, event_tags)?;
+                through = *position;
+            }
+            meta.insert(META_TAGGED_THROUGH, &through.to_be_bytes()[..])?;
+            Ok(())
+        });
+        match result {
+            Ok(()) => self.db.flush().map(|_| ()).map_err(storage("flushing the rebuilt tag index")),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(source)) => Err(StoreError::backend("recording tags of existing events", source)),
+        }
+    }
+
     /// Current version of `stream`, 0 when it has no events.
     fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
         let raw = self.streams.get(stream.as_bytes()).map_err(storage(format_args!("reading version of stream {stream:?}")))?;
@@ -613,6 +685,19 @@ impl EventStore for SledStore {
     }
 }
 
+/// Record `tags` of the event at `position`: one index entry each, and their counts.
+fn tag_in_tx((tags, tag_index): (&TransactionalTree, &TransactionalTree), position: u64, event_tags: &[String]) -> TxResult<()> {
+    for tag in event_tags {
+        let mut key = index_prefix(tag);
+        key.extend_from_slice(&position.to_be_bytes());
+        if tag_index.insert(key, &[][..])?.is_none() {
+            let count = tx_u64(tags, tag.as_bytes(), || format!("count of tag {tag:?}"))?;
+            tags.insert(tag.as_bytes(), &(count + 1).to_be_bytes()[..])?;
+        }
+    }
+    Ok(())
+}
+
 fn tx_u64(tree: &TransactionalTree, key: &[u8], what: impl FnOnce() -> String) -> TxResult<u64> {
     match tree.get(key)? {
         None => Ok(0),
@@ -630,6 +715,7 @@ fn apply_in_tx(
     index: &TransactionalTree,
     commands: &TransactionalTree,
     meta: &TransactionalTree,
+    tag_trees: (&TransactionalTree, &TransactionalTree),
 ) -> TxResult<AppendOutcome> {
     if let Some(id) = &req.command_id {
         if let Some(raw) = commands.get(id.as_bytes())? {
@@ -664,6 +750,9 @@ fn apply_in_tx(
     }
 
     let last_position = tx_u64(meta, META_LAST_POSITION, || "meta last_position".to_string())?;
+    // Tags are recorded only while the index is complete, so that it stays in log order; an
+    // older store's index is rebuilt first (`tag_existing`).
+    let tagging = tx_u64(meta, META_TAGGED_THROUGH, || "meta tagged_through".to_string())? == last_position;
     let mut position = last_position;
     let mut versions: HashMap<&str, u64> = HashMap::new();
     for event in &req.events {
@@ -689,6 +778,12 @@ fn apply_in_tx(
         };
         events.insert(&position.to_be_bytes()[..], value)?;
         index.insert(index_key(&event.stream, version), &position.to_be_bytes()[..])?;
+        if tagging {
+            tag_in_tx(tag_trees, position, &event.tags)?;
+        }
+    }
+    if tagging && position != last_position {
+        meta.insert(META_TAGGED_THROUGH, &position.to_be_bytes()[..])?;
     }
     for (stream, version) in &versions {
         streams.insert(stream.as_bytes(), &version.to_be_bytes()[..])?;

@@ -210,3 +210,23 @@ fn a_store_open_elsewhere_is_in_use_not_damaged() {
     drop(first);
     assert!(SledStore::open(&path).is_ok(), "free again once closed");
 }
+
+/// A store written before tags (no `tagged_through`): appends leave the index alone until it is
+/// rebuilt from the log in order; from then on appends tag again.
+#[test]
+fn an_index_rebuilt_for_an_older_store_continues_with_new_appends() {
+    let store = three_events();
+    store.meta.remove(META_TAGGED_THROUGH).unwrap();
+    store.tags.clear().unwrap();
+    store.tag_index.clear().unwrap();
+    store.append(req(None, vec![conformance::tagged(ev("a", "x", T2, json!(4)), &["t"])])).unwrap();
+    assert!(store.tagged("t", 0, 10).unwrap().is_empty(), "not indexed while earlier events are not");
+    assert_eq!(store.tagged_through().unwrap(), 0);
+    assert!(store.tag_existing(&[(2, vec!["t".into()])]).is_err(), "must start right after what is indexed");
+    store.tag_existing(&[(1, vec!["t".into()]), (2, vec![])]).unwrap();
+    store.tag_existing(&[(3, vec!["u".into()]), (4, vec!["t".into()])]).unwrap();
+    assert_eq!(store.tagged_through().unwrap(), 4);
+    store.append(req(None, vec![conformance::tagged(ev("a", "x", T2, json!(5)), &["t"])])).unwrap();
+    assert_eq!(store.tagged("t", 0, 10).unwrap(), vec![1, 4, 5]);
+    assert_eq!(store.tag_counts("").unwrap(), vec![("t".to_string(), 3), ("u".to_string(), 1)]);
+}

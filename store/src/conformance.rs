@@ -12,7 +12,7 @@ pub fn ts(s: &str) -> Instant {
 
 /// An event of `event_type` on `stream` at `at`.
 pub fn ev(stream: &str, event_type: &str, at: &str, payload: impl Into<Payload>) -> NewEvent {
-    NewEvent { stream: stream.to_string(), event_type: event_type.to_string(), schema_version: 1, at: ts(at), payload: payload.into() }
+    NewEvent { stream: stream.to_string(), event_type: event_type.to_string(), schema_version: 1, at: ts(at), payload: payload.into(), tags: vec![] }
 }
 
 /// A request without version checks; its outcome names its command id.
@@ -46,7 +46,7 @@ pub const T2: &str = "2024-03-01T12:00:00+01:00";
 /// Run every check, each on a fresh empty store from `fresh`; a failure names its check.
 pub fn run_all(fresh: &dyn Fn() -> Box<dyn EventStore>) {
     type Check = fn(&dyn EventStore);
-    let checks: [(&str, Check); 9] = [
+    let checks: [(&str, Check); 10] = [
         ("positions_are_gapless_across_streams_and_batches", positions_are_gapless_across_streams_and_batches),
         ("per_stream_versions_and_read_stream_from_version", per_stream_versions_and_read_stream_from_version),
         ("stream_ids_that_extend_another_with_nul_do_not_mix", stream_ids_that_extend_another_with_nul_do_not_mix),
@@ -55,6 +55,7 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn EventStore>) {
         ("out_of_order_is_rejected_and_writes_nothing", out_of_order_is_rejected_and_writes_nothing),
         ("empty_request_with_command_id_records_outcome", empty_request_with_command_id_records_outcome),
         ("binary_and_json_payloads_come_back_as_given", binary_and_json_payloads_come_back_as_given),
+        ("tags_list_their_events_in_log_order", tags_list_their_events_in_log_order),
         (
             "snapshots_are_found_at_or_before_a_position_and_only_the_newest_are_kept",
             snapshots_are_found_at_or_before_a_position_and_only_the_newest_are_kept,
@@ -242,6 +243,40 @@ pub fn binary_and_json_payloads_come_back_as_given(store: &dyn EventStore) {
     let stream: Vec<Payload> = store.read_stream("a", 1).unwrap().into_iter().map(|e| e.payload).collect();
     assert_eq!(stream, binaries.map(Payload::Binary));
     assert_eq!(store.verify().unwrap().events, 5);
+}
+
+/// An event tagged with these keys.
+pub fn tagged(mut event: NewEvent, tags: &[&str]) -> NewEvent {
+    event.tags = tags.iter().map(|t| t.to_string()).collect();
+    event
+}
+
+/// Tags index events by key, in log order, with counts; refused and duplicate requests record
+/// none; the index of existing events can only be continued, never rewritten.
+pub fn tags_list_their_events_in_log_order(store: &dyn EventStore) {
+    assert_eq!(store.tagged_through().unwrap(), 0);
+    let (p1, nul) = ("resource:p1", "resource:p1\0x");
+    store.append(req(Some("c1"), vec![tagged(ev("a", "x", T0, json!(1)), &[p1, "hour:07"]), tagged(ev("b", "x", T0, json!(2)), &[p1])])).unwrap();
+    let mut refused = req(Some("c2"), vec![tagged(ev("a", "x", T1, json!(0)), &[p1, "hour:99"])]);
+    refused.expected = vec![("a".into(), ExpectedVersion::NoStream)];
+    assert!(matches!(store.append(refused), Err(StoreError::Conflict { .. })));
+    assert!(matches!(store.append(req(Some("c1"), vec![tagged(ev("a", "x", T1, json!(0)), &[p1])])), Ok(AppendOutcome::Duplicate(_))));
+    store.append(req(None, vec![tagged(ev("a", "x", T1, json!(3)), &[nul, "hour:08", "hour:08"])])).unwrap();
+
+    assert_eq!(store.tagged(p1, 0, 100).unwrap(), vec![1, 2]);
+    assert_eq!(store.tagged(p1, 2, 100).unwrap(), vec![2], "from a position on");
+    assert_eq!(store.tagged(p1, 0, 1).unwrap(), vec![1], "at most the limit");
+    assert_eq!(store.tagged(nul, 0, 100).unwrap(), vec![3], "a tag extending another with NUL is its own");
+    assert!(store.tagged("resource:p", 0, 100).unwrap().is_empty());
+    assert_eq!(store.tag_counts("hour:").unwrap(), vec![("hour:07".to_string(), 1), ("hour:08".to_string(), 1)], "a tag given twice counts once");
+    assert_eq!(store.tagged_through().unwrap(), 3);
+    assert_eq!(store.read_at(2).unwrap().map(|e| e.payload), Some(Payload::Json(json!(2))));
+    assert_eq!(store.read_at(0).unwrap(), None);
+    assert_eq!(store.read_at(4).unwrap(), None);
+    // The index of existing events only continues: neither again nor past the log's end.
+    assert!(store.tag_existing(&[(3, vec!["late".into()])]).is_err());
+    assert!(store.tag_existing(&[(4, vec!["ahead".into()])]).is_err());
+    assert!(store.tagged("late", 0, 10).unwrap().is_empty());
 }
 
 pub fn snapshots_are_found_at_or_before_a_position_and_only_the_newest_are_kept(store: &dyn EventStore) {

@@ -40,6 +40,10 @@ pub struct NewEvent {
     pub schema_version: u32,
     pub at: Instant,
     pub payload: Payload,
+    /// Secondary keys to find the event by (e.g. the resources it concerns), recorded with it
+    /// in the same transaction: [`EventStore::tagged`] lists a tag's events without reading
+    /// the log. Tags are an index, not part of the event: they can be rebuilt from the log.
+    pub tags: Vec<String>,
 }
 
 /// An event's payload as stored. Stores keep it as given and never look inside.
@@ -296,6 +300,30 @@ pub trait EventStore: Send + Sync {
 
     /// The stream's current version (0: no such stream).
     fn stream_version(&self, stream: &str) -> Result<u64, StoreError>;
+
+    /// The event at `position`, if the log reaches it.
+    fn read_at(&self, position: u64) -> Result<Option<Envelope>, StoreError> {
+        if position == 0 {
+            return Ok(None);
+        }
+        self.read_all(position).next().transpose().map(|e| e.filter(|e| e.position == position))
+    }
+
+    /// The positions of the events tagged `tag`, in log order, from position `from` on, at
+    /// most `limit` of them.
+    fn tagged(&self, tag: &str, from: u64, limit: usize) -> Result<Vec<u64>, StoreError>;
+
+    /// How many events carry each tag that starts with `prefix`, in tag order.
+    fn tag_counts(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError>;
+
+    /// The last position whose tags are recorded: every event up to it is indexed. It trails
+    /// the log only in stores written before tags (or by a writer that gave none).
+    fn tagged_through(&self) -> Result<u64, StoreError>;
+
+    /// Record the tags of events already in the log, which must continue right after
+    /// [`tagged_through`](EventStore::tagged_through), in order (rebuilding the index of an
+    /// older store; the events themselves are not touched). Flushed before it returns.
+    fn tag_existing(&self, tags: &[(u64, Vec<String>)]) -> Result<(), StoreError>;
 
     /// The last position written (0: an empty log).
     fn last_position(&self) -> Result<u64, StoreError>;
