@@ -220,13 +220,30 @@ pub fn audit(args: AuditArgs) -> Result<(), Failure> {
 }
 
 pub fn explain(args: ExplainArgs) -> Result<(), Failure> {
-    let log = load(&args.source)?;
-    let envelopes = &log.envelopes;
     // clap lets through `--bill N` alone, or `--resource ID` with `--at INSTANT`.
-    let explanations = match (args.bill, args.resource, args.at) {
-        (Some(n), _, _) => vec![explain_log::explain_bill(envelopes, n).map_err(|e| Failure::Input(e.into()))?],
-        (None, Some(resource), Some(at)) => explain_log::explain_at(envelopes, &resource, at).map_err(|e| Failure::Input(e.into()))?,
-        _ => return Err(Failure::Input("explain needs --bill N, or --resource ID with --at INSTANT".into())),
+    let explanations = match args.source.origin()? {
+        // A store answers from its tag index: only the events about the resource are read.
+        Origin::Store(dir) => {
+            let store = open_store(dir)?;
+            let failed = |e: explain_log::ExplainError| match e {
+                explain_log::ExplainError::NoSuchBill(_) => Failure::Input(e.into()),
+                e => damaged(format!("explaining from the store at {}", dir.display()))(e),
+            };
+            match (args.bill, args.resource, args.at) {
+                (Some(n), _, _) => vec![explain_log::explain_bill_in(&store, n).map_err(failed)?],
+                (None, Some(resource), Some(at)) => explain_log::explain_at_in(&store, &resource, at).map_err(failed)?,
+                _ => return Err(Failure::Input("explain needs --bill N, or --resource ID with --at INSTANT".into())),
+            }
+        }
+        Origin::File(_) => {
+            let log = load(&args.source)?;
+            let envelopes = &log.envelopes;
+            match (args.bill, args.resource, args.at) {
+                (Some(n), _, _) => vec![explain_log::explain_bill(envelopes, n).map_err(|e| Failure::Input(e.into()))?],
+                (None, Some(resource), Some(at)) => explain_log::explain_at(envelopes, &resource, at).map_err(|e| Failure::Input(e.into()))?,
+                _ => return Err(Failure::Input("explain needs --bill N, or --resource ID with --at INSTANT".into())),
+            }
+        }
     };
     print_out(&match args.format {
         TextFormat::Json => to_json(&explanations)?,

@@ -608,6 +608,11 @@ impl Actor {
         let (store, projections, versions) = (self.store.clone(), projections.clone(), self.versions.clone());
         let _ = blocking(move || {
             save_snapshot(store.as_ref(), &projections, &versions);
+            // The tag index follows the log in bulk, at the same pace (it is rebuilt from the
+            // log wherever it trails, so a failure here costs only a later catch-up).
+            if let Err(e) = poolbill_ledger::catch_up_tags(store.as_ref()) {
+                tracing::warn!(error = %e, "the tag index could not be brought up to date");
+            }
             Ok(())
         })
         .await;

@@ -169,14 +169,7 @@ async fn an_engine_that_cannot_rebuild_its_state_after_a_failed_write_stops_with
         .append(AppendRequest {
             command_id: Some("elsewhere".into()),
             expected: vec![],
-            events: vec![NewEvent {
-                stream,
-                event_type: "from_the_future".into(),
-                schema_version: 1,
-                at,
-                payload: serde_json::json!({}).into(),
-                tags: vec![],
-            }],
+            events: vec![NewEvent { stream, event_type: "from_the_future".into(), schema_version: 1, at, payload: serde_json::json!({}).into() }],
             outcome: serde_json::Value::Null,
             fingerprint: None,
         })

@@ -33,8 +33,7 @@ pub fn portable(envelope: &Envelope) -> Result<std::borrow::Cow<'_, Envelope>, D
     }
 }
 
-/// An event to append at `at`, in the compact binary encoding of its type's latest schema,
-/// with its [`tags_of`].
+/// An event to append at `at`, in the compact binary encoding of its type's latest schema.
 pub fn new_event(event: &Event, at: Instant) -> NewEvent {
     let event_type = event.event_type_name();
     let mut bytes = Vec::with_capacity(64);
@@ -45,7 +44,6 @@ pub fn new_event(event: &Event, at: Instant) -> NewEvent {
         schema_version: poolbill_domain::latest_version(event_type),
         at,
         payload: Payload::Binary(bytes),
-        tags: tags_of(event),
     }
 }
 
@@ -69,7 +67,8 @@ pub fn bill_hour_tag(start: Instant) -> String {
     format!("{BILL_HOUR}{:012}", start.timestamp().div_euclid(3600))
 }
 
-/// The keys a store indexes an event by, so that the questions asked of one resource (explain,
+/// The keys a store indexes an event by (its tags, recorded in bulk after the event: see
+/// `poolbill_ledger::catch_up_tags`), so that the questions asked of one resource (explain,
 /// time travel) read its events, not the whole log: the resources it concerns, the account
 /// whose standing it changes, and for a flow-bill line the hour it starts in.
 pub fn tags_of(event: &Event) -> Vec<String> {

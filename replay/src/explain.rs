@@ -7,11 +7,13 @@ use poolbill_domain::money::{fmt_cents, fmt_exact, remaining_factor, trunc2, tru
 use poolbill_domain::time::{align_to_day, beijing_date, days_in_month, hour_floor, period_end, to_beijing};
 use poolbill_domain::{remaining_value, Alignment, Amounts, Basis, BillLine, DecodeError, Event, Instant, Item, Rule, Term, UnusedPart};
 use poolbill_ledger::{fold_visit, FoldError, Upto};
-use poolbill_projections::{BillView, Projections};
-use poolbill_store::Envelope;
+use poolbill_projections::{account_tag, bill_hour_tag, event_of, resource_tag, BillView, FlowBill, BILL_HOUR};
+use poolbill_store::{Envelope, EventStore, StoreError};
 use rust_decimal::Decimal;
 use serde::Serialize;
-use std::collections::{BTreeSet, HashMap};
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Explanation {
@@ -79,10 +81,13 @@ pub enum ExplainError {
 /// `--bill N`: the line at 1-based place N of the bills list.
 pub fn explain_bill(envelopes: &[Envelope], number: usize) -> Result<Explanation, ExplainError> {
     let log = Log::load(envelopes)?;
-    if number == 0 || number > log.bills.len() {
-        return Err(ExplainError::NoSuchBill(format!("bill {number}: the log has {} bills, numbered from 1", log.bills.len())));
+    let count = log.numbers.count();
+    if number == 0 || number > count {
+        return Err(ExplainError::NoSuchBill(format!("bill {number}: the log has {count} bills, numbered from 1")));
     }
-    log.explain(number)
+    let position = log.numbers.nth(number)?;
+    let index = log.index_of(position).ok_or_else(|| ExplainError::Log(format!("bill {number} names position {position}, which the log lacks")))?;
+    log.explain(index)
 }
 
 /// `--resource ID --at T`: every line of that resource in force at T, in bills-list order.
@@ -90,21 +95,33 @@ pub fn explain_bill(envelopes: &[Envelope], number: usize) -> Result<Explanation
 /// cover `[start, end]`. A job id finds the lines its bills carry (`training_<id>`, R5).
 pub fn explain_at(envelopes: &[Envelope], resource: &str, at: Instant) -> Result<Vec<Explanation>, ExplainError> {
     let log = Log::load(envelopes)?;
-    let mut ids = BTreeSet::from([resource.to_string()]);
-    if let Some(job) = log.projections.state.jobs.get(resource) {
-        ids.insert(job.billing_id());
+    log.explain_lines_at(resource, at)
+}
+
+/// [`explain_bill`] from a store, through its tag index (brought up to date first: see
+/// `poolbill_ledger::catch_up_tags`): the line is found by counting lines by the hour they
+/// start in, and only the events about its resource are read, never the whole log.
+pub fn explain_bill_in(store: &dyn EventStore, number: usize) -> Result<Explanation, ExplainError> {
+    let ranks = BillRanks::new(store)?;
+    let count = ranks.count();
+    if number == 0 || number > count {
+        return Err(ExplainError::NoSuchBill(format!("bill {number}: the log has {count} bills, numbered from 1")));
     }
-    let mut found = Vec::new();
-    for number in 1..=log.bills.len() {
-        let (_, line) = log.line_of(number)?;
-        if ids.contains(&line.resource) && covers(line, at) {
-            found.push(log.explain(number)?);
-        }
-    }
-    if found.is_empty() {
-        return Err(ExplainError::NoSuchBill(format!("resource {resource:?} has no bill line at {}", to_beijing(at).to_rfc3339())));
-    }
-    Ok(found)
+    let position = ranks.nth(number)?;
+    let charged = read(store, position)?;
+    let Event::Charged { line } = &charged.1 else {
+        return Err(ExplainError::Log(format!("bill {number} names position {position}, not a charged event")));
+    };
+    let log = Log::about(store, &line.resource, Target::Position(position), ranks)?;
+    let index = log.index_of(position).ok_or_else(|| ExplainError::Log(format!("position {position} is not among its resource's events")))?;
+    log.explain(index)
+}
+
+/// [`explain_at`] from a store, through its tag index: only the events about the resource
+/// (and its account's standing, the catalog, the commands that charged it) are read.
+pub fn explain_at_in(store: &dyn EventStore, resource: &str, at: Instant) -> Result<Vec<Explanation>, ExplainError> {
+    let log = Log::about(store, resource, Target::InForce(at), BillRanks::new(store)?)?;
+    log.explain_lines_at(resource, at)
 }
 
 fn covers(line: &BillLine, at: Instant) -> bool {
@@ -141,14 +158,153 @@ impl Explanation {
     }
 }
 
-/// The decoded log with its projections, read once.
+/// The events an explanation reads, decoded once: a whole log, or the part of a store's log
+/// about one resource.
 struct Log<'a> {
-    entries: Vec<(&'a Envelope, Event)>,
-    projections: Projections,
-    /// The document's bills list, in output order.
-    bills: Vec<BillView>,
+    entries: Vec<(Cow<'a, Envelope>, Event)>,
     /// Log position → index in `entries`.
     at_position: HashMap<u64, usize>,
+    /// Each job's R5 id, the one its compute bills carry (from its last start).
+    billed_as: HashMap<String, String>,
+    /// Places in the bills list.
+    numbers: Numbers<'a>,
+}
+
+/// Where lines stand in the bills list (ordered by start, resource, position).
+enum Numbers<'a> {
+    /// A whole log's list: the positions of its lines in order.
+    Listed { order: Vec<u64>, place: HashMap<u64, usize> },
+    /// A store's: counted from its index.
+    Ranked(BillRanks<'a>),
+}
+
+impl Numbers<'_> {
+    fn count(&self) -> usize {
+        match self {
+            Numbers::Listed { order, .. } => order.len(),
+            Numbers::Ranked(ranks) => ranks.count(),
+        }
+    }
+
+    /// The position of the line at place `number` (1-based, within the count).
+    fn nth(&self, number: usize) -> Result<u64, ExplainError> {
+        match self {
+            Numbers::Listed { order, .. } => Ok(order[number - 1]),
+            Numbers::Ranked(ranks) => ranks.nth(number),
+        }
+    }
+
+    /// The place of `line`, charged at `position`.
+    fn place(&self, position: u64, line: &BillLine) -> Result<usize, ExplainError> {
+        match self {
+            Numbers::Listed { place, .. } => {
+                place.get(&position).copied().ok_or_else(|| ExplainError::Log(format!("position {position} is not a bill")))
+            }
+            Numbers::Ranked(ranks) => ranks.place(position, line),
+        }
+    }
+}
+
+/// Where a line sorts in the bills list: its start, resource and position.
+type LineKey = (Instant, String, u64);
+
+/// Lines counted by the hour they start in (`bill-hour:` tags): a line's place is the lines of
+/// earlier hours plus those of its own hour that sort before it, so only one hour's lines are
+/// read.
+struct BillRanks<'a> {
+    store: &'a dyn EventStore,
+    /// Each hour's tag and the lines of the hours before it, in order.
+    hours: Vec<(String, usize)>,
+    count: usize,
+    /// An hour's lines in bills-list order (start, resource, position), read once.
+    lines: RefCell<HashMap<String, Vec<LineKey>>>,
+}
+
+impl<'a> BillRanks<'a> {
+    /// Brings the store's tag index up to date first (it trails the log by up to a few
+    /// thousand events, or all of them in a store written before tags).
+    fn new(store: &'a dyn EventStore) -> Result<BillRanks<'a>, ExplainError> {
+        poolbill_ledger::catch_up_tags(store).map_err(|e| match e {
+            FoldError::Projection(p) => ExplainError::Decode { position: p.position, source: p.source },
+            FoldError::Store(e) => store_error(e),
+        })?;
+        let mut hours = Vec::new();
+        let mut count = 0;
+        for (tag, n) in store.tag_counts(BILL_HOUR).map_err(store_error)? {
+            hours.push((tag, count));
+            count += n as usize;
+        }
+        Ok(BillRanks { store, hours, count, lines: RefCell::new(HashMap::new()) })
+    }
+
+    fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The lines of the hour tagged `tag`, in bills-list order.
+    fn lines_of(&self, tag: &str) -> Result<Vec<LineKey>, ExplainError> {
+        if let Some(lines) = self.lines.borrow().get(tag) {
+            return Ok(lines.clone());
+        }
+        let mut lines = Vec::new();
+        for position in self.store.tagged(tag, 0, usize::MAX).map_err(store_error)? {
+            match read(self.store, position)?.1 {
+                Event::Charged { line } => lines.push((line.start, line.resource, position)),
+                _ => return Err(ExplainError::Log(format!("position {position} is tagged {tag} but is not a charged event"))),
+            }
+        }
+        lines.sort();
+        self.lines.borrow_mut().insert(tag.to_string(), lines.clone());
+        Ok(lines)
+    }
+
+    fn nth(&self, number: usize) -> Result<u64, ExplainError> {
+        let hour = self.hours.partition_point(|(_, before)| *before < number) - 1;
+        let (tag, before) = &self.hours[hour];
+        let lines = self.lines_of(tag)?;
+        lines.get(number - before - 1).map(|(_, _, p)| *p).ok_or_else(|| ExplainError::Log(format!("the count of {tag} disagrees with its lines")))
+    }
+
+    fn place(&self, position: u64, line: &BillLine) -> Result<usize, ExplainError> {
+        let tag = bill_hour_tag(line.start);
+        let before = self
+            .hours
+            .iter()
+            .find(|(t, _)| *t == tag)
+            .map(|(_, b)| *b)
+            .ok_or_else(|| ExplainError::Log(format!("no lines are counted for {tag}")))?;
+        let key = (line.start, line.resource.clone(), position);
+        Ok(before + self.lines_of(&tag)?.partition_point(|l| *l < key) + 1)
+    }
+}
+
+/// The lines an explanation from a store is about.
+#[derive(Clone, Copy)]
+enum Target {
+    /// The line charged at this position.
+    Position(u64),
+    /// The lines in force at this instant.
+    InForce(Instant),
+}
+
+impl Target {
+    fn includes(self, position: u64, line: &BillLine) -> bool {
+        match self {
+            Target::Position(p) => p == position,
+            Target::InForce(at) => covers(line, at),
+        }
+    }
+}
+
+fn store_error(e: StoreError) -> ExplainError {
+    ExplainError::Log(format!("reading the store: {e}"))
+}
+
+/// The event at `position`, decoded.
+fn read(store: &dyn EventStore, position: u64) -> Result<(Envelope, Event), ExplainError> {
+    let envelope = store.read_at(position).map_err(store_error)?.ok_or_else(|| ExplainError::Log(format!("the log has no position {position}")))?;
+    let event = event_of(&envelope).map_err(|source| ExplainError::Decode { position, source })?;
+    Ok((envelope, event))
 }
 
 /// The steps as they are written.
@@ -164,40 +320,155 @@ impl Steps {
 impl<'a> Log<'a> {
     fn load(envelopes: &'a [Envelope]) -> Result<Log<'a>, ExplainError> {
         let mut entries = Vec::with_capacity(envelopes.len());
-        let projections = fold_visit(envelopes.iter().map(Ok), Upto::All, |_, envelope: &&Envelope, event| entries.push((*envelope, event)))
-            .map_err(|e| match e {
-                FoldError::Projection(p) => ExplainError::Decode { position: p.position, source: p.source },
-                FoldError::Store(e) => ExplainError::Log(e.to_string()),
-            })?;
-        let bills = projections.document().bills;
-        let at_position = entries.iter().enumerate().map(|(i, (e, _))| (e.position, i)).collect();
-        Ok(Log { entries, projections, bills, at_position })
+        let projections =
+            fold_visit(envelopes.iter().map(Ok), Upto::All, |_, envelope: &&Envelope, event| entries.push((Cow::Borrowed(*envelope), event)))
+                .map_err(|e| match e {
+                    FoldError::Projection(p) => ExplainError::Decode { position: p.position, source: p.source },
+                    FoldError::Store(e) => ExplainError::Log(e.to_string()),
+                })?;
+        let order: Vec<u64> = projections.document().bills.iter().map(|b| b.event).collect();
+        let place = order.iter().enumerate().map(|(i, p)| (*p, i + 1)).collect();
+        Ok(Log::of(entries, Numbers::Listed { order, place }))
     }
 
-    /// The index in `entries` of the `charged` event of bill `number`, and its line.
-    fn line_of(&self, number: usize) -> Result<(usize, &BillLine), ExplainError> {
-        let view = &self.bills[number - 1];
-        let index = self
-            .index_of(view.event)
-            .ok_or_else(|| ExplainError::Log(format!("bill {number} names position {}, which the log lacks", view.event)))?;
+    /// The part of a store's log an explanation of `resource`'s lines reads: the
+    /// events tagged with it (or with the job it bills for, or the id it bills under), those of
+    /// the packages its lines drew on, its account's opening and arrears, the catalog, the
+    /// events of the commands that charged it, and the settlement after each metered line.
+    fn about(store: &'a dyn EventStore, resource: &str, target: Target, ranks: BillRanks<'a>) -> Result<Log<'a>, ExplainError> {
+        // All of the resource's history: a line may be charged long after it starts (a renewal
+        // paid weeks into its period), so no instant bounds what is read.
+        let mut picked: BTreeMap<u64, (Envelope, Event)> = BTreeMap::new();
+        let read_tag = |tag: &str, picked: &mut BTreeMap<u64, (Envelope, Event)>| -> Result<(), ExplainError> {
+            for position in store.tagged(tag, 0, usize::MAX).map_err(store_error)? {
+                if picked.contains_key(&position) {
+                    continue;
+                }
+                picked.insert(position, read(store, position)?);
+            }
+            Ok(())
+        };
+        // The resource, then the ids it is billed as or bills for (R5), then the packages and
+        // accounts its events name.
+        let mut ids = BTreeSet::from([resource.to_string()]);
+        let mut done = BTreeSet::new();
+        while let Some(id) = ids.iter().find(|id| !done.contains(*id)).cloned() {
+            read_tag(&resource_tag(&id), &mut picked)?;
+            done.insert(id);
+            for (_, event) in picked.values() {
+                match event {
+                    Event::JobStarted { job, billed_as, .. } if done.contains(job) || done.contains(billed_as) => {
+                        ids.extend([job.clone(), billed_as.clone()]);
+                    }
+                    Event::Charged { line } if done.contains(&line.resource) => {
+                        if let Basis::Package { package, .. } = &line.basis {
+                            ids.insert(package.clone());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // An account's stream is `account-<id>` (Event::stream).
+        let accounts: BTreeSet<String> = picked.values().filter_map(|(e, _)| e.stream.strip_prefix("account-").map(str::to_string)).collect();
+        for account in &accounts {
+            read_tag(&account_tag(account), &mut picked)?;
+        }
+        for envelope in store.read_stream("catalog", 1).map_err(store_error)? {
+            let event = event_of(&envelope).map_err(|source| ExplainError::Decode { position: envelope.position, source })?;
+            picked.insert(envelope.position, (envelope, event));
+        }
+        // For the lines to explain: what their command recorded with them, and the settlement
+        // after a metered one.
+        let charges: Vec<(u64, Option<String>, BillLine)> = picked
+            .iter()
+            .filter_map(|(p, (e, ev))| match ev {
+                Event::Charged { line } if target.includes(*p, line) => Some((*p, e.command_id.clone(), line.clone())),
+                _ => None,
+            })
+            .collect();
+        for (position, command_id, line) in charges {
+            if let Some(id) = &command_id {
+                let first = store.command(id).map_err(store_error)?.and_then(|r| r.first_position).unwrap_or(position);
+                for p in first..position {
+                    if let std::collections::btree_map::Entry::Vacant(slot) = picked.entry(p) {
+                        slot.insert(read(store, p)?);
+                    }
+                }
+            }
+            if is_metered(&line.basis) {
+                for envelope in store.read_all(position + 1) {
+                    let envelope = envelope.map_err(store_error)?;
+                    let event = event_of(&envelope).map_err(|source| ExplainError::Decode { position: envelope.position, source })?;
+                    if matches!(&event, Event::CycleSettled { account, .. } if *account == line.account) {
+                        picked.insert(envelope.position, (envelope, event));
+                        break;
+                    }
+                }
+            }
+        }
+        let entries = picked.into_values().map(|(envelope, event)| (Cow::Owned(envelope), event)).collect();
+        Ok(Log::of(entries, Numbers::Ranked(ranks)))
+    }
+
+    fn of(entries: Vec<(Cow<'a, Envelope>, Event)>, numbers: Numbers<'a>) -> Log<'a> {
+        let at_position = entries.iter().enumerate().map(|(i, (e, _))| (e.position, i)).collect();
+        let mut billed_as = HashMap::new();
+        for (_, event) in &entries {
+            if let Event::JobStarted { job, billed_as: id, .. } = event {
+                billed_as.insert(job.clone(), id.clone());
+            }
+        }
+        Log { entries, at_position, billed_as, numbers }
+    }
+
+    /// Every line of `resource` (or of the id its job bills under) in force at `at`, in
+    /// bills-list order.
+    fn explain_lines_at(&self, resource: &str, at: Instant) -> Result<Vec<Explanation>, ExplainError> {
+        let mut ids = BTreeSet::from([resource.to_string()]);
+        if let Some(id) = self.billed_as.get(resource) {
+            ids.insert(id.clone());
+        }
+        let mut lines: Vec<(Instant, &str, u64, usize)> = Vec::new();
+        for (i, (e, ev)) in self.entries.iter().enumerate() {
+            if let Event::Charged { line } = ev {
+                if ids.contains(&line.resource) && covers(line, at) {
+                    lines.push((line.start, &line.resource, e.position, i));
+                }
+            }
+        }
+        if lines.is_empty() {
+            return Err(ExplainError::NoSuchBill(format!("resource {resource:?} has no bill line at {}", to_beijing(at).to_rfc3339())));
+        }
+        lines.sort();
+        lines.into_iter().map(|(_, _, _, index)| self.explain(index)).collect()
+    }
+
+    /// The line charged at `entries[index]`.
+    fn line_at(&self, index: usize) -> Result<&BillLine, ExplainError> {
         match &self.entries[index].1 {
-            Event::Charged { line } => Ok((index, line)),
-            _ => Err(ExplainError::Log(format!("position {} is not a charged event", view.event))),
+            Event::Charged { line } => Ok(line),
+            _ => Err(ExplainError::Log(format!("position {} is not a charged event", self.entries[index].0.position))),
         }
     }
 
     /// The bills-list number of the line charged at `position`.
     fn number_of(&self, position: u64) -> Option<usize> {
-        self.bills.iter().position(|b| b.event == position).map(|i| i + 1)
+        let index = self.index_of(position)?;
+        let line = self.line_at(index).ok()?;
+        self.numbers.place(position, line).ok()
     }
 
     fn bill_name(&self, position: u64) -> String {
         self.number_of(position).map_or_else(|| format!("event {position}"), |n| format!("bill {n}"))
     }
 
-    fn explain(&self, number: usize) -> Result<Explanation, ExplainError> {
-        let (index, line) = self.line_of(number)?;
-        let view = &self.bills[number - 1];
+    /// Explain the line charged at `entries[index]`.
+    fn explain(&self, index: usize) -> Result<Explanation, ExplainError> {
+        let line = self.line_at(index)?;
+        let (envelope, _) = &self.entries[index];
+        let number = self.numbers.place(envelope.position, line)?;
+        let view = &BillView::of(&FlowBill { position: envelope.position, at: envelope.at, line: line.clone() });
         let bill = BillSummary {
             number,
             event: view.event,
@@ -552,7 +823,7 @@ impl<'a> Log<'a> {
         picked
             .into_iter()
             .map(|(i, role)| {
-                let e = self.entries[i].0;
+                let e = &self.entries[i].0;
                 EventRef { position: e.position, event_type: e.event_type.clone(), at: show(e.at), command_id: e.command_id.clone(), role }
             })
             .collect()
@@ -605,7 +876,7 @@ impl<'a> Log<'a> {
     /// rest end at the cycle's end.
     fn closer(&self, index: usize, line: &BillLine) -> Option<usize> {
         let (resource, compute) = (&line.resource, line.item == Item::Compute);
-        let billed_as = |job: &str| self.projections.state.jobs.get(job).map(|j| j.billing_id());
+        let billed_as = |job: &str| self.billed_as.get(job).cloned();
         self.entries[..index].iter().position(|(e, ev)| {
             e.at == line.end
                 && match ev {

@@ -11,9 +11,9 @@
 //! | `streams`      | stream id bytes                             | current stream version, `u64` BE             |
 //! | `stream_index` | stream id bytes, `0x00`, version `u64` BE   | global position, `u64` BE                    |
 //! | `commands`     | command id bytes                            | JSON of the [`CommandRecord`]                |
-//! | `meta`         | `last_position` / `last_instant` / `tagged_through` | `u64` BE / RFC 3339 text / `u64` BE  |
-//! | `tags`         | tag bytes                                   | how many events carry it, `u64` BE           |
-//! | `tag_index`    | tag bytes, `0x00`, position `u64` BE        | empty                                        |
+//! | `meta`         | `last_position` / `last_instant`            | `u64` BE / RFC 3339 text                     |
+//! | `tags`         | `p`, tag bytes, `0x00`, window `u32` BE     | the tag's positions in that window of 65,536: a varint count, then varint gaps |
+//! | `tags`         | `tagged_through`                            | `u64` BE: every event up to it is indexed    |
 //!
 //! Big-endian keys make sled's byte order equal to numeric order, so range scans
 //! return events by position and stream entries by version. Stream ids may
@@ -67,8 +67,11 @@ const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 const META_LAST_POSITION: &[u8] = b"last_position";
 const META_LAST_INSTANT: &[u8] = b"last_instant";
-/// Every event up to this position has its tags recorded (absent: none has).
-const META_TAGGED_THROUGH: &[u8] = b"tagged_through";
+/// In the `tags` tree: every event up to this position has its tags recorded (absent: none).
+const TAGGED_THROUGH: &[u8] = b"tagged_through";
+/// Posting lists hold the positions of one window of the log, so that a list stays small and a
+/// bulk update rewrites few of them.
+const TAG_WINDOW: u64 = 1 << 16;
 
 /// Handle on the event log. Cheap to clone (sled handles are reference counted).
 #[derive(Clone)]
@@ -82,8 +85,9 @@ pub struct SledStore {
     stream_index: sled::Tree,
     commands: sled::Tree,
     meta: sled::Tree,
+    /// The tag index: posting lists and how far they reach, in one tree so that a bulk update
+    /// is one atomic batch.
     tags: sled::Tree,
-    tag_index: sled::Tree,
     /// Snapshots of projections by position (opaque bytes): an optimisation, outside the log.
     snapshots: sled::Tree,
 }
@@ -124,6 +128,49 @@ fn index_prefix(stream: &str) -> Vec<u8> {
     key.extend_from_slice(stream.as_bytes());
     key.push(0);
     key
+}
+
+/// The key of a tag's posting list for one window of positions.
+fn posting_key(tag: &str, window: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(tag.len() + 6);
+    key.push(b'p');
+    key.extend_from_slice(tag.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&u32::try_from(window).unwrap_or(u32::MAX).to_be_bytes());
+    key
+}
+
+/// The window of a posting-list key, if the key is `tag`'s.
+fn window_of(key: &[u8], tag: &str) -> Option<u64> {
+    (key.len() == tag.len() + 6).then(|| u64::from(u32::from_be_bytes(key[key.len() - 4..].try_into().expect("four bytes"))))
+}
+
+/// A posting list: how many positions, then each as its gap from the one before (the first
+/// from the window's start), all varints: two or three bytes a posting.
+fn encode_postings(window: u64, positions: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + positions.len() * 2);
+    varint::put(&mut out, positions.len() as u64);
+    let mut previous = window * TAG_WINDOW;
+    for &p in positions {
+        varint::put(&mut out, p - previous);
+        previous = p;
+    }
+    out
+}
+
+fn decode_postings(window: u64, bytes: &[u8]) -> Result<Vec<u64>, String> {
+    let mut r = varint::Reader::new(bytes);
+    let count = r.u64()?;
+    let mut positions = Vec::with_capacity(count.min(TAG_WINDOW) as usize);
+    let mut previous = window * TAG_WINDOW;
+    for _ in 0..count {
+        previous = previous.checked_add(r.u64()?).ok_or("a position past the end of numbers")?;
+        positions.push(previous);
+    }
+    if !r.rest().is_empty() {
+        return Err("bytes after the last posting".into());
+    }
+    Ok(positions)
 }
 
 fn index_key(stream: &str, version: u64) -> Vec<u8> {
@@ -344,19 +391,16 @@ impl SledStore {
             commands: open("commands")?,
             meta: open("meta")?,
             tags: open("tags")?,
-            tag_index: open("tag_index")?,
             snapshots: open("snapshots")?,
             db,
         })
     }
 
     fn apply(&self, req: &AppendRequest) -> Result<AppendOutcome, StoreError> {
-        let trees = (&self.events, &self.streams, &self.stream_index, &self.commands, &self.meta, &self.tags, &self.tag_index);
+        let trees = (&self.events, &self.streams, &self.stream_index, &self.commands, &self.meta);
         // The closure may run several times: it only reads through the
         // transactional views and reports through its return value.
-        let result = trees.transaction(|(events, streams, index, commands, meta, tags, tag_index)| {
-            apply_in_tx(req, events, streams, index, commands, meta, (tags, tag_index))
-        });
+        let result = trees.transaction(|(events, streams, index, commands, meta)| apply_in_tx(req, events, streams, index, commands, meta));
         match result {
             Ok(outcome) => Ok(outcome),
             Err(TransactionError::Abort(e)) => Err(e),
@@ -518,65 +562,81 @@ impl EventStore for SledStore {
     }
 
     fn tagged(&self, tag: &str, from: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
-        let key = |position: u64| {
-            let mut key = index_prefix(tag);
-            key.extend_from_slice(&position.to_be_bytes());
-            key
-        };
-        let key_len = tag.len() + 9;
         let mut positions = Vec::new();
-        for entry in self.tag_index.range(key(from)..=key(u64::MAX)) {
-            if positions.len() >= limit {
-                break;
-            }
-            let (k, _) = entry.map_err(storage(format_args!("scanning the index of tag {tag:?}")))?;
+        for entry in self.tags.range(posting_key(tag, from / TAG_WINDOW)..=posting_key(tag, u32::MAX.into())) {
+            let (key, list) = entry.map_err(storage(format_args!("reading the index of tag {tag:?}")))?;
             // Longer keys in this range belong to tags that extend ours with a NUL.
-            if k.len() == key_len {
-                positions.push(decode_u64(&k[tag.len() + 1..]).unwrap_or(0));
+            let Some(window) = window_of(&key, tag) else { continue };
+            for position in decode_postings(window, &list).map_err(|e| corrupt(0, format!("the index of tag {tag:?}: {e}")))? {
+                if positions.len() >= limit {
+                    return Ok(positions);
+                }
+                if position >= from {
+                    positions.push(position);
+                }
             }
         }
         Ok(positions)
     }
 
     fn tag_counts(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        self.tags
-            .scan_prefix(prefix.as_bytes())
-            .map(|entry| {
-                let (tag, count) = entry.map_err(storage(format_args!("scanning tags starting with {prefix:?}")))?;
-                let tag = String::from_utf8_lossy(&tag).into_owned();
-                let count = decode_u64(&count).ok_or_else(|| corrupt(0, format!("the count of tag {tag:?} is not a u64")))?;
-                Ok((tag, count))
-            })
-            .collect()
+        let mut counts: Vec<(String, u64)> = Vec::new();
+        let mut start = vec![b'p'];
+        start.extend_from_slice(prefix.as_bytes());
+        for entry in self.tags.scan_prefix(&start) {
+            let (key, list) = entry.map_err(storage(format_args!("scanning tags starting with {prefix:?}")))?;
+            if key.len() < 6 {
+                return Err(corrupt(0, "a tag index key too short for its window"));
+            }
+            let tag = String::from_utf8_lossy(&key[1..key.len() - 5]).into_owned();
+            let count = varint::Reader::new(&list).u64().map_err(|e| corrupt(0, format!("the index of tag {tag:?}: {e}")))?;
+            match counts.last_mut() {
+                Some((last, n)) if *last == tag => *n += count,
+                _ => counts.push((tag, count)),
+            }
+        }
+        Ok(counts)
     }
 
     fn tagged_through(&self) -> Result<u64, StoreError> {
-        match self.meta.get(META_TAGGED_THROUGH).map_err(storage("reading meta tagged_through"))? {
+        match self.tags.get(TAGGED_THROUGH).map_err(storage("reading how far tags reach"))? {
             None => Ok(0),
-            Some(v) => decode_u64(&v).ok_or_else(|| corrupt(0, "meta tagged_through is not a u64")),
+            Some(v) => decode_u64(&v).ok_or_else(|| corrupt(0, "tags' tagged_through is not a u64")),
         }
     }
 
+    /// One atomic batch on the `tags` tree: each posting list it touches is read, extended and
+    /// written whole, with how far the index reaches.
     fn tag_existing(&self, tagged: &[(u64, Vec<String>)]) -> Result<(), StoreError> {
-        let trees = (&self.meta, &self.tags, &self.tag_index);
-        let result = trees.transaction(|(meta, tags, tag_index)| {
-            let mut through = tx_u64(meta, META_TAGGED_THROUGH, || "meta tagged_through".to_string())?;
-            let last = tx_u64(meta, META_LAST_POSITION, || "meta last_position".to_string())?;
-            for (position, event_tags) in tagged {
-                if *position != through + 1 || *position > last {
-                    return abort(StoreError::Internal("tags of existing events must continue the index, within the log"));
-                }
-                tag_in_tx((tags, tag_index), *position, event_tags)?;
-                through = *position;
+        let mut through = self.tagged_through()?;
+        let last = self.last_position()?;
+        let mut additions: std::collections::BTreeMap<Vec<u8>, Vec<u64>> = std::collections::BTreeMap::new();
+        for (position, tags) in tagged {
+            if *position != through + 1 || *position > last {
+                return Err(StoreError::Internal("tags of existing events must continue the index, in order, within the log"));
             }
-            meta.insert(META_TAGGED_THROUGH, &through.to_be_bytes()[..])?;
-            Ok(())
-        });
-        match result {
-            Ok(()) => self.db.flush().map(|_| ()).map_err(storage("flushing the rebuilt tag index")),
-            Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(source)) => Err(StoreError::backend("recording tags of existing events", source)),
+            for tag in tags {
+                let list = additions.entry(posting_key(tag, position / TAG_WINDOW)).or_default();
+                // A tag given twice for one event is one posting.
+                if list.last() != Some(position) {
+                    list.push(*position);
+                }
+            }
+            through = *position;
         }
+        let mut batch = sled::Batch::default();
+        for (key, added) in additions {
+            let window = u64::from(u32::from_be_bytes(key[key.len() - 4..].try_into().expect("four bytes")));
+            let mut positions = match self.tags.get(&key).map_err(storage("reading a posting list"))? {
+                Some(list) => decode_postings(window, &list).map_err(|e| corrupt(0, format!("a posting list of the tag index: {e}")))?,
+                None => Vec::new(),
+            };
+            positions.extend(added);
+            batch.insert(key, encode_postings(window, &positions));
+        }
+        batch.insert(TAGGED_THROUGH, &through.to_be_bytes()[..]);
+        self.tags.apply_batch(batch).map_err(storage("writing the tag index"))?;
+        self.db.flush().map(|_| ()).map_err(storage("flushing the tag index"))
     }
 
     /// Current version of `stream`, 0 when it has no events.
@@ -685,19 +745,6 @@ impl EventStore for SledStore {
     }
 }
 
-/// Record `tags` of the event at `position`: one index entry each, and their counts.
-fn tag_in_tx((tags, tag_index): (&TransactionalTree, &TransactionalTree), position: u64, event_tags: &[String]) -> TxResult<()> {
-    for tag in event_tags {
-        let mut key = index_prefix(tag);
-        key.extend_from_slice(&position.to_be_bytes());
-        if tag_index.insert(key, &[][..])?.is_none() {
-            let count = tx_u64(tags, tag.as_bytes(), || format!("count of tag {tag:?}"))?;
-            tags.insert(tag.as_bytes(), &(count + 1).to_be_bytes()[..])?;
-        }
-    }
-    Ok(())
-}
-
 fn tx_u64(tree: &TransactionalTree, key: &[u8], what: impl FnOnce() -> String) -> TxResult<u64> {
     match tree.get(key)? {
         None => Ok(0),
@@ -715,7 +762,6 @@ fn apply_in_tx(
     index: &TransactionalTree,
     commands: &TransactionalTree,
     meta: &TransactionalTree,
-    tag_trees: (&TransactionalTree, &TransactionalTree),
 ) -> TxResult<AppendOutcome> {
     if let Some(id) = &req.command_id {
         if let Some(raw) = commands.get(id.as_bytes())? {
@@ -750,9 +796,6 @@ fn apply_in_tx(
     }
 
     let last_position = tx_u64(meta, META_LAST_POSITION, || "meta last_position".to_string())?;
-    // Tags are recorded only while the index is complete, so that it stays in log order; an
-    // older store's index is rebuilt first (`tag_existing`).
-    let tagging = tx_u64(meta, META_TAGGED_THROUGH, || "meta tagged_through".to_string())? == last_position;
     let mut position = last_position;
     let mut versions: HashMap<&str, u64> = HashMap::new();
     for event in &req.events {
@@ -778,12 +821,6 @@ fn apply_in_tx(
         };
         events.insert(&position.to_be_bytes()[..], value)?;
         index.insert(index_key(&event.stream, version), &position.to_be_bytes()[..])?;
-        if tagging {
-            tag_in_tx(tag_trees, position, &event.tags)?;
-        }
-    }
-    if tagging && position != last_position {
-        meta.insert(META_TAGGED_THROUGH, &position.to_be_bytes()[..])?;
     }
     for (stream, version) in &versions {
         streams.insert(stream.as_bytes(), &version.to_be_bytes()[..])?;

@@ -12,7 +12,7 @@ pub fn ts(s: &str) -> Instant {
 
 /// An event of `event_type` on `stream` at `at`.
 pub fn ev(stream: &str, event_type: &str, at: &str, payload: impl Into<Payload>) -> NewEvent {
-    NewEvent { stream: stream.to_string(), event_type: event_type.to_string(), schema_version: 1, at: ts(at), payload: payload.into(), tags: vec![] }
+    NewEvent { stream: stream.to_string(), event_type: event_type.to_string(), schema_version: 1, at: ts(at), payload: payload.into() }
 }
 
 /// A request without version checks; its outcome names its command id.
@@ -245,38 +245,35 @@ pub fn binary_and_json_payloads_come_back_as_given(store: &dyn EventStore) {
     assert_eq!(store.verify().unwrap().events, 5);
 }
 
-/// An event tagged with these keys.
-pub fn tagged(mut event: NewEvent, tags: &[&str]) -> NewEvent {
-    event.tags = tags.iter().map(|t| t.to_string()).collect();
-    event
-}
-
-/// Tags index events by key, in log order, with counts; refused and duplicate requests record
-/// none; the index of existing events can only be continued, never rewritten.
+/// Tags index events by key, in log order, with counts; the index only continues (in order,
+/// within the log), all or nothing.
 pub fn tags_list_their_events_in_log_order(store: &dyn EventStore) {
     assert_eq!(store.tagged_through().unwrap(), 0);
     let (p1, nul) = ("resource:p1", "resource:p1\0x");
-    store.append(req(Some("c1"), vec![tagged(ev("a", "x", T0, json!(1)), &[p1, "hour:07"]), tagged(ev("b", "x", T0, json!(2)), &[p1])])).unwrap();
-    let mut refused = req(Some("c2"), vec![tagged(ev("a", "x", T1, json!(0)), &[p1, "hour:99"])]);
-    refused.expected = vec![("a".into(), ExpectedVersion::NoStream)];
-    assert!(matches!(store.append(refused), Err(StoreError::Conflict { .. })));
-    assert!(matches!(store.append(req(Some("c1"), vec![tagged(ev("a", "x", T1, json!(0)), &[p1])])), Ok(AppendOutcome::Duplicate(_))));
-    store.append(req(None, vec![tagged(ev("a", "x", T1, json!(3)), &[nul, "hour:08", "hour:08"])])).unwrap();
+    let events: Vec<NewEvent> = (0..5).map(|i| ev(if i % 2 == 0 { "a" } else { "b" }, "x", T0, json!(i))).collect();
+    store.append(req(Some("c1"), events)).unwrap();
+    let tags = |list: &[&str]| list.iter().map(|t| t.to_string()).collect::<Vec<String>>();
+    store.tag_existing(&[(1, tags(&[p1, "hour:07"])), (2, tags(&[p1]))]).unwrap();
+    assert_eq!(store.tagged_through().unwrap(), 2);
+    // Refused whole: not continuing the index, or past the log's end.
+    assert!(store.tag_existing(&[(2, tags(&["again"]))]).is_err());
+    assert!(store.tag_existing(&[(4, tags(&["gap"]))]).is_err());
+    assert!(store.tag_existing(&[(3, tags(&["ok"])), (4, tags(&["ok"])), (5, tags(&["ok"])), (6, tags(&["ahead"]))]).is_err());
+    assert_eq!(store.tagged_through().unwrap(), 2, "a refused batch records nothing");
+    assert!(store.tagged("ok", 0, 10).unwrap().is_empty());
+    store.tag_existing(&[(3, tags(&[nul, "hour:08", "hour:08"])), (4, vec![]), (5, tags(&[p1]))]).unwrap();
 
-    assert_eq!(store.tagged(p1, 0, 100).unwrap(), vec![1, 2]);
-    assert_eq!(store.tagged(p1, 2, 100).unwrap(), vec![2], "from a position on");
-    assert_eq!(store.tagged(p1, 0, 1).unwrap(), vec![1], "at most the limit");
+    assert_eq!(store.tagged(p1, 0, 100).unwrap(), vec![1, 2, 5]);
+    assert_eq!(store.tagged(p1, 2, 100).unwrap(), vec![2, 5], "from a position on");
+    assert_eq!(store.tagged(p1, 0, 2).unwrap(), vec![1, 2], "at most the limit");
     assert_eq!(store.tagged(nul, 0, 100).unwrap(), vec![3], "a tag extending another with NUL is its own");
     assert!(store.tagged("resource:p", 0, 100).unwrap().is_empty());
     assert_eq!(store.tag_counts("hour:").unwrap(), vec![("hour:07".to_string(), 1), ("hour:08".to_string(), 1)], "a tag given twice counts once");
-    assert_eq!(store.tagged_through().unwrap(), 3);
-    assert_eq!(store.read_at(2).unwrap().map(|e| e.payload), Some(Payload::Json(json!(2))));
+    assert_eq!(store.tag_counts("resource:").unwrap(), vec![(p1.to_string(), 3), (nul.to_string(), 1)]);
+    assert_eq!(store.tagged_through().unwrap(), 5);
+    assert_eq!(store.read_at(2).unwrap().map(|e| e.payload), Some(Payload::Json(json!(1))));
     assert_eq!(store.read_at(0).unwrap(), None);
-    assert_eq!(store.read_at(4).unwrap(), None);
-    // The index of existing events only continues: neither again nor past the log's end.
-    assert!(store.tag_existing(&[(3, vec!["late".into()])]).is_err());
-    assert!(store.tag_existing(&[(4, vec!["ahead".into()])]).is_err());
-    assert!(store.tagged("late", 0, 10).unwrap().is_empty());
+    assert_eq!(store.read_at(6).unwrap(), None);
 }
 
 pub fn snapshots_are_found_at_or_before_a_position_and_only_the_newest_are_kept(store: &dyn EventStore) {

@@ -40,10 +40,6 @@ pub struct NewEvent {
     pub schema_version: u32,
     pub at: Instant,
     pub payload: Payload,
-    /// Secondary keys to find the event by (e.g. the resources it concerns), recorded with it
-    /// in the same transaction: [`EventStore::tagged`] lists a tag's events without reading
-    /// the log. Tags are an index, not part of the event: they can be rebuilt from the log.
-    pub tags: Vec<String>,
 }
 
 /// An event's payload as stored. Stores keep it as given and never look inside.
@@ -311,18 +307,22 @@ pub trait EventStore: Send + Sync {
 
     /// The positions of the events tagged `tag`, in log order, from position `from` on, at
     /// most `limit` of them.
+    ///
+    /// Tags are a secondary index of the log (e.g. the resources an event concerns), kept
+    /// beside it: written in bulk by [`tag_existing`](EventStore::tag_existing) after the
+    /// events, not by appends (whose transactions they would slow), and rebuilt from the log
+    /// whenever they trail it. Readers bring the index up to date before they use it.
     fn tagged(&self, tag: &str, from: u64, limit: usize) -> Result<Vec<u64>, StoreError>;
 
     /// How many events carry each tag that starts with `prefix`, in tag order.
     fn tag_counts(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError>;
 
-    /// The last position whose tags are recorded: every event up to it is indexed. It trails
-    /// the log only in stores written before tags (or by a writer that gave none).
+    /// The last position whose tags are recorded: every event up to it is indexed.
     fn tagged_through(&self) -> Result<u64, StoreError>;
 
     /// Record the tags of events already in the log, which must continue right after
-    /// [`tagged_through`](EventStore::tagged_through), in order (rebuilding the index of an
-    /// older store; the events themselves are not touched). Flushed before it returns.
+    /// [`tagged_through`](EventStore::tagged_through), in order, within the log; all or
+    /// nothing, flushed before it returns. The events themselves are not touched.
     fn tag_existing(&self, tags: &[(u64, Vec<String>)]) -> Result<(), StoreError>;
 
     /// The last position written (0: an empty log).

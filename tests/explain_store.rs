@@ -1,0 +1,81 @@
+//! Explain from a store's tag index gives exactly what explain from the whole log gives: every
+//! bill of every fixture by number, and every resource at the start and the last second of each
+//! of its lines — while reading only the events about that resource.
+
+mod common;
+
+use common::{fixtures, run};
+use poolbill_replay::explain::{explain_at, explain_at_in, explain_bill, explain_bill_in};
+use poolbill_store::EventStore;
+use poolbill_store_sled::SledStore;
+use std::collections::BTreeSet;
+
+#[test]
+fn explaining_from_the_tag_index_equals_explaining_from_the_whole_log() {
+    let mut bills_checked = 0;
+    let mut questions = 0;
+    for dir in fixtures() {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let tmp = tempfile::tempdir().unwrap();
+        let store_dir = tmp.path().join("store");
+        let out = run(&["run", dir.join("scenario.json").to_str().unwrap(), "--store", store_dir.to_str().unwrap(), "--format", "json"]);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let store = SledStore::open(&store_dir).unwrap();
+        let envelopes: Vec<_> = store.read_all(1).collect::<Result<_, _>>().unwrap();
+
+        // Every bill of the smaller fixtures, some 40 spread over the longer ones (the whole-log
+        // side reads the whole log for each question).
+        let count = poolbill_replay::fold(envelopes.iter().cloned().map(Ok), poolbill_replay::Upto::All).unwrap().document().bills.len();
+        let numbers: BTreeSet<usize> = (1..=count).step_by(count.div_ceil(40).max(1)).chain([count]).collect();
+        let mut asked = BTreeSet::new();
+        for &n in &numbers {
+            let whole = explain_bill(&envelopes, n).unwrap_or_else(|e| panic!("{name} bill {n}: {e}"));
+            let indexed = explain_bill_in(&store, n).unwrap_or_else(|e| panic!("{name} bill {n}: {e}"));
+            assert_eq!(indexed, whole, "{name} bill {n}");
+            asked.insert((whole.bill.resource.clone(), whole.bill.start.clone()));
+            asked.insert((whole.bill.resource.clone(), whole.bill.end.clone()));
+        }
+        assert!(explain_bill_in(&store, count + 1).is_err() && explain_bill_in(&store, 0).is_err(), "{name}: no bill 0 or {}", count + 1);
+        bills_checked += numbers.len();
+        for (resource, instant) in asked {
+            let at = chrono::DateTime::parse_from_rfc3339(&instant).unwrap();
+            for at in [at, at - chrono::Duration::seconds(1)] {
+                let whole = explain_at(&envelopes, &resource, at).map_err(|e| e.to_string());
+                let indexed = explain_at_in(&store, &resource, at).map_err(|e| e.to_string());
+                assert_eq!(indexed, whole, "{name}: {resource} at {at}");
+                questions += 1;
+            }
+        }
+    }
+    println!("{bills_checked} bills and {questions} questions by resource and instant answered alike");
+    assert!(bills_checked > 200 && questions > 600, "{bills_checked} bills, {questions} questions");
+}
+
+/// Through the binary: `explain --store` (the tag index) prints what `explain LOG` prints.
+#[test]
+fn the_command_line_explains_a_store_as_it_explains_its_exported_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, log) = (tmp.path().join("store"), tmp.path().join("log.jsonl"));
+    let scenario = common::fixtures_dir().join("package-consumed-first/scenario.json");
+    let out = run(&["run", scenario.to_str().unwrap(), "--store", store.to_str().unwrap(), "--export", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let questions: [&[&str]; 5] = [
+        &["--bill", "1"],
+        &["--bill", "3", "--format", "json"],
+        &["--resource", "train-1", "--at", "2023-04-01T11:30:00+08:00"],
+        &["--bill", "999"],
+        &["--resource", "nobody", "--at", "2023-04-01T11:30:00+08:00"],
+    ];
+    let mut answered = 0;
+    for question in questions {
+        let by_store = run(&[&["explain", "--store", store.to_str().unwrap()][..], question].concat());
+        let by_log = run(&[&["explain", log.to_str().unwrap()][..], question].concat());
+        assert_eq!(by_store.status.code(), by_log.status.code(), "{question:?}: {}", String::from_utf8_lossy(&by_store.stderr));
+        assert_eq!(String::from_utf8_lossy(&by_store.stdout), String::from_utf8_lossy(&by_log.stdout), "{question:?}");
+        answered += usize::from(by_log.status.success() && by_log.stdout.len() > 100);
+        if !by_log.status.success() {
+            assert_eq!(String::from_utf8_lossy(&by_store.stderr), String::from_utf8_lossy(&by_log.stderr), "{question:?}");
+        }
+    }
+    assert_eq!(answered, 3, "three questions have answers");
+}
