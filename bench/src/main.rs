@@ -18,10 +18,11 @@ const USAGE: &str = "usage:
   poolbill-bench generate [--preset …] [--seed N] [--pools N] [--accounts N] [--days N] > W.json
   poolbill-bench decode LOG.jsonl                       (the JSON decode floor of a log)
   poolbill-bench replay-store DIR [--at INSTANT]        (replay a store; the document on stdout)
+  poolbill-bench explain-store DIR --at INSTANT --resources ID,ID…  (explain from a store opened once)
   poolbill-bench appends DIR [--clients N] [--seconds S] (durable top-ups through the engine)
 
 Figures (--only): fsync, run, size, export, decode, replay, replay-store, replay-store-cli, at,
-explain, reopen, single, group, serve. Without --poolbill, `cargo build --release --bin poolbill` is run first and
+explain, explain-store, explain-service, reopen, single, group, serve. Without --poolbill, `cargo build --release --bin poolbill` is run first and
 target/release/poolbill measured. The default --out is target/bench/PRESET-SEED.";
 
 fn main() -> ExitCode {
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("decode") => one_path(&args[1..]).and_then(|p| work::decode_floor(&p)).map(|v| println!("{v}")),
         Some("replay-store") => replay_store(&args[1..]),
+        Some("explain-store") => explain_store(&args[1..]),
         Some("appends") => appends(&args[1..]),
         Some("generate") => parse(&args[1..]).map(|(p, _)| print!("{}", workload::to_text(&workload::generate(&p.params)))),
         Some("help" | "--help" | "-h") => {
@@ -187,6 +189,17 @@ fn replay_store(args: &[String]) -> Result<(), String> {
     let done = work::replay_store(Path::new(dir), at, &mut out)?;
     eprintln!("{done}");
     Ok(())
+}
+
+fn explain_store(args: &[String]) -> Result<(), String> {
+    match args {
+        [dir, at_flag, at, resources_flag, resources] if at_flag == "--at" && resources_flag == "--resources" => {
+            let resources: Vec<String> = resources.split(',').map(str::to_string).collect();
+            println!("{}", work::explain_store(Path::new(dir), at, &resources)?);
+            Ok(())
+        }
+        _ => Err(format!("explain-store DIR --at INSTANT --resources ID,ID…\n{USAGE}")),
+    }
 }
 
 fn appends(args: &[String]) -> Result<(), String> {

@@ -10,8 +10,24 @@ use std::process::Command;
 use std::time::Duration;
 
 /// Every figure, in the order measured; `--only` takes a comma-separated subset.
-pub const FIGURES: [&str; 14] =
-    ["fsync", "run", "size", "export", "decode", "replay", "replay-store", "replay-store-cli", "at", "explain", "reopen", "single", "group", "serve"];
+pub const FIGURES: [&str; 16] = [
+    "fsync",
+    "run",
+    "size",
+    "export",
+    "decode",
+    "replay",
+    "replay-store",
+    "replay-store-cli",
+    "at",
+    "explain",
+    "explain-store",
+    "explain-service",
+    "reopen",
+    "single",
+    "group",
+    "serve",
+];
 
 /// The targets.
 const MEMORY_LIMIT: f64 = 400e6;
@@ -335,6 +351,53 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             json!({}),
             &facts,
         ));
+    }
+
+    if selected("explain-store") {
+        say("explain from the store");
+        let resource = workload::pool_id(5.min(p.pools.saturating_sub(1)));
+        let mut cmd = Command::new(&opts.poolbill);
+        cmd.arg("explain").arg("--store").arg(&paths.store).args(["--resource", &resource, "--at", &mid]);
+        // Once to bring the tag index up to date (the engine leaves it up to 20,000 events
+        // behind), then measured.
+        child(&mut cmd, b"", Output::Null, &opts.out, "explain-store")?;
+        let r = child(&mut cmd, b"", Output::Null, &opts.out, "explain-store")?;
+        figures.push(point_query(
+            "explain-store",
+            "explain one resource at mid-history from the store (tag index), a process of its own",
+            format!("poolbill explain --store {} --resource {resource} --at {mid}", rel(&paths.store)),
+            &r,
+            json!({}),
+            &facts,
+        ));
+    }
+
+    if selected("explain-service") {
+        say("explain from a store opened once");
+        let resources: Vec<String> = (0..20u32).map(|k| workload::pool_id(k * p.pools.max(1) / 20)).collect();
+        let mut cmd = Command::new(&opts.bench);
+        cmd.arg("explain-store").arg(&paths.store).args(["--at", &mid, "--resources", &resources.join(",")]);
+        let out = opts.out.join("explain-service.json");
+        let r = child(&mut cmd, b"", Output::File(&out), &opts.out, "explain-service")?;
+        let numbers_in: Value = serde_json::from_str(&std::fs::read_to_string(&out).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        let median = numbers_in["median_s"].as_f64().unwrap_or(f64::NAN);
+        let max = numbers_in["max_s"].as_f64().unwrap_or(f64::NAN);
+        figures.push(Figure {
+            key: "explain-service".into(),
+            what: "explain 20 resources at 20 instants from a store opened once (as a service would)".into(),
+            command: format!("poolbill-bench explain-store {} --at {mid} --resources {}…", rel(&paths.store), resources[..3].join(",")),
+            value: format!(
+                "median {:.1} ms, slowest {:.1} ms a question (opening the store {:.2} s, first question {:.1} ms)",
+                median * 1e3,
+                max * 1e3,
+                numbers_in["open_s"].as_f64().unwrap_or(f64::NAN),
+                numbers_in["first_s"].as_f64().unwrap_or(f64::NAN) * 1e3
+            ),
+            peak_rss: Some(r.peak_rss),
+            baseline: facts.rust_floor.map(|f| format!("Rust parse of the whole log {}", seconds(f))).unwrap_or_default(),
+            checks: vec![Check::at_most("time", max, POINT_QUERY_LIMIT, "s"), Check::at_most("memory", r.peak_rss as f64, MEMORY_LIMIT, "B")],
+            numbers: numbers(&r, numbers_in),
+        });
     }
 
     if selected("reopen") {

@@ -51,6 +51,32 @@ pub fn replay_store(dir: &Path, at: Option<&str>, out: &mut impl Write) -> Resul
     Ok(json!({"events": written.events, "seconds": started.elapsed().as_secs_f64()}))
 }
 
+/// Explain from a store in one process, as a long-running service would: the store opened
+/// once, then each resource asked about at an instant (the first question also brings the tag
+/// index up to date). Returns the open time and each question's time.
+pub fn explain_store(dir: &Path, at: &str, resources: &[String]) -> Result<Value, String> {
+    let at = DateTime::parse_from_rfc3339(at).map_err(|e| format!("--at {at}: {e}"))?;
+    let started = Instant::now();
+    let store = SledStore::open(dir).map_err(|e| e.to_string())?;
+    let open_s = started.elapsed().as_secs_f64();
+    let mut times = Vec::with_capacity(resources.len());
+    let mut lines = 0;
+    for (k, resource) in resources.iter().enumerate() {
+        // Each at its own instant, an hour apart: no question repeats another.
+        let at = at + chrono::Duration::hours(k as i64);
+        let asked = Instant::now();
+        let explained = poolbill_replay::explain::explain_at_in(&store, resource, at).map_err(|e| format!("{resource} at {at}: {e}"))?;
+        times.push(asked.elapsed().as_secs_f64());
+        lines += explained.len();
+    }
+    let first = times.first().copied().unwrap_or(0.0);
+    let mut rest = times[1.min(times.len())..].to_vec();
+    rest.sort_by(f64::total_cmp);
+    let median = rest.get(rest.len() / 2).copied().unwrap_or(first);
+    let max = rest.last().copied().unwrap_or(first);
+    Ok(json!({"open_s": open_s, "first_s": first, "median_s": median, "max_s": max, "questions": times.len(), "lines": lines}))
+}
+
 /// Durable appends through the engine on a fresh store at `dir`: `clients` tasks each run
 /// top-ups one after another (each answered once on disk) for `budget`. Returns commands and
 /// events appended, and the seconds it took.
