@@ -303,8 +303,20 @@ pub fn bills(args: BillsArgs) -> Result<(), Failure> {
 }
 
 pub fn timeline(args: TimelineArgs) -> Result<(), Failure> {
-    let log = load(&args.source)?;
-    let picture = draw::timeline(&log.envelopes, &args.resource).map_err(|e| Failure::Input(e.into()))?;
+    let picture = match args.source.origin()? {
+        // A store answers from its tag index: only the resource's history is read.
+        Origin::Store(dir) => {
+            let store = open_store(dir)?;
+            draw::timeline_in(&store, &args.resource).map_err(|e| match e {
+                draw::TimelineError::NoSuchResource(_) => Failure::Input(e.into()),
+                e => damaged(format!("reading the store at {}", dir.display()))(e),
+            })?
+        }
+        Origin::File(_) => {
+            let log = load(&args.source)?;
+            draw::timeline(&log.envelopes, &args.resource).map_err(|e| Failure::Input(e.into()))?
+        }
+    };
     std::fs::write(&args.svg, draw::render_svg(&picture)).map_err(runtime(format!("writing {}", args.svg.display())))
 }
 

@@ -2,18 +2,19 @@
 //! basis, each step citing its rule. The figures are recomputed (never copied from the amounts
 //! the line stored) and then checked against them: a difference is a final R2 step, never silent.
 
+use crate::history::{self, HistoryError};
 use chrono::{Datelike, Duration};
 use poolbill_domain::money::{fmt_cents, fmt_exact, remaining_factor, trunc2, trunc8};
 use poolbill_domain::time::{align_to_day, beijing_date, days_in_month, hour_floor, period_end, to_beijing};
 use poolbill_domain::{remaining_value, Alignment, Amounts, Basis, BillLine, DecodeError, Event, Instant, Item, Rule, Term, UnusedPart};
 use poolbill_ledger::{fold_visit, FoldError, Upto};
-use poolbill_projections::{account_tag, bill_hour_tag, event_of, resource_tag, BillView, FlowBill, BILL_HOUR};
+use poolbill_projections::{bill_hour_tag, event_of, BillView, FlowBill, BILL_HOUR};
 use poolbill_store::{Envelope, EventStore, StoreError};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Explanation {
@@ -300,11 +301,16 @@ fn store_error(e: StoreError) -> ExplainError {
     ExplainError::Log(format!("reading the store: {e}"))
 }
 
+fn history_error(e: HistoryError) -> ExplainError {
+    match e {
+        HistoryError::Store(e) => store_error(e),
+        HistoryError::Decode { position, source } => ExplainError::Decode { position, source },
+    }
+}
+
 /// The event at `position`, decoded.
 fn read(store: &dyn EventStore, position: u64) -> Result<(Envelope, Event), ExplainError> {
-    let envelope = store.read_at(position).map_err(store_error)?.ok_or_else(|| ExplainError::Log(format!("the log has no position {position}")))?;
-    let event = event_of(&envelope).map_err(|source| ExplainError::Decode { position, source })?;
-    Ok((envelope, event))
+    history::read(store, position).map_err(history_error)
 }
 
 /// The steps as they are written.
@@ -331,53 +337,11 @@ impl<'a> Log<'a> {
         Ok(Log::of(entries, Numbers::Listed { order, place }))
     }
 
-    /// The part of a store's log an explanation of `resource`'s lines reads: the
-    /// events tagged with it (or with the job it bills for, or the id it bills under), those of
-    /// the packages its lines drew on, its account's opening and arrears, the catalog, the
-    /// events of the commands that charged it, and the settlement after each metered line.
+    /// The part of a store's log an explanation of `resource`'s lines reads: its history
+    /// ([`history::of_resource`]), and for the lines explained the events of the commands that
+    /// charged them and the settlement after a metered one.
     fn about(store: &'a dyn EventStore, resource: &str, target: Target, ranks: BillRanks<'a>) -> Result<Log<'a>, ExplainError> {
-        // All of the resource's history: a line may be charged long after it starts (a renewal
-        // paid weeks into its period), so no instant bounds what is read.
-        let mut picked: BTreeMap<u64, (Envelope, Event)> = BTreeMap::new();
-        let read_tag = |tag: &str, picked: &mut BTreeMap<u64, (Envelope, Event)>| -> Result<(), ExplainError> {
-            for position in store.tagged(tag, 0, usize::MAX).map_err(store_error)? {
-                if picked.contains_key(&position) {
-                    continue;
-                }
-                picked.insert(position, read(store, position)?);
-            }
-            Ok(())
-        };
-        // The resource, then the ids it is billed as or bills for (R5), then the packages and
-        // accounts its events name.
-        let mut ids = BTreeSet::from([resource.to_string()]);
-        let mut done = BTreeSet::new();
-        while let Some(id) = ids.iter().find(|id| !done.contains(*id)).cloned() {
-            read_tag(&resource_tag(&id), &mut picked)?;
-            done.insert(id);
-            for (_, event) in picked.values() {
-                match event {
-                    Event::JobStarted { job, billed_as, .. } if done.contains(job) || done.contains(billed_as) => {
-                        ids.extend([job.clone(), billed_as.clone()]);
-                    }
-                    Event::Charged { line } if done.contains(&line.resource) => {
-                        if let Basis::Package { package, .. } = &line.basis {
-                            ids.insert(package.clone());
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-        // An account's stream is `account-<id>` (Event::stream).
-        let accounts: BTreeSet<String> = picked.values().filter_map(|(e, _)| e.stream.strip_prefix("account-").map(str::to_string)).collect();
-        for account in &accounts {
-            read_tag(&account_tag(account), &mut picked)?;
-        }
-        for envelope in store.read_stream("catalog", 1).map_err(store_error)? {
-            let event = event_of(&envelope).map_err(|source| ExplainError::Decode { position: envelope.position, source })?;
-            picked.insert(envelope.position, (envelope, event));
-        }
+        let mut picked = history::of_resource(store, resource).map_err(history_error)?;
         // For the lines to explain: what their command recorded with them, and the settlement
         // after a metered one.
         let charges: Vec<(u64, Option<String>, BillLine)> = picked

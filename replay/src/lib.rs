@@ -7,6 +7,7 @@ pub mod bills;
 pub mod diff;
 pub mod document;
 pub mod explain;
+pub mod history;
 pub mod jsonl;
 pub mod rerun;
 pub mod timeline;

@@ -94,6 +94,24 @@ pub enum TimelineError {
 }
 
 pub fn timeline(envelopes: &[Envelope], resource: &str) -> Result<Timeline, TimelineError> {
+    timeline_of(envelopes, resource, None)
+}
+
+/// [`timeline`] from a store: only the resource's history is read (its tags, its account's
+/// arrears, the catalog: [`crate::history::of_resource`]), and the picture ends at the log's
+/// last instant as it does for the whole log.
+pub fn timeline_in(store: &dyn poolbill_store::EventStore, resource: &str) -> Result<Timeline, TimelineError> {
+    let history = crate::history::of_resource(store, resource).map_err(|e| match e {
+        crate::history::HistoryError::Store(e) => TimelineError::Log(e),
+        crate::history::HistoryError::Decode { position, source } => TimelineError::Replay(ProjectionError { position, source }),
+    })?;
+    let envelopes: Vec<Envelope> = history.into_values().map(|(envelope, _)| envelope).collect();
+    timeline_of(&envelopes, resource, store.last_instant().map_err(TimelineError::Log)?)
+}
+
+/// The timeline of `resource` in `envelopes` (a log, or a resource's history in log order),
+/// ending at `end` (or at the last envelope's instant).
+fn timeline_of(envelopes: &[Envelope], resource: &str, end: Option<Instant>) -> Result<Timeline, TimelineError> {
     let mut bands: Vec<Band> = Vec::new();
     let mut nodes: Vec<(Instant, u32)> = Vec::new();
     let mut billed_as: Option<String> = None;
@@ -138,7 +156,7 @@ pub fn timeline(envelopes: &[Envelope], resource: &str) -> Result<Timeline, Time
     let Some(billed_as) = billed_as else {
         return Err(TimelineError::NoSuchResource(resource.to_string()));
     };
-    let end = projections.last_instant.expect("a log that shows the resource has an instant");
+    let end = end.or(projections.last_instant).expect("a log that shows the resource has an instant");
     if let Some(band) = bands.last_mut() {
         band.to = end;
     }

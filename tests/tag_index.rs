@@ -1,18 +1,21 @@
-//! Explain from a store's tag index gives exactly what explain from the whole log gives: every
-//! bill of every fixture by number, and every resource at the start and the last second of each
-//! of its lines — while reading only the events about that resource.
+//! Explain and timeline from a store's tag index give exactly what they give from the whole
+//! log: every bill of every fixture by number, every resource at the start and the last second
+//! of each of its lines, every resource's timeline — while reading only the events about that
+//! resource.
 
 mod common;
 
 use common::{fixtures, run};
 use poolbill_replay::explain::{explain_at, explain_at_in, explain_bill, explain_bill_in};
+use poolbill_replay::timeline::{timeline, timeline_in};
 use poolbill_store::EventStore;
 use poolbill_store_sled::SledStore;
 use std::collections::BTreeSet;
 
 #[test]
-fn explaining_from_the_tag_index_equals_explaining_from_the_whole_log() {
+fn explain_and_timeline_from_the_tag_index_equal_them_from_the_whole_log() {
     let mut bills_checked = 0;
+    let mut timelines = 0;
     let mut questions = 0;
     for dir in fixtures() {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
@@ -37,6 +40,14 @@ fn explaining_from_the_tag_index_equals_explaining_from_the_whole_log() {
         }
         assert!(explain_bill_in(&store, count + 1).is_err() && explain_bill_in(&store, 0).is_err(), "{name}: no bill 0 or {}", count + 1);
         bills_checked += numbers.len();
+        // Every resource's timeline, and one that is not there.
+        let document = poolbill_replay::fold(envelopes.iter().cloned().map(Ok), poolbill_replay::Upto::All).unwrap().document();
+        for resource in document.resources.iter().map(|r| r.id.as_str()).chain(["nobody"]) {
+            let whole = timeline(&envelopes, resource).map_err(|e| e.to_string());
+            let indexed = timeline_in(&store, resource).map_err(|e| e.to_string());
+            assert_eq!(indexed, whole, "{name}: the timeline of {resource}");
+            timelines += usize::from(whole.is_ok());
+        }
         for (resource, instant) in asked {
             let at = chrono::DateTime::parse_from_rfc3339(&instant).unwrap();
             for at in [at, at - chrono::Duration::seconds(1)] {
@@ -47,13 +58,15 @@ fn explaining_from_the_tag_index_equals_explaining_from_the_whole_log() {
             }
         }
     }
-    println!("{bills_checked} bills and {questions} questions by resource and instant answered alike");
+    println!("{bills_checked} bills, {questions} questions by resource and instant, {timelines} timelines answered alike");
+    assert!(timelines > 30, "{timelines} timelines");
     assert!(bills_checked > 200 && questions > 600, "{bills_checked} bills, {questions} questions");
 }
 
-/// Through the binary: `explain --store` (the tag index) prints what `explain LOG` prints.
+/// Through the binary: `explain --store` and `timeline --store` (the tag index) give what they
+/// give from the exported log.
 #[test]
-fn the_command_line_explains_a_store_as_it_explains_its_exported_log() {
+fn the_command_line_explains_and_draws_a_store_as_it_does_its_exported_log() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, log) = (tmp.path().join("store"), tmp.path().join("log.jsonl"));
     let scenario = common::fixtures_dir().join("package-consumed-first/scenario.json");
@@ -78,4 +91,13 @@ fn the_command_line_explains_a_store_as_it_explains_its_exported_log() {
         }
     }
     assert_eq!(answered, 3, "three questions have answers");
+    // The same picture of a resource's history.
+    let (from_store, from_log) = (tmp.path().join("store.svg"), tmp.path().join("log.svg"));
+    for (source, svg) in [(vec!["--store", store.to_str().unwrap()], &from_store), (vec![log.to_str().unwrap()], &from_log)] {
+        let out = run(&[&["timeline"][..], &source, &["--resource", "train-1", "--svg", svg.to_str().unwrap()]].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let picture = std::fs::read_to_string(&from_store).unwrap();
+    assert!(picture.starts_with("<svg") && picture.contains("train-1"));
+    assert_eq!(picture, std::fs::read_to_string(&from_log).unwrap());
 }
