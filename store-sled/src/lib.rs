@@ -27,14 +27,17 @@
 //!
 //! # Durability contract
 //!
-//! Each [`AppendRequest`] is one sled transaction spanning every tree it writes,
-//! so it lands entirely or not at all (idempotency check, concurrency checks,
-//! events, indexes, meta and command record together). [`EventStore::append_batch`]
-//! is a group commit: it applies its requests in order, then calls sled's
-//! synchronous `Db::flush` once, and only then returns. Nothing is acknowledged
-//! before it is on disk; if that flush fails the whole batch is unacknowledged.
-//! [`EventStore::append`] is a batch of one. `flush_async` is never used (it is known
-//! to deadlock in this sled version).
+//! A group commit ([`EventStore::append_batch`], [`EventStore::append_chain`]) is ONE sled
+//! transaction spanning every tree its requests write, so it lands entirely or not at all
+//! (idempotency checks, concurrency checks, events, indexes, meta and command records
+//! together), then one call of sled's synchronous `Db::flush`, and only then does it return.
+//! Inside the transaction each request is still atomic on its own: all its checks, reads and
+//! encodings come before its first write, so one that fails (`Conflict`, `OutOfOrder`, …) has
+//! written nothing, and the later ones see the earlier ones' writes (sled's transactional reads
+//! see the transaction's own writes). A sled error fails the whole batch. Nothing is
+//! acknowledged before it is on disk; if the transaction or the flush fails the whole batch is
+//! unacknowledged. [`EventStore::append`] is a batch of one. `flush_async` is never used (it is
+//! known to deadlock in this sled version).
 //!
 //! sled is pinned to `=0.34.7`, the last stable release: 1.0 is an alpha
 //! without transactions, which this store depends on.
@@ -310,7 +313,18 @@ fn decode_command(id: &[u8], bytes: &[u8]) -> Result<CommandRecord, StoreError> 
     serde_json::from_slice(bytes).map_err(|e| corrupt(0, format!("command record {:?} undecodable: {e}", String::from_utf8_lossy(id))))
 }
 
+/// Inside an append transaction: `Abort` is the request's own failure (a check or an encoding:
+/// it wrote nothing, and only it fails), the other errors are sled's (they fail the transaction).
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+/// How the requests of one transaction relate.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Group {
+    /// Each stands alone: one that fails does not stop the others.
+    Independent,
+    /// Each may depend on its predecessors: the first that fails stops the rest.
+    Chain,
+}
 
 fn abort<T>(e: StoreError) -> TxResult<T> {
     Err(ConflictableTransactionError::Abort(e))
@@ -396,15 +410,44 @@ impl SledStore {
         })
     }
 
-    fn apply(&self, req: &AppendRequest) -> Result<AppendOutcome, StoreError> {
+    /// Applies `reqs` in order in ONE sled transaction over the five log trees (a group commit
+    /// costs one transaction, not one per request), without flushing. Each request is decided on
+    /// the state the earlier ones leave: reads inside a sled 0.34.7 transaction see its own
+    /// earlier writes (`TransactionalTree::get` looks in the transaction's write set before the
+    /// tree). A request that fails its checks has written nothing (every check, read and
+    /// encoding of a request comes before its first write) and answers `Err`; the others go on,
+    /// unless this is a [`Group::Chain`], which stops at its first failure. The outer `Err` is
+    /// sled's: then nothing of the batch was written.
+    fn apply_all(&self, reqs: &[AppendRequest], group: Group) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+        if reqs.is_empty() {
+            return Ok(Vec::new());
+        }
         let trees = (&self.events, &self.streams, &self.stream_index, &self.commands, &self.meta);
-        // The closure may run several times: it only reads through the
+        // The closure may run several times: it only reads and writes through the
         // transactional views and reports through its return value.
-        let result = trees.transaction(|(events, streams, index, commands, meta)| apply_in_tx(req, events, streams, index, commands, meta));
+        let result = trees.transaction(|(events, streams, index, commands, meta)| {
+            let mut results = Vec::with_capacity(reqs.len());
+            for req in reqs {
+                let result = match apply_in_tx(req, events, streams, index, commands, meta) {
+                    Ok(outcome) => Ok(outcome),
+                    // This request's own failure: it wrote nothing, the transaction goes on.
+                    Err(ConflictableTransactionError::Abort(e)) => Err(e),
+                    // sled's: the whole transaction fails (or is retried).
+                    Err(other) => return Err(other),
+                };
+                let failed = result.is_err();
+                results.push(result);
+                if failed && group == Group::Chain {
+                    break;
+                }
+            }
+            Ok(results)
+        });
         match result {
-            Ok(outcome) => Ok(outcome),
+            Ok(results) => Ok(results),
+            // The closure never aborts the transaction as a whole.
             Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(source)) => Err(StoreError::backend(format!("append transaction (command {:?})", req.command_id), source)),
+            Err(TransactionError::Storage(source)) => Err(StoreError::backend(format!("append transaction ({} requests)", reqs.len()), source)),
         }
     }
 
@@ -467,12 +510,12 @@ impl EventStore for SledStore {
         self.snapshots.iter().keys().map(|k| k.map_err(storage("listing snapshots")).map(|k| decode_u64(&k).unwrap_or(0))).collect()
     }
 
-    /// Group commit: each request is its own atomic transaction, applied in
-    /// order (so a later request sees the earlier ones, e.g. as a Duplicate);
-    /// then one flush. The outer `Err` is a failed flush: then nothing in the
-    /// batch may be considered acknowledged.
+    /// Group commit: one sled transaction applies the requests in order, each atomic on its
+    /// own and independent of the others' failures (a later request sees the earlier ones, e.g.
+    /// as a Duplicate); then one flush. The outer `Err` is a failed transaction or flush: then
+    /// nothing in the batch may be considered acknowledged.
     fn append_batch(&self, reqs: Vec<AppendRequest>) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
-        let results: Vec<_> = reqs.iter().map(|req| self.apply(req)).collect();
+        let results = self.apply_all(&reqs, Group::Independent)?;
         // Flush even for duplicates: the original may have been committed by
         // another thread that has not flushed yet.
         self.flush()?;
@@ -480,14 +523,15 @@ impl EventStore for SledStore {
     }
 
     /// Group commit of a chain: requests where each was decided on the state its predecessors
-    /// leave. Applied in order until the first one that fails; the rest are not applied, since
-    /// they may depend on it. One flush either way, so the applied prefix is durable. Returns
-    /// the outcomes of the applied prefix and, if one failed, its index and error.
+    /// leave. Applied in order, in one sled transaction, until the first one that fails; the
+    /// rest are not applied, since they may depend on it. One flush either way, so the applied
+    /// prefix is durable. Returns the outcomes of the applied prefix and, if one failed, its
+    /// index and error.
     fn append_chain(&self, reqs: Vec<AppendRequest>) -> Result<ChainOutcome, StoreError> {
         let mut applied = Vec::with_capacity(reqs.len());
         let mut failed = None;
-        for (i, req) in reqs.iter().enumerate() {
-            match self.apply(req) {
+        for (i, result) in self.apply_all(&reqs, Group::Chain)?.into_iter().enumerate() {
+            match result {
                 Ok(outcome) => applied.push(outcome),
                 Err(e) => {
                     failed = Some((i, e));
@@ -796,8 +840,11 @@ fn apply_in_tx(
     }
 
     let last_position = tx_u64(meta, META_LAST_POSITION, || "meta last_position".to_string())?;
+    // Everything this request writes is read, decided and encoded before its first write, so
+    // that a request that fails (its transaction goes on with the others) has written nothing.
     let mut position = last_position;
     let mut versions: HashMap<&str, u64> = HashMap::new();
+    let mut staged = Vec::with_capacity(req.events.len());
     for event in &req.events {
         let version = match versions.get(event.stream.as_str()) {
             Some(v) => *v,
@@ -815,23 +862,11 @@ fn apply_in_tx(
             command_id: req.command_id.clone(),
             payload: event.payload.clone(),
         };
-        let value = match encode_event(&env) {
-            Ok(v) => v,
+        match encode_event(&env) {
+            Ok(value) => staged.push((position, value, index_key(&event.stream, version))),
             Err(e) => return abort(e),
-        };
-        events.insert(&position.to_be_bytes()[..], value)?;
-        index.insert(index_key(&event.stream, version), &position.to_be_bytes()[..])?;
+        }
     }
-    for (stream, version) in &versions {
-        streams.insert(stream.as_bytes(), &version.to_be_bytes()[..])?;
-    }
-    if position != last_position {
-        meta.insert(META_LAST_POSITION, &position.to_be_bytes()[..])?;
-    }
-    if let (Some(instant), false) = (last_instant, req.events.is_empty()) {
-        meta.insert(META_LAST_INSTANT, instant.to_rfc3339().as_bytes())?;
-    }
-
     let record = if req.events.is_empty() {
         CommandRecord { first_position: None, last_position: None, outcome: req.outcome.clone(), fingerprint: req.fingerprint.clone() }
     } else {
@@ -842,11 +877,29 @@ fn apply_in_tx(
             fingerprint: req.fingerprint.clone(),
         }
     };
-    if let Some(id) = &req.command_id {
-        let json = match serde_json::to_vec(&record) {
-            Ok(j) => j,
+    let record_json = match &req.command_id {
+        None => None,
+        Some(id) => match serde_json::to_vec(&record) {
+            Ok(json) => Some((id, json)),
             Err(e) => return abort(StoreError::Encode { context: format!("serializing record of command {id:?}"), source: e.into() }),
-        };
+        },
+    };
+
+    // Writes only from here on: no error below but sled's, which fails the whole transaction.
+    for (position, value, key) in staged {
+        events.insert(&position.to_be_bytes()[..], value)?;
+        index.insert(key, &position.to_be_bytes()[..])?;
+    }
+    for (stream, version) in &versions {
+        streams.insert(stream.as_bytes(), &version.to_be_bytes()[..])?;
+    }
+    if position != last_position {
+        meta.insert(META_LAST_POSITION, &position.to_be_bytes()[..])?;
+    }
+    if let (Some(instant), false) = (last_instant, req.events.is_empty()) {
+        meta.insert(META_LAST_INSTANT, instant.to_rfc3339().as_bytes())?;
+    }
+    if let Some((id, json)) = record_json {
         commands.insert(id.as_bytes(), json)?;
     }
     Ok(AppendOutcome::Appended(record))

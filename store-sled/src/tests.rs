@@ -1,6 +1,6 @@
 use super::*;
 use poolbill_store::conformance::{self, all, appended, ev, req, ts, T0, T1, T2};
-use poolbill_store::ExpectedVersion;
+use poolbill_store::{ExpectedVersion, NewEvent};
 use serde_json::json;
 use std::collections::HashSet;
 
@@ -243,4 +243,172 @@ fn a_cleared_index_is_rebuilt_and_a_damaged_one_is_refused() {
     assert_eq!(store.tag_counts("").unwrap(), vec![("t".to_string(), 2), ("u".to_string(), 1)]);
     store.tags.insert(posting_key("t", 0), &[9u8, 1][..]).unwrap();
     assert!(matches!(store.tagged("t", 0, 10), Err(StoreError::Corrupt { .. })));
+}
+
+/// A request that checks `stream` is at `expected`.
+fn expecting(mut r: AppendRequest, stream: &str, expected: ExpectedVersion) -> AppendRequest {
+    r.expected.push((stream.to_string(), expected));
+    r
+}
+
+#[test]
+fn a_batch_whose_middle_requests_fail_applies_the_others_gaplessly() {
+    let store = SledStore::temporary().unwrap();
+    let results = store
+        .append_batch(vec![
+            req(Some("c1"), vec![ev("a", "x", T0, json!(1))]),
+            // Fails its check after c1: none of its events (the first would pass) may land.
+            expecting(req(Some("c2"), vec![ev("b", "x", T1, json!(2)), ev("a", "x", T1, json!(3))]), "a", ExpectedVersion::NoStream),
+            // Passes only if it sees c1's write, made in the same batch.
+            expecting(req(Some("c3"), vec![ev("a", "x", T1, json!(4)), ev("b", "x", T1, json!(5))]), "a", ExpectedVersion::Exactly(1)),
+            // Its second event is earlier than its first: it fails, having written nothing.
+            req(Some("c4"), vec![ev("b", "x", T2, json!(6)), ev("b", "x", T0, json!(7))]),
+            // After c3 (not c2): stream b is at version 1, the log at position 3.
+            expecting(req(Some("c5"), vec![ev("b", "x", T2, json!(8))]), "b", ExpectedVersion::Exactly(1)),
+        ])
+        .unwrap();
+    assert_eq!(results.len(), 5);
+    let record = |first, last, id: &str| CommandRecord {
+        first_position: Some(first),
+        last_position: Some(last),
+        outcome: json!({"ok": id}),
+        fingerprint: Some(format!("request {id}")),
+    };
+    assert_eq!(results[0], Ok(AppendOutcome::Appended(record(1, 1, "c1"))));
+    assert_eq!(results[1], Err(StoreError::Conflict { stream: "a".into(), expected: ExpectedVersion::NoStream, actual: 1 }));
+    assert_eq!(results[2], Ok(AppendOutcome::Appended(record(2, 3, "c3"))));
+    assert_eq!(results[3], Err(StoreError::OutOfOrder { at: ts(T0), last: ts(T2) }));
+    assert_eq!(results[4], Ok(AppendOutcome::Appended(record(4, 4, "c5"))));
+
+    let events = all(&store);
+    let summary: Vec<_> = events.iter().map(|e| (e.position, e.stream.as_str(), e.version, e.payload.clone())).collect();
+    let json = |n: i32| Payload::Json(json!(n));
+    assert_eq!(summary, vec![(1, "a", 1, json(1)), (2, "a", 2, json(4)), (3, "b", 1, json(5)), (4, "b", 2, json(8))]);
+    assert_eq!(store.command("c2").unwrap(), None);
+    assert_eq!(store.command("c4").unwrap(), None);
+    assert_eq!((store.stream_version("a").unwrap(), store.stream_version("b").unwrap()), (2, 2));
+    assert_eq!(store.last_instant().unwrap(), Some(ts(T2)));
+    assert_eq!(store.verify().unwrap(), VerifyReport { events: 4, streams: 2, commands: 3 });
+}
+
+#[test]
+fn a_batch_that_repeats_a_command_id_answers_the_second_as_a_duplicate_of_the_first() {
+    let store = SledStore::temporary().unwrap();
+    let mut again = req(Some("c1"), vec![ev("a", "x", T1, json!(2)), ev("b", "x", T1, json!(3))]);
+    again.outcome = json!("the second's own outcome, never recorded");
+    // A check that would fail does not mask the duplicate.
+    again.expected = vec![("a".into(), ExpectedVersion::NoStream)];
+    let results = store
+        .append_batch(vec![req(Some("c1"), vec![ev("a", "x", T0, json!(1))]), again, req(Some("c2"), vec![ev("a", "x", T2, json!(4))])])
+        .unwrap();
+    let first = appended(results[0].clone().unwrap());
+    assert_eq!(
+        first,
+        CommandRecord { first_position: Some(1), last_position: Some(1), outcome: json!({"ok": "c1"}), fingerprint: Some("request c1".into()) }
+    );
+    assert_eq!(results[1], Ok(AppendOutcome::Duplicate(first.clone())));
+    assert_eq!(appended(results[2].clone().unwrap()).first_position, Some(2), "the duplicate took no position");
+    assert_eq!(all(&store).iter().map(|e| e.payload.clone()).collect::<Vec<_>>(), [json!(1), json!(4)].map(Payload::Json));
+    assert_eq!(store.command("c1").unwrap(), Some(first));
+    assert_eq!(store.stream_version("b").unwrap(), 0);
+}
+
+/// Copies a store's directory as it stands, the store still open: what a crash would leave
+/// on disk (at least; what sled has only in memory is not there).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_chain_stops_at_its_first_failure_and_its_prefix_is_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let store = SledStore::open(&path).unwrap();
+    appended(store.append(req(Some("c0"), vec![ev("a", "x", T0, json!(0))])).unwrap());
+    let (applied, failed) = store
+        .append_chain(vec![
+            expecting(req(Some("c1"), vec![ev("a", "x", T0, json!(1)), ev("b", "x", T0, json!(2))]), "a", ExpectedVersion::Exactly(1)),
+            // A duplicate is no failure: the chain goes on.
+            req(Some("c0"), vec![ev("a", "x", T1, json!(99))]),
+            expecting(req(Some("c2"), vec![ev("a", "x", T1, json!(3))]), "a", ExpectedVersion::Exactly(2)),
+            expecting(req(Some("c3"), vec![ev("b", "x", T1, json!(4))]), "a", ExpectedVersion::Exactly(2)),
+            // Would pass on its own, but follows the failure.
+            req(Some("c4"), vec![ev("b", "x", T2, json!(5))]),
+        ])
+        .unwrap();
+    let (index, error) = failed.expect("c3 conflicts");
+    assert_eq!(index, 3);
+    assert_eq!(error, StoreError::Conflict { stream: "a".into(), expected: ExpectedVersion::Exactly(2), actual: 3 });
+    assert_eq!(applied.len(), 3);
+    assert_eq!(appended(applied[0].clone()).first_position, Some(2));
+    assert!(matches!(&applied[1], AppendOutcome::Duplicate(r) if r.first_position == Some(1)), "{:?}", applied[1]);
+    assert_eq!(appended(applied[2].clone()).first_position, Some(4));
+
+    // On disk by the time the chain returned: a copy taken now, the store still open, has it.
+    let copy = dir.path().join("copy");
+    copy_dir(&path, &copy);
+    let before = all(&store);
+    drop(store);
+    for path in [copy, path] {
+        let store = SledStore::open(&path).unwrap();
+        assert_eq!(all(&store), before, "{}", path.display());
+        assert_eq!(before.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(), [0, 1, 2, 3].map(|n| Payload::Json(json!(n))));
+        assert!(store.command("c2").unwrap().is_some());
+        assert_eq!((store.command("c3").unwrap(), store.command("c4").unwrap()), (None, None));
+        assert_eq!(store.verify().unwrap(), VerifyReport { events: 4, streams: 2, commands: 3 });
+        assert_eq!(read_watermark(&path.join(WATERMARK_FILE)).unwrap().map(|(p, _)| p), Some(4), "the mark covers the prefix");
+    }
+}
+
+#[test]
+fn a_long_chain_of_large_events_is_one_transaction_that_lands_whole() {
+    // Several of sled's 512 KiB segments in one transaction.
+    const REQUESTS: usize = 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let store = SledStore::open(&path).unwrap();
+    let payload = Payload::Binary(vec![7; 2000]);
+    let chain: Vec<_> = (0..REQUESTS)
+        .map(|i| {
+            let events = (0..3).map(|s| NewEvent { payload: payload.clone(), ..ev(&format!("s{s}"), "x", T0, json!(null)) }).collect();
+            req(Some(&format!("c{i}")), events)
+        })
+        .collect();
+    let (applied, failed) = store.append_chain(chain).unwrap();
+    assert_eq!((applied.len(), failed), (REQUESTS, None));
+    let copy = dir.path().join("copy");
+    copy_dir(&path, &copy);
+    let reopened = SledStore::open(&copy).unwrap();
+    assert_eq!(reopened.verify().unwrap(), VerifyReport { events: 3 * REQUESTS as u64, streams: 3, commands: REQUESTS as u64 });
+}
+
+#[test]
+fn a_request_that_fails_after_its_checks_passed_writes_nothing_either() {
+    let store = SledStore::temporary().unwrap();
+    // A damaged stream version, of a stream no request checks: found only when the request's
+    // third event is given its version, after its first two were staged (not written: c3 would
+    // take the first's position, not the second's).
+    store.streams.insert("bad", &b"not a u64"[..]).unwrap();
+    let results = store
+        .append_batch(vec![
+            req(Some("c1"), vec![ev("a", "x", T0, json!(1))]),
+            req(Some("c2"), vec![ev("a", "x", T0, json!(2)), ev("a", "x", T0, json!(3)), ev("bad", "x", T0, json!(4))]),
+            req(Some("c3"), vec![ev("a", "x", T1, json!(5))]),
+        ])
+        .unwrap();
+    assert!(matches!(&results[1], Err(StoreError::Corrupt { detail, .. }) if detail.contains("\"bad\"")), "{:?}", results[1]);
+    assert_eq!(appended(results[2].clone().unwrap()).first_position, Some(2));
+    assert_eq!(all(&store).iter().map(|e| e.payload.clone()).collect::<Vec<_>>(), [json!(1), json!(5)].map(Payload::Json));
+    assert_eq!(store.stream_version("a").unwrap(), 2);
+    assert_eq!(store.command("c2").unwrap(), None);
+    assert_eq!(store.last_position().unwrap(), 2);
 }
