@@ -51,6 +51,7 @@ use std::path::Path;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional, TransactionalTree};
 
+mod mark;
 #[cfg(test)]
 mod tests;
 mod varint;
@@ -80,8 +81,10 @@ const TAG_WINDOW: u64 = 1 << 16;
 #[derive(Clone)]
 pub struct SledStore {
     /// Where the high-water mark is kept (stores on disk only); the lock orders its writers.
-    watermark: Option<std::path::PathBuf>,
-    watermark_lock: std::sync::Arc<std::sync::Mutex<()>>,
+    /// The high-water mark's writer (stores on disk only); its lock orders the marks.
+    mark: Option<std::sync::Arc<std::sync::Mutex<mark::Writer>>>,
+    /// sled's database file: synced after each flush (see [`SledStore::flush`]).
+    db_file: Option<std::sync::Arc<std::fs::File>>,
     db: sled::Db,
     events: sled::Tree,
     streams: sled::Tree,
@@ -102,20 +105,10 @@ fn storage(context: impl fmt::Display) -> impl FnOnce(sled::Error) -> StoreError
 /// The file beside sled's that holds the last acknowledged position and its checksum.
 pub const WATERMARK_FILE: &str = "poolbill.watermark";
 
-/// `None` when there is no mark yet (a new store).
-fn read_watermark(path: &Path) -> Result<Option<(u64, u32)>, StoreError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(StoreError::io(format!("reading {}", path.display()), e)),
-    };
-    let mut parts = text.split_whitespace();
-    let position = parts.next().and_then(|p| p.parse::<u64>().ok());
-    let crc = parts.next().and_then(|c| u32::from_str_radix(c, 16).ok());
-    match (position, crc) {
-        (Some(p), Some(c)) => Ok(Some((p, c))),
-        _ => Err(corrupt(0, format!("{} is unreadable: {text:?}", path.display()))),
-    }
+/// The last acknowledged position and its value's checksum, as the store at `dir` marked them
+/// (`None`: nothing acknowledged yet). For tools and tests that inspect a store's files.
+pub fn read_watermark(dir: &Path) -> Result<Option<(u64, u32)>, StoreError> {
+    mark::read(&dir.join(WATERMARK_FILE))
 }
 
 fn corrupt(position: u64, detail: impl Into<String>) -> StoreError {
@@ -337,7 +330,7 @@ impl SledStore {
     pub fn open(path: impl AsRef<Path>) -> Result<SledStore, StoreError> {
         let path = path.as_ref();
         let mark_path = path.join(WATERMARK_FILE);
-        let mark = read_watermark(&mark_path)?;
+        let mark = mark::read(&mark_path)?;
         // A store that acknowledged events and cannot be opened is damaged: the error says
         // which position it should reach.
         let damaged = |detail: String, position: u64| {
@@ -369,7 +362,9 @@ impl SledStore {
             None => StoreError::backend(format!("opening the sled database at {}", path.display()), e),
         })?;
         let mut store = SledStore::from_db(db)?;
-        store.watermark = Some(mark_path);
+        store.mark = Some(std::sync::Arc::new(std::sync::Mutex::new(mark::Writer::new(mark_path))));
+        let db_file = std::fs::File::open(path.join("db")).map_err(|e| StoreError::io(format!("opening {}", path.join("db").display()), e))?;
+        store.db_file = Some(std::sync::Arc::new(db_file));
         if let Some((position, crc)) = mark {
             let last = store.last_position()?;
             if last < position {
@@ -397,8 +392,8 @@ impl SledStore {
     fn from_db(db: sled::Db) -> Result<SledStore, StoreError> {
         let open = |name: &str| db.open_tree(name).map_err(storage(format_args!("opening tree {name}")));
         Ok(SledStore {
-            watermark: None,
-            watermark_lock: Default::default(),
+            mark: None,
+            db_file: None,
             events: open("events")?,
             streams: open("streams")?,
             stream_index: open("stream_index")?,
@@ -451,34 +446,33 @@ impl SledStore {
         }
     }
 
-    /// sled's synchronous flush of everything written so far; then the high-water mark moves
-    /// to the last position, so that it never claims more than is on disk.
+    /// sled's synchronous flush of everything written so far, then an `fsync` of its database
+    /// file; then the high-water mark moves to the last position, so that it never claims more
+    /// than is on disk. sled 0.34.7 makes its writes durable with `sync_file_range` alone, which
+    /// flushes neither the disk's write cache nor the file's size and extents (its own `fsync`
+    /// comes only every 500 ms): the `fsync` here is what makes an acknowledgement survive a
+    /// power loss.
     pub fn flush(&self) -> Result<(), StoreError> {
         // Only what was written before the flush began is known to be on disk after it.
         let durable = self.last_position()?;
         self.db.flush().map(|_| ()).map_err(storage("flushing sled database to disk"))?;
+        if let Some(file) = &self.db_file {
+            file.sync_all().map_err(|e| StoreError::io("syncing sled's database file", e))?;
+        }
         self.write_watermark(durable)
     }
 
-    /// Record the last position and its value's checksum in a small file of its own, written
-    /// to a temporary file, synced, then renamed into place (a crash leaves the old mark, which
-    /// only ever lags).
+    /// Record the last position and its value's checksum in the mark's file, in place (see
+    /// [`mark`]): it only moves forward.
     fn write_watermark(&self, last: u64) -> Result<(), StoreError> {
-        let Some(path) = &self.watermark else { return Ok(()) };
-        let _writer = self.watermark_lock.lock().unwrap_or_else(|e| e.into_inner());
-        // It only moves forward.
-        if last == 0 || read_watermark(path)?.is_some_and(|(p, _)| p >= last) {
+        let Some(mark) = &self.mark else { return Ok(()) };
+        let mut writer = mark.lock().unwrap_or_else(|e| e.into_inner());
+        if last == 0 || writer.position()? >= last {
             return Ok(());
         }
         let value = self.events.get(last.to_be_bytes()).map_err(storage("reading the last position"))?;
         let Some(value) = value.filter(|v| v.len() >= 4) else { return Err(corrupt(last, "the last position has no event")) };
-        let crc = u32::from_be_bytes([value[0], value[1], value[2], value[3]]);
-        let io = |what: &str, e: std::io::Error| StoreError::io(format!("{what} {}", path.display()), e);
-        let partial = path.with_extension("partial");
-        let mut file = std::fs::File::create(&partial).map_err(|e| io("creating", e))?;
-        std::io::Write::write_all(&mut file, format!("{last} {crc:08x}\n").as_bytes()).map_err(|e| io("writing", e))?;
-        file.sync_all().map_err(|e| io("syncing", e))?;
-        std::fs::rename(&partial, path).map_err(|e| io("renaming into", e))
+        writer.write(last, u32::from_be_bytes([value[0], value[1], value[2], value[3]]))
     }
 
     /// Test hook: raw access to the events tree, to plant corruption.

@@ -365,7 +365,7 @@ fn a_chain_stops_at_its_first_failure_and_its_prefix_is_on_disk() {
         assert!(store.command("c2").unwrap().is_some());
         assert_eq!((store.command("c3").unwrap(), store.command("c4").unwrap()), (None, None));
         assert_eq!(store.verify().unwrap(), VerifyReport { events: 4, streams: 2, commands: 3 });
-        assert_eq!(read_watermark(&path.join(WATERMARK_FILE)).unwrap().map(|(p, _)| p), Some(4), "the mark covers the prefix");
+        assert_eq!(read_watermark(&path).unwrap().map(|(p, _)| p), Some(4), "the mark covers the prefix");
     }
 }
 
