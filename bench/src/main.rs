@@ -19,6 +19,7 @@ const USAGE: &str = "usage:
   poolbill-bench decode LOG.jsonl                       (the JSON decode floor of a log)
   poolbill-bench replay-store DIR [--at INSTANT]        (replay a store; the document on stdout)
   poolbill-bench explain-store DIR --at INSTANT --resources ID,ID…  (explain from a store opened once)
+  poolbill-bench store-stats DIR                         (entries and bytes of each of the store's trees)
   poolbill-bench appends DIR [--clients N] [--seconds S] (durable top-ups through the engine)
 
 Figures (--only): fsync, run, size, export, decode, replay, replay-store, replay-store-cli, at,
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
         Some("decode") => one_path(&args[1..]).and_then(|p| work::decode_floor(&p)).map(|v| println!("{v}")),
         Some("replay-store") => replay_store(&args[1..]),
         Some("explain-store") => explain_store(&args[1..]),
+        Some("store-stats") => one_path(&args[1..]).and_then(|p| work::store_stats(&p)).map(|v| println!("{v}")),
         Some("appends") => appends(&args[1..]),
         Some("generate") => parse(&args[1..]).map(|(p, _)| print!("{}", workload::to_text(&workload::generate(&p.params)))),
         Some("help" | "--help" | "-h") => {

@@ -77,6 +77,41 @@ pub fn explain_store(dir: &Path, at: &str, resources: &[String]) -> Result<Value
     Ok(json!({"open_s": open_s, "first_s": first, "median_s": median, "max_s": max, "questions": times.len(), "lines": lines}))
 }
 
+/// What a store holds, tree by tree, next to what its files take on disk.
+pub fn store_stats(dir: &Path) -> Result<Value, String> {
+    let store = SledStore::open(dir).map_err(|e| e.to_string())?;
+    let events = store.last_position().map_err(|e| e.to_string())?.max(1);
+    let trees: Vec<Value> = store
+        .tree_sizes()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|(name, entries, keys, values)| {
+            json!({"tree": name, "entries": entries, "key_bytes": keys, "value_bytes": values, "bytes_per_event": (keys + values) as f64 / events as f64})
+        })
+        .collect();
+    let held: u64 = trees.iter().map(|t| t["key_bytes"].as_u64().unwrap_or(0) + t["value_bytes"].as_u64().unwrap_or(0)).sum();
+    drop(store);
+    let on_disk = dir_bytes(dir);
+    Ok(
+        json!({"events": events, "trees": trees, "held_bytes": held, "on_disk_bytes": on_disk, "held_per_event": held as f64 / events as f64, "on_disk_per_event": on_disk as f64 / events as f64}),
+    )
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Durable appends through the engine on a fresh store at `dir`: `clients` tasks each run
 /// top-ups one after another (each answered once on disk) for `budget`. Returns commands and
 /// events appended, and the seconds it took.
