@@ -272,29 +272,33 @@ pub fn diff(args: DiffArgs) -> Result<(), Failure> {
 }
 
 pub fn bills(args: BillsArgs) -> Result<(), Failure> {
-    // The month is checked before the log is read; the log is folded as it is read, keeping
-    // only the month's rows.
+    // The month is checked before the log is read.
     let mut sums = month::MonthSums::new(&args.month).map_err(input("--month"))?;
-    let add = |_: &Projections, _: &Envelope, event: Event| {
-        if let Event::Charged { line } = event {
-            sums.add(&line);
-        }
-    };
-    match args.source.origin()? {
+    let bills = match args.source.origin()? {
+        // A store reads the month's lines only, through its tag index.
         Origin::Store(dir) => {
             let store = open_store(dir)?;
-            poolbill_ledger::fold_from(Projections::live(), store.read_all(1), Upto::All, add).map_err(unreadable(dir))?;
+            month::month_in(&store, &args.month).map_err(|e| match e {
+                month::MonthInError::Month(e) => input("--month")(e),
+                e => damaged(format!("reading the store at {}", dir.display()))(e),
+            })?
         }
+        // A log is folded as it is read, keeping only the month's rows.
         Origin::File(path) => {
             let name = path.display();
             let file = std::fs::File::open(path).map_err(input(format!("cannot read {name}")))?;
+            let add = |_: &Projections, _: &Envelope, event: Event| {
+                if let Event::Charged { line } = event {
+                    sums.add(&line);
+                }
+            };
             jsonl::fold_log(std::io::BufReader::new(file), Upto::All, add).map_err(|e| match e {
                 jsonl::LogFoldError::Log(e) => input(format!("{name} is not a sound log"))(e),
                 jsonl::LogFoldError::Fold(e) => input(format!("{name} cannot be replayed"))(e),
             })?;
+            sums.finish()
         }
-    }
-    let bills = sums.finish();
+    };
     print_out(&match args.format {
         BillsFormat::Json => to_json(&bills.to_json())?,
         BillsFormat::Csv => bills.to_csv(),

@@ -1,7 +1,7 @@
-//! Explain and timeline from a store's tag index give exactly what they give from the whole
-//! log: every bill of every fixture by number, every resource at the start and the last second
-//! of each of its lines, every resource's timeline — while reading only the events about that
-//! resource.
+//! Explain, timeline and a month's bills from a store's tag index give exactly what they give
+//! from the whole log: every bill of every fixture by number, every resource at the start and
+//! the last second of each of its lines, every resource's timeline, every month's bills — while
+//! reading only the events about that resource, or that month's lines.
 
 mod common;
 
@@ -13,9 +13,10 @@ use poolbill_store_sled::SledStore;
 use std::collections::BTreeSet;
 
 #[test]
-fn explain_and_timeline_from_the_tag_index_equal_them_from_the_whole_log() {
+fn explain_timeline_and_month_bills_from_the_tag_index_equal_them_from_the_whole_log() {
     let mut bills_checked = 0;
     let mut timelines = 0;
+    let mut month_bills = 0;
     let mut questions = 0;
     for dir in fixtures() {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
@@ -41,12 +42,20 @@ fn explain_and_timeline_from_the_tag_index_equal_them_from_the_whole_log() {
         assert!(explain_bill_in(&store, count + 1).is_err() && explain_bill_in(&store, 0).is_err(), "{name}: no bill 0 or {}", count + 1);
         bills_checked += numbers.len();
         // Every resource's timeline, and one that is not there.
-        let document = poolbill_replay::fold(envelopes.iter().cloned().map(Ok), poolbill_replay::Upto::All).unwrap().document();
+        let projections = poolbill_replay::fold(envelopes.iter().cloned().map(Ok), poolbill_replay::Upto::All).unwrap();
+        let document = projections.document();
         for resource in document.resources.iter().map(|r| r.id.as_str()).chain(["nobody"]) {
             let whole = timeline(&envelopes, resource).map_err(|e| e.to_string());
             let indexed = timeline_in(&store, resource).map_err(|e| e.to_string());
             assert_eq!(indexed, whole, "{name}: the timeline of {resource}");
             timelines += usize::from(whole.is_ok());
+        }
+        // Every month's bills, and a month without any.
+        let months: BTreeSet<String> = document.detail_bills.iter().map(|d| d.month.clone()).chain(["1999-01".to_string()]).collect();
+        for month in months {
+            let whole = poolbill_replay::bills::month_bills(&projections, &month).unwrap();
+            assert_eq!(poolbill_replay::bills::month_in(&store, &month).unwrap(), whole, "{name}: the bills of {month}");
+            month_bills += 1;
         }
         for (resource, instant) in asked {
             let at = chrono::DateTime::parse_from_rfc3339(&instant).unwrap();
@@ -58,7 +67,9 @@ fn explain_and_timeline_from_the_tag_index_equal_them_from_the_whole_log() {
             }
         }
     }
-    println!("{bills_checked} bills, {questions} questions by resource and instant, {timelines} timelines answered alike");
+    println!(
+        "{bills_checked} bills, {questions} questions by resource and instant, {timelines} timelines, {month_bills} months' bills answered alike"
+    );
     assert!(timelines > 30, "{timelines} timelines");
     assert!(bills_checked > 200 && questions > 600, "{bills_checked} bills, {questions} questions");
 }

@@ -106,6 +106,11 @@ const TAG_BATCH: usize = 20_000;
 /// order, in batches: a store written before tags were kept gets its index once, and the
 /// events themselves are not touched. Returns how many events were indexed.
 pub fn catch_up_tags(store: &dyn EventStore) -> Result<u64, FoldError> {
+    // An index built under another tagging is rebuilt whole.
+    if store.tags_version()? != poolbill_projections::TAGS_VERSION {
+        tracing::info!(from = store.tags_version()?, to = poolbill_projections::TAGS_VERSION, "the tag index is rebuilt under a new tagging");
+        store.reset_tags(poolbill_projections::TAGS_VERSION)?;
+    }
     let (through, last) = (store.tagged_through()?, store.last_position()?);
     if through >= last {
         return Ok(0);

@@ -57,6 +57,24 @@ pub fn account_tag(account: &str) -> String {
     format!("account:{account}")
 }
 
+/// The version of [`tags_of`]: a store's index built under another is rebuilt.
+pub const TAGS_VERSION: u32 = 1;
+
+/// The prefix of the tags of flow-bill lines by the Beijing month they start in (the month
+/// their detail bill is in).
+pub const BILL_MONTH: &str = "bill-month:";
+
+/// The tag of the lines whose detail bill is the Beijing month `YYYY-MM`.
+pub fn bill_month_tag(month: &str) -> String {
+    format!("{BILL_MONTH}{month}")
+}
+
+/// The Beijing month (`YYYY-MM`) an instant falls in.
+pub fn month_of(t: Instant) -> String {
+    let date = beijing_date(t);
+    format!("{:04}-{:02}", date.year(), date.month())
+}
+
 /// The prefix of the tags that count flow-bill lines by the hour they start in.
 pub const BILL_HOUR: &str = "bill-hour:";
 
@@ -70,11 +88,11 @@ pub fn bill_hour_tag(start: Instant) -> String {
 /// The keys a store indexes an event by (its tags, recorded in bulk after the event: see
 /// `poolbill_ledger::catch_up_tags`), so that the questions asked of one resource (explain,
 /// time travel) read its events, not the whole log: the resources it concerns, the account
-/// whose standing it changes, and for a flow-bill line the hour it starts in.
+/// whose standing it changes, and for a flow-bill line the hour and the month it starts in.
 pub fn tags_of(event: &Event) -> Vec<String> {
     let resource = |id: &str| vec![resource_tag(id)];
     match event {
-        Event::Charged { line } => vec![resource_tag(&line.resource), bill_hour_tag(line.start)],
+        Event::Charged { line } => vec![resource_tag(&line.resource), bill_hour_tag(line.start), bill_month_tag(&month_of(line.start))],
         Event::PoolPurchased { pool, .. }
         | Event::PoolReady { pool, .. }
         | Event::PoolScaled { pool, .. }

@@ -2,11 +2,12 @@
 //! mode, with totals, and the month's flow-bill payables beside them (they must agree, to the
 //! cent, because each line is truncated before it is summed: R2, R5).
 
-use chrono::Datelike;
+use crate::history::{self, HistoryError};
 use poolbill_domain::money::{fmt_cents, fmt_exact};
-use poolbill_domain::time::beijing_date;
 use poolbill_domain::BillLine;
-use poolbill_projections::{DetailBills, DetailView, Projections};
+use poolbill_domain::Event;
+use poolbill_projections::{bill_month_tag, month_of, DetailBills, DetailView, Projections};
+use poolbill_store::EventStore;
 use rust_decimal::Decimal;
 use serde::Serialize;
 
@@ -34,6 +35,28 @@ pub fn month_bills(projections: &Projections, month: &str) -> Result<MonthBills,
 
 /// One month's detail bills being summed as flow-bill lines go by (a fold of any length keeps
 /// only the month's rows: resources × modes).
+/// Why a month's bills could not be read from a store.
+#[derive(Debug, thiserror::Error)]
+pub enum MonthInError {
+    #[error(transparent)]
+    Month(#[from] MonthError),
+    #[error(transparent)]
+    Read(#[from] HistoryError),
+}
+
+/// A month's bills from a store, through its tag index: only the month's lines are read (each
+/// line is tagged with the Beijing month it starts in), not the whole log.
+pub fn month_in(store: &dyn EventStore, month: &str) -> Result<MonthBills, MonthInError> {
+    let mut sums = MonthSums::new(month)?;
+    history::index_up_to_date(store)?;
+    for position in store.tagged(&bill_month_tag(month), 0, usize::MAX).map_err(HistoryError::Store)? {
+        if let (_, Event::Charged { line }) = history::read(store, position)? {
+            sums.add(&line);
+        }
+    }
+    Ok(sums.finish())
+}
+
 pub struct MonthSums {
     month: String,
     details: DetailBills,
@@ -95,11 +118,6 @@ fn check_month(month: &str) -> Result<(), MonthError> {
         Ok(1..=12) => Ok(()),
         _ => Err(bad()),
     }
-}
-
-fn month_of(t: poolbill_domain::Instant) -> String {
-    let date = beijing_date(t);
-    format!("{:04}-{:02}", date.year(), date.month())
 }
 
 const HEADER: [&str; 10] = ["month", "account", "resource", "mode", "usage_hours", "list_price", "discount", "round_off", "payable", "lines"];

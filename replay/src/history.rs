@@ -23,12 +23,17 @@ pub enum HistoryError {
     },
 }
 
-/// `resource`'s history, after bringing the tag index up to date (`catch_up_tags`).
-pub fn of_resource(store: &dyn EventStore, resource: &str) -> Result<History, HistoryError> {
-    poolbill_ledger::catch_up_tags(store).map_err(|e| match e {
+/// Bring the store's tag index up to date (`catch_up_tags`) before reading through it.
+pub fn index_up_to_date(store: &dyn EventStore) -> Result<(), HistoryError> {
+    poolbill_ledger::catch_up_tags(store).map(|_| ()).map_err(|e| match e {
         poolbill_ledger::FoldError::Projection(p) => HistoryError::Decode { position: p.position, source: p.source },
         poolbill_ledger::FoldError::Store(e) => HistoryError::Store(e),
-    })?;
+    })
+}
+
+/// `resource`'s history, after bringing the tag index up to date.
+pub fn of_resource(store: &dyn EventStore, resource: &str) -> Result<History, HistoryError> {
+    index_up_to_date(store)?;
     let mut picked = History::new();
     // The resource, then the ids it bills under or for, and the packages its lines drew on.
     let mut ids = BTreeSet::from([resource.to_string()]);

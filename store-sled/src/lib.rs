@@ -13,7 +13,7 @@
 //! | `commands`     | command id bytes                            | JSON of the [`CommandRecord`]                |
 //! | `meta`         | `last_position` / `last_instant`            | `u64` BE / RFC 3339 text                     |
 //! | `tags`         | `p`, tag bytes, `0x00`, window `u32` BE     | the tag's positions in that window of 65,536: a varint count, then varint gaps |
-//! | `tags`         | `tagged_through`                            | `u64` BE: every event up to it is indexed    |
+//! | `tags`         | `tagged_through` / `version`                | `u64` BE: every event up to it is indexed / `u32` BE: the tagging's version |
 //!
 //! Big-endian keys make sled's byte order equal to numeric order, so range scans
 //! return events by position and stream entries by version. Stream ids may
@@ -73,6 +73,8 @@ const META_LAST_POSITION: &[u8] = b"last_position";
 const META_LAST_INSTANT: &[u8] = b"last_instant";
 /// In the `tags` tree: every event up to this position has its tags recorded (absent: none).
 const TAGGED_THROUGH: &[u8] = b"tagged_through";
+/// In the `tags` tree: the version of the tagging the index holds.
+const TAGS_VERSION: &[u8] = b"version";
 /// Posting lists hold the positions of one window of the log, so that a list stays small and a
 /// bulk update rewrites few of them.
 const TAG_WINDOW: u64 = 1 << 16;
@@ -660,6 +662,20 @@ impl EventStore for SledStore {
             }
         }
         Ok(counts)
+    }
+
+    fn tags_version(&self) -> Result<u32, StoreError> {
+        match self.tags.get(TAGS_VERSION).map_err(storage("reading the tag index's version"))? {
+            None => Ok(0),
+            Some(v) => v.as_ref().try_into().map(u32::from_be_bytes).map_err(|_| corrupt(0, "the tag index's version is not a u32")),
+        }
+    }
+
+    /// A crash halfway leaves an index without its version: rebuilt again, from scratch.
+    fn reset_tags(&self, version: u32) -> Result<(), StoreError> {
+        self.tags.clear().map_err(storage("dropping the tag index"))?;
+        self.tags.insert(TAGS_VERSION, &version.to_be_bytes()[..]).map_err(storage("recording the tag index's version"))?;
+        self.db.flush().map(|_| ()).map_err(storage("flushing the dropped tag index"))
     }
 
     fn tagged_through(&self) -> Result<u64, StoreError> {

@@ -274,6 +274,14 @@ pub fn tags_list_their_events_in_log_order(store: &dyn EventStore) {
     assert_eq!(store.read_at(2).unwrap().map(|e| e.payload), Some(Payload::Json(json!(1))));
     assert_eq!(store.read_at(0).unwrap(), None);
     assert_eq!(store.read_at(6).unwrap(), None);
+    // A new tagging drops the index whole, to be rebuilt from the start.
+    assert_eq!(store.tags_version().unwrap(), 0);
+    store.reset_tags(3).unwrap();
+    assert_eq!((store.tags_version().unwrap(), store.tagged_through().unwrap()), (3, 0));
+    assert!(store.tagged(p1, 0, 100).unwrap().is_empty() && store.tag_counts("").unwrap().is_empty());
+    store.tag_existing(&[(1, tags(&["again"]))]).unwrap();
+    assert_eq!(store.tagged("again", 0, 10).unwrap(), vec![1]);
+    assert_eq!(store.tags_version().unwrap(), 3);
 }
 
 pub fn snapshots_are_found_at_or_before_a_position_and_only_the_newest_are_kept(store: &dyn EventStore) {

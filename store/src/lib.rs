@@ -320,6 +320,13 @@ pub trait EventStore: Send + Sync {
     /// The last position whose tags are recorded: every event up to it is indexed.
     fn tagged_through(&self) -> Result<u64, StoreError>;
 
+    /// The version of the tagging the index was built with (0: none recorded). Whoever tags
+    /// events bumps its version when what it tags changes, and rebuilds the index.
+    fn tags_version(&self) -> Result<u32, StoreError>;
+
+    /// Drop the whole tag index, to be rebuilt from the log under `version`.
+    fn reset_tags(&self, version: u32) -> Result<(), StoreError>;
+
     /// Record the tags of events already in the log, which must continue right after
     /// [`tagged_through`](EventStore::tagged_through), in order, within the log; all or
     /// nothing, flushed before it returns. The events themselves are not touched.
