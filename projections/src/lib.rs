@@ -52,13 +52,19 @@ pub fn resource_tag(id: &str) -> String {
     format!("resource:{id}")
 }
 
+/// The tag of a resource's metered lines (R4, R13: a line per cycle, thousands over a year),
+/// apart from the rest of its history, which an explanation reads whole.
+pub fn usage_tag(id: &str) -> String {
+    format!("usage:{id}")
+}
+
 /// The tag of an account's own changes (opening, arrears), apart from its flood of charges.
 pub fn account_tag(account: &str) -> String {
     format!("account:{account}")
 }
 
 /// The version of [`tags_of`]: a store's index built under another is rebuilt.
-pub const TAGS_VERSION: u32 = 1;
+pub const TAGS_VERSION: u32 = 2;
 
 /// The prefix of the tags of flow-bill lines by the Beijing month they start in (the month
 /// their detail bill is in).
@@ -92,7 +98,13 @@ pub fn bill_hour_tag(start: Instant) -> String {
 pub fn tags_of(event: &Event) -> Vec<String> {
     let resource = |id: &str| vec![resource_tag(id)];
     match event {
-        Event::Charged { line } => vec![resource_tag(&line.resource), bill_hour_tag(line.start), bill_month_tag(&month_of(line.start))],
+        Event::Charged { line } => {
+            let own = match line.basis {
+                Basis::Usage { .. } | Basis::Package { .. } => usage_tag(&line.resource),
+                _ => resource_tag(&line.resource),
+            };
+            vec![own, bill_hour_tag(line.start), bill_month_tag(&month_of(line.start))]
+        }
         Event::PoolPurchased { pool, .. }
         | Event::PoolReady { pool, .. }
         | Event::PoolScaled { pool, .. }

@@ -247,11 +247,35 @@ impl<'a> BillRanks<'a> {
         if let Some(lines) = self.lines.borrow().get(tag) {
             return Ok(lines.clone());
         }
-        let mut lines = Vec::new();
-        for position in self.store.tagged(tag, 0, usize::MAX).map_err(store_error)? {
-            match read(self.store, position)?.1 {
-                Event::Charged { line } => lines.push((line.start, line.resource, position)),
-                _ => return Err(ExplainError::Log(format!("position {position} is tagged {tag} but is not a charged event"))),
+        let positions = self.store.tagged(tag, 0, usize::MAX).map_err(store_error)?;
+        let mut lines = Vec::with_capacity(positions.len());
+        let mut take = |position: u64, event: Event| match event {
+            Event::Charged { line } => {
+                lines.push((line.start, line.resource, position));
+                Ok(())
+            }
+            _ => Err(ExplainError::Log(format!("position {position} is tagged {tag} but is not a charged event"))),
+        };
+        match (positions.first(), positions.last()) {
+            // An hour's metered lines are charged together at its end: read that stretch of the
+            // log in order rather than line by line.
+            (Some(&first), Some(&last)) if last - first < 4 * positions.len() as u64 + 64 => {
+                let mut wanted = positions.iter().peekable();
+                for envelope in self.store.read_all(first).take((last - first + 1) as usize) {
+                    let envelope = envelope.map_err(store_error)?;
+                    if wanted.next_if_eq(&&envelope.position).is_some() {
+                        let event = event_of(&envelope).map_err(|source| ExplainError::Decode { position: envelope.position, source })?;
+                        take(envelope.position, event)?;
+                    }
+                }
+                if wanted.next().is_some() {
+                    return Err(ExplainError::Log(format!("the log ends before the lines tagged {tag}")));
+                }
+            }
+            _ => {
+                for position in positions {
+                    take(position, read(self.store, position)?.1)?;
+                }
             }
         }
         lines.sort();
@@ -338,10 +362,23 @@ impl<'a> Log<'a> {
     }
 
     /// The part of a store's log an explanation of `resource`'s lines reads: its history
-    /// ([`history::of_resource`]), and for the lines explained the events of the commands that
-    /// charged them and the settlement after a metered one.
+    /// ([`history::of_resource`]), the metered lines of the settlement the question is about,
+    /// and for the lines explained the events of the commands that charged them and the
+    /// settlement after a metered one.
     fn about(store: &'a dyn EventStore, resource: &str, target: Target, ranks: BillRanks<'a>) -> Result<Log<'a>, ExplainError> {
-        let mut picked = history::of_resource(store, resource).map_err(history_error)?;
+        let (mut picked, ids) = history::of_resource(store, resource).map_err(history_error)?;
+        // The metered lines explained, with the rest of their settlement (package shares and
+        // the on-demand rest of a stretch): a metered line is charged at its cycle's end.
+        let settled_at = match target {
+            Target::InForce(at) => hour_floor(at) + Duration::hours(1),
+            Target::Position(position) => {
+                let (envelope, event) = read(store, position)?;
+                let at = envelope.at;
+                picked.insert(position, (envelope, event));
+                at
+            }
+        };
+        history::usage_at(store, &ids, settled_at, &mut picked).map_err(history_error)?;
         // For the lines to explain: what their command recorded with them, and the settlement
         // after a metered one.
         let charges: Vec<(u64, Option<String>, BillLine)> = picked

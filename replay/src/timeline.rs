@@ -101,10 +101,12 @@ pub fn timeline(envelopes: &[Envelope], resource: &str) -> Result<Timeline, Time
 /// arrears, the catalog: [`crate::history::of_resource`]), and the picture ends at the log's
 /// last instant as it does for the whole log.
 pub fn timeline_in(store: &dyn poolbill_store::EventStore, resource: &str) -> Result<Timeline, TimelineError> {
-    let history = crate::history::of_resource(store, resource).map_err(|e| match e {
+    let failed = |e| match e {
         crate::history::HistoryError::Store(e) => TimelineError::Log(e),
         crate::history::HistoryError::Decode { position, source } => TimelineError::Replay(ProjectionError { position, source }),
-    })?;
+    };
+    let (mut history, ids) = crate::history::of_resource(store, resource).map_err(failed)?;
+    crate::history::all_usage(store, &ids, &mut history).map_err(failed)?;
     let envelopes: Vec<Envelope> = history.into_values().map(|(envelope, _)| envelope).collect();
     timeline_of(&envelopes, resource, store.last_instant().map_err(TimelineError::Log)?)
 }
