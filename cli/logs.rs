@@ -9,6 +9,7 @@ use crate::args::{
 use crate::failure::{damaged, input, runtime, Failure};
 use crate::{print_out, progress, table, to_json};
 use poolbill_domain::Event;
+use poolbill_ledger::Recorded;
 use poolbill_projections::Projections;
 use poolbill_replay::document::{write_document, write_log_document, DocumentError, LogDocumentError};
 use poolbill_replay::rerun::{commands, rerun, to_envelopes, WhatIf};
@@ -287,7 +288,7 @@ pub fn bills(args: BillsArgs) -> Result<(), Failure> {
         Origin::File(path) => {
             let name = path.display();
             let file = std::fs::File::open(path).map_err(input(format!("cannot read {name}")))?;
-            let add = |_: &Projections, _: &Envelope, event: Event| {
+            let add = |_: &Projections, _: &Recorded, event: Event| {
                 if let Event::Charged { line } = event {
                     sums.add(&line);
                 }

@@ -29,12 +29,25 @@ pub enum Upto {
 }
 
 impl Upto {
-    fn includes(&self, envelope: &Envelope) -> bool {
+    fn includes(&self, recorded: &Recorded) -> bool {
         match self {
             Upto::All => true,
-            Upto::Instant(t) => envelope.at <= *t,
-            Upto::Position(p) => envelope.position <= *p,
+            Upto::Instant(t) => recorded.at <= *t,
+            Upto::Position(p) => recorded.position <= *p,
         }
+    }
+}
+
+/// Where and when an event was recorded: all the fold needs of its envelope besides the event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub position: u64,
+    pub at: Instant,
+}
+
+impl Recorded {
+    pub fn of(envelope: &Envelope) -> Recorded {
+        Recorded { position: envelope.position, at: envelope.at }
     }
 }
 
@@ -61,24 +74,61 @@ where
 /// [`fold_visit`] from projections already folded (a snapshot, or history-free
 /// [`Projections::live`]): the envelopes must continue where they end.
 pub fn fold_from<E, I>(
-    mut projections: Projections,
+    projections: Projections,
     envelopes: I,
     upto: Upto,
-    mut visit: impl FnMut(&Projections, &E, Event),
+    visit: impl FnMut(&Projections, &E, Event),
 ) -> Result<Projections, FoldError>
 where
     E: Borrow<Envelope>,
     I: IntoIterator<Item = Result<E, StoreError>>,
 {
+    let event = |item: &mut E| {
+        let envelope: &Envelope = (*item).borrow();
+        poolbill_projections::event_of(envelope).map_err(|source| ProjectionError { position: envelope.position, source })
+    };
+    fold_items(projections, envelopes, upto, |item: &E| Recorded::of(item.borrow()), event, visit)
+}
+
+/// [`fold_from`] for events already read (decoded, upcast) by whoever read their envelopes —
+/// a portable log's reader, which reads every event to check it — each with where and when it
+/// was recorded: the same fold, without reading any event twice.
+pub fn fold_events<I>(
+    projections: Projections,
+    events: I,
+    upto: Upto,
+    mut visit: impl FnMut(&Projections, &Recorded, Event),
+) -> Result<Projections, FoldError>
+where
+    I: IntoIterator<Item = (Recorded, Event)>,
+{
+    let items = events.into_iter().map(|(recorded, event)| Ok((recorded, Some(event))));
+    let event = |item: &mut (Recorded, Option<Event>)| Ok(item.1.take().expect("each event is folded once"));
+    fold_items(projections, items, upto, |item| item.0, event, |p, item, e| visit(p, &item.0, e))
+}
+
+/// The fold itself: items in log order until the first one past `upto`, each one's event read
+/// (`event`) only then, applied, and shown to `visit`.
+fn fold_items<T, I>(
+    mut projections: Projections,
+    items: I,
+    upto: Upto,
+    recorded: impl Fn(&T) -> Recorded,
+    mut event: impl FnMut(&mut T) -> Result<Event, ProjectionError>,
+    mut visit: impl FnMut(&Projections, &T, Event),
+) -> Result<Projections, FoldError>
+where
+    I: IntoIterator<Item = Result<T, StoreError>>,
+{
     let _span = tracing::info_span!("replay", upto = ?upto).entered();
-    for item in envelopes {
-        let item = item?;
-        let envelope = item.borrow();
-        if !upto.includes(envelope) {
+    for item in items {
+        let mut item = item?;
+        let at = recorded(&item);
+        if !upto.includes(&at) {
             break;
         }
-        let event = poolbill_projections::event_of(envelope).map_err(|source| ProjectionError { position: envelope.position, source })?;
-        projections.apply_event(envelope.position, envelope.at, &event);
+        let event = event(&mut item)?;
+        projections.apply_event(at.position, at.at, &event);
         visit(&projections, &item, event);
     }
     tracing::debug!(events = projections.events, bills = projections.bills.len(), "replayed");

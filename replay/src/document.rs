@@ -15,7 +15,7 @@
 use crate::jsonl::{fold_log, LogError, LogFoldError};
 use chrono::Duration;
 use poolbill_domain::{Event, Instant};
-use poolbill_ledger::{fold_from, FoldError, Upto};
+use poolbill_ledger::{fold_from, FoldError, Recorded, Upto};
 use poolbill_projections::{account_views, resource_views, BillView, DetailBills, DetailView, FlowBill, Projections, RejectionRecord, RejectionView};
 use poolbill_store::{Envelope, StoreError};
 use std::cmp::{Ordering, Reverse};
@@ -51,7 +51,7 @@ where
     let mut writer = DocumentWriter::new()?;
     let projections = fold_from(Projections::live(), envelopes, upto, |p: &Projections, e: &Envelope, event| {
         progress(e.position);
-        writer.visit(p, e, event);
+        writer.visit(p, &Recorded::of(e), event);
     })?;
     writer.finish(&projections, out)
 }
@@ -70,8 +70,8 @@ impl DocumentWriter {
         Ok(DocumentWriter { bills: BillOrder::new()?, rejections: Spill::new()?, details: DetailBills::default(), failed: None })
     }
 
-    /// One event, just folded into `p` at `e`.
-    pub fn visit(&mut self, p: &Projections, e: &Envelope, event: Event) {
+    /// One event, just folded into `p`, recorded as `e` says.
+    pub fn visit(&mut self, p: &Projections, e: &Recorded, event: Event) {
         if self.failed.is_some() {
             return;
         }

@@ -3,10 +3,11 @@
 //! an end line (`{"end": {"events": N, "last_checksum": …}}`), so that a log that lost its last
 //! lines is caught too.
 
-use poolbill_domain::{DecodeError, Event};
-use poolbill_ledger::{fold_from, FoldError, Upto};
+use crate::canonical;
+use poolbill_domain::{latest_version, DecodeError, Event, Instant};
+use poolbill_ledger::{fold_events, FoldError, Recorded, Upto};
 use poolbill_projections::{event_of, portable, Projections};
-use poolbill_store::{Envelope, EventStore, StoreError};
+use poolbill_store::{Envelope, EventStore, Payload, StoreError};
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 
@@ -99,88 +100,311 @@ pub fn import(reader: impl BufRead) -> Result<Vec<Envelope>, LogError> {
 /// A log read line by line, each line checked as it is read (as [`import`] checks them), the
 /// end line last: for folding a long log without holding it. Whoever folds it must show
 /// nothing until the reader has ended without an error (`document::write_document` does so).
+///
+/// A line in exactly the form [`to_line`] writes (nearly every line of a log) is read without
+/// building its JSON: its checksum over its own text, its event decoded once from it (see
+/// `canonical`); any other line is read the general way. Both accept and refuse the same lines
+/// with the same messages.
 pub struct LogReader<R> {
-    lines: std::io::Lines<R>,
+    reader: R,
+    /// The line being read (one buffer for them all).
+    line: String,
+    /// Room for the canonical JSON of a line's envelope, to compute its checksum.
+    canonical: Vec<u8>,
     number: u64,
     versions: HashMap<String, u64>,
     count: u64,
-    last: Option<(poolbill_domain::Instant, String)>,
+    /// The last envelope's instant and checksum.
+    last: Option<(Instant, u32)>,
     ended: bool,
     failed: bool,
+    /// Whether lines in the form `to_line` writes are read the fast way (always, but in tests
+    /// that compare the two ways).
+    scan: bool,
+}
+
+/// An envelope as read from a line, before it is checked against the lines before it.
+enum Read<'a> {
+    /// In the form `to_line` writes: its fields as they stand in the line.
+    Scanned { line: canonical::Line<'a>, position: u64, version: u64, schema_version: u32, at: Instant },
+    /// Read the general way.
+    Parsed(Envelope),
+}
+
+impl Read<'_> {
+    fn position(&self) -> u64 {
+        match self {
+            Read::Scanned { position, .. } => *position,
+            Read::Parsed(envelope) => envelope.position,
+        }
+    }
+
+    fn version(&self) -> u64 {
+        match self {
+            Read::Scanned { version, .. } => *version,
+            Read::Parsed(envelope) => envelope.version,
+        }
+    }
+
+    fn stream(&self) -> &str {
+        match self {
+            Read::Scanned { line, .. } => line.stream,
+            Read::Parsed(envelope) => &envelope.stream,
+        }
+    }
+
+    fn at(&self) -> Instant {
+        match self {
+            Read::Scanned { at, .. } => *at,
+            Read::Parsed(envelope) => envelope.at,
+        }
+    }
+
+    /// The envelope, its payload as JSON as it stands in the line.
+    fn into_envelope(self) -> Envelope {
+        match self {
+            Read::Scanned { line, position, version, schema_version, at } => Envelope {
+                position,
+                stream: line.stream.to_string(),
+                version,
+                event_type: line.event_type.to_string(),
+                schema_version,
+                at,
+                command_id: line.command_id.map(str::to_string),
+                payload: Payload::Json(serde_json::from_str(line.payload).expect("a scanned payload is JSON")),
+            },
+            Read::Parsed(envelope) => envelope,
+        }
+    }
+
+    /// The event the envelope carries (older schema versions upcast), as `event_of` reads it.
+    fn event(&self) -> Result<Event, DecodeError> {
+        match self {
+            Read::Scanned { line, schema_version, .. } => {
+                // Today's shape under its own type: decoded from the text, as `Event::decode`
+                // would decode it from the JSON value. Anything else, and any error (for its
+                // message), goes through `Event::decode`.
+                if *schema_version == latest_version(line.event_type) && line.payload_type == Some(line.event_type) {
+                    if let Ok(event) = Event::decode_latest_text(line.event_type, line.payload) {
+                        return Ok(event);
+                    }
+                }
+                let payload: serde_json::Value = serde_json::from_str(line.payload).expect("a scanned payload is JSON");
+                Event::decode(line.event_type, *schema_version, &payload)
+            }
+            Read::Parsed(envelope) => event_of(envelope),
+        }
+    }
+}
+
+/// A line read by [`canonical::scan`] with its numbers and instant read, if they read as the
+/// general way would read them, its checksum and the checksum it states; `None` sends the line
+/// the general way. `canonical` is room for the envelope's canonical JSON.
+fn scanned<'a>(line: &'a str, canonical: &mut Vec<u8>) -> Option<(Read<'a>, u32, &'a str)> {
+    let scanned = canonical::scan(line)?;
+    let position = scanned.position.parse().ok()?;
+    let version = scanned.version.parse().ok()?;
+    let schema_version = scanned.schema_version.parse().ok()?;
+    let written_as_is = as_written(scanned.at);
+    let at: Instant = match written_as_is {
+        Some(at) => at,
+        None => scanned.at.parse().ok()?,
+    };
+    // The checksum is over the envelope as `serde_json` writes it: its fields in their order,
+    // the payload's text as it stands (canonical), the instant as chrono writes it; no string
+    // here has anything to escape.
+    canonical.clear();
+    let mut put = |bytes: &[u8]| canonical.extend_from_slice(bytes);
+    put(b"{\"position\":");
+    put(scanned.position.as_bytes());
+    put(b",\"stream\":\"");
+    put(scanned.stream.as_bytes());
+    put(b"\",\"version\":");
+    put(scanned.version.as_bytes());
+    put(b",\"event_type\":\"");
+    put(scanned.event_type.as_bytes());
+    put(b"\",\"schema_version\":");
+    put(scanned.schema_version.as_bytes());
+    put(b",\"at\":");
+    match written_as_is {
+        Some(_) => {
+            put(b"\"");
+            put(scanned.at.as_bytes());
+            put(b"\"");
+        }
+        None => serde_json::to_writer(&mut *canonical, &at).expect("instants serialise"),
+    }
+    let mut put = |bytes: &[u8]| canonical.extend_from_slice(bytes);
+    put(b",\"command_id\":");
+    match scanned.command_id {
+        Some(id) => {
+            put(b"\"");
+            put(id.as_bytes());
+            put(b"\"");
+        }
+        None => put(b"null"),
+    }
+    put(b",\"payload\":");
+    put(scanned.payload.as_bytes());
+    put(b"}");
+    let stated = scanned.checksum;
+    Some((Read::Scanned { line: scanned, position, version, schema_version, at }, crc32fast::hash(canonical), stated))
+}
+
+/// An instant whose text is exactly what chrono writes for it — `YYYY-MM-DDTHH:MM:SS±HH:MM`,
+/// with a valid date and time, seconds below 60 and an offset other than zero (written `Z`) —
+/// read as chrono reads it. `None`: read it with chrono (and write it with chrono).
+fn as_written(text: &str) -> Option<Instant> {
+    let b = text.as_bytes();
+    if b.len() != 25 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[22] != b':' {
+        return None;
+    }
+    let number = |from: usize, to: usize| b[from..to].iter().try_fold(0u32, |n, d| d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0')));
+    let (year, month, day) = (number(0, 4)?, number(5, 7)?, number(8, 10)?);
+    let (hour, minute, second) = (number(11, 13)?, number(14, 16)?, number(17, 19)?);
+    let (offset_hours, offset_minutes) = (number(20, 22)?, number(23, 25)?);
+    if second >= 60 || offset_hours > 23 || offset_minutes > 59 || offset_hours + offset_minutes == 0 {
+        return None;
+    }
+    let offset = (offset_hours * 3600 + offset_minutes * 60) as i32;
+    let offset = match b[19] {
+        b'+' => chrono::FixedOffset::east_opt(offset)?,
+        b'-' => chrono::FixedOffset::west_opt(offset)?,
+        _ => return None,
+    };
+    let local = chrono::NaiveDate::from_ymd_opt(year as i32, month, day)?.and_hms_opt(hour, minute, second)?;
+    chrono::TimeZone::from_local_datetime(&offset, &local).single()
+}
+
+/// A checksum as the log writes it: eight lower-case hex digits.
+fn hex(sum: u32) -> String {
+    format!("{sum:08x}")
+}
+
+/// Whether `stated` is `sum` as the log writes it.
+fn states(stated: &str, sum: u32) -> bool {
+    stated.len() == 8 && stated.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) && u32::from_str_radix(stated, 16) == Ok(sum)
 }
 
 impl<R: BufRead> LogReader<R> {
     pub fn new(reader: R) -> LogReader<R> {
-        LogReader { lines: reader.lines(), number: 0, versions: HashMap::new(), count: 0, last: None, ended: false, failed: false }
+        LogReader {
+            reader,
+            line: String::new(),
+            canonical: Vec::new(),
+            number: 0,
+            versions: HashMap::new(),
+            count: 0,
+            last: None,
+            ended: false,
+            failed: false,
+            scan: true,
+        }
     }
 
-    /// The next envelope, or what is wrong with the line (or with the log's end).
-    fn next_envelope(&mut self) -> Option<Result<Envelope, LogError>> {
+    /// The next line checked, handed to `take`; or what is wrong with the line (or with the
+    /// log's end). Ends after the first error: nothing after a damaged line is read.
+    fn next_with<T>(&mut self, take: impl FnOnce(Read<'_>, Event) -> T) -> Option<Result<T, LogError>> {
+        if self.failed {
+            return None;
+        }
+        let next = self.next_line(take);
+        self.failed = matches!(next, Some(Err(_)));
+        next
+    }
+
+    fn next_line<T>(&mut self, take: impl FnOnce(Read<'_>, Event) -> T) -> Option<Result<T, LogError>> {
         loop {
-            let Some(line) = self.lines.next() else {
-                if self.ended {
-                    return None;
+            self.line.clear();
+            match self.reader.read_line(&mut self.line) {
+                Ok(0) => {
+                    if self.ended {
+                        return None;
+                    }
+                    let after = self.last.as_ref().map_or("before its first event".to_string(), |_| format!("after position {}", self.count));
+                    return Some(Err(LogError::new(self.number + 1, format!("the log has no end line: it was cut short {after}"))));
                 }
-                let after = self.last.as_ref().map_or("before its first event".to_string(), |_| format!("after position {}", self.count));
-                return Some(Err(LogError::new(self.number + 1, format!("the log has no end line: it was cut short {after}"))));
-            };
+                Ok(_) => {}
+                Err(e) => {
+                    self.number += 1;
+                    return Some(Err(LogError::caused_by(self.number, "cannot read", e)));
+                }
+            }
+            // As `BufRead::lines` gives it: without its newline (or CR LF).
+            if self.line.ends_with('\n') {
+                self.line.pop();
+                if self.line.ends_with('\r') {
+                    self.line.pop();
+                }
+            }
             self.number += 1;
             let number = self.number;
             let fail = |message: String| Some(Err(LogError::new(number, message)));
-            let line = match line {
-                Ok(line) => line,
-                Err(e) => return Some(Err(LogError::caused_by(number, "cannot read", e))),
-            };
+            let line = self.line.as_str();
             if line.trim().is_empty() {
                 continue;
             }
             if self.ended {
                 return fail("a line after the end line".into());
             }
-            let mut value: serde_json::Value = match serde_json::from_str(&line) {
-                Ok(v) => v,
-                Err(e) => return Some(Err(LogError::caused_by(number, "not valid JSON", e))),
-            };
-            if let Some(end) = value.get("end") {
-                if let Err(message) = check_end(end, self.count, self.last.as_ref().map(|(_, c)| c.as_str())) {
-                    return fail(message);
+            let (read, sum, stated) = match scanned(line, &mut self.canonical).filter(|_| self.scan) {
+                Some((read, sum, stated)) => (read, sum, std::borrow::Cow::Borrowed(stated)),
+                None => {
+                    let mut value: serde_json::Value = match serde_json::from_str(line) {
+                        Ok(v) => v,
+                        Err(e) => return Some(Err(LogError::caused_by(number, "not valid JSON", e))),
+                    };
+                    if let Some(end) = value.get("end") {
+                        let last = self.last.map(|(_, sum)| hex(sum));
+                        if let Err(message) = check_end(end, self.count, last.as_deref()) {
+                            return fail(message);
+                        }
+                        self.ended = true;
+                        continue;
+                    }
+                    let stated = match value.as_object_mut().and_then(|o| o.remove("checksum")) {
+                        Some(serde_json::Value::String(s)) => s,
+                        _ => return fail("no checksum".into()),
+                    };
+                    let envelope: Envelope = match serde_json::from_value(value) {
+                        Ok(e) => e,
+                        Err(e) => return Some(Err(LogError::caused_by(number, "not an event envelope", e))),
+                    };
+                    let sum = crc32fast::hash(serde_json::to_string(&envelope).expect("portable envelopes serialise").as_bytes());
+                    (Read::Parsed(envelope), sum, std::borrow::Cow::Owned(stated))
                 }
-                self.ended = true;
-                continue;
-            }
-            let stated = match value.as_object_mut().and_then(|o| o.remove("checksum")) {
-                Some(serde_json::Value::String(s)) => s,
-                _ => return fail("no checksum".into()),
             };
-            let envelope: Envelope = match serde_json::from_value(value) {
-                Ok(e) => e,
-                Err(e) => return Some(Err(LogError::caused_by(number, "not an event envelope", e))),
-            };
-            let at = format!("(position {})", envelope.position);
-            let sum = checksum(&envelope);
-            if sum != stated {
-                return fail(format!("{at} checksum mismatch: the line was changed or torn"));
+            let position = read.position();
+            let at = || format!("(position {position})");
+            if !states(&stated, sum) {
+                return fail(format!("{} checksum mismatch: the line was changed or torn", at()));
             }
             let expected_position = self.count + 1;
-            if envelope.position != expected_position {
-                return fail(format!("{at} expected position {expected_position}: a line is missing or out of order"));
+            if position != expected_position {
+                return fail(format!("{} expected position {expected_position}: a line is missing or out of order", at()));
             }
-            let version = self.versions.entry(envelope.stream.clone()).or_insert(0);
-            if envelope.version != *version + 1 {
-                return fail(format!("{at} stream {:?} jumps from version {} to {}", envelope.stream, version, envelope.version));
+            let stream = read.stream();
+            let version = match self.versions.get_mut(stream) {
+                Some(version) => version,
+                None => self.versions.entry(stream.to_string()).or_insert(0),
+            };
+            if read.version() != *version + 1 {
+                return fail(format!("{} stream {:?} jumps from version {} to {}", at(), stream, version, read.version()));
             }
             *version += 1;
+            let instant = read.at();
             if let Some((last, _)) = &self.last {
-                if envelope.at < *last {
-                    return fail(format!("{at} instant {} is before the previous line's {}", envelope.at.to_rfc3339(), last.to_rfc3339()));
+                if instant < *last {
+                    return fail(format!("{} instant {} is before the previous line's {}", at(), instant.to_rfc3339(), last.to_rfc3339()));
                 }
             }
-            if let Err(e) = event_of(&envelope) {
-                return Some(Err(LogError::caused_by(number, format!("{at} cannot be read"), e)));
-            }
+            let event = match read.event() {
+                Ok(event) => event,
+                Err(e) => return Some(Err(LogError::caused_by(number, format!("{} cannot be read", at()), e))),
+            };
             self.count += 1;
-            self.last = Some((envelope.at, sum));
-            return Some(Ok(envelope));
+            self.last = Some((instant, sum));
+            return Some(Ok(take(read, event)));
         }
     }
 }
@@ -190,12 +414,7 @@ impl<R: BufRead> Iterator for LogReader<R> {
 
     /// Ends after the first error: nothing after a damaged line is read.
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed {
-            return None;
-        }
-        let next = self.next_envelope();
-        self.failed = matches!(next, Some(Err(_)));
-        next
+        self.next_with(|read, _| read.into_envelope())
     }
 }
 
@@ -212,24 +431,27 @@ pub enum LogFoldError {
 /// Fold a portable log as it is read, each line checked ([`LogReader`]), with history-free
 /// projections (`visit` sees each event, to keep what it needs); past `upto` the rest of the
 /// log is still read and checked, so that a log that is not sound whole is an error, never half
-/// an answer.
-pub fn fold_log(reader: impl BufRead, upto: Upto, visit: impl FnMut(&Projections, &Envelope, Event)) -> Result<Projections, LogFoldError> {
+/// an answer. Each event is decoded once, by the reader, and folded as it was decoded.
+pub fn fold_log(reader: impl BufRead, upto: Upto, visit: impl FnMut(&Projections, &Recorded, Event)) -> Result<Projections, LogFoldError> {
     let mut lines = LogReader::new(reader);
     let mut damage: Option<LogError> = None;
-    let envelopes = lines.by_ref().map_while(|read| match read {
-        Ok(envelope) => Some(Ok::<_, StoreError>(envelope)),
-        Err(e) => {
-            damage = Some(e);
-            None
-        }
-    });
-    let folded = fold_from(Projections::live(), envelopes, upto, visit);
+    let events =
+        std::iter::from_fn(|| lines.next_with(|read, event| (Recorded { position: read.position(), at: read.at() }, event))).map_while(|read| {
+            match read {
+                Ok(event) => Some(event),
+                Err(e) => {
+                    damage = Some(e);
+                    None
+                }
+            }
+        });
+    let folded = fold_events(Projections::live(), events, upto, visit);
     if let Some(e) = damage {
         return Err(e.into());
     }
     let projections = folded?;
-    if let Some(Err(e)) = lines.find(Result::is_err) {
-        return Err(e.into());
+    while let Some(read) = lines.next_with(|_, _| ()) {
+        read?;
     }
     Ok(projections)
 }
@@ -256,4 +478,268 @@ pub fn read_file(path: &std::path::Path) -> Result<Vec<Envelope>, LogError> {
 /// Envelopes as a fold input.
 pub fn as_results(envelopes: &[Envelope]) -> impl Iterator<Item = Result<Envelope, StoreError>> + '_ {
     envelopes.iter().cloned().map(Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    /// Every portable log in the repository: the fixtures' and the tests' older ones.
+    fn logs() -> &'static Vec<(String, String)> {
+        static LOGS: OnceLock<Vec<(String, String)>> = OnceLock::new();
+        LOGS.get_or_init(|| {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+            let mut paths = Vec::new();
+            for dir in ["fixtures", "tests/data"] {
+                let mut found = vec![root.join(dir)];
+                while let Some(dir) = found.pop() {
+                    for entry in std::fs::read_dir(&dir).unwrap() {
+                        let path = entry.unwrap().path();
+                        if path.is_dir() {
+                            found.push(path);
+                        } else if path.extension().is_some_and(|e| e == "jsonl") {
+                            paths.push(path);
+                        }
+                    }
+                }
+            }
+            paths.sort();
+            assert!(paths.len() > 20, "{paths:?}");
+            paths.into_iter().map(|p| (p.display().to_string(), std::fs::read_to_string(&p).unwrap())).collect()
+        })
+    }
+
+    /// A log read with or without the fast way: each envelope with its event, or the error with
+    /// its line, message and cause.
+    type Outcome = Result<Vec<(Envelope, Event)>, (u64, String, Option<String>)>;
+
+    fn read(text: &str, scan: bool) -> Outcome {
+        let mut reader = LogReader::new(text.as_bytes());
+        reader.scan = scan;
+        let mut out = Vec::new();
+        while let Some(next) = reader.next_with(|read, event| (read.into_envelope(), event)) {
+            match next {
+                Ok(pair) => out.push(pair),
+                Err(e) => return Err((e.line, e.message.clone(), e.source.as_ref().map(|s| s.to_string()))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The event the general way reads from each envelope is the one the fast way read.
+    fn same_events(outcome: &Outcome) {
+        for (envelope, event) in outcome.iter().flatten() {
+            assert_eq!(&event_of(envelope).unwrap(), event);
+        }
+    }
+
+    #[test]
+    fn every_log_reads_the_same_both_ways_and_mostly_the_fast_way() {
+        let mut lines = 0;
+        let mut fast = 0;
+        for (name, text) in logs() {
+            let general = read(text, false);
+            assert!(general.is_ok(), "{name}: {general:?}");
+            assert_eq!(read(text, true), general, "{name}");
+            same_events(&general);
+            for line in text.lines().filter(|l| !l.contains("\"end\":")) {
+                lines += 1;
+                fast += usize::from(scanned(line, &mut Vec::new()).is_some());
+            }
+        }
+        // The older logs' lines are not in today's form; every line of today's logs is.
+        assert!(fast * 10 > lines * 9, "{fast} of {lines} lines read the fast way");
+    }
+
+    #[test]
+    fn instants_as_written_read_as_chrono_reads_them() {
+        for (i, text) in [
+            "2023-04-01T00:00:39+08:00",
+            "2023-12-31T23:59:59-05:30",
+            "2024-02-29T12:00:00+01:00",
+            "0001-01-01T00:00:00+23:59",
+            "9999-12-31T23:59:59-23:59",
+            "2023-02-29T00:00:00+08:00",
+            "2023-04-31T00:00:00+08:00",
+            "2023-13-01T00:00:00+08:00",
+            "2023-00-01T00:00:00+08:00",
+            "2023-04-01T24:00:00+08:00",
+            "2023-04-01T23:60:00+08:00",
+            "2023-04-01T23:59:60+08:00",
+            "2023-04-01T00:00:39+00:00",
+            "2023-04-01T00:00:39-00:00",
+            "2023-04-01T00:00:39+24:00",
+            "2023-04-01T00:00:39+08:60",
+            "2023-04-01T00:00:39Z",
+            "2023-04-01t00:00:39+08:00",
+            "2023-04-01 00:00:39+08:00",
+            "2023-04-01T00:00:39.5+08:00",
+            "2023-04-01T00:00:39+0800",
+            "2023-04-01T00:00:3a+08:00",
+            "+2023-04-01T00:00:39+08:00",
+        ]
+        .iter()
+        .enumerate()
+        {
+            // `None` is always right (chrono reads it then); the first five are read here.
+            let chrono: Option<Instant> = text.parse().ok();
+            match as_written(text) {
+                Some(at) => {
+                    assert_eq!(Some(at), chrono, "{text}");
+                    assert_eq!(serde_json::to_string(&at).unwrap(), format!("\"{text}\""), "{text}");
+                }
+                None => assert!(i >= 5, "{text}"),
+            }
+        }
+    }
+
+    /// One change to one line of a log.
+    #[derive(Clone, Debug)]
+    enum Change {
+        /// The byte at an index replaced.
+        Byte(usize, char),
+        Insert(usize, char),
+        Delete(usize),
+        /// The first of some text replaced by other text.
+        Replace(&'static str, &'static str),
+        /// A space after a colon.
+        Space(usize),
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        let chars = prop_oneof![
+            Just('"'),
+            Just('\\'),
+            Just('{'),
+            Just('}'),
+            Just(','),
+            Just(':'),
+            Just(' '),
+            Just('0'),
+            Just('1'),
+            Just('9'),
+            Just('a'),
+            Just('.'),
+            Just('-'),
+            Just('é'),
+            Just('\u{1}'),
+            Just('n'),
+        ];
+        prop_oneof![
+            3 => (any::<usize>(), chars.clone()).prop_map(|(i, c)| Change::Byte(i, c)),
+            1 => (any::<usize>(), chars).prop_map(|(i, c)| Change::Insert(i, c)),
+            1 => any::<usize>().prop_map(Change::Delete),
+            1 => any::<usize>().prop_map(Change::Space),
+            3 => prop_oneof![
+                Just(("\"type\":\"", "\"type\":\"x")),
+                Just((",\"type\":", ",\"a\":1,\"type\":")),
+                Just(("{\"line\":", "{\"line\":{},\"line\":")),
+                Just(("\"account\":\"a", "\"account\":\"\\u0061")),
+                Just(("\"account\":\"", "\"account\":\"\\\"")),
+                Just(("\"account\":\"", "\"account\":\"\\n")),
+                Just(("\"nodes\":", "\"nodes\":1.0,\"x\":")),
+                Just(("\"nodes\":1", "\"nodes\":1.0")),
+                Just(("\"nodes\":", "\"nodes\":-")),
+                Just(("\"nodes\":", "\"nodes\":0")),
+                Just(("\"position\":", "\"position\":0")),
+                Just(("\"version\":", "\"version\":1")),
+                Just(("\"schema_version\":1", "\"schema_version\":2")),
+                Just(("\"schema_version\":2", "\"schema_version\":1")),
+                Just(("\"schema_version\":", "\"schema_version\":4294967296")),
+                Just(("+08:00\"", "Z\"")),
+                Just(("+08:00\"", "+00:00\"")),
+                Just(("+08:00\"", ".5+08:00\"")),
+                Just((":00+08:00\"", ":60+08:00\"")),
+                Just(("T", "t")),
+                Just(("\"command_id\":null", "\"command_id\":\"c\"")),
+                Just(("\"command_id\":\"", "\"command_id\":null,\"x\":\"")),
+                Just(("\"payload\":{", "\"payload\":[{")),
+                Just(("\"payload\":", "\"payload\":null,\"z\":")),
+                Just(("\"checksum\":\"", "\"checksum\":\"0")),
+                Just(("{\"at\"", "{\"end\":{\"events\":1},\"at\"")),
+                Just(("\"event_type\":\"", "\"event_type\":\"x")),
+                Just(("\"stream\":\"", "\"stream\":\"x")),
+                Just(("\"kind\":\"", "\"kind\":\"x")),
+                Just(("\"balance\":", "\"balance_after\":")),
+                Just(("\"balance_after\":", "\"balance\":")),
+                Just(("\"billed_as\":", "\"billed\":")),
+            ]
+            .prop_map(|(from, to)| Change::Replace(from, to)),
+        ]
+    }
+
+    /// `line` changed; then, if `sign`, given the checksum the fast way computes over its text
+    /// (`Some(true)`) or the general way over its canonical JSON (`Some(false)`), when it has one.
+    fn changed(line: &str, change: &Change, sign: Option<bool>) -> String {
+        let mut chars: Vec<char> = line.chars().collect();
+        let n = chars.len().max(1);
+        let mut line = match change {
+            Change::Byte(i, c) => {
+                if !chars.is_empty() {
+                    chars[i % n] = *c;
+                }
+                chars.into_iter().collect()
+            }
+            Change::Insert(i, c) => {
+                chars.insert(i % (n + 1), *c);
+                chars.into_iter().collect()
+            }
+            Change::Delete(i) => {
+                if !chars.is_empty() {
+                    chars.remove(i % n);
+                }
+                chars.into_iter().collect()
+            }
+            Change::Space(i) => {
+                let colons: Vec<usize> = line.match_indices(':').map(|(at, _)| at).collect();
+                match colons.get(i % colons.len().max(1)) {
+                    Some(&at) => format!("{} {}", &line[..=at], &line[at + 1..]),
+                    None => line.to_string(),
+                }
+            }
+            Change::Replace(from, to) => line.replacen(from, to, 1),
+        };
+        let sum = match sign {
+            None => None,
+            Some(true) => scanned(&line, &mut Vec::new()).map(|(_, sum, _)| sum),
+            Some(false) => serde_json::from_str::<serde_json::Value>(&line).ok().and_then(|mut value| {
+                value.as_object_mut()?.remove("checksum");
+                let envelope: Envelope = serde_json::from_value(value).ok()?;
+                Some(crc32fast::hash(serde_json::to_string(&envelope).ok()?.as_bytes()))
+            }),
+        };
+        if let (Some(sum), Some(at)) = (sum, line.find("\"checksum\":\"")) {
+            let from = at + "\"checksum\":\"".len();
+            if let Some(length) = line[from..].find('"') {
+                line.replace_range(from..from + length, &hex(sum));
+            }
+        }
+        line
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4_000))]
+
+        /// A log with a line or two changed — torn, edited, reformatted, re-signed — is read
+        /// the same with the fast way as without it: the same envelopes and events, or the same
+        /// error on the same line with the same cause.
+        #[test]
+        fn a_changed_log_reads_the_same_both_ways(
+            log in any::<prop::sample::Index>(),
+            changes in prop::collection::vec((any::<prop::sample::Index>(), change(), prop_oneof![Just(None), Just(Some(true)), Just(Some(false))]), 1..3),
+        ) {
+            let (name, text) = &logs()[log.index(logs().len())];
+            let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+            for (line, change, sign) in &changes {
+                let at = line.index(lines.len());
+                lines[at] = changed(&lines[at], change, *sign);
+            }
+            let text = lines.join("\n") + "\n";
+            let general = read(&text, false);
+            prop_assert_eq!(read(&text, true), general.clone(), "{}", name);
+            same_events(&general);
+        }
+    }
 }

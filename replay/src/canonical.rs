@@ -1,0 +1,380 @@
+//! A fast reading of a log line in exactly the form `jsonl::to_line` writes it: the envelope's
+//! fields in that order with the checksum among them, compact, and a payload that is already
+//! what `serde_json` writes for it (object keys sorted and unique, no spaces, integers only,
+//! strings escaped as it escapes them). Such a payload's text is its canonical JSON, so a
+//! line's checksum can be computed over the text as it stands, without building a
+//! `serde_json::Value` and writing it out again.
+//!
+//! Anything else — other key orders, spaces, escapes in the envelope's strings or in keys,
+//! numbers that are not plain integers, duplicate keys, deep nesting, an end line — is not
+//! read here ([`scan`] answers `None`) and goes the general way, which accepts and refuses
+//! exactly as before. So this is only ever a shortcut: what it reads, the general way reads
+//! the same.
+
+/// A line read by [`scan`]: each field as its text in the line (strings without their quotes,
+/// none of them with an escape).
+#[derive(Debug, PartialEq)]
+pub(crate) struct Line<'a> {
+    pub at: &'a str,
+    pub checksum: &'a str,
+    pub command_id: Option<&'a str>,
+    pub event_type: &'a str,
+    /// The payload's JSON text, canonical.
+    pub payload: &'a str,
+    /// The payload's own `type`, when the payload is an object with a `type` that is a string
+    /// without escapes.
+    pub payload_type: Option<&'a str>,
+    pub position: &'a str,
+    pub schema_version: &'a str,
+    pub stream: &'a str,
+    pub version: &'a str,
+}
+
+/// Nesting allowed in a payload here (well under `serde_json`'s limit of 128).
+const DEPTH: u32 = 64;
+
+/// The line's fields, if the line is in exactly the form `to_line` writes (see the module).
+pub(crate) fn scan(line: &str) -> Option<Line<'_>> {
+    let mut c = Cursor { text: line, bytes: line.as_bytes(), at: 0 };
+    c.eat(b"{\"at\":")?;
+    let at = c.plain_string()?;
+    c.eat(b",\"checksum\":")?;
+    let checksum = c.plain_string()?;
+    c.eat(b",\"command_id\":")?;
+    let command_id = if c.eat(b"null").is_some() { None } else { Some(c.plain_string()?) };
+    c.eat(b",\"event_type\":")?;
+    let event_type = c.plain_string()?;
+    c.eat(b",\"payload\":")?;
+    let start = c.at;
+    let payload_type = c.payload()?;
+    let payload = &line[start..c.at];
+    c.eat(b",\"position\":")?;
+    let position = c.integer(false)?;
+    c.eat(b",\"schema_version\":")?;
+    let schema_version = c.integer(false)?;
+    c.eat(b",\"stream\":")?;
+    let stream = c.plain_string()?;
+    c.eat(b",\"version\":")?;
+    let version = c.integer(false)?;
+    c.eat(b"}")?;
+    (c.at == line.len()).then_some(Line { at, checksum, command_id, event_type, payload, payload_type, position, schema_version, stream, version })
+}
+
+/// Whether `text` is a JSON value exactly as `serde_json` writes the `Value` it parses to.
+#[cfg(test)]
+pub(crate) fn is_canonical(text: &str) -> bool {
+    let mut c = Cursor { text, bytes: text.as_bytes(), at: 0 };
+    c.value(DEPTH).is_some() && c.at == text.len()
+}
+
+struct Cursor<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn eat(&mut self, literal: &[u8]) -> Option<()> {
+        self.bytes[self.at..].starts_with(literal).then(|| self.at += literal.len())
+    }
+
+    /// A string without escapes or control characters: its text, without the quotes.
+    fn plain_string(&mut self) -> Option<&'a str> {
+        self.eat(b"\"")?;
+        let start = self.at;
+        let length = self.bytes[start..].iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        self.at = start + length;
+        self.eat(b"\"")?;
+        Some(&self.text[start..start + length])
+    }
+
+    /// A string as `serde_json` escapes it: `\"`, `\\`, the short escapes of control
+    /// characters, `\u00xx` (lower-case hex) for the others, and nothing else escaped.
+    fn string(&mut self) -> Option<()> {
+        self.eat(b"\"")?;
+        loop {
+            let length = self.bytes[self.at..].iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+            self.at += length;
+            match self.bytes[self.at] {
+                b'"' => {
+                    self.at += 1;
+                    return Some(());
+                }
+                b'\\' => {
+                    match *self.bytes.get(self.at + 1)? {
+                        b'"' | b'\\' | b'b' | b'f' | b'n' | b'r' | b't' => self.at += 2,
+                        b'u' => {
+                            let hex = self.bytes.get(self.at + 2..self.at + 6)?;
+                            let lower = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+                            if !(hex[0] == b'0' && hex[1] == b'0' && hex[2] <= b'1' && lower(hex[2]) && lower(hex[3])) {
+                                return None;
+                            }
+                            // Those with a short escape are written short.
+                            if matches!(&hex[2..], b"08" | b"09" | b"0a" | b"0c" | b"0d") {
+                                return None;
+                            }
+                            self.at += 6;
+                        }
+                        _ => return None,
+                    }
+                }
+                _ => return None, // a control character: not JSON
+            }
+        }
+    }
+
+    /// An integer as `serde_json` writes one it parsed: no sign but a minus, no leading zero,
+    /// not `-0`, within `u64` (or `i64` when negative); its text.
+    fn integer(&mut self, signed: bool) -> Option<&'a str> {
+        let start = self.at;
+        let negative = signed && self.eat(b"-").is_some();
+        let digits = self.bytes[self.at..].iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 || (digits > 1 && self.bytes[self.at] == b'0') || (negative && self.bytes[self.at] == b'0') {
+            return None;
+        }
+        self.at += digits;
+        let text = &self.text[start..self.at];
+        let fits = if negative { text.parse::<i64>().is_ok() } else { text.parse::<u64>().is_ok() };
+        fits.then_some(text)
+    }
+
+    /// The payload: any canonical value; if it is an object, its `type` when that is a plain
+    /// string.
+    fn payload(&mut self) -> Option<Option<&'a str>> {
+        if self.peek()? == b'{' {
+            let mut kind = None;
+            self.object(DEPTH, Some(&mut kind))?;
+            Some(kind)
+        } else {
+            self.value(DEPTH).map(|()| None)
+        }
+    }
+
+    fn value(&mut self, depth: u32) -> Option<()> {
+        match self.peek()? {
+            b'{' => self.object(depth, None),
+            b'[' => self.array(depth),
+            b'"' => self.string(),
+            b'-' | b'0'..=b'9' => self.integer(true).map(|_| ()),
+            b't' => self.eat(b"true"),
+            b'f' => self.eat(b"false"),
+            b'n' => self.eat(b"null"),
+            _ => None,
+        }
+    }
+
+    /// An object whose keys are plain strings, each after the one before in byte order (as a
+    /// `BTreeMap` keeps them: sorted, and so without duplicates).
+    fn object(&mut self, depth: u32, mut kind: Option<&mut Option<&'a str>>) -> Option<()> {
+        let depth = depth.checked_sub(1)?;
+        self.eat(b"{")?;
+        if self.eat(b"}").is_some() {
+            return Some(());
+        }
+        let mut previous: Option<&str> = None;
+        loop {
+            let key = self.plain_string()?;
+            if previous.is_some_and(|p| p.as_bytes() >= key.as_bytes()) {
+                return None;
+            }
+            previous = Some(key);
+            self.eat(b":")?;
+            match kind.as_deref_mut() {
+                Some(kind) if key == "type" && self.peek() == Some(b'"') => {
+                    let start = self.at;
+                    self.string()?;
+                    let text = &self.text[start + 1..self.at - 1];
+                    *kind = (!text.contains('\\')).then_some(text);
+                }
+                _ => self.value(depth)?,
+            }
+            match self.peek()? {
+                b',' => self.at += 1,
+                b'}' => {
+                    self.at += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn array(&mut self, depth: u32) -> Option<()> {
+        let depth = depth.checked_sub(1)?;
+        self.eat(b"[")?;
+        if self.eat(b"]").is_some() {
+            return Some(());
+        }
+        loop {
+            self.value(depth)?;
+            match self.peek()? {
+                b',' => self.at += 1,
+                b']' => {
+                    self.at += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// What `serde_json` writes for the value it reads from `text`, if it reads one.
+    fn rewritten(text: &str) -> Option<String> {
+        serde_json::from_str::<Value>(text).ok().map(|v| v.to_string())
+    }
+
+    #[test]
+    fn canonical_text_is_what_serde_json_writes_back() {
+        for text in [
+            r#"{}"#,
+            r#"[]"#,
+            r#"{"a":1,"b":[true,false,null],"c":{"d":"e"}}"#,
+            r#""a\"b\\c\n\t\r\b\f\u0000\u001f""#,
+            "\"\u{7f}\"",
+            r#"-9223372036854775808"#,
+            r#"18446744073709551615"#,
+            r#""é ✓ 😀""#,
+            r#"{"":0,"a":0}"#,
+        ] {
+            assert!(is_canonical(text), "{text}");
+            assert_eq!(rewritten(text).as_deref(), Some(text));
+        }
+        for text in [
+            r#"{"b":1,"a":2}"#,
+            r#"{"a":1,"a":2}"#,
+            r#"{ "a":1}"#,
+            r#"[1, 2]"#,
+            r#"1.0"#,
+            r#"1e3"#,
+            r#"-0"#,
+            r#"01"#,
+            r#"18446744073709551616"#,
+            r#"-9223372036854775809"#,
+            r#""\/""#,
+            r#""\u00e9""#,
+            r#""\u000a""#,
+            r#""\u001F""#,
+            r#""\u007f""#,
+            r#""\ud800""#,
+            "\"\u{1}\"",
+            r#"{"a\"":1}"#,
+            r#"tru"#,
+            r#"[1,]"#,
+            r#"{"a":1,}"#,
+        ] {
+            assert!(!is_canonical(text), "{text}");
+        }
+        let deep = format!("{}{}", "[".repeat(64), "]".repeat(64));
+        assert!(is_canonical(&deep));
+        let deeper = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        assert!(!is_canonical(&deeper));
+    }
+
+    #[test]
+    fn a_line_as_written_is_scanned_and_others_are_left_to_the_general_way() {
+        let line = r#"{"at":"2023-04-01T00:00:39+08:00","checksum":"cbcc763c","command_id":"c1","event_type":"price_set","payload":{"price":{"hourly":"3.50","monthly":null},"spec":"s","type":"price_set"},"position":2,"schema_version":1,"stream":"catalog","version":1}"#;
+        let scanned = scan(line).unwrap();
+        assert_eq!(
+            scanned,
+            Line {
+                at: "2023-04-01T00:00:39+08:00",
+                checksum: "cbcc763c",
+                command_id: Some("c1"),
+                event_type: "price_set",
+                payload: r#"{"price":{"hourly":"3.50","monthly":null},"spec":"s","type":"price_set"}"#,
+                payload_type: Some("price_set"),
+                position: "2",
+                schema_version: "1",
+                stream: "catalog",
+                version: "1",
+            }
+        );
+        let no_command = line.replace(r#""c1""#, "null");
+        assert_eq!(scan(&no_command).unwrap().command_id, None);
+        for other in [
+            line.replace(r#""at""#, r#" "at""#),
+            format!("{line} "),
+            line.replace("catalog", r#"cat\u0061log"#),
+            line.replace(r#""position":2"#, r#""position":02"#),
+            line.replace(r#""position":2"#, r#""position":-2"#),
+            line.replace(r#""version":1}"#, r#""version":1,"extra":1}"#),
+            line.replace(r#""spec":"s","#, r#""spec":"s","spec":"t","#),
+            line.replace(r#""3.50""#, "3.5"),
+            r#"{"end":{"events":1,"last_checksum":"cbcc763c"}}"#.to_string(),
+        ] {
+            assert_eq!(scan(&other), None, "{other}");
+        }
+    }
+
+    /// JSON-ish text from a small alphabet, to hit the corners of the grammar.
+    fn jsonish() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just("{"),
+                Just("}"),
+                Just("["),
+                Just("]"),
+                Just(","),
+                Just(":"),
+                Just("\"a\""),
+                Just("\"b\""),
+                Just("\"type\""),
+                Just("\""),
+                Just("\\"),
+                Just("\\u00"),
+                Just("1f"),
+                Just("0a"),
+                Just("n"),
+                Just("0"),
+                Just("-"),
+                Just("1"),
+                Just("."),
+                Just("e"),
+                Just(" "),
+                Just("true"),
+                Just("null"),
+                Just("é"),
+            ],
+            0..24,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        /// Whatever the scan calls canonical, `serde_json` reads and writes back unchanged.
+        #[test]
+        fn canonical_means_serde_json_writes_it_back(text in jsonish()) {
+            if is_canonical(&text) {
+                prop_assert_eq!(rewritten(&text), Some(text.clone()));
+            }
+        }
+
+        /// And a payload in a line the scan reads is canonical too.
+        #[test]
+        fn a_scanned_payload_is_canonical(text in jsonish()) {
+            let line = format!(r#"{{"at":"t","checksum":"c","command_id":null,"event_type":"e","payload":{text},"position":1,"schema_version":1,"stream":"s","version":1}}"#);
+            if let Some(scanned) = scan(&line) {
+                prop_assert_eq!(scanned.payload, text.as_str());
+                prop_assert_eq!(rewritten(&text), Some(text.clone()));
+                let value: Value = serde_json::from_str(&text).unwrap();
+                let kind = value.get("type").and_then(Value::as_str);
+                if let Some(found) = scanned.payload_type {
+                    prop_assert_eq!(Some(found), kind);
+                }
+            }
+        }
+    }
+}
