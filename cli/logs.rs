@@ -169,7 +169,7 @@ pub fn replay(args: ReplayArgs) -> Result<(), Failure> {
             Origin::File(path) => {
                 let name = path.display();
                 let file = std::fs::File::open(path).map_err(input(format!("cannot read {name}")))?;
-                write_log_document(std::io::BufReader::new(file), upto, &mut stdout).map(|_| ()).map_err(|e| match e {
+                write_log_document(std::io::BufReader::with_capacity(1 << 18, file), upto, &mut stdout).map(|_| ()).map_err(|e| match e {
                     LogDocumentError::Log(e) => input(format!("{name} is not a sound log"))(e),
                     LogDocumentError::Document(DocumentError::Fold(e)) => input(format!("{name} cannot be replayed"))(e),
                     LogDocumentError::Document(DocumentError::Io(e)) => runtime("writing the document")(e),

@@ -267,19 +267,40 @@ impl Projections {
 /// resource and billing mode. Rows grow with resources × months, not with lines.
 #[derive(Clone, Debug, Default)]
 pub struct DetailBills {
-    groups: BTreeMap<(String, String, String, &'static str), DetailBill>,
+    /// By month, account, resource and mode, nested so that a line finds its row by reference,
+    /// without making a key of its own.
+    groups: BTreeMap<String, Accounts>,
+    /// Room for a line's month.
+    month: String,
+}
+
+/// A month's rows by account, then resource, then mode.
+type Accounts = BTreeMap<String, BTreeMap<String, BTreeMap<&'static str, DetailBill>>>;
+
+/// The value under `key`, made (with `make`) if there is none yet.
+fn slot<'m, V>(map: &'m mut BTreeMap<String, V>, key: &str, make: impl FnOnce() -> V) -> &'m mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), make());
+    }
+    map.get_mut(key).expect("just made")
 }
 
 impl DetailBills {
     /// Add one flow-bill line to its month's row.
     pub fn add(&mut self, line: &BillLine) {
+        use std::fmt::Write;
         let date = beijing_date(line.start);
-        let month = format!("{:04}-{:02}", date.year(), date.month());
-        let key = (month, line.account.clone(), line.resource.clone(), line.mode.as_str());
-        let entry = self.groups.entry(key).or_insert_with_key(|(month, account, resource, mode)| DetailBill {
+        self.month.clear();
+        write!(self.month, "{:04}-{:02}", date.year(), date.month()).expect("a String takes what is written");
+        let month = &self.month;
+        let accounts = slot(&mut self.groups, month, BTreeMap::new);
+        let resources = slot(accounts, &line.account, BTreeMap::new);
+        let modes = slot(resources, &line.resource, BTreeMap::new);
+        let mode = line.mode.as_str();
+        let entry = modes.entry(mode).or_insert_with(|| DetailBill {
             month: month.clone(),
-            account: account.clone(),
-            resource: resource.clone(),
+            account: line.account.clone(),
+            resource: line.resource.clone(),
             mode,
             usage_hours: Decimal::ZERO,
             amounts: Amounts::zero(),
@@ -299,7 +320,7 @@ impl DetailBills {
 
     /// The rows, by month, account, resource and mode.
     pub fn into_rows(self) -> Vec<DetailBill> {
-        self.groups.into_values().collect()
+        self.groups.into_values().flat_map(BTreeMap::into_values).flat_map(BTreeMap::into_values).flat_map(BTreeMap::into_values).collect()
     }
 }
 

@@ -146,16 +146,97 @@ pub fn write_log_document(reader: impl BufRead, upto: Upto, out: &mut impl Write
 
 /// `value` as pretty JSON, every line indented by `indent` spaces (its place in the document).
 fn pretty(value: &impl serde::Serialize, indent: usize) -> io::Result<String> {
-    let text = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
-    let mut out = Vec::with_capacity(text.len() + 16 * indent);
-    out.resize(indent, b' ');
-    for byte in text {
-        out.push(byte);
-        if byte == b'\n' {
-            out.resize(out.len() + indent, b' ');
-        }
-    }
+    let mut out = Vec::new();
+    pretty_into(&mut out, value, indent)?;
     String::from_utf8(out).map_err(io::Error::other)
+}
+
+/// [`pretty`], appended to `out`.
+fn pretty_into(out: &mut Vec<u8>, value: &impl serde::Serialize, indent: usize) -> io::Result<()> {
+    out.resize(out.len() + indent, b' ');
+    let mut serializer = serde_json::Serializer::with_formatter(out, Indented { base: indent, depth: 0, has_value: false });
+    value.serialize(&mut serializer).map_err(io::Error::other)
+}
+
+/// `serde_json`'s pretty formatter (two spaces a level) with every line after the first
+/// indented by `base` spaces more: the bytes of `to_vec_pretty` with `base` spaces after each
+/// newline (a newline is only ever the formatter's: strings escape theirs).
+struct Indented {
+    base: usize,
+    depth: usize,
+    has_value: bool,
+}
+
+impl Indented {
+    fn newline<W: ?Sized + Write>(&self, w: &mut W, depth: usize) -> io::Result<()> {
+        const SPACES: &[u8; 64] = &[b' '; 64];
+        w.write_all(b"\n")?;
+        let mut n = self.base + 2 * depth;
+        while n > 0 {
+            let part = n.min(SPACES.len());
+            w.write_all(&SPACES[..part])?;
+            n -= part;
+        }
+        Ok(())
+    }
+}
+
+impl serde_json::ser::Formatter for Indented {
+    fn begin_array<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.depth += 1;
+        self.has_value = false;
+        w.write_all(b"[")
+    }
+
+    fn end_array<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.depth -= 1;
+        if self.has_value {
+            self.newline(w, self.depth)?;
+        }
+        w.write_all(b"]")
+    }
+
+    fn begin_array_value<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+        if !first {
+            w.write_all(b",")?;
+        }
+        self.newline(w, self.depth)
+    }
+
+    fn end_array_value<W: ?Sized + Write>(&mut self, _: &mut W) -> io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+
+    fn begin_object<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.depth += 1;
+        self.has_value = false;
+        w.write_all(b"{")
+    }
+
+    fn end_object<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.depth -= 1;
+        if self.has_value {
+            self.newline(w, self.depth)?;
+        }
+        w.write_all(b"}")
+    }
+
+    fn begin_object_key<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+        if !first {
+            w.write_all(b",")?;
+        }
+        self.newline(w, self.depth)
+    }
+
+    fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
+        w.write_all(b": ")
+    }
+
+    fn end_object_value<W: ?Sized + Write>(&mut self, _: &mut W) -> io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
 }
 
 /// Array elements written to a temporary file as they come, then copied out as a JSON array.
@@ -197,7 +278,7 @@ struct Pending {
     start: Instant,
     resource: String,
     position: u64,
-    text: String,
+    text: Vec<u8>,
 }
 
 impl Pending {
@@ -241,8 +322,9 @@ impl BillOrder {
 
     /// Take a line recorded when the log's clock was at `clock`.
     fn push(&mut self, bill: FlowBill, clock: Instant) -> io::Result<()> {
-        let pending =
-            Pending { start: bill.line.start, resource: bill.line.resource.clone(), position: bill.position, text: pretty(&BillView::of(&bill), 4)? };
+        let mut text = Vec::with_capacity(512);
+        pretty_into(&mut text, &BillView::of(&bill), 4)?;
+        let pending = Pending { start: bill.line.start, resource: bill.line.resource.clone(), position: bill.position, text };
         self.count += 1;
         let overtaken = self.last.as_ref().is_some_and(|(s, r, p)| pending.key() < (*s, r.as_str(), *p));
         if overtaken {
@@ -278,7 +360,7 @@ impl BillOrder {
         let mut emit = |p: &Pending, out: &mut dyn Write| -> io::Result<()> {
             out.write_all(if first { b"[\n" } else { b",\n" })?;
             first = false;
-            out.write_all(p.text.as_bytes())
+            out.write_all(&p.text)
         };
         while let Some(p) = read_record(&mut spilled)? {
             while late.peek().is_some_and(|l| l < &p) {
@@ -304,9 +386,9 @@ fn write_record(w: &mut impl Write, p: &Pending) -> io::Result<()> {
     w.write_all(&p.start.timestamp_subsec_nanos().to_le_bytes())?;
     w.write_all(&p.start.offset().local_minus_utc().to_le_bytes())?;
     w.write_all(&p.position.to_le_bytes())?;
-    for text in [&p.resource, &p.text] {
+    for text in [p.resource.as_bytes(), &p.text] {
         w.write_all(&(text.len() as u64).to_le_bytes())?;
-        w.write_all(text.as_bytes())?;
+        w.write_all(text)?;
     }
     Ok(())
 }
@@ -325,13 +407,13 @@ fn read_record(r: &mut impl Read) -> io::Result<Option<Pending>> {
     let mut eight = [0u8; 8];
     r.read_exact(&mut eight)?;
     let position = u64::from_le_bytes(eight);
-    let mut text = || -> io::Result<String> {
+    let mut text = || -> io::Result<Vec<u8>> {
         r.read_exact(&mut eight)?;
         let mut bytes = vec![0u8; u64::from_le_bytes(eight) as usize];
         r.read_exact(&mut bytes)?;
-        String::from_utf8(bytes).map_err(io::Error::other)
+        Ok(bytes)
     };
-    let resource = text()?;
+    let resource = String::from_utf8(text()?).map_err(io::Error::other)?;
     let body = text()?;
     let start = chrono::DateTime::from_timestamp(i64::from_le_bytes(secs), nanos)
         .ok_or_else(|| io::Error::other("a bad instant in the spill file"))?
