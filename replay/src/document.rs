@@ -134,7 +134,7 @@ impl From<LogFoldError> for LogDocumentError {
 /// [`write_document`] for a portable log read as it is folded ([`fold_log`]: each line checked,
 /// and the rest past `upto` too), written aside and shown only once the whole log is found
 /// sound. Memory holds what is live, never the log.
-pub fn write_log_document(reader: impl BufRead, upto: Upto, out: &mut impl Write) -> Result<Written, LogDocumentError> {
+pub fn write_log_document(reader: impl BufRead + Send, upto: Upto, out: &mut impl Write) -> Result<Written, LogDocumentError> {
     let mut writer = DocumentWriter::new().map_err(DocumentError::from)?;
     let projections = fold_log(reader, upto, |p, e, event| writer.visit(p, e, event))?;
     let mut aside = tempfile::tempfile().map_err(DocumentError::from)?;

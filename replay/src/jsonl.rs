@@ -408,28 +408,57 @@ pub enum LogFoldError {
 /// projections (`visit` sees each event, to keep what it needs); past `upto` the rest of the
 /// log is still read and checked, so that a log that is not sound whole is an error, never half
 /// an answer. Each event is decoded once, by the reader, and folded as it was decoded.
-pub fn fold_log(reader: impl BufRead, upto: Upto, visit: impl FnMut(&Projections, &Recorded, Event)) -> Result<Projections, LogFoldError> {
-    let mut lines = LogReader::new(reader);
-    let mut damage: Option<LogError> = None;
-    let events =
-        std::iter::from_fn(|| lines.next_with(|read, event| (Recorded { position: read.position(), at: read.at() }, event))).map_while(|read| {
-            match read {
-                Ok(event) => Some(event),
+///
+/// The reader runs on a thread of its own, a little ahead of the fold (a few batches of lines
+/// read, checked and decoded; never the log): reading and folding a long log take about as
+/// long as each other, and a machine has two cores or more.
+pub fn fold_log(reader: impl BufRead + Send, upto: Upto, visit: impl FnMut(&Projections, &Recorded, Event)) -> Result<Projections, LogFoldError> {
+    /// Events handed from the reader to the fold at a time, and batches the reader may be ahead.
+    const BATCH: usize = 1024;
+    const AHEAD: usize = 4;
+    type Batch = Result<Vec<(Recorded, Event)>, LogError>;
+    std::thread::scope(|scope| {
+        let (send, receive) = std::sync::mpsc::sync_channel::<Batch>(AHEAD);
+        scope.spawn(move || {
+            let mut lines = LogReader::new(reader);
+            let mut batch = Vec::with_capacity(BATCH);
+            while let Some(read) = lines.next_with(|read, event| (Recorded { position: read.position(), at: read.at() }, event)) {
+                match read {
+                    Ok(event) => batch.push(event),
+                    Err(e) => {
+                        // The events before the damaged line, then the damage; the reader stops.
+                        let _ = send.send(Ok(batch)).and_then(|()| send.send(Err(e)));
+                        return;
+                    }
+                }
+                // A send fails only when the fold has stopped: then nothing more is wanted.
+                if batch.len() == BATCH && send.send(Ok(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))).is_err() {
+                    return;
+                }
+            }
+            let _ = send.send(Ok(batch));
+        });
+        let mut damage: Option<LogError> = None;
+        let events = receive
+            .iter()
+            .map_while(|batch| match batch {
+                Ok(events) => Some(events),
                 Err(e) => {
                     damage = Some(e);
                     None
                 }
-            }
-        });
-    let folded = fold_events(Projections::live(), events, upto, visit);
-    if let Some(e) = damage {
-        return Err(e.into());
-    }
-    let projections = folded?;
-    while let Some(read) = lines.next_with(|_, _| ()) {
-        read?;
-    }
-    Ok(projections)
+            })
+            .flatten();
+        let folded = fold_events(Projections::live(), events, upto, visit);
+        if let Some(e) = damage {
+            return Err(e.into());
+        }
+        let projections = folded?;
+        for batch in &receive {
+            batch?;
+        }
+        Ok(projections)
+    })
 }
 
 /// The end line agrees with what came before it: the count, and the last envelope's checksum.
