@@ -97,7 +97,7 @@ impl DocumentWriter {
         }
         let (bills, rejections) = (self.bills, self.rejections);
         let counts = Written { events: projections.events, bills: bills.count, rejections: rejections.count, late: bills.late.len() as u64 };
-        let mut w = BufWriter::new(out);
+        let mut w = BufWriter::with_capacity(SPILL_BUFFER, out);
         w.write_all(b"{\n  \"bills\": ")?;
         bills.finish(&mut w)?;
         write!(w, ",\n  \"resources\": {}", pretty(&resource_views(&projections.state), 2)?.trim_start())?;
@@ -132,16 +132,13 @@ impl From<LogFoldError> for LogDocumentError {
 }
 
 /// [`write_document`] for a portable log read as it is folded ([`fold_log`]: each line checked,
-/// and the rest past `upto` too), written aside and shown only once the whole log is found
-/// sound. Memory holds what is live, never the log.
+/// and the rest past `upto` too), written only once the whole log is found sound: `fold_log`
+/// has read and checked all of it before the first byte of the document is written. Memory
+/// holds what is live, never the log.
 pub fn write_log_document(reader: impl BufRead + Send, upto: Upto, out: &mut impl Write) -> Result<Written, LogDocumentError> {
     let mut writer = DocumentWriter::new().map_err(DocumentError::from)?;
     let projections = fold_log(reader, upto, |p, e, event| writer.visit(p, e, event))?;
-    let mut aside = tempfile::tempfile().map_err(DocumentError::from)?;
-    let written = writer.finish(&projections, &mut aside)?;
-    aside.seek(SeekFrom::Start(0)).map_err(DocumentError::from)?;
-    io::copy(&mut aside, out).map_err(DocumentError::from)?;
-    Ok(written)
+    Ok(writer.finish(&projections, out)?)
 }
 
 /// `value` as pretty JSON, every line indented by `indent` spaces (its place in the document).
@@ -273,6 +270,9 @@ impl Spill {
     }
 }
 
+/// The buffer of the spill file of bill lines, writing and reading.
+const SPILL_BUFFER: usize = 1 << 16;
+
 /// A line's place in the contract's order, with its formatted text.
 struct Pending {
     start: Instant,
@@ -317,7 +317,13 @@ struct BillOrder {
 
 impl BillOrder {
     fn new() -> io::Result<BillOrder> {
-        Ok(BillOrder { waiting: BinaryHeap::new(), spilled: BufWriter::new(tempfile::tempfile()?), last: None, late: Vec::new(), count: 0 })
+        Ok(BillOrder {
+            waiting: BinaryHeap::new(),
+            spilled: BufWriter::with_capacity(SPILL_BUFFER, tempfile::tempfile()?),
+            last: None,
+            late: Vec::new(),
+            count: 0,
+        })
     }
 
     /// Take a line recorded when the log's clock was at `clock`.
@@ -355,14 +361,16 @@ impl BillOrder {
         waiting.reverse(); // Reverse<_> sorts descending: the smallest key first now.
         let mut file = self.spilled.into_inner().map_err(|e| e.into_error())?;
         file.seek(SeekFrom::Start(0))?;
-        let mut spilled = BufReader::new(file);
+        let mut spilled = BufReader::with_capacity(SPILL_BUFFER, file);
         let mut first = true;
         let mut emit = |p: &Pending, out: &mut dyn Write| -> io::Result<()> {
             out.write_all(if first { b"[\n" } else { b",\n" })?;
             first = false;
             out.write_all(&p.text)
         };
-        while let Some(p) = read_record(&mut spilled)? {
+        // One line at a time read back into the same buffers.
+        let mut p = Pending { start: chrono::DateTime::UNIX_EPOCH.fixed_offset(), resource: String::new(), position: 0, text: Vec::new() };
+        while read_record(&mut spilled, &mut p)? {
             while late.peek().is_some_and(|l| l < &p) {
                 emit(&late.next().expect("peeked"), out)?;
             }
@@ -393,10 +401,11 @@ fn write_record(w: &mut impl Write, p: &Pending) -> io::Result<()> {
     Ok(())
 }
 
-fn read_record(r: &mut impl Read) -> io::Result<Option<Pending>> {
+/// The next record written by [`write_record`], into `p`; false at the end of the file.
+fn read_record(r: &mut impl Read, p: &mut Pending) -> io::Result<bool> {
     let mut secs = [0u8; 8];
     match r.read_exact(&mut secs) {
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
         other => other?,
     }
     let mut four = [0u8; 4];
@@ -406,17 +415,19 @@ fn read_record(r: &mut impl Read) -> io::Result<Option<Pending>> {
     let offset = chrono::FixedOffset::east_opt(i32::from_le_bytes(four)).ok_or_else(|| io::Error::other("a bad offset in the spill file"))?;
     let mut eight = [0u8; 8];
     r.read_exact(&mut eight)?;
-    let position = u64::from_le_bytes(eight);
-    let mut text = || -> io::Result<Vec<u8>> {
+    p.position = u64::from_le_bytes(eight);
+    let mut text = |bytes: &mut Vec<u8>| -> io::Result<()> {
         r.read_exact(&mut eight)?;
-        let mut bytes = vec![0u8; u64::from_le_bytes(eight) as usize];
-        r.read_exact(&mut bytes)?;
-        Ok(bytes)
+        bytes.clear();
+        bytes.resize(u64::from_le_bytes(eight) as usize, 0);
+        r.read_exact(bytes)
     };
-    let resource = String::from_utf8(text()?).map_err(io::Error::other)?;
-    let body = text()?;
-    let start = chrono::DateTime::from_timestamp(i64::from_le_bytes(secs), nanos)
+    let mut resource = std::mem::take(&mut p.resource).into_bytes();
+    text(&mut resource)?;
+    p.resource = String::from_utf8(resource).map_err(io::Error::other)?;
+    text(&mut p.text)?;
+    p.start = chrono::DateTime::from_timestamp(i64::from_le_bytes(secs), nanos)
         .ok_or_else(|| io::Error::other("a bad instant in the spill file"))?
         .with_timezone(&offset);
-    Ok(Some(Pending { start, resource, position, text: body }))
+    Ok(true)
 }
