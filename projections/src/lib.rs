@@ -3,8 +3,8 @@
 //! same projections, so a live engine and a replay of its log always agree.
 
 use chrono::Datelike;
-use poolbill_domain::money::{fmt_cents, fmt_exact};
-use poolbill_domain::time::{beijing_date, to_beijing};
+use poolbill_domain::money::{fmt_cents, fmt_exact, Cents, Exact};
+use poolbill_domain::time::{beijing_date, to_beijing, BeijingText};
 use poolbill_domain::{Amounts, Basis, BillLine, DecodeError, Event, Instant, Rule, State};
 use poolbill_store::{Envelope, NewEvent, Payload};
 use rust_decimal::Decimal;
@@ -447,7 +447,8 @@ pub struct Document {
     pub detail_bills: Vec<DetailView>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+/// A flow-bill line as the document shows it. Its JSON is [`BillJson`]'s.
+#[derive(Clone, Debug, PartialEq)]
 pub struct BillView {
     pub resource: String,
     pub account: String,
@@ -461,6 +462,86 @@ pub struct BillView {
     pub payable: String,
     /// The log position of the event that recorded this line.
     pub event: u64,
+}
+
+impl Serialize for BillView {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let text = Shown::Text;
+        BillJson {
+            resource: &self.resource,
+            account: &self.account,
+            mode: self.mode,
+            item: self.item,
+            start: text(&self.start),
+            end: text(&self.end),
+            list_price: text(&self.list_price),
+            discount: text(&self.discount),
+            round_off: text(&self.round_off),
+            payable: text(&self.payable),
+            event: self.event,
+        }
+        .serialize(serializer)
+    }
+}
+
+/// The JSON of a flow-bill line in the document — [`BillView`]'s, which is written through it —
+/// straight from the line: its text made as it is written, no String of each field first
+/// (a streamed document writes one per line of the log).
+#[derive(Serialize)]
+pub struct BillJson<'a> {
+    resource: &'a str,
+    account: &'a str,
+    mode: &'a str,
+    item: &'a str,
+    start: Shown<'a>,
+    end: Shown<'a>,
+    list_price: Shown<'a>,
+    discount: Shown<'a>,
+    round_off: Shown<'a>,
+    payable: Shown<'a>,
+    event: u64,
+}
+
+impl BillJson<'_> {
+    /// A line's JSON, as [`BillView::of`] shows it.
+    pub fn of(b: &FlowBill) -> BillJson<'_> {
+        let l = &b.line;
+        BillJson {
+            resource: &l.resource,
+            account: &l.account,
+            mode: l.mode.as_str(),
+            item: l.item.as_str(),
+            start: Shown::Beijing(l.start),
+            end: Shown::Beijing(l.end),
+            list_price: Shown::Exact(l.amounts.list_price),
+            discount: Shown::Exact(l.amounts.discount),
+            round_off: Shown::Exact(l.amounts.round_off),
+            payable: Shown::Cents(l.amounts.payable),
+            event: b.position,
+        }
+    }
+}
+
+/// A text field of [`BillJson`]: made already, or made as it is written.
+enum Shown<'a> {
+    Text(&'a str),
+    /// `to_beijing(t).to_rfc3339()`.
+    Beijing(Instant),
+    /// `fmt_exact`.
+    Exact(Decimal),
+    /// `fmt_cents`.
+    Cents(Decimal),
+}
+
+impl Serialize for Shown<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Shown::Text(text) => serializer.serialize_str(text),
+            Shown::Beijing(at) => serializer.collect_str(&BeijingText(*at)),
+            Shown::Exact(amount) => serializer.collect_str(&Exact(*amount)),
+            Shown::Cents(amount) => serializer.collect_str(&Cents(*amount)),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

@@ -16,7 +16,7 @@ use crate::jsonl::{fold_log, LogError, LogFoldError};
 use chrono::Duration;
 use poolbill_domain::{Event, Instant};
 use poolbill_ledger::{fold_from, FoldError, Recorded, Upto};
-use poolbill_projections::{account_views, resource_views, BillView, DetailBills, DetailView, FlowBill, Projections, RejectionRecord, RejectionView};
+use poolbill_projections::{account_views, resource_views, BillJson, DetailBills, DetailView, FlowBill, Projections, RejectionRecord, RejectionView};
 use poolbill_store::{Envelope, StoreError};
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
@@ -329,7 +329,7 @@ impl BillOrder {
     /// Take a line recorded when the log's clock was at `clock`.
     fn push(&mut self, bill: FlowBill, clock: Instant) -> io::Result<()> {
         let mut text = Vec::with_capacity(512);
-        pretty_into(&mut text, &BillView::of(&bill), 4)?;
+        pretty_into(&mut text, &BillJson::of(&bill), 4)?;
         let pending = Pending { start: bill.line.start, resource: bill.line.resource.clone(), position: bill.position, text };
         self.count += 1;
         let overtaken = self.last.as_ref().is_some_and(|(s, r, p)| pending.key() < (*s, r.as_str(), *p));
