@@ -270,8 +270,9 @@ pub struct DetailBills {
     /// By month, account, resource and mode, nested so that a line finds its row by reference,
     /// without making a key of its own.
     groups: BTreeMap<String, Accounts>,
-    /// Room for a line's month.
+    /// The month of the last line added, and its year and month.
     month: String,
+    month_of: Option<(i32, u32)>,
 }
 
 /// A month's rows by account, then resource, then mode.
@@ -290,8 +291,11 @@ impl DetailBills {
     pub fn add(&mut self, line: &BillLine) {
         use std::fmt::Write;
         let date = beijing_date(line.start);
-        self.month.clear();
-        write!(self.month, "{:04}-{:02}", date.year(), date.month()).expect("a String takes what is written");
+        if self.month_of != Some((date.year(), date.month())) {
+            self.month.clear();
+            write!(self.month, "{:04}-{:02}", date.year(), date.month()).expect("a String takes what is written");
+            self.month_of = Some((date.year(), date.month()));
+        }
         let month = &self.month;
         let accounts = slot(&mut self.groups, month, BTreeMap::new);
         let resources = slot(accounts, &line.account, BTreeMap::new);
