@@ -67,6 +67,36 @@ pub(crate) fn is_canonical(text: &str) -> bool {
     c.value(DEPTH).is_some() && c.at == text.len()
 }
 
+/// How many bytes at the start of `bytes` may stand in a string as they are: up to the first
+/// quote, backslash or control character (or the end). Eight bytes at a time.
+fn plain(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut at = 0;
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        // Bytes below a value, and bytes equal to one (below it after an xor): the lowest
+        // byte flagged is exact (flags above it may be spurious, and are not looked at).
+        let below = |word: u64, n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS;
+        let stops = below(word, 0x20) | below(word ^ (ONES * u64::from(b'"')), 1) | below(word ^ (ONES * u64::from(b'\\')), 1);
+        if stops != 0 {
+            return at + (stops.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    at + bytes[at..].iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20).unwrap_or(bytes.len() - at)
+}
+
+/// Whether `a` sorts before `b`, byte by byte (as `str`s and `String`s do).
+fn before(a: &[u8], b: &[u8]) -> bool {
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            return x < y;
+        }
+    }
+    a.len() < b.len()
+}
+
 struct Cursor<'a> {
     text: &'a str,
     bytes: &'a [u8],
@@ -78,6 +108,7 @@ impl<'a> Cursor<'a> {
         self.bytes.get(self.at).copied()
     }
 
+    #[inline(always)]
     fn eat(&mut self, literal: &[u8]) -> Option<()> {
         self.bytes[self.at..].starts_with(literal).then(|| self.at += literal.len())
     }
@@ -86,10 +117,9 @@ impl<'a> Cursor<'a> {
     fn plain_string(&mut self) -> Option<&'a str> {
         self.eat(b"\"")?;
         let start = self.at;
-        let length = self.bytes[start..].iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-        self.at = start + length;
+        self.at += plain(&self.bytes[start..]);
         self.eat(b"\"")?;
-        Some(&self.text[start..start + length])
+        Some(&self.text[start..self.at - 1])
     }
 
     /// A string as `serde_json` escapes it: `\"`, `\\`, the short escapes of control
@@ -97,9 +127,8 @@ impl<'a> Cursor<'a> {
     fn string(&mut self) -> Option<()> {
         self.eat(b"\"")?;
         loop {
-            let length = self.bytes[self.at..].iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-            self.at += length;
-            match self.bytes[self.at] {
+            self.at += plain(&self.bytes[self.at..]);
+            match *self.bytes.get(self.at)? {
                 b'"' => {
                     self.at += 1;
                     return Some(());
@@ -178,7 +207,7 @@ impl<'a> Cursor<'a> {
         let mut previous: Option<&str> = None;
         loop {
             let key = self.plain_string()?;
-            if previous.is_some_and(|p| p.as_bytes() >= key.as_bytes()) {
+            if previous.is_some_and(|p| !before(p.as_bytes(), key.as_bytes())) {
                 return None;
             }
             previous = Some(key);

@@ -108,17 +108,24 @@ pub fn import(reader: impl BufRead) -> Result<Vec<Envelope>, LogError> {
 /// with the same messages.
 pub struct LogReader<R> {
     reader: R,
-    /// The line being read (one buffer for them all).
+    /// A line read out of the reader's buffer (one buffer for them all): one that is not whole
+    /// in the buffer, or not UTF-8. A line that is is read where it is.
     line: String,
-    /// Room for the canonical JSON of a line's envelope, to compute its checksum.
-    canonical: Vec<u8>,
+    checks: Checks,
+    failed: bool,
+}
+
+/// What the lines read so far come to: how each next line is checked.
+struct Checks {
+    /// The number of the line last read (1-based).
     number: u64,
     versions: HashMap<String, u64>,
     count: u64,
     /// The last envelope's instant and checksum.
     last: Option<(Instant, u32)>,
     ended: bool,
-    failed: bool,
+    /// Room for the canonical JSON of a line's envelope, to compute its checksum.
+    canonical: Vec<u8>,
     /// Whether lines in the form `to_line` writes are read the fast way (always, but in tests
     /// that compare the two ways).
     scan: bool,
@@ -264,23 +271,13 @@ fn states(stated: &str, sum: u32) -> bool {
 
 impl<R: BufRead> LogReader<R> {
     pub fn new(reader: R) -> LogReader<R> {
-        LogReader {
-            reader,
-            line: String::new(),
-            canonical: Vec::new(),
-            number: 0,
-            versions: HashMap::new(),
-            count: 0,
-            last: None,
-            ended: false,
-            failed: false,
-            scan: true,
-        }
+        let checks = Checks { number: 0, versions: HashMap::new(), count: 0, last: None, ended: false, canonical: Vec::new(), scan: true };
+        LogReader { reader, line: String::new(), checks, failed: false }
     }
 
     /// The next line checked, handed to `take`; or what is wrong with the line (or with the
     /// log's end). Ends after the first error: nothing after a damaged line is read.
-    fn next_with<T>(&mut self, take: impl FnOnce(Read<'_>, Event) -> T) -> Option<Result<T, LogError>> {
+    fn next_with<T>(&mut self, take: impl FnMut(Read<'_>, Event) -> T) -> Option<Result<T, LogError>> {
         if self.failed {
             return None;
         }
@@ -289,99 +286,148 @@ impl<R: BufRead> LogReader<R> {
         next
     }
 
-    fn next_line<T>(&mut self, take: impl FnOnce(Read<'_>, Event) -> T) -> Option<Result<T, LogError>> {
+    /// Lines as `BufRead::lines` gives them (without the newline, or CR LF), each checked until
+    /// one is handed out (blank lines and the end line are not).
+    fn next_line<T>(&mut self, mut take: impl FnMut(Read<'_>, Event) -> T) -> Option<Result<T, LogError>> {
         loop {
-            self.line.clear();
-            match self.reader.read_line(&mut self.line) {
-                Ok(0) => {
-                    if self.ended {
-                        return None;
-                    }
-                    let after = self.last.as_ref().map_or("before its first event".to_string(), |_| format!("after position {}", self.count));
-                    return Some(Err(LogError::new(self.number + 1, format!("the log has no end line: it was cut short {after}"))));
-                }
-                Ok(_) => {}
+            // A whole line of UTF-8 in the reader's buffer is read there; anything else by
+            // `read_line`, which reads, and errs, as `lines` does.
+            let whole = match self.reader.fill_buf() {
+                Ok(buffer) => newline(buffer).and_then(|at| std::str::from_utf8(&buffer[..at]).ok().map(|line| (line, at + 1))),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    self.number += 1;
-                    return Some(Err(LogError::caused_by(self.number, "cannot read", e)));
+                    self.checks.number += 1;
+                    return Some(Err(LogError::caused_by(self.checks.number, "cannot read", e)));
+                }
+            };
+            if let Some((line, used)) = whole {
+                let line = line.strip_suffix('\r').unwrap_or(line);
+                self.checks.number += 1;
+                let checked = self.checks.line(line, &mut take);
+                self.reader.consume(used);
+                match checked {
+                    Some(checked) => return Some(checked),
+                    None => continue,
                 }
             }
-            // As `BufRead::lines` gives it: without its newline (or CR LF).
+            self.line.clear();
+            match self.reader.read_line(&mut self.line) {
+                Ok(0) => return self.checks.end(),
+                Ok(_) => {}
+                Err(e) => {
+                    self.checks.number += 1;
+                    return Some(Err(LogError::caused_by(self.checks.number, "cannot read", e)));
+                }
+            }
             if self.line.ends_with('\n') {
                 self.line.pop();
                 if self.line.ends_with('\r') {
                     self.line.pop();
                 }
             }
-            self.number += 1;
-            let number = self.number;
-            let fail = |message: String| Some(Err(LogError::new(number, message)));
-            let line = self.line.as_str();
-            if line.trim().is_empty() {
-                continue;
+            self.checks.number += 1;
+            if let Some(checked) = self.checks.line(&self.line, &mut take) {
+                return Some(checked);
             }
-            if self.ended {
-                return fail("a line after the end line".into());
-            }
-            let (read, sum, stated) = match scanned(line, &mut self.canonical).filter(|_| self.scan) {
-                Some((read, sum, stated)) => (read, sum, std::borrow::Cow::Borrowed(stated)),
-                None => {
-                    let mut value: serde_json::Value = match serde_json::from_str(line) {
-                        Ok(v) => v,
-                        Err(e) => return Some(Err(LogError::caused_by(number, "not valid JSON", e))),
-                    };
-                    if let Some(end) = value.get("end") {
-                        let last = self.last.map(|(_, sum)| hex(sum));
-                        if let Err(message) = check_end(end, self.count, last.as_deref()) {
-                            return fail(message);
-                        }
-                        self.ended = true;
-                        continue;
-                    }
-                    let stated = match value.as_object_mut().and_then(|o| o.remove("checksum")) {
-                        Some(serde_json::Value::String(s)) => s,
-                        _ => return fail("no checksum".into()),
-                    };
-                    let envelope: Envelope = match serde_json::from_value(value) {
-                        Ok(e) => e,
-                        Err(e) => return Some(Err(LogError::caused_by(number, "not an event envelope", e))),
-                    };
-                    let sum = crc32fast::hash(serde_json::to_string(&envelope).expect("portable envelopes serialise").as_bytes());
-                    (Read::Parsed(envelope), sum, std::borrow::Cow::Owned(stated))
-                }
-            };
-            let position = read.position();
-            let at = || format!("(position {position})");
-            if !states(&stated, sum) {
-                return fail(format!("{} checksum mismatch: the line was changed or torn", at()));
-            }
-            let expected_position = self.count + 1;
-            if position != expected_position {
-                return fail(format!("{} expected position {expected_position}: a line is missing or out of order", at()));
-            }
-            let stream = read.stream();
-            let version = match self.versions.get_mut(stream) {
-                Some(version) => version,
-                None => self.versions.entry(stream.to_string()).or_insert(0),
-            };
-            if read.version() != *version + 1 {
-                return fail(format!("{} stream {:?} jumps from version {} to {}", at(), stream, version, read.version()));
-            }
-            *version += 1;
-            let instant = read.at();
-            if let Some((last, _)) = &self.last {
-                if instant < *last {
-                    return fail(format!("{} instant {} is before the previous line's {}", at(), instant.to_rfc3339(), last.to_rfc3339()));
-                }
-            }
-            let event = match read.event() {
-                Ok(event) => event,
-                Err(e) => return Some(Err(LogError::caused_by(number, format!("{} cannot be read", at()), e))),
-            };
-            self.count += 1;
-            self.last = Some((instant, sum));
-            return Some(Ok(take(read, event)));
         }
+    }
+}
+
+/// The first newline in `bytes`, eight bytes at a time.
+fn newline(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut at = 0;
+    while let Some(chunk) = bytes.get(at..at + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes")) ^ (ONES * u64::from(b'\n'));
+        let found = word.wrapping_sub(ONES) & !word & HIGHS;
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    bytes[at..].iter().position(|&b| b == b'\n').map(|i| at + i)
+}
+
+impl Checks {
+    /// The log has ended: fine after its end line, cut short otherwise.
+    fn end<T>(&self) -> Option<Result<T, LogError>> {
+        if self.ended {
+            return None;
+        }
+        let after = self.last.as_ref().map_or("before its first event".to_string(), |_| format!("after position {}", self.count));
+        Some(Err(LogError::new(self.number + 1, format!("the log has no end line: it was cut short {after}"))))
+    }
+
+    /// Line `self.number`, checked against those before it: what `take` makes of it, or what is
+    /// wrong with it; `None` for a blank line and for the end line.
+    fn line<T>(&mut self, line: &str, take: &mut impl FnMut(Read<'_>, Event) -> T) -> Option<Result<T, LogError>> {
+        let number = self.number;
+        let fail = |message: String| Some(Err(LogError::new(number, message)));
+        if line.trim().is_empty() {
+            return None;
+        }
+        if self.ended {
+            return fail("a line after the end line".into());
+        }
+        let (read, sum, stated) = match scanned(line, &mut self.canonical).filter(|_| self.scan) {
+            Some((read, sum, stated)) => (read, sum, std::borrow::Cow::Borrowed(stated)),
+            None => {
+                let mut value: serde_json::Value = match serde_json::from_str(line) {
+                    Ok(v) => v,
+                    Err(e) => return Some(Err(LogError::caused_by(number, "not valid JSON", e))),
+                };
+                if let Some(end) = value.get("end") {
+                    let last = self.last.map(|(_, sum)| hex(sum));
+                    if let Err(message) = check_end(end, self.count, last.as_deref()) {
+                        return fail(message);
+                    }
+                    self.ended = true;
+                    return None;
+                }
+                let stated = match value.as_object_mut().and_then(|o| o.remove("checksum")) {
+                    Some(serde_json::Value::String(s)) => s,
+                    _ => return fail("no checksum".into()),
+                };
+                let envelope: Envelope = match serde_json::from_value(value) {
+                    Ok(e) => e,
+                    Err(e) => return Some(Err(LogError::caused_by(number, "not an event envelope", e))),
+                };
+                let sum = crc32fast::hash(serde_json::to_string(&envelope).expect("portable envelopes serialise").as_bytes());
+                (Read::Parsed(envelope), sum, std::borrow::Cow::Owned(stated))
+            }
+        };
+        let position = read.position();
+        let at = || format!("(position {position})");
+        if !states(&stated, sum) {
+            return fail(format!("{} checksum mismatch: the line was changed or torn", at()));
+        }
+        let expected_position = self.count + 1;
+        if position != expected_position {
+            return fail(format!("{} expected position {expected_position}: a line is missing or out of order", at()));
+        }
+        let stream = read.stream();
+        let version = match self.versions.get_mut(stream) {
+            Some(version) => version,
+            None => self.versions.entry(stream.to_string()).or_insert(0),
+        };
+        if read.version() != *version + 1 {
+            return fail(format!("{} stream {:?} jumps from version {} to {}", at(), stream, version, read.version()));
+        }
+        *version += 1;
+        let instant = read.at();
+        if let Some((last, _)) = &self.last {
+            if instant < *last {
+                return fail(format!("{} instant {} is before the previous line's {}", at(), instant.to_rfc3339(), last.to_rfc3339()));
+            }
+        }
+        let event = match read.event() {
+            Ok(event) => event,
+            Err(e) => return Some(Err(LogError::caused_by(number, format!("{} cannot be read", at()), e))),
+        };
+        self.count += 1;
+        self.last = Some((instant, sum));
+        Some(Ok(take(read, event)))
     }
 }
 
@@ -521,8 +567,15 @@ mod tests {
     type Outcome = Result<Vec<(Envelope, Event)>, (u64, String, Option<String>)>;
 
     fn read(text: &str, scan: bool) -> Outcome {
-        let mut reader = LogReader::new(text.as_bytes());
-        reader.scan = scan;
+        read_bytes(text.as_bytes(), scan)
+    }
+
+    /// The fast way reads lines where they are in the whole text; the general way through a
+    /// buffer of a few bytes, so that nearly every line is read by `read_line`.
+    fn read_bytes(text: &[u8], scan: bool) -> Outcome {
+        let reader: Box<dyn BufRead> = if scan { Box::new(text) } else { Box::new(std::io::BufReader::with_capacity(7, text)) };
+        let mut reader = LogReader::new(reader);
+        reader.checks.scan = scan;
         let mut out = Vec::new();
         while let Some(next) = reader.next_with(|read, event| (read.into_envelope(), event)) {
             match next {
@@ -692,6 +745,8 @@ mod tests {
         fn a_changed_log_reads_the_same_both_ways(
             log in any::<prop::sample::Index>(),
             changes in prop::collection::vec((any::<prop::sample::Index>(), change(), prop_oneof![Just(None), Just(Some(true)), Just(Some(false))]), 1..3),
+            not_utf8 in prop::option::weighted(0.05, any::<prop::sample::Index>()),
+            cut in prop::option::weighted(0.05, any::<prop::sample::Index>()),
         ) {
             let (name, text) = &logs()[log.index(logs().len())];
             let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
@@ -699,9 +754,16 @@ mod tests {
                 let at = line.index(lines.len());
                 lines[at] = changed(&lines[at], change, *sign);
             }
-            let text = lines.join("\n") + "\n";
-            let general = read(&text, false);
-            prop_assert_eq!(read(&text, true), general.clone(), "{}", name);
+            let mut text = (lines.join("\n") + "\n").into_bytes();
+            if let Some(at) = not_utf8 {
+                let at = at.index(text.len());
+                text[at] = 0xff;
+            }
+            if let Some(at) = cut {
+                text.truncate(at.index(text.len()));
+            }
+            let general = read_bytes(&text, false);
+            prop_assert_eq!(read_bytes(&text, true), general.clone(), "{}", name);
             same_events(&general);
         }
     }
