@@ -288,9 +288,9 @@ pub fn bills(args: BillsArgs) -> Result<(), Failure> {
         Origin::File(path) => {
             let name = path.display();
             let file = std::fs::File::open(path).map_err(input(format!("cannot read {name}")))?;
-            let add = |_: &Projections, _: &Recorded, event: Event| {
+            let add = |_: &Projections, _: &Recorded, event: &Event| {
                 if let Event::Charged { line } = event {
-                    sums.add(&line);
+                    sums.add(line);
                 }
             };
             jsonl::fold_log(std::io::BufReader::new(file), Upto::All, add).map_err(|e| match e {

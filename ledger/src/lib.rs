@@ -74,7 +74,7 @@ where
 /// [`fold_visit`] from projections already folded (a snapshot, or history-free
 /// [`Projections::live`]): the envelopes must continue where they end.
 pub fn fold_from<E, I>(
-    projections: Projections,
+    mut projections: Projections,
     envelopes: I,
     upto: Upto,
     visit: impl FnMut(&Projections, &E, Event),
@@ -83,56 +83,59 @@ where
     E: Borrow<Envelope>,
     I: IntoIterator<Item = Result<E, StoreError>>,
 {
+    let _span = tracing::info_span!("replay", upto = ?upto).entered();
     let event = |item: &mut E| {
         let envelope: &Envelope = (*item).borrow();
         poolbill_projections::event_of(envelope).map_err(|source| ProjectionError { position: envelope.position, source })
     };
-    fold_items(projections, envelopes, upto, |item: &E| Recorded::of(item.borrow()), event, visit)
+    fold_items(&mut projections, envelopes, upto, |item: &E| Recorded::of(item.borrow()), event, visit)?;
+    tracing::debug!(events = projections.events, bills = projections.bills.len(), "replayed");
+    Ok(projections)
 }
 
 /// [`fold_from`] for events already read (decoded, upcast) by whoever read their envelopes —
 /// a portable log's reader, which reads every event to check it — each with where and when it
-/// was recorded: the same fold, without reading any event twice.
-pub fn fold_events<I>(
-    projections: Projections,
-    events: I,
-    upto: Upto,
-    mut visit: impl FnMut(&Projections, &Recorded, Event),
-) -> Result<Projections, FoldError>
+/// was recorded: the same fold, without reading any event twice. The events are lent, and
+/// folded into `projections` where they are, so that a long log can be folded a batch at a
+/// time: false once an event past `upto` was met (it and the rest of the batch are not
+/// folded, and no later event should be).
+pub fn fold_events<'e, I>(projections: &mut Projections, events: I, upto: Upto, mut visit: impl FnMut(&Projections, &Recorded, &Event)) -> bool
 where
-    I: IntoIterator<Item = (Recorded, Event)>,
+    I: IntoIterator<Item = &'e (Recorded, Event)>,
 {
-    let items = events.into_iter().map(|(recorded, event)| Ok((recorded, Some(event))));
-    let event = |item: &mut (Recorded, Option<Event>)| Ok(item.1.take().expect("each event is folded once"));
-    fold_items(projections, items, upto, |item| item.0, event, |p, item, e| visit(p, &item.0, e))
+    let items = events.into_iter().map(Ok);
+    let event = |item: &mut &'e (Recorded, Event)| Ok(&item.1);
+    match fold_items(projections, items, upto, |item| item.0, event, |p, item, e| visit(p, &item.0, e)) {
+        Ok(all) => all,
+        Err(_) => unreachable!("events already read fold without error"),
+    }
 }
 
 /// The fold itself: items in log order until the first one past `upto`, each one's event read
-/// (`event`) only then, applied, and shown to `visit`.
-fn fold_items<T, I>(
-    mut projections: Projections,
+/// (`event`) only then, applied, and shown to `visit`. True if no item was past `upto`.
+fn fold_items<T, V, I>(
+    projections: &mut Projections,
     items: I,
     upto: Upto,
     recorded: impl Fn(&T) -> Recorded,
-    mut event: impl FnMut(&mut T) -> Result<Event, ProjectionError>,
-    mut visit: impl FnMut(&Projections, &T, Event),
-) -> Result<Projections, FoldError>
+    mut event: impl FnMut(&mut T) -> Result<V, ProjectionError>,
+    mut visit: impl FnMut(&Projections, &T, V),
+) -> Result<bool, FoldError>
 where
+    V: Borrow<Event>,
     I: IntoIterator<Item = Result<T, StoreError>>,
 {
-    let _span = tracing::info_span!("replay", upto = ?upto).entered();
     for item in items {
         let mut item = item?;
         let at = recorded(&item);
         if !upto.includes(&at) {
-            break;
+            return Ok(false);
         }
         let event = event(&mut item)?;
-        projections.apply_event(at.position, at.at, &event);
-        visit(&projections, &item, event);
+        projections.apply_event(at.position, at.at, event.borrow());
+        visit(projections, &item, event);
     }
-    tracing::debug!(events = projections.events, bills = projections.bills.len(), "replayed");
-    Ok(projections)
+    Ok(true)
 }
 
 /// The live projections (state and counters) and stream versions of a store's whole log, as a

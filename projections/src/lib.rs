@@ -509,7 +509,11 @@ pub struct BillJson<'a> {
 impl BillJson<'_> {
     /// A line's JSON, as [`BillView::of`] shows it.
     pub fn of(b: &FlowBill) -> BillJson<'_> {
-        let l = &b.line;
+        BillJson::line(b.position, &b.line)
+    }
+
+    /// [`BillJson::of`] a line recorded at `position`.
+    pub fn line(position: u64, l: &BillLine) -> BillJson<'_> {
         BillJson {
             resource: &l.resource,
             account: &l.account,
@@ -521,7 +525,7 @@ impl BillJson<'_> {
             discount: Shown::Exact(l.amounts.discount),
             round_off: Shown::Exact(l.amounts.round_off),
             payable: Shown::Cents(l.amounts.payable),
-            event: b.position,
+            event: position,
         }
     }
 }

@@ -14,9 +14,9 @@
 
 use crate::jsonl::{fold_log, LogError, LogFoldError};
 use chrono::Duration;
-use poolbill_domain::{Event, Instant};
+use poolbill_domain::{BillLine, Event, Instant};
 use poolbill_ledger::{fold_from, FoldError, Recorded, Upto};
-use poolbill_projections::{account_views, resource_views, BillJson, DetailBills, DetailView, FlowBill, Projections, RejectionRecord, RejectionView};
+use poolbill_projections::{account_views, resource_views, BillJson, DetailBills, DetailView, Projections, RejectionRecord, RejectionView};
 use poolbill_store::{Envelope, StoreError};
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
@@ -51,7 +51,7 @@ where
     let mut writer = DocumentWriter::new()?;
     let projections = fold_from(Projections::live(), envelopes, upto, |p: &Projections, e: &Envelope, event| {
         progress(e.position);
-        writer.visit(p, &Recorded::of(e), event);
+        writer.visit(p, &Recorded::of(e), &event);
     })?;
     writer.finish(&projections, out)
 }
@@ -71,18 +71,19 @@ impl DocumentWriter {
     }
 
     /// One event, just folded into `p`, recorded as `e` says.
-    pub fn visit(&mut self, p: &Projections, e: &Recorded, event: Event) {
+    pub fn visit(&mut self, p: &Projections, e: &Recorded, event: &Event) {
         if self.failed.is_some() {
             return;
         }
         let result = match event {
             Event::Charged { line } => {
-                self.details.add(&line);
+                self.details.add(line);
                 let clock = p.last_instant.unwrap_or(e.at);
-                self.bills.push(FlowBill { position: e.position, at: e.at, line }, clock)
+                self.bills.push(e.position, line, clock)
             }
             Event::CommandRejected { command, rule, reason, index } => {
-                let record = RejectionRecord { position: e.position, at: e.at, index, command, rule, reason };
+                let record =
+                    RejectionRecord { position: e.position, at: e.at, index: *index, command: command.clone(), rule: *rule, reason: reason.clone() };
                 pretty(&RejectionView::of(&record), 4).and_then(|text| self.rejections.push(&text))
             }
             _ => Ok(()),
@@ -327,10 +328,10 @@ impl BillOrder {
     }
 
     /// Take a line recorded when the log's clock was at `clock`.
-    fn push(&mut self, bill: FlowBill, clock: Instant) -> io::Result<()> {
+    fn push(&mut self, position: u64, line: &BillLine, clock: Instant) -> io::Result<()> {
         let mut text = Vec::with_capacity(512);
-        pretty_into(&mut text, &BillJson::of(&bill), 4)?;
-        let pending = Pending { start: bill.line.start, resource: bill.line.resource.clone(), position: bill.position, text };
+        pretty_into(&mut text, &BillJson::line(position, line), 4)?;
+        let pending = Pending { start: line.start, resource: line.resource.clone(), position, text };
         self.count += 1;
         let overtaken = self.last.as_ref().is_some_and(|(s, r, p)| pending.key() < (*s, r.as_str(), *p));
         if overtaken {

@@ -457,14 +457,22 @@ pub enum LogFoldError {
 ///
 /// The reader runs on a thread of its own, a little ahead of the fold (a few batches of lines
 /// read, checked and decoded; never the log): reading and folding a long log take about as
-/// long as each other, and a machine has two cores or more.
-pub fn fold_log(reader: impl BufRead + Send, upto: Upto, visit: impl FnMut(&Projections, &Recorded, Event)) -> Result<Projections, LogFoldError> {
+/// long as each other, and a machine has two cores or more. Each batch goes back to the reader
+/// once folded, to be dropped there: memory is best freed by the thread that took it.
+pub fn fold_log(
+    reader: impl BufRead + Send,
+    upto: Upto,
+    mut visit: impl FnMut(&Projections, &Recorded, &Event),
+) -> Result<Projections, LogFoldError> {
     /// Events handed from the reader to the fold at a time, and batches the reader may be ahead.
     const BATCH: usize = 1024;
     const AHEAD: usize = 4;
-    type Batch = Result<Vec<(Recorded, Event)>, LogError>;
+    type Batch = Vec<(Recorded, Event)>;
+    let _span = tracing::info_span!("replay", upto = ?upto).entered();
+    let mut projections = Projections::live();
     std::thread::scope(|scope| {
-        let (send, receive) = std::sync::mpsc::sync_channel::<Batch>(AHEAD);
+        let (send, receive) = std::sync::mpsc::sync_channel::<Result<Batch, LogError>>(AHEAD);
+        let (give_back, given_back) = std::sync::mpsc::channel::<Batch>();
         scope.spawn(move || {
             let mut lines = LogReader::new(reader);
             let mut batch = Vec::with_capacity(BATCH);
@@ -477,34 +485,31 @@ pub fn fold_log(reader: impl BufRead + Send, upto: Upto, visit: impl FnMut(&Proj
                         return;
                     }
                 }
-                // A send fails only when the fold has stopped: then nothing more is wanted.
-                if batch.len() == BATCH && send.send(Ok(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))).is_err() {
-                    return;
+                if batch.len() == BATCH {
+                    // A batch folded and given back is emptied here and filled again.
+                    let mut next = given_back.try_recv().unwrap_or_else(|_| Vec::with_capacity(BATCH));
+                    next.clear();
+                    // A send fails only when the fold has stopped: then nothing more is wanted.
+                    if send.send(Ok(std::mem::replace(&mut batch, next))).is_err() {
+                        return;
+                    }
                 }
             }
             let _ = send.send(Ok(batch));
         });
-        let mut damage: Option<LogError> = None;
-        let events = receive
-            .iter()
-            .map_while(|batch| match batch {
-                Ok(events) => Some(events),
-                Err(e) => {
-                    damage = Some(e);
-                    None
-                }
-            })
-            .flatten();
-        let folded = fold_events(Projections::live(), events, upto, visit);
-        if let Some(e) = damage {
-            return Err(e.into());
-        }
-        let projections = folded?;
+        let mut folding = true;
         for batch in &receive {
-            batch?;
+            let batch = batch?;
+            if folding {
+                folding = fold_events(&mut projections, &batch, upto, &mut visit);
+            }
+            // The reader may have ended: then this batch is dropped here.
+            let _ = give_back.send(batch);
         }
-        Ok(projections)
-    })
+        Ok::<(), LogError>(())
+    })?;
+    tracing::debug!(events = projections.events, bills = projections.bills.len(), "replayed");
+    Ok(projections)
 }
 
 /// The end line agrees with what came before it: the count, and the last envelope's checksum.
