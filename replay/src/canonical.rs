@@ -167,7 +167,8 @@ impl<'a> Cursor<'a> {
         }
         self.at += digits;
         let text = &self.text[start..self.at];
-        let fits = if negative { text.parse::<i64>().is_ok() } else { text.parse::<u64>().is_ok() };
+        // Up to 18 digits fit either way; longer ones are read to see.
+        let fits = digits <= 18 || if negative { text.parse::<i64>().is_ok() } else { text.parse::<u64>().is_ok() };
         fits.then_some(text)
     }
 
