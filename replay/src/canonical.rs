@@ -11,6 +11,9 @@
 //! exactly as before. So this is only ever a shortcut: what it reads, the general way reads
 //! the same.
 
+use poolbill_domain::money::Amounts;
+use poolbill_domain::{Basis, BillLine, Event};
+
 /// A line read by [`scan`]: each field as its text in the line (strings without their quotes,
 /// none of them with an escape).
 #[derive(Debug, PartialEq)]
@@ -24,6 +27,9 @@ pub(crate) struct Line<'a> {
     /// The payload's own `type`, when the payload is an object with a `type` that is a string
     /// without escapes.
     pub payload_type: Option<&'a str>,
+    /// The event, for a flow-bill line read as it was scanned ([`Cursor::charged_usage`]): what
+    /// `Event::decode` reads from the payload when the schema version is the latest.
+    pub event: Option<Event>,
     pub position: &'a str,
     pub schema_version: &'a str,
     pub stream: &'a str,
@@ -46,7 +52,21 @@ pub(crate) fn scan(line: &str) -> Option<Line<'_>> {
     let event_type = c.plain_string()?;
     c.eat(b",\"payload\":")?;
     let start = c.at;
-    let payload_type = c.payload()?;
+    // A flow-bill line for usage (nearly every event of a log) is read into its event as it
+    // is scanned; anything else about it is scanned as any payload.
+    let charged = if event_type == "charged" {
+        let mut fast = Cursor { ..c };
+        fast.charged_usage().map(|event| (fast, event))
+    } else {
+        None
+    };
+    let (payload_type, event) = match charged {
+        Some((fast, event)) => {
+            c = fast;
+            (Some("charged"), Some(event))
+        }
+        None => (c.payload()?, None),
+    };
     let payload = &line[start..c.at];
     c.eat(b",\"position\":")?;
     let position = c.integer(false)?;
@@ -57,7 +77,19 @@ pub(crate) fn scan(line: &str) -> Option<Line<'_>> {
     c.eat(b",\"version\":")?;
     let version = c.integer(false)?;
     c.eat(b"}")?;
-    (c.at == line.len()).then_some(Line { at, checksum, command_id, event_type, payload, payload_type, position, schema_version, stream, version })
+    (c.at == line.len()).then_some(Line {
+        at,
+        checksum,
+        command_id,
+        event_type,
+        payload,
+        payload_type,
+        event,
+        position,
+        schema_version,
+        stream,
+        version,
+    })
 }
 
 /// Whether `text` is a JSON value exactly as `serde_json` writes the `Value` it parses to.
@@ -97,10 +129,80 @@ fn before(a: &[u8], b: &[u8]) -> bool {
     a.len() < b.len()
 }
 
+#[derive(Clone, Copy)]
 struct Cursor<'a> {
     text: &'a str,
     bytes: &'a [u8],
     at: usize,
+}
+
+/// A value read from its text by its own `Deserialize`, as serde reads a JSON string into it.
+fn from_text<'a, T: serde::Deserialize<'a>>(text: &'a str) -> Option<T> {
+    T::deserialize(serde::de::value::BorrowedStrDeserializer::<serde::de::value::Error>::new(text)).ok()
+}
+
+/// An instant of a bill line, read as `BillLine`'s `Deserialize` reads it.
+fn instant(text: &str) -> Option<poolbill_domain::Instant> {
+    poolbill_domain::time::deserialize_instant(serde::de::value::BorrowedStrDeserializer::<serde::de::value::Error>::new(text)).ok()
+}
+
+impl<'a> Cursor<'a> {
+    /// A flow-bill line for usage, its payload exactly as `to_line` writes it:
+    /// `{"line":{"account":…,"amounts":{"discount":…,"list_price":…,"payable":…,"round_off":…},
+    /// "balance":…,"basis":{["covered_node_seconds":…,]"hourly":…,"kind":"usage","nodes":…,
+    /// "seconds":…,"spec":…},"end":…,"item":…,"mode":…,"resource":…,"start":…},"type":"charged"}`,
+    /// its strings without escapes, read into its event. Every value is read by its own type's
+    /// `Deserialize` from its text (instants, amounts, the mode and the item; integers as serde
+    /// reads them), so the event is the one `Event::decode` reads; text in any other form —
+    /// another basis, a field more or less, an escape, a number that is not an integer — is
+    /// `None` and goes the general way. The text read is canonical, as [`Cursor::payload`]'s.
+    fn charged_usage(&mut self) -> Option<Event> {
+        self.eat(b"{\"line\":{\"account\":")?;
+        let account = self.plain_string()?;
+        self.eat(b",\"amounts\":{\"discount\":")?;
+        let discount = from_text(self.plain_string()?)?;
+        self.eat(b",\"list_price\":")?;
+        let list_price = from_text(self.plain_string()?)?;
+        self.eat(b",\"payable\":")?;
+        let payable = from_text(self.plain_string()?)?;
+        self.eat(b",\"round_off\":")?;
+        let round_off = from_text(self.plain_string()?)?;
+        self.eat(b"},\"balance\":")?;
+        let balance = from_text(self.plain_string()?)?;
+        self.eat(b",\"basis\":{")?;
+        // Written only when not zero; serde's default when it is not there.
+        let covered_node_seconds = match self.eat(b"\"covered_node_seconds\":") {
+            Some(()) => {
+                let covered = self.integer(true)?.parse().ok()?;
+                self.eat(b",")?;
+                covered
+            }
+            None => 0,
+        };
+        self.eat(b"\"hourly\":")?;
+        let hourly = from_text(self.plain_string()?)?;
+        self.eat(b",\"kind\":\"usage\",\"nodes\":")?;
+        let nodes = self.integer(true)?.parse().ok()?;
+        self.eat(b",\"seconds\":")?;
+        let seconds = self.integer(true)?.parse().ok()?;
+        self.eat(b",\"spec\":")?;
+        let spec = self.plain_string()?;
+        self.eat(b"},\"end\":")?;
+        let end = instant(self.plain_string()?)?;
+        self.eat(b",\"item\":")?;
+        let item = from_text(self.plain_string()?)?;
+        self.eat(b",\"mode\":")?;
+        let mode = from_text(self.plain_string()?)?;
+        self.eat(b",\"resource\":")?;
+        let resource = self.plain_string()?;
+        self.eat(b",\"start\":")?;
+        let start = instant(self.plain_string()?)?;
+        self.eat(b"},\"type\":\"charged\"}")?;
+        let basis = Basis::Usage { spec: spec.to_string(), nodes, seconds, hourly, covered_node_seconds };
+        let amounts = Amounts { list_price, discount, round_off, payable };
+        let line = BillLine { resource: resource.to_string(), account: account.to_string(), mode, item, start, end, amounts, basis, balance };
+        Some(Event::Charged { line })
+    }
 }
 
 impl<'a> Cursor<'a> {
@@ -324,6 +426,7 @@ mod tests {
                 event_type: "price_set",
                 payload: r#"{"price":{"hourly":"3.50","monthly":null},"spec":"s","type":"price_set"}"#,
                 payload_type: Some("price_set"),
+                event: None,
                 position: "2",
                 schema_version: "1",
                 stream: "catalog",
@@ -381,8 +484,76 @@ mod tests {
         .prop_map(|parts| parts.concat())
     }
 
+    /// Usage lines as `to_line` writes them: with and without node-seconds a package covered.
+    const USAGE: [&str; 2] = [
+        r#"{"line":{"account":"acct-1","amounts":{"discount":"0","list_price":"3.50","payable":"3.50","round_off":"0.00"},"balance":"99996.50","basis":{"hourly":"3.50","kind":"usage","nodes":1,"seconds":3600,"spec":"modelarts.vm.cpu.8ud"},"end":"2023-04-01T11:00:00+08:00","item":"compute","mode":"on_demand","resource":"pool-1","start":"2023-04-01T10:00:00+08:00"},"type":"charged"}"#,
+        r#"{"line":{"account":"acct-1","amounts":{"discount":"0.1","list_price":"3.40","payable":"3.30","round_off":"0.00"},"balance":"-99966.60","basis":{"covered_node_seconds":3600,"hourly":"3.40","kind":"usage","nodes":2,"seconds":3600,"spec":"modelarts.vm.cpu.8u.public"},"end":"2023-04-01T16:00:00+08:00","item":"compute","mode":"on_demand","resource":"training_train-1","start":"2023-04-01T15:00:00+08:00"},"type":"charged"}"#,
+    ];
+
+    /// What the scan reads from a flow-bill line's payload, if it reads the payload whole.
+    fn charged(text: &str) -> Option<Event> {
+        let mut c = Cursor { text, bytes: text.as_bytes(), at: 0 };
+        c.charged_usage().filter(|_| c.at == text.len())
+    }
+
+    #[test]
+    fn a_usage_line_is_read_as_scanned_into_the_event_serde_reads() {
+        for text in USAGE {
+            let value: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(charged(text), Some(Event::decode("charged", 1, &value).unwrap()));
+            assert!(is_canonical(text));
+        }
+    }
+
+    /// Text that differs from a usage line by a character or a few.
+    fn usage_changed() -> impl Strategy<Value = String> {
+        let change = (
+            any::<prop::sample::Index>(),
+            0..3usize,
+            prop_oneof![
+                Just(""),
+                Just("0"),
+                Just("1"),
+                Just("-"),
+                Just("."),
+                Just("\""),
+                Just("\\"),
+                Just(","),
+                Just("}"),
+                Just("x"),
+                Just(" "),
+                Just("e")
+            ],
+        );
+        (any::<bool>(), prop::collection::vec(change, 1..3)).prop_map(|(second, changes)| {
+            let mut text = USAGE[usize::from(second)].to_string();
+            for (at, cut, put) in changes {
+                let mut at = at.index(text.len());
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                let end = (at + cut).min(text.len());
+                if text.is_char_boundary(end) {
+                    text.replace_range(at..end, put);
+                }
+            }
+            text
+        })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        /// A flow-bill line the scan reads as it goes is canonical, and its event is the one
+        /// serde reads from it.
+        #[test]
+        fn what_is_read_as_scanned_is_what_serde_reads(text in usage_changed()) {
+            if let Some(event) = charged(&text) {
+                prop_assert!(is_canonical(&text));
+                let value: Value = serde_json::from_str(&text).unwrap();
+                prop_assert_eq!(Event::decode("charged", 1, &value), Ok(event));
+            }
+        }
 
         /// Whatever the scan calls canonical, `serde_json` reads and writes back unchanged.
         #[test]
