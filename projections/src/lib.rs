@@ -273,6 +273,9 @@ pub struct DetailBills {
     /// The month of the last line added, and its year and month.
     month: String,
     month_of: Option<(i32, u32)>,
+    /// The node-hours of the last usage line added, by its nodes, seconds and covered
+    /// node-seconds.
+    usage_hours: Option<((u32, i64, i64), Decimal)>,
 }
 
 /// A month's rows by account, then resource, then mode.
@@ -313,7 +316,17 @@ impl DetailBills {
         match &line.basis {
             // Node-hours billed on demand, and those a package covered (mode `package`).
             Basis::Usage { nodes, seconds, covered_node_seconds, .. } => {
-                entry.usage_hours += (Decimal::from(*nodes) * Decimal::from(*seconds) - Decimal::from(*covered_node_seconds)) / Decimal::from(3600)
+                // Most usage lines are an hour of the same nodes: the quotient is kept.
+                let key = (*nodes, *seconds, *covered_node_seconds);
+                let hours = match self.usage_hours {
+                    Some((last, hours)) if last == key => hours,
+                    _ => {
+                        let hours = (Decimal::from(*nodes) * Decimal::from(*seconds) - Decimal::from(*covered_node_seconds)) / Decimal::from(3600);
+                        self.usage_hours = Some((key, hours));
+                        hours
+                    }
+                };
+                entry.usage_hours += hours
             }
             Basis::Package { node_seconds, .. } => entry.usage_hours += Decimal::from(*node_seconds) / Decimal::from(3600),
             _ => {}
