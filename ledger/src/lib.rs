@@ -29,7 +29,9 @@ pub enum Upto {
 }
 
 impl Upto {
-    fn includes(&self, recorded: &Recorded) -> bool {
+    /// Whether an event recorded as `recorded` is folded (instants never go back and positions
+    /// only grow in a log: once one is not, no later one is).
+    pub fn includes(&self, recorded: &Recorded) -> bool {
         match self {
             Upto::All => true,
             Upto::Instant(t) => recorded.at <= *t,

@@ -12,7 +12,7 @@
 //! before lines already written (a renewal after expiry counts from the old end, R3) is rare;
 //! it is kept aside and merged in at the end.
 
-use crate::jsonl::{fold_log, LogError, LogFoldError};
+use crate::jsonl::{fold_log_prepared, LogError, LogFoldError};
 use chrono::Duration;
 use poolbill_domain::{BillLine, Event, Instant};
 use poolbill_ledger::{fold_from, FoldError, Recorded, Upto};
@@ -72,6 +72,24 @@ impl DocumentWriter {
 
     /// One event, just folded into `p`, recorded as `e` says.
     pub fn visit(&mut self, p: &Projections, e: &Recorded, event: &Event) {
+        self.visit_prepared(p, e, event, &[]);
+    }
+
+    /// What can be made of an event before it is folded, on another thread if need be: a flow-bill
+    /// line's text in the document.
+    pub fn prepare(e: &Recorded, event: &Event, out: &mut Vec<u8>) {
+        if let Event::Charged { line } = event {
+            // Writing to memory does not fail; if it did, the line is formatted when visited.
+            let start = out.len();
+            if pretty_into(out, &BillJson::line(e.position, line), 4).is_err() {
+                out.truncate(start);
+            }
+        }
+    }
+
+    /// [`DocumentWriter::visit`] with what [`DocumentWriter::prepare`] made of the event (or
+    /// nothing).
+    pub fn visit_prepared(&mut self, p: &Projections, e: &Recorded, event: &Event, prepared: &[u8]) {
         if self.failed.is_some() {
             return;
         }
@@ -79,7 +97,7 @@ impl DocumentWriter {
             Event::Charged { line } => {
                 self.details.add(line);
                 let clock = p.last_instant.unwrap_or(e.at);
-                self.bills.push(e.position, line, clock)
+                self.bills.push(e.position, line, clock, prepared)
             }
             Event::CommandRejected { command, rule, reason, index } => {
                 let record =
@@ -132,13 +150,13 @@ impl From<LogFoldError> for LogDocumentError {
     }
 }
 
-/// [`write_document`] for a portable log read as it is folded ([`fold_log`]: each line checked,
-/// and the rest past `upto` too), written only once the whole log is found sound: `fold_log`
-/// has read and checked all of it before the first byte of the document is written. Memory
-/// holds what is live, never the log.
+/// [`write_document`] for a portable log read as it is folded ([`fold_log_prepared`]: each line
+/// checked, and the rest past `upto` too; each bill line's text made on the reader's thread),
+/// written only once the whole log is found sound: the fold has read and checked all of it
+/// before the first byte of the document is written. Memory holds what is live, never the log.
 pub fn write_log_document(reader: impl BufRead + Send, upto: Upto, out: &mut impl Write) -> Result<Written, LogDocumentError> {
     let mut writer = DocumentWriter::new().map_err(DocumentError::from)?;
-    let projections = fold_log(reader, upto, |p, e, event| writer.visit(p, e, event))?;
+    let projections = fold_log_prepared(reader, upto, DocumentWriter::prepare, |p, e, event, prepared| writer.visit_prepared(p, e, event, prepared))?;
     Ok(writer.finish(&projections, out)?)
 }
 
@@ -327,10 +345,16 @@ impl BillOrder {
         })
     }
 
-    /// Take a line recorded when the log's clock was at `clock`.
-    fn push(&mut self, position: u64, line: &BillLine, clock: Instant) -> io::Result<()> {
-        let mut text = Vec::with_capacity(512);
-        pretty_into(&mut text, &BillJson::line(position, line), 4)?;
+    /// Take a line recorded when the log's clock was at `clock`, its text in the document
+    /// `prepared` already (or not yet: empty).
+    fn push(&mut self, position: u64, line: &BillLine, clock: Instant, prepared: &[u8]) -> io::Result<()> {
+        let text = if prepared.is_empty() {
+            let mut text = Vec::with_capacity(512);
+            pretty_into(&mut text, &BillJson::line(position, line), 4)?;
+            text
+        } else {
+            prepared.to_vec()
+        };
         let pending = Pending { start: line.start, resource: line.resource.clone(), position, text };
         self.count += 1;
         let overtaken = self.last.as_ref().is_some_and(|(s, r, p)| pending.key() < (*s, r.as_str(), *p));

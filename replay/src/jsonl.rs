@@ -469,10 +469,23 @@ pub fn fold_log(
     upto: Upto,
     mut visit: impl FnMut(&Projections, &Recorded, &Event),
 ) -> Result<Projections, LogFoldError> {
+    fold_log_prepared(reader, upto, |_, _, _| {}, |p, recorded, event, _| visit(p, recorded, event))
+}
+
+/// [`fold_log`], with `prepare` run on the reader's thread for the events of every other batch
+/// it reads (the first, the third …) that are to be folded (not past `upto`): what it appends
+/// to the buffer it is given is handed to `visit` with the event (nothing for an event not
+/// prepared: `visit` does that work itself then). For work that needs the event only, shared
+/// between the fold and the reader so that neither waits long for the other.
+pub fn fold_log_prepared(
+    reader: impl BufRead + Send,
+    upto: Upto,
+    mut prepare: impl FnMut(&Recorded, &Event, &mut Vec<u8>) + Send,
+    mut visit: impl FnMut(&Projections, &Recorded, &Event, &[u8]),
+) -> Result<Projections, LogFoldError> {
     /// Events handed from the reader to the fold at a time, and batches the reader may be ahead.
     const BATCH: usize = 1024;
     const AHEAD: usize = 4;
-    type Batch = Vec<(Recorded, Event)>;
     let _span = tracing::info_span!("replay", upto = ?upto).entered();
     let mut projections = Projections::live();
     std::thread::scope(|scope| {
@@ -480,24 +493,34 @@ pub fn fold_log(
         let (give_back, given_back) = std::sync::mpsc::channel::<Batch>();
         scope.spawn(move || {
             let mut lines = LogReader::new(reader);
-            let mut batch = Vec::with_capacity(BATCH);
+            let mut batch = Batch::with_capacity(BATCH);
+            let mut folded = true;
+            let mut preparing = true;
             while let Some(read) = lines.next_with(|read, event| (Recorded { position: read.position(), at: read.at() }, event)) {
                 match read {
-                    Ok(event) => batch.push(event),
+                    Ok((recorded, event)) => {
+                        folded = folded && upto.includes(&recorded);
+                        if folded && preparing {
+                            prepare(&recorded, &event, &mut batch.prepared);
+                        }
+                        batch.ends.push(batch.prepared.len());
+                        batch.events.push((recorded, event));
+                    }
                     Err(e) => {
                         // The events before the damaged line, then the damage; the reader stops.
                         let _ = send.send(Ok(batch)).and_then(|()| send.send(Err(e)));
                         return;
                     }
                 }
-                if batch.len() == BATCH {
+                if batch.events.len() == BATCH {
                     // A batch folded and given back is emptied here and filled again.
-                    let mut next = given_back.try_recv().unwrap_or_else(|_| Vec::with_capacity(BATCH));
+                    let mut next = given_back.try_recv().unwrap_or_else(|_| Batch::with_capacity(BATCH));
                     next.clear();
                     // A send fails only when the fold has stopped: then nothing more is wanted.
                     if send.send(Ok(std::mem::replace(&mut batch, next))).is_err() {
                         return;
                     }
+                    preparing = !preparing;
                 }
             }
             let _ = send.send(Ok(batch));
@@ -506,7 +529,13 @@ pub fn fold_log(
         for batch in &receive {
             let batch = batch?;
             if folding {
-                folding = fold_events(&mut projections, &batch, upto, &mut visit);
+                let mut from = 0;
+                let mut next = batch.ends.iter();
+                folding = fold_events(&mut projections, &batch.events, upto, |p, recorded, event| {
+                    let to = *next.next().expect("an end for each event");
+                    visit(p, recorded, event, &batch.prepared[from..to]);
+                    from = to;
+                });
             }
             // The reader may have ended: then this batch is dropped here.
             let _ = give_back.send(batch);
@@ -515,6 +544,26 @@ pub fn fold_log(
     })?;
     tracing::debug!(events = projections.events, bills = projections.bills.len(), "replayed");
     Ok(projections)
+}
+
+/// Events the reader has read and checked, with what was prepared of each.
+struct Batch {
+    events: Vec<(Recorded, Event)>,
+    /// What was prepared of each event, one after another: event `i`'s ends at `ends[i]`.
+    prepared: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Batch {
+    fn with_capacity(events: usize) -> Batch {
+        Batch { events: Vec::with_capacity(events), prepared: Vec::new(), ends: Vec::with_capacity(events) }
+    }
+
+    fn clear(&mut self) {
+        self.events.clear();
+        self.prepared.clear();
+        self.ends.clear();
+    }
 }
 
 /// The end line agrees with what came before it: the count, and the last envelope's checksum.
