@@ -9,6 +9,7 @@ use crate::args::{
 use crate::failure::{damaged, input, runtime, Failure};
 use crate::{print_out, progress, table, to_json};
 use poolbill_domain::Event;
+use poolbill_ledger::Recorded;
 use poolbill_projections::Projections;
 use poolbill_replay::document::{write_document, write_log_document, DocumentError, LogDocumentError};
 use poolbill_replay::rerun::{commands, rerun, to_envelopes, WhatIf};
@@ -168,7 +169,7 @@ pub fn replay(args: ReplayArgs) -> Result<(), Failure> {
             Origin::File(path) => {
                 let name = path.display();
                 let file = std::fs::File::open(path).map_err(input(format!("cannot read {name}")))?;
-                write_log_document(std::io::BufReader::new(file), upto, &mut stdout).map(|_| ()).map_err(|e| match e {
+                write_log_document(std::io::BufReader::with_capacity(1 << 18, file), upto, &mut stdout).map(|_| ()).map_err(|e| match e {
                     LogDocumentError::Log(e) => input(format!("{name} is not a sound log"))(e),
                     LogDocumentError::Document(DocumentError::Fold(e)) => input(format!("{name} cannot be replayed"))(e),
                     LogDocumentError::Document(DocumentError::Io(e)) => runtime("writing the document")(e),
@@ -287,9 +288,9 @@ pub fn bills(args: BillsArgs) -> Result<(), Failure> {
         Origin::File(path) => {
             let name = path.display();
             let file = std::fs::File::open(path).map_err(input(format!("cannot read {name}")))?;
-            let add = |_: &Projections, _: &Envelope, event: Event| {
+            let add = |_: &Projections, _: &Recorded, event: &Event| {
                 if let Event::Charged { line } = event {
-                    sums.add(&line);
+                    sums.add(line);
                 }
             };
             jsonl::fold_log(std::io::BufReader::new(file), Upto::All, add).map_err(|e| match e {

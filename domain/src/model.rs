@@ -289,7 +289,9 @@ pub struct BillLine {
     pub account: String,
     pub mode: BillingMode,
     pub item: Item,
+    #[serde(deserialize_with = "crate::time::deserialize_instant")]
     pub start: Instant,
+    #[serde(deserialize_with = "crate::time::deserialize_instant")]
     pub end: Instant,
     pub amounts: Amounts,
     pub basis: Basis,

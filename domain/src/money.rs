@@ -84,22 +84,42 @@ pub fn remaining_factor(t: Instant, end: Instant) -> Decimal {
 
 /// Normalised text of an 8-place amount: no trailing zeros ("0", "0.75055555", "1750").
 pub fn fmt_exact(d: Decimal) -> String {
-    let n = d.normalize();
-    if n.is_zero() {
-        "0".to_string()
-    } else {
-        n.to_string()
-    }
+    Exact(d).to_string()
 }
 
 /// Text of a charged amount or balance: exactly two places ("0.75", "1750.00").
 pub fn fmt_cents(d: Decimal) -> String {
-    let mut r = d.round_dp_with_strategy(2, RoundingStrategy::ToZero);
-    r.rescale(2);
-    if r.is_zero() {
-        r = Decimal::new(0, 2);
+    Cents(d).to_string()
+}
+
+/// [`fmt_exact`]'s text as a `Display`: written where it goes, without a String of its own.
+#[derive(Clone, Copy, Debug)]
+pub struct Exact(pub Decimal);
+
+impl std::fmt::Display for Exact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.normalize();
+        if n.is_zero() {
+            f.write_str("0")
+        } else {
+            write!(f, "{n}")
+        }
     }
-    r.to_string()
+}
+
+/// [`fmt_cents`]'s text as a `Display`.
+#[derive(Clone, Copy, Debug)]
+pub struct Cents(pub Decimal);
+
+impl std::fmt::Display for Cents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut r = self.0.round_dp_with_strategy(2, RoundingStrategy::ToZero);
+        r.rescale(2);
+        if r.is_zero() {
+            r = Decimal::new(0, 2);
+        }
+        write!(f, "{r}")
+    }
 }
 
 #[cfg(test)]

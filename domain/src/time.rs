@@ -8,6 +8,61 @@ pub type Instant = DateTime<FixedOffset>;
 
 const BEIJING_SECONDS_EAST: i32 = 8 * 3600;
 
+/// An instant whose text is exactly what chrono writes for it — `YYYY-MM-DDTHH:MM:SS±HH:MM`
+/// with a valid date and time, seconds below 60 and an offset other than zero (which chrono
+/// writes `Z`) — read as chrono reads it, without its general parser. `None` for any other
+/// text: chrono reads that (and writes it its own way).
+pub fn instant_as_written(text: &str) -> Option<Instant> {
+    let b = text.as_bytes();
+    if b.len() != 25 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[22] != b':' {
+        return None;
+    }
+    let number = |from: usize, to: usize| b[from..to].iter().try_fold(0u32, |n, d| d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0')));
+    let (year, month, day) = (number(0, 4)?, number(5, 7)?, number(8, 10)?);
+    let (hour, minute, second) = (number(11, 13)?, number(14, 16)?, number(17, 19)?);
+    let (offset_hours, offset_minutes) = (number(20, 22)?, number(23, 25)?);
+    if second >= 60 || offset_hours > 23 || offset_minutes > 59 || offset_hours + offset_minutes == 0 {
+        return None;
+    }
+    let offset = (offset_hours * 3600 + offset_minutes * 60) as i32;
+    let offset = match b[19] {
+        b'+' => FixedOffset::east_opt(offset)?,
+        b'-' => FixedOffset::west_opt(offset)?,
+        _ => return None,
+    };
+    let local = NaiveDate::from_ymd_opt(year as i32, month, day)?.and_hms_opt(hour, minute, second)?;
+    offset.from_local_datetime(&local).single()
+}
+
+/// An instant read as chrono's `FromStr` (and so its serde) reads RFC 3339 text, the form
+/// chrono writes read without its general parser ([`instant_as_written`]).
+pub fn parse_instant(text: &str) -> Result<Instant, chrono::ParseError> {
+    match instant_as_written(text) {
+        Some(instant) => Ok(instant),
+        None => text.parse(),
+    }
+}
+
+/// `#[serde(deserialize_with = "crate::time::deserialize_instant")]`: an instant read exactly
+/// as chrono's `Deserialize` reads it (the same visitor, the same errors), through
+/// [`parse_instant`]. For the instants of flow-bill lines, which a log has by the million.
+pub fn deserialize_instant<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Instant, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = Instant;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            // chrono's words, so that a wrong type is refused as it refuses it.
+            formatter.write_str("an RFC 3339 formatted date and time string")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Instant, E> {
+            parse_instant(value).map_err(E::custom)
+        }
+    }
+    deserializer.deserialize_str(Visitor)
+}
+
 pub fn beijing() -> FixedOffset {
     FixedOffset::east_opt(BEIJING_SECONDS_EAST).expect("+08:00 is a valid offset")
 }
@@ -15,6 +70,53 @@ pub fn beijing() -> FixedOffset {
 /// The same instant shown on Beijing's clock.
 pub fn to_beijing(t: Instant) -> Instant {
     t.with_timezone(&beijing())
+}
+
+/// `to_beijing(t).to_rfc3339()` as a `Display`: the instant on Beijing's clock as chrono
+/// writes RFC 3339 (fractions of a second only when there are some), written where it goes
+/// without a String of its own. For the two instants of every bill line a document shows.
+#[derive(Clone, Copy, Debug)]
+pub struct BeijingText(pub Instant);
+
+impl std::fmt::Display for BeijingText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let local = to_beijing(self.0).naive_local();
+        let (year, time) = (local.year(), local.time());
+        let (mut second, mut nano) = (time.second(), time.nanosecond());
+        // A leap second is shown as :60, as chrono shows it.
+        if nano >= 1_000_000_000 {
+            second += 1;
+            nano -= 1_000_000_000;
+        }
+        let mut text = *b"0000-00-00T00:00:00";
+        let mut two = |at: usize, n: u32| {
+            text[at] = b'0' + (n / 10 % 10) as u8;
+            text[at + 1] = b'0' + (n % 10) as u8;
+        };
+        two(5, local.month());
+        two(8, local.day());
+        two(11, time.hour());
+        two(14, time.minute());
+        two(17, second);
+        if (0..=9999).contains(&year) {
+            two(0, year as u32 / 100);
+            two(2, year as u32 % 100);
+            f.write_str(std::str::from_utf8(&text).expect("ASCII digits"))?;
+        } else {
+            write!(f, "{year:+05}")?;
+            f.write_str(std::str::from_utf8(&text[4..]).expect("ASCII digits"))?;
+        }
+        if nano != 0 {
+            if nano % 1_000_000 == 0 {
+                write!(f, ".{:03}", nano / 1_000_000)?;
+            } else if nano % 1_000 == 0 {
+                write!(f, ".{:06}", nano / 1_000)?;
+            } else {
+                write!(f, ".{nano:09}")?;
+            }
+        }
+        f.write_str("+08:00")
+    }
 }
 
 /// The Beijing calendar date of an instant (R1).
@@ -106,6 +208,7 @@ pub fn days(n: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
 
     use poolbill_testkit::t;
     fn d(y: i32, m: u32, day: u32) -> NaiveDate {
@@ -185,5 +288,132 @@ mod tests {
     fn expiry_is_one_second_after_the_last() {
         assert_eq!(after(t("2023-04-08T23:59:59+08:00")), t("2023-04-09T00:00:00+08:00"));
         assert_eq!(at_three_am(d(2023, 4, 1)), t("2023-04-01T03:00:00+08:00"));
+    }
+
+    #[test]
+    fn instants_as_written_read_as_chrono_reads_them() {
+        for (i, text) in [
+            "2023-04-01T00:00:39+08:00",
+            "2023-12-31T23:59:59-05:30",
+            "2024-02-29T12:00:00+01:00",
+            "0001-01-01T00:00:00+23:59",
+            "9999-12-31T23:59:59-23:59",
+            "2023-02-29T00:00:00+08:00",
+            "2023-04-31T00:00:00+08:00",
+            "2023-13-01T00:00:00+08:00",
+            "2023-00-01T00:00:00+08:00",
+            "2023-04-01T24:00:00+08:00",
+            "2023-04-01T23:60:00+08:00",
+            "2023-04-01T23:59:60+08:00",
+            "2023-04-01T00:00:39+00:00",
+            "2023-04-01T00:00:39-00:00",
+            "2023-04-01T00:00:39+24:00",
+            "2023-04-01T00:00:39+08:60",
+            "2023-04-01T00:00:39Z",
+            "2023-04-01t00:00:39+08:00",
+            "2023-04-01 00:00:39+08:00",
+            "2023-04-01T00:00:39.5+08:00",
+            "2023-04-01T00:00:39+0800",
+            "2023-04-01T00:00:3a+08:00",
+            "+2023-04-01T00:00:39+08:00",
+        ]
+        .iter()
+        .enumerate()
+        {
+            // `None` is always right (chrono reads it then); the first five are read here.
+            let chrono: Option<Instant> = text.parse().ok();
+            match instant_as_written(text) {
+                Some(at) => {
+                    assert_eq!(Some(at), chrono, "{text}");
+                    assert_eq!(serde_json::to_string(&at).unwrap(), format!("\"{text}\""), "{text}");
+                }
+                None => assert!(i >= 5, "{text}"),
+            }
+            // Read through serde, as chrono reads it: the same instant or the same error.
+            let json = serde_json::Value::String(text.to_string());
+            let ours = deserialize_instant(&json).map_err(|e| e.to_string());
+            let theirs = Instant::deserialize(&json).map_err(|e| e.to_string());
+            assert_eq!(ours, theirs, "{text}");
+        }
+        for other in [serde_json::json!(1), serde_json::json!(null), serde_json::json!(["2023-04-01T00:00:39+08:00"])] {
+            let ours = deserialize_instant(&other).map_err(|e| e.to_string());
+            let theirs = Instant::deserialize(&other).map_err(|e| e.to_string());
+            assert_eq!(ours, theirs, "{other}");
+        }
+    }
+
+    #[test]
+    fn instants_in_the_written_form_read_as_chrono_reads_them_across_the_calendar() {
+        // Fields a little past their ranges, from a fixed pseudo-random sequence.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |below: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % below
+        };
+        let mut read = 0;
+        for _ in 0..200_000 {
+            let sign = if next(2) == 0 { '+' } else { '-' };
+            let text = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{sign}{:02}:{:02}",
+                next(10_000),
+                next(14),
+                next(33),
+                next(26),
+                next(62),
+                next(62),
+                next(26),
+                next(62)
+            );
+            let chrono: Option<Instant> = text.parse().ok();
+            match instant_as_written(&text) {
+                Some(at) => {
+                    read += 1;
+                    assert_eq!(Some(at), chrono, "{text}");
+                    assert_eq!(serde_json::to_string(&at).unwrap(), format!("\"{text}\""), "{text}");
+                }
+                // Left to chrono: what it cannot read, writes otherwise, or a leap second.
+                None => {
+                    assert!(chrono.is_none_or(|at| serde_json::to_string(&at).unwrap() != format!("\"{text}\"")) || &text[17..19] == "60", "{text}")
+                }
+            }
+        }
+        assert!(read > 50_000, "{read}");
+    }
+
+    #[test]
+    fn beijing_text_is_chronos_rfc3339_on_beijing_clock() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |below: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % below
+        };
+        let mut instants = vec![
+            t("2023-04-01T00:00:39+08:00"),
+            t("2023-04-01T00:00:39Z"),
+            t("0999-12-31T23:59:59-05:00"),
+            t("0000-01-01T07:00:00+00:00"),
+            t("9999-12-31T16:00:00Z"),
+        ];
+        for _ in 0..20_000 {
+            let seconds = next(700_000_000_000) as i64 - 350_000_000_000;
+            let nanos = match next(4) {
+                0 => 0,
+                1 => next(1000) as u32 * 1_000_000,
+                2 => next(1_000_000) as u32 * 1000,
+                _ => next(1_000_000_000) as u32,
+            };
+            let offset = FixedOffset::east_opt(next(2 * 86_399) as i32 - 86_399).unwrap();
+            instants.push(DateTime::from_timestamp(seconds, nanos).unwrap().with_timezone(&offset));
+        }
+        // A leap second.
+        let leap = NaiveDate::from_ymd_opt(2016, 12, 31).unwrap().and_hms_nano_opt(15, 59, 59, 1_500_000_000).unwrap();
+        instants.push(DateTime::from_naive_utc_and_offset(leap, FixedOffset::east_opt(0).unwrap()));
+        for at in instants {
+            assert_eq!(BeijingText(at).to_string(), to_beijing(at).to_rfc3339(), "{at:?}");
+        }
     }
 }

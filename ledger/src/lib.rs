@@ -29,12 +29,27 @@ pub enum Upto {
 }
 
 impl Upto {
-    fn includes(&self, envelope: &Envelope) -> bool {
+    /// Whether an event recorded as `recorded` is folded (instants never go back and positions
+    /// only grow in a log: once one is not, no later one is).
+    pub fn includes(&self, recorded: &Recorded) -> bool {
         match self {
             Upto::All => true,
-            Upto::Instant(t) => envelope.at <= *t,
-            Upto::Position(p) => envelope.position <= *p,
+            Upto::Instant(t) => recorded.at <= *t,
+            Upto::Position(p) => recorded.position <= *p,
         }
+    }
+}
+
+/// Where and when an event was recorded: all the fold needs of its envelope besides the event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub position: u64,
+    pub at: Instant,
+}
+
+impl Recorded {
+    pub fn of(envelope: &Envelope) -> Recorded {
+        Recorded { position: envelope.position, at: envelope.at }
     }
 }
 
@@ -64,25 +79,65 @@ pub fn fold_from<E, I>(
     mut projections: Projections,
     envelopes: I,
     upto: Upto,
-    mut visit: impl FnMut(&Projections, &E, Event),
+    visit: impl FnMut(&Projections, &E, Event),
 ) -> Result<Projections, FoldError>
 where
     E: Borrow<Envelope>,
     I: IntoIterator<Item = Result<E, StoreError>>,
 {
     let _span = tracing::info_span!("replay", upto = ?upto).entered();
-    for item in envelopes {
-        let item = item?;
-        let envelope = item.borrow();
-        if !upto.includes(envelope) {
-            break;
-        }
-        let event = poolbill_projections::event_of(envelope).map_err(|source| ProjectionError { position: envelope.position, source })?;
-        projections.apply_event(envelope.position, envelope.at, &event);
-        visit(&projections, &item, event);
-    }
+    let event = |item: &mut E| {
+        let envelope: &Envelope = (*item).borrow();
+        poolbill_projections::event_of(envelope).map_err(|source| ProjectionError { position: envelope.position, source })
+    };
+    fold_items(&mut projections, envelopes, upto, |item: &E| Recorded::of(item.borrow()), event, visit)?;
     tracing::debug!(events = projections.events, bills = projections.bills.len(), "replayed");
     Ok(projections)
+}
+
+/// [`fold_from`] for events already read (decoded, upcast) by whoever read their envelopes —
+/// a portable log's reader, which reads every event to check it — each with where and when it
+/// was recorded: the same fold, without reading any event twice. The events are lent, and
+/// folded into `projections` where they are, so that a long log can be folded a batch at a
+/// time: false once an event past `upto` was met (it and the rest of the batch are not
+/// folded, and no later event should be).
+pub fn fold_events<'e, I>(projections: &mut Projections, events: I, upto: Upto, mut visit: impl FnMut(&Projections, &Recorded, &Event)) -> bool
+where
+    I: IntoIterator<Item = &'e (Recorded, Event)>,
+{
+    let items = events.into_iter().map(Ok);
+    let event = |item: &mut &'e (Recorded, Event)| Ok(&item.1);
+    match fold_items(projections, items, upto, |item| item.0, event, |p, item, e| visit(p, &item.0, e)) {
+        Ok(all) => all,
+        Err(_) => unreachable!("events already read fold without error"),
+    }
+}
+
+/// The fold itself: items in log order until the first one past `upto`, each one's event read
+/// (`event`) only then, applied, and shown to `visit`. True if no item was past `upto`.
+fn fold_items<T, V, I>(
+    projections: &mut Projections,
+    items: I,
+    upto: Upto,
+    recorded: impl Fn(&T) -> Recorded,
+    mut event: impl FnMut(&mut T) -> Result<V, ProjectionError>,
+    mut visit: impl FnMut(&Projections, &T, V),
+) -> Result<bool, FoldError>
+where
+    V: Borrow<Event>,
+    I: IntoIterator<Item = Result<T, StoreError>>,
+{
+    for item in items {
+        let mut item = item?;
+        let at = recorded(&item);
+        if !upto.includes(&at) {
+            return Ok(false);
+        }
+        let event = event(&mut item)?;
+        projections.apply_event(at.position, at.at, event.borrow());
+        visit(projections, &item, event);
+    }
+    Ok(true)
 }
 
 /// The live projections (state and counters) and stream versions of a store's whole log, as a

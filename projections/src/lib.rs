@@ -3,8 +3,8 @@
 //! same projections, so a live engine and a replay of its log always agree.
 
 use chrono::Datelike;
-use poolbill_domain::money::{fmt_cents, fmt_exact};
-use poolbill_domain::time::{beijing_date, to_beijing};
+use poolbill_domain::money::{fmt_cents, fmt_exact, Cents, Exact};
+use poolbill_domain::time::{beijing_date, to_beijing, BeijingText};
 use poolbill_domain::{Amounts, Basis, BillLine, DecodeError, Event, Instant, Rule, State};
 use poolbill_store::{Envelope, NewEvent, Payload};
 use rust_decimal::Decimal;
@@ -279,19 +279,47 @@ impl Projections {
 /// resource and billing mode. Rows grow with resources × months, not with lines.
 #[derive(Clone, Debug, Default)]
 pub struct DetailBills {
-    groups: BTreeMap<(String, String, String, &'static str), DetailBill>,
+    /// By month, account, resource and mode, nested so that a line finds its row by reference,
+    /// without making a key of its own.
+    groups: BTreeMap<String, Accounts>,
+    /// The month of the last line added, and its year and month.
+    month: String,
+    month_of: Option<(i32, u32)>,
+    /// The node-hours of the last usage line added, by its nodes, seconds and covered
+    /// node-seconds.
+    usage_hours: Option<((u32, i64, i64), Decimal)>,
+}
+
+/// A month's rows by account, then resource, then mode.
+type Accounts = BTreeMap<String, BTreeMap<String, BTreeMap<&'static str, DetailBill>>>;
+
+/// The value under `key`, made (with `make`) if there is none yet.
+fn slot<'m, V>(map: &'m mut BTreeMap<String, V>, key: &str, make: impl FnOnce() -> V) -> &'m mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), make());
+    }
+    map.get_mut(key).expect("just made")
 }
 
 impl DetailBills {
     /// Add one flow-bill line to its month's row.
     pub fn add(&mut self, line: &BillLine) {
+        use std::fmt::Write;
         let date = beijing_date(line.start);
-        let month = format!("{:04}-{:02}", date.year(), date.month());
-        let key = (month, line.account.clone(), line.resource.clone(), line.mode.as_str());
-        let entry = self.groups.entry(key).or_insert_with_key(|(month, account, resource, mode)| DetailBill {
+        if self.month_of != Some((date.year(), date.month())) {
+            self.month.clear();
+            write!(self.month, "{:04}-{:02}", date.year(), date.month()).expect("a String takes what is written");
+            self.month_of = Some((date.year(), date.month()));
+        }
+        let month = &self.month;
+        let accounts = slot(&mut self.groups, month, BTreeMap::new);
+        let resources = slot(accounts, &line.account, BTreeMap::new);
+        let modes = slot(resources, &line.resource, BTreeMap::new);
+        let mode = line.mode.as_str();
+        let entry = modes.entry(mode).or_insert_with(|| DetailBill {
             month: month.clone(),
-            account: account.clone(),
-            resource: resource.clone(),
+            account: line.account.clone(),
+            resource: line.resource.clone(),
             mode,
             usage_hours: Decimal::ZERO,
             amounts: Amounts::zero(),
@@ -300,7 +328,17 @@ impl DetailBills {
         match &line.basis {
             // Node-hours billed on demand, and those a package covered (mode `package`).
             Basis::Usage { nodes, seconds, covered_node_seconds, .. } => {
-                entry.usage_hours += (Decimal::from(*nodes) * Decimal::from(*seconds) - Decimal::from(*covered_node_seconds)) / Decimal::from(3600)
+                // Most usage lines are an hour of the same nodes: the quotient is kept.
+                let key = (*nodes, *seconds, *covered_node_seconds);
+                let hours = match self.usage_hours {
+                    Some((last, hours)) if last == key => hours,
+                    _ => {
+                        let hours = (Decimal::from(*nodes) * Decimal::from(*seconds) - Decimal::from(*covered_node_seconds)) / Decimal::from(3600);
+                        self.usage_hours = Some((key, hours));
+                        hours
+                    }
+                };
+                entry.usage_hours += hours
             }
             Basis::Package { node_seconds, .. } => entry.usage_hours += Decimal::from(*node_seconds) / Decimal::from(3600),
             _ => {}
@@ -311,7 +349,7 @@ impl DetailBills {
 
     /// The rows, by month, account, resource and mode.
     pub fn into_rows(self) -> Vec<DetailBill> {
-        self.groups.into_values().collect()
+        self.groups.into_values().flat_map(BTreeMap::into_values).flat_map(BTreeMap::into_values).flat_map(BTreeMap::into_values).collect()
     }
 }
 
@@ -438,7 +476,8 @@ pub struct Document {
     pub detail_bills: Vec<DetailView>,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+/// A flow-bill line as the document shows it. Its JSON is [`BillJson`]'s.
+#[derive(Clone, Debug, PartialEq)]
 pub struct BillView {
     pub resource: String,
     pub account: String,
@@ -452,6 +491,90 @@ pub struct BillView {
     pub payable: String,
     /// The log position of the event that recorded this line.
     pub event: u64,
+}
+
+impl Serialize for BillView {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let text = Shown::Text;
+        BillJson {
+            resource: &self.resource,
+            account: &self.account,
+            mode: self.mode,
+            item: self.item,
+            start: text(&self.start),
+            end: text(&self.end),
+            list_price: text(&self.list_price),
+            discount: text(&self.discount),
+            round_off: text(&self.round_off),
+            payable: text(&self.payable),
+            event: self.event,
+        }
+        .serialize(serializer)
+    }
+}
+
+/// The JSON of a flow-bill line in the document — [`BillView`]'s, which is written through it —
+/// straight from the line: its text made as it is written, no String of each field first
+/// (a streamed document writes one per line of the log).
+#[derive(Serialize)]
+pub struct BillJson<'a> {
+    resource: &'a str,
+    account: &'a str,
+    mode: &'a str,
+    item: &'a str,
+    start: Shown<'a>,
+    end: Shown<'a>,
+    list_price: Shown<'a>,
+    discount: Shown<'a>,
+    round_off: Shown<'a>,
+    payable: Shown<'a>,
+    event: u64,
+}
+
+impl BillJson<'_> {
+    /// A line's JSON, as [`BillView::of`] shows it.
+    pub fn of(b: &FlowBill) -> BillJson<'_> {
+        BillJson::line(b.position, &b.line)
+    }
+
+    /// [`BillJson::of`] a line recorded at `position`.
+    pub fn line(position: u64, l: &BillLine) -> BillJson<'_> {
+        BillJson {
+            resource: &l.resource,
+            account: &l.account,
+            mode: l.mode.as_str(),
+            item: l.item.as_str(),
+            start: Shown::Beijing(l.start),
+            end: Shown::Beijing(l.end),
+            list_price: Shown::Exact(l.amounts.list_price),
+            discount: Shown::Exact(l.amounts.discount),
+            round_off: Shown::Exact(l.amounts.round_off),
+            payable: Shown::Cents(l.amounts.payable),
+            event: position,
+        }
+    }
+}
+
+/// A text field of [`BillJson`]: made already, or made as it is written.
+enum Shown<'a> {
+    Text(&'a str),
+    /// `to_beijing(t).to_rfc3339()`.
+    Beijing(Instant),
+    /// `fmt_exact`.
+    Exact(Decimal),
+    /// `fmt_cents`.
+    Cents(Decimal),
+}
+
+impl Serialize for Shown<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Shown::Text(text) => serializer.serialize_str(text),
+            Shown::Beijing(at) => serializer.collect_str(&BeijingText(*at)),
+            Shown::Exact(amount) => serializer.collect_str(&Exact(*amount)),
+            Shown::Cents(amount) => serializer.collect_str(&Cents(*amount)),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

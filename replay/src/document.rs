@@ -12,11 +12,11 @@
 //! before lines already written (a renewal after expiry counts from the old end, R3) is rare;
 //! it is kept aside and merged in at the end.
 
-use crate::jsonl::{fold_log, LogError, LogFoldError};
+use crate::jsonl::{fold_log_prepared, LogError, LogFoldError};
 use chrono::Duration;
-use poolbill_domain::{Event, Instant};
-use poolbill_ledger::{fold_from, FoldError, Upto};
-use poolbill_projections::{account_views, resource_views, BillView, DetailBills, DetailView, FlowBill, Projections, RejectionRecord, RejectionView};
+use poolbill_domain::{BillLine, Event, Instant};
+use poolbill_ledger::{fold_from, FoldError, Recorded, Upto};
+use poolbill_projections::{account_views, resource_views, BillJson, DetailBills, DetailView, Projections, RejectionRecord, RejectionView};
 use poolbill_store::{Envelope, StoreError};
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
@@ -51,7 +51,7 @@ where
     let mut writer = DocumentWriter::new()?;
     let projections = fold_from(Projections::live(), envelopes, upto, |p: &Projections, e: &Envelope, event| {
         progress(e.position);
-        writer.visit(p, e, event);
+        writer.visit(p, &Recorded::of(e), &event);
     })?;
     writer.finish(&projections, out)
 }
@@ -70,19 +70,38 @@ impl DocumentWriter {
         Ok(DocumentWriter { bills: BillOrder::new()?, rejections: Spill::new()?, details: DetailBills::default(), failed: None })
     }
 
-    /// One event, just folded into `p` at `e`.
-    pub fn visit(&mut self, p: &Projections, e: &Envelope, event: Event) {
+    /// One event, just folded into `p`, recorded as `e` says.
+    pub fn visit(&mut self, p: &Projections, e: &Recorded, event: &Event) {
+        self.visit_prepared(p, e, event, &[]);
+    }
+
+    /// What can be made of an event before it is folded, on another thread if need be: a flow-bill
+    /// line's text in the document.
+    pub fn prepare(e: &Recorded, event: &Event, out: &mut Vec<u8>) {
+        if let Event::Charged { line } = event {
+            // Writing to memory does not fail; if it did, the line is formatted when visited.
+            let start = out.len();
+            if pretty_into(out, &BillJson::line(e.position, line), 4).is_err() {
+                out.truncate(start);
+            }
+        }
+    }
+
+    /// [`DocumentWriter::visit`] with what [`DocumentWriter::prepare`] made of the event (or
+    /// nothing).
+    pub fn visit_prepared(&mut self, p: &Projections, e: &Recorded, event: &Event, prepared: &[u8]) {
         if self.failed.is_some() {
             return;
         }
         let result = match event {
             Event::Charged { line } => {
-                self.details.add(&line);
+                self.details.add(line);
                 let clock = p.last_instant.unwrap_or(e.at);
-                self.bills.push(FlowBill { position: e.position, at: e.at, line }, clock)
+                self.bills.push(e.position, line, clock, prepared)
             }
             Event::CommandRejected { command, rule, reason, index } => {
-                let record = RejectionRecord { position: e.position, at: e.at, index, command, rule, reason };
+                let record =
+                    RejectionRecord { position: e.position, at: e.at, index: *index, command: command.clone(), rule: *rule, reason: reason.clone() };
                 pretty(&RejectionView::of(&record), 4).and_then(|text| self.rejections.push(&text))
             }
             _ => Ok(()),
@@ -97,7 +116,7 @@ impl DocumentWriter {
         }
         let (bills, rejections) = (self.bills, self.rejections);
         let counts = Written { events: projections.events, bills: bills.count, rejections: rejections.count, late: bills.late.len() as u64 };
-        let mut w = BufWriter::new(out);
+        let mut w = BufWriter::with_capacity(SPILL_BUFFER, out);
         w.write_all(b"{\n  \"bills\": ")?;
         bills.finish(&mut w)?;
         write!(w, ",\n  \"resources\": {}", pretty(&resource_views(&projections.state), 2)?.trim_start())?;
@@ -131,31 +150,109 @@ impl From<LogFoldError> for LogDocumentError {
     }
 }
 
-/// [`write_document`] for a portable log read as it is folded ([`fold_log`]: each line checked,
-/// and the rest past `upto` too), written aside and shown only once the whole log is found
-/// sound. Memory holds what is live, never the log.
-pub fn write_log_document(reader: impl BufRead, upto: Upto, out: &mut impl Write) -> Result<Written, LogDocumentError> {
+/// [`write_document`] for a portable log read as it is folded ([`fold_log_prepared`]: each line
+/// checked, and the rest past `upto` too; each bill line's text made on the reader's thread),
+/// written only once the whole log is found sound: the fold has read and checked all of it
+/// before the first byte of the document is written. Memory holds what is live, never the log.
+pub fn write_log_document(reader: impl BufRead + Send, upto: Upto, out: &mut impl Write) -> Result<Written, LogDocumentError> {
     let mut writer = DocumentWriter::new().map_err(DocumentError::from)?;
-    let projections = fold_log(reader, upto, |p, e, event| writer.visit(p, e, event))?;
-    let mut aside = tempfile::tempfile().map_err(DocumentError::from)?;
-    let written = writer.finish(&projections, &mut aside)?;
-    aside.seek(SeekFrom::Start(0)).map_err(DocumentError::from)?;
-    io::copy(&mut aside, out).map_err(DocumentError::from)?;
-    Ok(written)
+    let projections = fold_log_prepared(reader, upto, DocumentWriter::prepare, |p, e, event, prepared| writer.visit_prepared(p, e, event, prepared))?;
+    Ok(writer.finish(&projections, out)?)
 }
 
 /// `value` as pretty JSON, every line indented by `indent` spaces (its place in the document).
 fn pretty(value: &impl serde::Serialize, indent: usize) -> io::Result<String> {
-    let text = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
-    let mut out = Vec::with_capacity(text.len() + 16 * indent);
-    out.resize(indent, b' ');
-    for byte in text {
-        out.push(byte);
-        if byte == b'\n' {
-            out.resize(out.len() + indent, b' ');
-        }
-    }
+    let mut out = Vec::new();
+    pretty_into(&mut out, value, indent)?;
     String::from_utf8(out).map_err(io::Error::other)
+}
+
+/// [`pretty`], appended to `out`.
+fn pretty_into(out: &mut Vec<u8>, value: &impl serde::Serialize, indent: usize) -> io::Result<()> {
+    out.resize(out.len() + indent, b' ');
+    let mut serializer = serde_json::Serializer::with_formatter(out, Indented { base: indent, depth: 0, has_value: false });
+    value.serialize(&mut serializer).map_err(io::Error::other)
+}
+
+/// `serde_json`'s pretty formatter (two spaces a level) with every line after the first
+/// indented by `base` spaces more: the bytes of `to_vec_pretty` with `base` spaces after each
+/// newline (a newline is only ever the formatter's: strings escape theirs).
+struct Indented {
+    base: usize,
+    depth: usize,
+    has_value: bool,
+}
+
+impl Indented {
+    fn newline<W: ?Sized + Write>(&self, w: &mut W, depth: usize) -> io::Result<()> {
+        const SPACES: &[u8; 64] = &[b' '; 64];
+        w.write_all(b"\n")?;
+        let mut n = self.base + 2 * depth;
+        while n > 0 {
+            let part = n.min(SPACES.len());
+            w.write_all(&SPACES[..part])?;
+            n -= part;
+        }
+        Ok(())
+    }
+}
+
+impl serde_json::ser::Formatter for Indented {
+    fn begin_array<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.depth += 1;
+        self.has_value = false;
+        w.write_all(b"[")
+    }
+
+    fn end_array<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.depth -= 1;
+        if self.has_value {
+            self.newline(w, self.depth)?;
+        }
+        w.write_all(b"]")
+    }
+
+    fn begin_array_value<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+        if !first {
+            w.write_all(b",")?;
+        }
+        self.newline(w, self.depth)
+    }
+
+    fn end_array_value<W: ?Sized + Write>(&mut self, _: &mut W) -> io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+
+    fn begin_object<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.depth += 1;
+        self.has_value = false;
+        w.write_all(b"{")
+    }
+
+    fn end_object<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.depth -= 1;
+        if self.has_value {
+            self.newline(w, self.depth)?;
+        }
+        w.write_all(b"}")
+    }
+
+    fn begin_object_key<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+        if !first {
+            w.write_all(b",")?;
+        }
+        self.newline(w, self.depth)
+    }
+
+    fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
+        w.write_all(b": ")
+    }
+
+    fn end_object_value<W: ?Sized + Write>(&mut self, _: &mut W) -> io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
 }
 
 /// Array elements written to a temporary file as they come, then copied out as a JSON array.
@@ -192,12 +289,15 @@ impl Spill {
     }
 }
 
+/// The buffer of the spill file of bill lines, writing and reading.
+const SPILL_BUFFER: usize = 1 << 16;
+
 /// A line's place in the contract's order, with its formatted text.
 struct Pending {
     start: Instant,
     resource: String,
     position: u64,
-    text: String,
+    text: Vec<u8>,
 }
 
 impl Pending {
@@ -236,13 +336,26 @@ struct BillOrder {
 
 impl BillOrder {
     fn new() -> io::Result<BillOrder> {
-        Ok(BillOrder { waiting: BinaryHeap::new(), spilled: BufWriter::new(tempfile::tempfile()?), last: None, late: Vec::new(), count: 0 })
+        Ok(BillOrder {
+            waiting: BinaryHeap::new(),
+            spilled: BufWriter::with_capacity(SPILL_BUFFER, tempfile::tempfile()?),
+            last: None,
+            late: Vec::new(),
+            count: 0,
+        })
     }
 
-    /// Take a line recorded when the log's clock was at `clock`.
-    fn push(&mut self, bill: FlowBill, clock: Instant) -> io::Result<()> {
-        let pending =
-            Pending { start: bill.line.start, resource: bill.line.resource.clone(), position: bill.position, text: pretty(&BillView::of(&bill), 4)? };
+    /// Take a line recorded when the log's clock was at `clock`, its text in the document
+    /// `prepared` already (or not yet: empty).
+    fn push(&mut self, position: u64, line: &BillLine, clock: Instant, prepared: &[u8]) -> io::Result<()> {
+        let text = if prepared.is_empty() {
+            let mut text = Vec::with_capacity(512);
+            pretty_into(&mut text, &BillJson::line(position, line), 4)?;
+            text
+        } else {
+            prepared.to_vec()
+        };
+        let pending = Pending { start: line.start, resource: line.resource.clone(), position, text };
         self.count += 1;
         let overtaken = self.last.as_ref().is_some_and(|(s, r, p)| pending.key() < (*s, r.as_str(), *p));
         if overtaken {
@@ -273,14 +386,16 @@ impl BillOrder {
         waiting.reverse(); // Reverse<_> sorts descending: the smallest key first now.
         let mut file = self.spilled.into_inner().map_err(|e| e.into_error())?;
         file.seek(SeekFrom::Start(0))?;
-        let mut spilled = BufReader::new(file);
+        let mut spilled = BufReader::with_capacity(SPILL_BUFFER, file);
         let mut first = true;
         let mut emit = |p: &Pending, out: &mut dyn Write| -> io::Result<()> {
             out.write_all(if first { b"[\n" } else { b",\n" })?;
             first = false;
-            out.write_all(p.text.as_bytes())
+            out.write_all(&p.text)
         };
-        while let Some(p) = read_record(&mut spilled)? {
+        // One line at a time read back into the same buffers.
+        let mut p = Pending { start: chrono::DateTime::UNIX_EPOCH.fixed_offset(), resource: String::new(), position: 0, text: Vec::new() };
+        while read_record(&mut spilled, &mut p)? {
             while late.peek().is_some_and(|l| l < &p) {
                 emit(&late.next().expect("peeked"), out)?;
             }
@@ -304,17 +419,18 @@ fn write_record(w: &mut impl Write, p: &Pending) -> io::Result<()> {
     w.write_all(&p.start.timestamp_subsec_nanos().to_le_bytes())?;
     w.write_all(&p.start.offset().local_minus_utc().to_le_bytes())?;
     w.write_all(&p.position.to_le_bytes())?;
-    for text in [&p.resource, &p.text] {
+    for text in [p.resource.as_bytes(), &p.text] {
         w.write_all(&(text.len() as u64).to_le_bytes())?;
-        w.write_all(text.as_bytes())?;
+        w.write_all(text)?;
     }
     Ok(())
 }
 
-fn read_record(r: &mut impl Read) -> io::Result<Option<Pending>> {
+/// The next record written by [`write_record`], into `p`; false at the end of the file.
+fn read_record(r: &mut impl Read, p: &mut Pending) -> io::Result<bool> {
     let mut secs = [0u8; 8];
     match r.read_exact(&mut secs) {
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
         other => other?,
     }
     let mut four = [0u8; 4];
@@ -324,17 +440,19 @@ fn read_record(r: &mut impl Read) -> io::Result<Option<Pending>> {
     let offset = chrono::FixedOffset::east_opt(i32::from_le_bytes(four)).ok_or_else(|| io::Error::other("a bad offset in the spill file"))?;
     let mut eight = [0u8; 8];
     r.read_exact(&mut eight)?;
-    let position = u64::from_le_bytes(eight);
-    let mut text = || -> io::Result<String> {
+    p.position = u64::from_le_bytes(eight);
+    let mut text = |bytes: &mut Vec<u8>| -> io::Result<()> {
         r.read_exact(&mut eight)?;
-        let mut bytes = vec![0u8; u64::from_le_bytes(eight) as usize];
-        r.read_exact(&mut bytes)?;
-        String::from_utf8(bytes).map_err(io::Error::other)
+        bytes.clear();
+        bytes.resize(u64::from_le_bytes(eight) as usize, 0);
+        r.read_exact(bytes)
     };
-    let resource = text()?;
-    let body = text()?;
-    let start = chrono::DateTime::from_timestamp(i64::from_le_bytes(secs), nanos)
+    let mut resource = std::mem::take(&mut p.resource).into_bytes();
+    text(&mut resource)?;
+    p.resource = String::from_utf8(resource).map_err(io::Error::other)?;
+    text(&mut p.text)?;
+    p.start = chrono::DateTime::from_timestamp(i64::from_le_bytes(secs), nanos)
         .ok_or_else(|| io::Error::other("a bad instant in the spill file"))?
         .with_timezone(&offset);
-    Ok(Some(Pending { start, resource, position, text: body }))
+    Ok(true)
 }

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod bills;
+mod canonical;
 pub mod diff;
 pub mod document;
 pub mod explain;

@@ -109,3 +109,40 @@ fn a_portable_log_streams_the_same_document_and_a_damaged_one_shows_nothing() {
     let cut: String = lines[..lines.len() - 1].iter().map(|l| format!("{l}\n")).collect();
     assert!(matches!(write_log_document(cut.as_bytes(), Upto::All, &mut Vec::new()), Err(LogDocumentError::Log(_))));
 }
+
+#[test]
+fn every_fixture_log_read_as_it_is_folded_gives_the_same_document_whole_and_as_of_instants_and_positions() {
+    use poolbill_replay::document::{write_log_document, LogDocumentError};
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+    let mut long = 0;
+    for (name, envelopes) in fixture_logs() {
+        let text = std::fs::read_to_string(root.join(&name).join("log.jsonl")).unwrap();
+        let mut uptos = vec![Upto::All];
+        let mut instants: Vec<_> = envelopes.iter().map(|e| e.at).collect();
+        instants.dedup();
+        uptos.extend(instants.iter().step_by(instants.len().div_ceil(6).max(1)).map(|at| Upto::Instant(*at)));
+        // Positions on both sides of where the reader hands a batch of 1,024 events to the fold.
+        uptos.extend([1, 1023, 1024, 1025, 2048].into_iter().filter(|p| *p <= envelopes.len() as u64).map(Upto::Position));
+        long += usize::from(envelopes.len() > 1024);
+        for upto in uptos {
+            let mut out = Vec::new();
+            write_log_document(text.as_bytes(), upto, &mut out).unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), in_memory(&envelopes, upto), "{name}: as of {upto:?}");
+        }
+        // Damage near the end is found however early the document stops.
+        let lines: Vec<&str> = text.lines().collect();
+        let damaged_line = lines.len() - 3;
+        let damaged: String = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| if i == damaged_line { l.replacen("\"at\":\"", "\"at\":\"x", 1) } else { l.to_string() } + "\n")
+            .collect();
+        let mut out = Vec::new();
+        match write_log_document(damaged.as_bytes(), Upto::Position(1), &mut out) {
+            Err(LogDocumentError::Log(e)) => assert_eq!(e.line, damaged_line as u64 + 1, "{name}: {e}"),
+            other => panic!("{name}: a damaged log is refused naming its line, not {other:?}"),
+        }
+        assert!(out.is_empty(), "{name}: nothing is shown of a damaged log");
+    }
+    assert!(long >= 2, "some fixture logs are longer than a batch");
+}
