@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{fixtures_dir, poolbill, run};
+use common::{copy_dir, fixtures_dir, poolbill, run};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -17,25 +17,8 @@ fn data(name: &str) -> PathBuf {
 /// A copy of the stored store: opening a sled store may touch its files.
 fn copy_of_legacy_store(dir: &Path) -> PathBuf {
     let to = dir.join("store");
-    std::fs::create_dir_all(to.join("blobs")).unwrap();
-    for entry in walk(&data("store-json-v1")) {
-        let relative = entry.strip_prefix(data("store-json-v1")).unwrap();
-        std::fs::copy(&entry, to.join(relative)).unwrap();
-    }
+    copy_dir(&data("store-json-v1"), &to);
     to
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 fn ok(args: &[&str]) -> String {

@@ -14,19 +14,6 @@ fn stored(dir: &Path) -> PathBuf {
     store
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// The whole log of a store, through the command line (`run` re-runs nothing: every command
 /// id is known), or the error it gives.
 fn export(store: &Path, out: &Path) -> Result<String, String> {

@@ -47,3 +47,17 @@ pub fn pick(items: &Value, keys: &[&str]) -> Vec<Value> {
 
 pub const BILL_FIELDS: [&str; 10] = ["resource", "account", "mode", "item", "start", "end", "list_price", "discount", "round_off", "payable"];
 pub const RESOURCE_FIELDS: [&str; 4] = ["id", "state", "nodes", "expires_at"];
+
+/// A copy of a directory tree (a store's files, as they stand).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
