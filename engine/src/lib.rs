@@ -324,6 +324,12 @@ struct Actor {
     rx: mpsc::Receiver<Request>,
     /// Appends decided but not yet written, numbered.
     pending: Vec<(u64, AppendRequest)>,
+    /// The tags of each pending request's events, in order (`projections::tags_of`).
+    pending_tags: Vec<Vec<Vec<String>>>,
+    /// The tags of events written since the tag index was last brought up to date, by
+    /// position (contiguous): recorded with the next snapshot, so the index never has to read
+    /// back what the engine itself wrote.
+    untagged: Vec<(u64, Vec<String>)>,
     next_seq: u64,
     /// What became of this batch's written appends, by number.
     written: HashMap<u64, Result<CommandRecord, EngineError>>,
@@ -352,6 +358,8 @@ impl Actor {
             versions,
             rx,
             pending: Vec::new(),
+            pending_tags: Vec::new(),
+            untagged: Vec::new(),
             next_seq: 0,
             written: HashMap::new(),
             broken: None,
@@ -504,6 +512,7 @@ impl Actor {
         let Step { at, command_id, events, .. } = step;
         let mut expected: Vec<(String, ExpectedVersion)> = Vec::new();
         let mut new_events = Vec::with_capacity(events.len());
+        let mut tags = Vec::with_capacity(events.len());
         for event in &events {
             let stream = event.stream();
             // Records of commands and refusals change no state: nothing to check them against.
@@ -514,7 +523,9 @@ impl Actor {
             }
             *self.versions.entry(stream).or_insert(0) += 1;
             new_events.push(poolbill_projections::new_event(event, at));
+            tags.push(poolbill_projections::tags_of(event));
         }
+        self.pending_tags.push(tags);
         let seq = self.next_seq;
         self.next_seq += 1;
         self.pending.push((seq, AppendRequest { command_id, expected, events: new_events, outcome, fingerprint }));
@@ -525,6 +536,7 @@ impl Actor {
     /// rebuilds the state from the log and refuses the rest of the batch.
     async fn flush_pending(&mut self) {
         let chain = std::mem::take(&mut self.pending);
+        let chain_tags = std::mem::take(&mut self.pending_tags);
         if chain.is_empty() {
             return;
         }
@@ -554,6 +566,16 @@ impl Actor {
                 (None, None) => Err(EngineError::Aborted(task.clone().unwrap_or_else(|| "not written".to_string()))),
             };
             self.written.insert(*seq, answer);
+        }
+        // The tags of what was appended, in position order (a duplicate appended nothing).
+        for (outcome, tags) in outcomes.iter().zip(chain_tags) {
+            if let AppendOutcome::Appended(CommandRecord { first_position: Some(first), .. }) = outcome {
+                if self.untagged.last().is_some_and(|(last, _)| last + 1 != *first) {
+                    // Not contiguous (another writer?): the index reads the log back instead.
+                    self.untagged.clear();
+                }
+                self.untagged.extend(tags.into_iter().enumerate().map(|(k, t)| (first + k as u64, t)));
+            }
         }
         if let Some(why) = failure.map(|(_, e)| e.to_string()).or(task) {
             self.broken = Some(why);
@@ -606,11 +628,17 @@ impl Actor {
         }
         self.snapshot_at = projections.last_position;
         let (store, projections, versions) = (self.store.clone(), projections.clone(), self.versions.clone());
+        let untagged = std::mem::take(&mut self.untagged);
         let _ = blocking(move || {
             save_snapshot(store.as_ref(), &projections, &versions);
-            // The tag index follows the log in bulk, at the same pace (it is rebuilt from the
-            // log wherever it trails, so a failure here costs only a later catch-up).
-            if let Err(e) = poolbill_ledger::catch_up_tags(store.as_ref()) {
+            // The tag index follows the log in bulk, at the same pace: what this engine wrote
+            // from the tags it computed then; anything else read back from the log (a failure
+            // here costs only a later catch-up).
+            let indexed = match (untagged.first(), store.tagged_through()) {
+                (Some((first, _)), Ok(through)) if *first == through + 1 => store.tag_existing(&untagged).map_err(EngineError::from),
+                _ => Ok(()),
+            };
+            if let Err(e) = indexed.and_then(|()| poolbill_ledger::catch_up_tags(store.as_ref()).map(|_| ()).map_err(EngineError::from)) {
                 tracing::warn!(error = %e, "the tag index could not be brought up to date");
             }
             Ok(())
@@ -621,6 +649,9 @@ impl Actor {
     /// After a failed write: forget speculative state, rebuild from what is on disk.
     async fn reload(&mut self) -> Result<(), EngineError> {
         self.pending.clear();
+        self.pending_tags.clear();
+        // What was written is read back by the next catch-up instead.
+        self.untagged.clear();
         let store = self.store.clone();
         let every = self.snapshot_every;
         let (ledger, versions) = blocking(move || load(store.as_ref(), every)).await?;
