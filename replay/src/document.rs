@@ -15,8 +15,8 @@
 use crate::jsonl::{fold_log_prepared, LogError, LogFoldError};
 use chrono::Duration;
 use poolbill_domain::{BillLine, Event, Instant};
-use poolbill_ledger::{fold_from, FoldError, Recorded, Upto};
-use poolbill_projections::{account_views, resource_views, BillJson, DetailBills, DetailView, Projections, RejectionRecord, RejectionView};
+use poolbill_ledger::{FoldError, Recorded, Upto};
+use poolbill_projections::{account_views, event_of, resource_views, BillJson, ProjectionError, DetailBills, DetailView, Projections, RejectionRecord, RejectionView};
 use poolbill_store::{Envelope, StoreError};
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
@@ -43,15 +43,29 @@ pub struct Written {
 }
 
 /// Fold `envelopes` as of `upto` and write the document to `out`, reporting each position
-/// folded. Nothing is written to `out` unless the whole fold succeeded.
+/// folded. Nothing is written to `out` unless the whole fold succeeded. The envelopes are read
+/// and decoded on a thread of their own, which also formats half of the bill lines
+/// (`pipeline`), while this one folds.
 pub fn write_document<I>(envelopes: I, upto: Upto, out: &mut impl Write, mut progress: impl FnMut(u64)) -> Result<Written, DocumentError>
 where
     I: IntoIterator<Item = Result<Envelope, StoreError>>,
+    I::IntoIter: Send,
 {
+    let envelopes = envelopes.into_iter();
+    let read = move |push: &mut dyn FnMut(Recorded, Event) -> bool| {
+        for envelope in envelopes {
+            let envelope = envelope?;
+            let event = event_of(&envelope).map_err(|source| ProjectionError { position: envelope.position, source })?;
+            if !push(Recorded::of(&envelope), event) {
+                break;
+            }
+        }
+        Ok::<(), FoldError>(())
+    };
     let mut writer = DocumentWriter::new()?;
-    let projections = fold_from(Projections::live(), envelopes, upto, |p: &Projections, e: &Envelope, event| {
-        progress(e.position);
-        writer.visit(p, &Recorded::of(e), &event);
+    let projections = crate::pipeline::fold_pipelined(upto, read, DocumentWriter::prepare, |p, recorded, event, prepared| {
+        progress(recorded.position);
+        writer.visit_prepared(p, recorded, event, prepared);
     })?;
     writer.finish(&projections, out)
 }

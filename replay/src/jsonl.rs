@@ -6,7 +6,7 @@
 use crate::canonical;
 use poolbill_domain::time::instant_as_written;
 use poolbill_domain::{latest_version, DecodeError, Event, Instant};
-use poolbill_ledger::{fold_events, FoldError, Recorded, Upto};
+use poolbill_ledger::{FoldError, Recorded, Upto};
 use poolbill_projections::{event_of, portable, Projections};
 use poolbill_store::{Envelope, EventStore, Payload, StoreError};
 use std::collections::HashMap;
@@ -480,90 +480,21 @@ pub fn fold_log(
 pub fn fold_log_prepared(
     reader: impl BufRead + Send,
     upto: Upto,
-    mut prepare: impl FnMut(&Recorded, &Event, &mut Vec<u8>) + Send,
-    mut visit: impl FnMut(&Projections, &Recorded, &Event, &[u8]),
+    prepare: impl FnMut(&Recorded, &Event, &mut Vec<u8>) + Send,
+    visit: impl FnMut(&Projections, &Recorded, &Event, &[u8]),
 ) -> Result<Projections, LogFoldError> {
-    /// Events handed from the reader to the fold at a time, and batches the reader may be ahead.
-    const BATCH: usize = 1024;
-    const AHEAD: usize = 4;
     let _span = tracing::info_span!("replay", upto = ?upto).entered();
-    let mut projections = Projections::live();
-    std::thread::scope(|scope| {
-        let (send, receive) = std::sync::mpsc::sync_channel::<Result<Batch, LogError>>(AHEAD);
-        let (give_back, given_back) = std::sync::mpsc::channel::<Batch>();
-        scope.spawn(move || {
-            let mut lines = LogReader::new(reader);
-            let mut batch = Batch::with_capacity(BATCH);
-            let mut folded = true;
-            let mut preparing = true;
-            while let Some(read) = lines.next_with(|read, event| (Recorded { position: read.position(), at: read.at() }, event)) {
-                match read {
-                    Ok((recorded, event)) => {
-                        folded = folded && upto.includes(&recorded);
-                        if folded && preparing {
-                            prepare(&recorded, &event, &mut batch.prepared);
-                        }
-                        batch.ends.push(batch.prepared.len());
-                        batch.events.push((recorded, event));
-                    }
-                    Err(e) => {
-                        // The events before the damaged line, then the damage; the reader stops.
-                        let _ = send.send(Ok(batch)).and_then(|()| send.send(Err(e)));
-                        return;
-                    }
-                }
-                if batch.events.len() == BATCH {
-                    // A batch folded and given back is emptied here and filled again.
-                    let mut next = given_back.try_recv().unwrap_or_else(|_| Batch::with_capacity(BATCH));
-                    next.clear();
-                    // A send fails only when the fold has stopped: then nothing more is wanted.
-                    if send.send(Ok(std::mem::replace(&mut batch, next))).is_err() {
-                        return;
-                    }
-                    preparing = !preparing;
-                }
+    let read = move |push: &mut dyn FnMut(Recorded, Event) -> bool| {
+        let mut lines = LogReader::new(reader);
+        while let Some(read) = lines.next_with(|read, event| (Recorded { position: read.position(), at: read.at() }, event)) {
+            let (recorded, event) = read?;
+            if !push(recorded, event) {
+                break;
             }
-            let _ = send.send(Ok(batch));
-        });
-        let mut folding = true;
-        for batch in &receive {
-            let batch = batch?;
-            if folding {
-                let mut from = 0;
-                let mut next = batch.ends.iter();
-                folding = fold_events(&mut projections, &batch.events, upto, |p, recorded, event| {
-                    let to = *next.next().expect("an end for each event");
-                    visit(p, recorded, event, &batch.prepared[from..to]);
-                    from = to;
-                });
-            }
-            // The reader may have ended: then this batch is dropped here.
-            let _ = give_back.send(batch);
         }
         Ok::<(), LogError>(())
-    })?;
-    tracing::debug!(events = projections.events, bills = projections.bills.len(), "replayed");
-    Ok(projections)
-}
-
-/// Events the reader has read and checked, with what was prepared of each.
-struct Batch {
-    events: Vec<(Recorded, Event)>,
-    /// What was prepared of each event, one after another: event `i`'s ends at `ends[i]`.
-    prepared: Vec<u8>,
-    ends: Vec<usize>,
-}
-
-impl Batch {
-    fn with_capacity(events: usize) -> Batch {
-        Batch { events: Vec::with_capacity(events), prepared: Vec::new(), ends: Vec::with_capacity(events) }
-    }
-
-    fn clear(&mut self) {
-        self.events.clear();
-        self.prepared.clear();
-        self.ends.clear();
-    }
+    };
+    Ok(crate::pipeline::fold_pipelined(upto, read, prepare, visit)?)
 }
 
 /// The end line agrees with what came before it: the count, and the last envelope's checksum.

@@ -10,6 +10,7 @@ pub mod document;
 pub mod explain;
 pub mod history;
 pub mod jsonl;
+mod pipeline;
 pub mod rerun;
 pub mod timeline;
 

@@ -569,7 +569,7 @@ impl EventStore for SledStore {
     /// All events from `from_position` on (0 and 1 both mean "from the start"),
     /// in position order, read lazily. After the first error (e.g. `Corrupt`)
     /// the iterator ends.
-    fn read_all(&self, from_position: u64) -> Box<dyn Iterator<Item = Result<Envelope, StoreError>> + '_> {
+    fn read_all(&self, from_position: u64) -> Box<dyn Iterator<Item = Result<Envelope, StoreError>> + Send + '_> {
         let start = from_position.max(1);
         let mut inner = self.events.range(start.to_be_bytes()..);
         let mut expected = start;

@@ -288,8 +288,8 @@ pub trait EventStore: Send + Sync {
     }
 
     /// Every event from `from_position` on (0 and 1 both mean the start), in position order,
-    /// read lazily; the iterator ends after its first error.
-    fn read_all(&self, from_position: u64) -> Box<dyn Iterator<Item = Result<Envelope, StoreError>> + '_>;
+    /// read lazily (on any thread); the iterator ends after its first error.
+    fn read_all(&self, from_position: u64) -> Box<dyn Iterator<Item = Result<Envelope, StoreError>> + Send + '_>;
 
     /// The events of `stream` from version `from_version` on (0 and 1: the start), in order.
     fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<Envelope>, StoreError>;
