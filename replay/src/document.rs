@@ -16,7 +16,9 @@ use crate::jsonl::{fold_log_prepared, LogError, LogFoldError};
 use chrono::Duration;
 use poolbill_domain::{BillLine, Event, Instant};
 use poolbill_ledger::{FoldError, Recorded, Upto};
-use poolbill_projections::{account_views, event_of, resource_views, BillJson, ProjectionError, DetailBills, DetailView, Projections, RejectionRecord, RejectionView};
+use poolbill_projections::{
+    account_views, event_of, resource_views, BillJson, DetailBills, DetailView, ProjectionError, Projections, RejectionRecord, RejectionView,
+};
 use poolbill_store::{Envelope, StoreError};
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
