@@ -342,16 +342,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn instants_in_the_written_form_read_as_chrono_reads_them_across_the_calendar() {
-        // Fields a little past their ranges, from a fixed pseudo-random sequence.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |below: u64| {
+    /// A fixed pseudo-random sequence: each call a number below its argument.
+    fn xorshift(mut state: u64) -> impl FnMut(u64) -> u64 {
+        move |below| {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             state % below
-        };
+        }
+    }
+
+    #[test]
+    fn instants_in_the_written_form_read_as_chrono_reads_them_across_the_calendar() {
+        // Fields a little past their ranges, from a fixed pseudo-random sequence.
+        let mut next = xorshift(0x2545_f491_4f6c_dd1du64);
         let mut read = 0;
         for _ in 0..200_000 {
             let sign = if next(2) == 0 { '+' } else { '-' };
@@ -384,13 +388,7 @@ mod tests {
 
     #[test]
     fn beijing_text_is_chronos_rfc3339_on_beijing_clock() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |below: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % below
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15u64);
         let mut instants = vec![
             t("2023-04-01T00:00:39+08:00"),
             t("2023-04-01T00:00:39Z"),
