@@ -121,11 +121,27 @@ pub struct RunArgs {
 
 /// Read one JSON command per line on stdin; answer each line once its events are on disk.
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  echo '{\"type\": \"advance\", \"at\": \"2023-04-01T00:00:00+08:00\"}' | poolbill serve --store store/")]
+#[command(after_help = "Examples:\n  echo '{\"type\": \"advance\", \"at\": \"2023-04-01T00:00:00+08:00\"}' | poolbill serve --store store/\n  \
+                  poolbill serve --store store/ --http 127.0.0.1:8080 --tokens tokens.json")]
 pub struct ServeArgs {
     /// The store directory (created if absent, continued if present).
     #[arg(long, value_name = "DIR")]
     pub store: PathBuf,
+    /// Serve the command API over HTTP on this address instead of stdin (a port alone listens
+    /// on 127.0.0.1; port 0 picks a free one). The bound address is printed on stderr.
+    #[arg(long, value_name = "ADDR", value_parser = listen_address, requires = "tokens")]
+    pub http: Option<std::net::SocketAddr>,
+    /// The bearer tokens of the HTTP API (`{"tokens": [{"token", "accounts", "access"}]}`).
+    #[arg(long, value_name = "FILE", requires = "http")]
+    pub tokens: Option<PathBuf>,
+}
+
+/// `HOST:PORT`, or a port alone on the loopback address (never every interface by default).
+fn listen_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse().map_err(|e| format!("not HOST:PORT or a port ({e})"))
 }
 
 /// Where a tool reads its log: a portable log file, or a store directory (exactly one).
@@ -331,6 +347,9 @@ mod tests {
             "--svg",
             "--out",
             "--force",
+            "--http",
+            "--tokens",
+            "127.0.0.1:0",
             "--help",
             "-h",
             "--version",
