@@ -350,8 +350,16 @@ fn tokens_keep_everyone_to_their_own_accounts_and_refusals_change_nothing() {
     let scaled = server.command(ONE, "scale", &json!({"type": "scale", "at": at(4), "pool": "pool-0", "nodes": 2})).json();
     assert_eq!(scaled["status"], "accepted", "{scaled}");
     assert_eq!(server.get("/v1/resources/pool-0", READER).json()["nodes"], 2);
+    // Reusing another account's key: 422, without a word of the other account's command.
+    let p = server
+        .command(TWO, "scale", &json!({"type": "top_up", "at": at(4), "account": "acct-2", "amount": "1.00"}))
+        .problem(422, "idempotency-key-reused");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(!detail.contains("pool-0") && !detail.contains("acct-1"), "{detail}");
     // As of an instant before the scale: one node.
     assert_eq!(server.get(&format!("/v1/resources/pool-0?at={}", at(1).replace('+', "%2B")), READER).json()["nodes"], 1);
+    // The same with the offset's `+` unescaped, as typed into curl.
+    assert_eq!(server.get(&format!("/v1/resources/pool-0?at={}", at(1)), READER).json()["nodes"], 1);
 }
 
 #[test]

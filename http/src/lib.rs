@@ -376,7 +376,16 @@ async fn post_command(State(app): State<App>, caller: Caller, headers: HeaderMap
     })?;
     check_scope(&caller, &app.engine, &command).await?;
     tracing::debug!(entry = caller.0.entry, r#type = command.type_name(), "command");
-    let done = app.engine.execute(key.clone(), at, command, None).await.map_err(|e| engine_problem(&e))?;
+    let done = app.engine.execute(key.clone(), at, command, None).await.map_err(|e| match e {
+        // Keys are one namespace: the first command under a key may be another account's, and
+        // the engine's message quotes it. Only a token for every account may read it.
+        poolbill_engine::EngineError::IdReused { id, .. } if caller.0.accounts != Accounts::All => Problem::new(
+            Code::IdempotencyKeyReused,
+            format!("command id {id:?} was already used for another command; nothing was done (a new command needs a new id)"),
+        )
+        .at("Idempotency-Key"),
+        e => engine_problem(&e),
+    })?;
     Ok(json_ok(&command_answer(&key, &done)))
 }
 
@@ -427,7 +436,16 @@ fn query(query: Result<Query<HashMap<String, String>>, QueryRejection>, known: &
 }
 
 fn at_param(params: &HashMap<String, String>) -> Result<Option<Instant>, Problem> {
-    params.get("at").map(|t| instant(t).map_err(|e| Problem::new(Code::InvalidParameter, format!("at: {e}")).at("at"))).transpose()
+    params.get("at").map(|t| query_instant(t).map_err(|e| Problem::new(Code::InvalidParameter, format!("at: {e}")).at("at"))).transpose()
+}
+
+/// An instant from a query string, where an offset's unescaped `+` arrives as a space
+/// (`?at=2023-04-12T00:00:00+08:00` typed as is): that space is read as the `+` it was.
+fn query_instant(text: &str) -> Result<Instant, String> {
+    instant(text).or_else(|e| match text.rsplit_once(' ') {
+        Some((time, offset)) => instant(&format!("{time}+{offset}")).map_err(|_| e),
+        None => Err(e),
+    })
 }
 
 /// The contract's document (`poolbill run --format json`), streamed as it is written; as of
@@ -723,4 +741,25 @@ async fn get_explain(State(app): State<App>, caller: Caller, Path(n): Path<Strin
 async fn healthz(State(app): State<App>) -> Result<Response, Problem> {
     let position = app.engine.read(|p| p.last_position).await.map_err(|e| engine_problem(&e))?;
     Ok(json_ok(&json!({"status": "ok", "last_position": position})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_offsets_plus_read_as_a_space_from_a_query_is_put_back() {
+        let expected = instant("2023-04-12T00:00:00+08:00").unwrap();
+        assert_eq!(query_instant("2023-04-12T00:00:00 08:00"), Ok(expected));
+        assert_eq!(query_instant("2023-04-12T00:00:00+08:00"), Ok(expected));
+        assert!(query_instant("2023-04-12 soon").unwrap_err().starts_with("not an RFC 3339 instant"));
+    }
+
+    #[test]
+    fn every_command_has_a_scope_target() {
+        let top_up = Command::TopUp { account: "a".into(), amount: Decimal::ONE };
+        assert!(matches!(target_of(&top_up), Target::Account("a")));
+        assert!(matches!(target_of(&Command::Delete { pool: "p".into() }), Target::Pool("p")));
+        assert!(matches!(target_of(&Command::StopJob { job: "j".into() }), Target::Job("j")));
+    }
 }
