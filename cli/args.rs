@@ -318,6 +318,13 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    #[test]
+    fn a_port_alone_listens_on_the_loopback_address() {
+        assert_eq!(listen_address("8080"), Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))));
+        assert_eq!(listen_address("0.0.0.0:80"), Ok(std::net::SocketAddr::from(([0, 0, 0, 0], 80))));
+        assert!(listen_address("localhost").unwrap_err().starts_with("not HOST:PORT"));
+    }
+
     /// Words an argument list is made of: every subcommand and option, values good and bad,
     /// `--flag=value` forms, and noise.
     fn word() -> impl Strategy<Value = String> {

@@ -6,6 +6,7 @@
 mod common;
 
 use common::poolbill;
+use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -465,4 +466,69 @@ fn the_document_is_streamed_and_shutdown_finishes_a_command_in_flight() {
     assert_eq!(replayed["events"].as_u64(), Some(doc["events"].as_u64().unwrap() + events));
     let at_first = common::run_json(&["replay", "--store", server.store.to_str().unwrap(), "--format", "json", "--upto", &doc["events"].to_string()]);
     assert_eq!(at_first, doc);
+}
+
+#[test]
+fn a_bad_tokens_file_or_a_missing_one_is_refused_before_the_store_is_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let tokens = dir.path().join("tokens.json");
+    std::fs::write(&tokens, r#"{"tokens": [{"token": "0123456789abcdefgh", "accounts": "*", "access": "write"}]}"#).unwrap();
+    let out = poolbill()
+        .args(["serve", "--store", store.to_str().unwrap(), "--http", "127.0.0.1:0", "--tokens", tokens.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tokens[0].access"), "{stderr}");
+    assert!(!store.exists(), "the store was created");
+    // --http needs --tokens (and the other way round): a usage error.
+    for args in [&["--http", "127.0.0.1:0"][..], &["--tokens", tokens.to_str().unwrap()][..]] {
+        let out = poolbill().args(["serve", "--store", store.to_str().unwrap()]).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(!store.exists());
+    }
+}
+
+#[test]
+fn concurrent_clients_and_their_retries_each_get_one_durable_answer() {
+    let server = Server::start();
+    set_up(&server, 1);
+    let before = server.last_position();
+    let start_balance: Decimal = balance(&server, "acct-1").parse().unwrap();
+    let addr = server.addr;
+    // 16 clients at once, 10 top-ups each, every one sent twice (the retry races the original).
+    let clients: Vec<_> = (0..16)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut answers = Vec::new();
+                for k in 0..10 {
+                    let key = format!("c{c}-{k}");
+                    let body = json!({"type": "top_up", "at": at(1), "account": "acct-1", "amount": "1.00"}).to_string();
+                    let send = || request(addr, "POST", "/v1/commands", Some(ONE), &[("Idempotency-Key", key.as_str())], Some(body.as_bytes()));
+                    let (first, retry) = std::thread::scope(|s| {
+                        let a = s.spawn(send);
+                        let b = s.spawn(send);
+                        (a.join().unwrap(), b.join().unwrap())
+                    });
+                    answers.push((first.json(), retry.json()));
+                }
+                answers
+            })
+        })
+        .collect();
+    let mut positions = std::collections::BTreeSet::new();
+    for client in clients {
+        for (a, b) in client.join().unwrap() {
+            assert_eq!((a["status"].as_str(), b["status"].as_str()), (Some("accepted"), Some("accepted")), "{a} {b}");
+            // One of the two wrote it, the other got that answer back.
+            assert_eq!(a["duplicate"].as_bool().unwrap() as u8 + b["duplicate"].as_bool().unwrap() as u8, 1, "{a} {b}");
+            assert_eq!((&a["first_position"], &a["last_position"]), (&b["first_position"], &b["last_position"]));
+            assert!(positions.insert(a["first_position"].as_u64().unwrap()), "two commands at one position: {a}");
+        }
+    }
+    // 160 top-ups, each its record and its event, once.
+    assert_eq!(server.last_position(), before + 2 * 160);
+    let end_balance: Decimal = balance(&server, "acct-1").parse().unwrap();
+    assert_eq!(end_balance - start_balance, Decimal::from(160));
 }
