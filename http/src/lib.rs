@@ -27,7 +27,7 @@ use poolbill_domain::money::{fmt_cents, fmt_exact};
 use poolbill_domain::time::to_beijing;
 use poolbill_domain::{Command, Instant, State as DomainState};
 use poolbill_engine::{Engine, Executed, Outcome, Upto};
-use poolbill_projections::{resource_views, AccountView, DetailView};
+use poolbill_projections::{resource_views, AccountView, DetailView, Projections};
 use problem::{engine_problem, Code, Problem, ProblemBody};
 use rust_decimal::Decimal;
 use serde_json::{json, Map, Value};
@@ -545,10 +545,21 @@ async fn get_resource(
     let key = id.clone();
     let find = move |state: &DomainState| resource_views(state).into_iter().find(|r| r.id == key);
     let view = match at {
-        None => app.engine.read(move |p| find(&p.state)).await,
-        Some(at) => app.engine.as_of(Upto::Instant(at)).await.map(|p| find(&p.state)),
-    }
-    .map_err(|e| engine_problem(&e))?;
+        None => app.engine.read(move |p| find(&p.state)).await.map_err(|e| engine_problem(&e))?,
+        Some(at) => {
+            // State as of `at`, folded without the history (bills, refusals): memory follows
+            // what was live then, not the length of the log.
+            let engine = app.engine.clone();
+            let folded = tokio::task::spawn_blocking(move || {
+                let envelopes = engine.store().read_all(1);
+                poolbill_ledger::fold_from(Projections::live(), envelopes, Upto::Instant(at), |_, _: &poolbill_store::Envelope, _| {})
+                    .map(|p| find(&p.state))
+            })
+            .await
+            .map_err(|e| Problem::new(Code::StoreFailed, format!("reading the log: {e}")))?;
+            folded.map_err(|e| Problem::new(Code::StoreFailed, problem::one_line(&e)))?
+        }
+    };
     match view {
         Some(view) => {
             caller
