@@ -119,9 +119,9 @@ pub struct RunArgs {
     pub export: Option<PathBuf>,
 }
 
-/// Read one JSON command per line on stdin; answer each line once its events are on disk.
+/// Read one JSON command per line on stdin, or serve them over HTTP (--http); answer each once its events are on disk.
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  echo '{\"type\": \"advance\", \"at\": \"2023-04-01T00:00:00+08:00\"}' | poolbill serve --store store/\n  \
+#[command(after_help = "Example:\n  echo '{\"type\": \"advance\", \"at\": \"2023-04-01T00:00:00+08:00\"}' | poolbill serve --store store/\n  \
                   poolbill serve --store store/ --http 127.0.0.1:8080 --tokens tokens.json")]
 pub struct ServeArgs {
     /// The store directory (created if absent, continued if present).
