@@ -119,13 +119,29 @@ pub struct RunArgs {
     pub export: Option<PathBuf>,
 }
 
-/// Read one JSON command per line on stdin; answer each line once its events are on disk.
+/// Read one JSON command per line on stdin, or serve them over HTTP (--http); answer each once its events are on disk.
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  echo '{\"type\": \"advance\", \"at\": \"2023-04-01T00:00:00+08:00\"}' | poolbill serve --store store/")]
+#[command(after_help = "Example:\n  echo '{\"type\": \"advance\", \"at\": \"2023-04-01T00:00:00+08:00\"}' | poolbill serve --store store/\n  \
+                  poolbill serve --store store/ --http 127.0.0.1:8080 --tokens tokens.json")]
 pub struct ServeArgs {
     /// The store directory (created if absent, continued if present).
     #[arg(long, value_name = "DIR")]
     pub store: PathBuf,
+    /// Serve the command API over HTTP on this address instead of stdin (a port alone listens
+    /// on 127.0.0.1; port 0 picks a free one). The bound address is printed on stderr.
+    #[arg(long, value_name = "ADDR", value_parser = listen_address, requires = "tokens")]
+    pub http: Option<std::net::SocketAddr>,
+    /// The bearer tokens of the HTTP API (`{"tokens": [{"token", "accounts", "access"}]}`).
+    #[arg(long, value_name = "FILE", requires = "http")]
+    pub tokens: Option<PathBuf>,
+}
+
+/// `HOST:PORT`, or a port alone on the loopback address (never every interface by default).
+fn listen_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse().map_err(|e| format!("not HOST:PORT or a port ({e})"))
 }
 
 /// Where a tool reads its log: a portable log file, or a store directory (exactly one).
@@ -302,6 +318,13 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    #[test]
+    fn a_port_alone_listens_on_the_loopback_address() {
+        assert_eq!(listen_address("8080"), Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))));
+        assert_eq!(listen_address("0.0.0.0:80"), Ok(std::net::SocketAddr::from(([0, 0, 0, 0], 80))));
+        assert!(listen_address("localhost").unwrap_err().starts_with("not HOST:PORT"));
+    }
+
     /// Words an argument list is made of: every subcommand and option, values good and bad,
     /// `--flag=value` forms, and noise.
     fn word() -> impl Strategy<Value = String> {
@@ -331,6 +354,9 @@ mod tests {
             "--svg",
             "--out",
             "--force",
+            "--http",
+            "--tokens",
+            "127.0.0.1:0",
             "--help",
             "-h",
             "--version",

@@ -4,7 +4,7 @@ use crate::args::{instant, RunArgs, ServeArgs, TableFormat};
 use crate::failure::{input, one_line, runtime, Failure};
 use crate::{print_out, progress, table};
 use poolbill_domain::Instant;
-use poolbill_engine::{Engine, Executed, Outcome, Submitted};
+use poolbill_engine::{Engine, Executed, Submitted};
 use poolbill_replay::document::write_document;
 use poolbill_replay::Upto;
 use std::io::BufRead;
@@ -70,7 +70,17 @@ const IN_FLIGHT: usize = 1024;
 /// together share a group commit (one flush). At most [`IN_FLIGHT`] lines wait for their answer;
 /// when stdin closes, everything in flight is answered, then serve ends.
 pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    // The tokens are checked before the store is opened: a bad file changes nothing.
+    let tokens = match &args.tokens {
+        Some(path) => {
+            Some(poolbill_http::auth::Tokens::load(path).map_err(input(format!("--tokens {} is not a valid tokens file", path.display())))?)
+        }
+        None => None,
+    };
     let engine = Engine::open(&args.store).await.map_err(runtime(format!("opening the store at {}", args.store.display())))?;
+    if let (Some(address), Some(tokens)) = (args.http, tokens) {
+        return serve_http(engine, address, tokens).await;
+    }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Read>(64);
     // Standard input is read on a thread of its own: it blocks.
     std::thread::spawn(move || read_lines(std::io::stdin().lock(), tx));
@@ -167,19 +177,10 @@ impl Pending {
             Pending::Now(answer) => answer,
             Pending::Command { number, id, answer } => match answer.answer().await {
                 Ok(done) => {
-                    let mut answer = json!({
-                        "line": number, "id": id, "duplicate": done.duplicate,
-                        "first_position": done.first_position, "last_position": done.last_position,
-                    });
-                    match done.outcome {
-                        Outcome::Accepted => answer["status"] = json!("accepted"),
-                        Outcome::Rejected { rule, reason } => {
-                            answer["status"] = json!("rejected");
-                            answer["rule"] = json!(rule.to_string());
-                            answer["reason"] = json!(reason);
-                        }
-                    }
-                    answer
+                    // The HTTP API answers with the same fields, less the line.
+                    let mut answer = poolbill_http::command_answer(&id, &done);
+                    answer.insert("line".into(), json!(number));
+                    serde_json::Value::Object(answer)
                 }
                 Err(e) => json!({"line": number, "id": id, "error": one_line(&e)}),
             },
@@ -254,4 +255,18 @@ async fn submit_line(engine: &Engine, line: &str, number: u64) -> Pending {
         Ok(answer) => Pending::Command { number, id, answer },
         Err(e) => Pending::Now(json!({"line": number, "id": id, "error": one_line(&e)})),
     }
+}
+
+/// The HTTP command API on `address` until ctrl-c or SIGTERM; then the requests in flight are
+/// finished and the engine drained before serve ends.
+async fn serve_http(engine: Engine, address: std::net::SocketAddr, tokens: poolbill_http::auth::Tokens) -> Result<(), Failure> {
+    let listener = tokio::net::TcpListener::bind(address).await.map_err(runtime(format!("listening on {address}")))?;
+    let bound = listener.local_addr().map_err(runtime("reading the bound address"))?;
+    // On stderr whatever the verbosity: scripts and tests read the port from it.
+    eprintln!("poolbill: listening on http://{bound}");
+    poolbill_http::serve(listener, poolbill_http::router(engine.clone(), tokens), poolbill_http::shutdown_signal())
+        .await
+        .map_err(runtime("serving HTTP"))?;
+    // A command whose client went away is still queued: a read is answered after it.
+    engine.read(|_| ()).await.map_err(runtime("draining the engine"))
 }

@@ -7,7 +7,7 @@ use common::{fixtures_dir, run};
 /// Each subcommand with the options its help must mention.
 const TOOLS: [(&str, &[&str]); 11] = [
     ("run", &["--at", "--format", "--store", "--export", "SCENARIO.json", "[default: table]"]),
-    ("serve", &["--store"]),
+    ("serve", &["--store", "--http", "--tokens"]),
     ("replay", &["--store", "LOG.jsonl", "--at", "--upto", "--format", "--policy", "LOG.jsonl"]),
     ("audit", &["--store", "LOG.jsonl", "--charged", "--format"]),
     ("explain", &["--store", "LOG.jsonl", "--bill", "--resource", "--at", "--format", "[default: text]"]),

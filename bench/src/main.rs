@@ -21,6 +21,8 @@ const USAGE: &str = "usage:
   poolbill-bench explain-store DIR --at INSTANT --resources ID,ID…  (explain from a store opened once)
   poolbill-bench store-stats DIR                         (entries and bytes of each of the store's trees)
   poolbill-bench appends DIR [--clients N] [--seconds S] (durable top-ups through the engine)
+  poolbill-bench http DIR [--clients 1,16,64] [--seconds S] [--commands N]
+                 (durable top-ups over the HTTP API on loopback, beside the engine API; Markdown on stdout, JSON in DIR/http.json)
 
 Figures (--only): fsync, run, size, export, decode, replay, replay-store, replay-store-cli, at,
 explain, explain-store, explain-service, reopen, single, group, serve. Without --poolbill, `cargo build --release --bin poolbill` is run first and
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         Some("explain-store") => explain_store(&args[1..]),
         Some("store-stats") => one_path(&args[1..]).and_then(|p| work::store_stats(&p)).map(|v| println!("{v}")),
         Some("appends") => appends(&args[1..]),
+        Some("http") => http(&args[1..]),
         Some("generate") => parse(&args[1..]).map(|(p, _)| print!("{}", workload::to_text(&workload::generate(&p.params)))),
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
@@ -220,5 +223,36 @@ fn appends(args: &[String]) -> Result<(), String> {
     let dir = dir.ok_or_else(|| format!("appends needs a store directory\n{USAGE}"))?;
     let result = work::appends(&dir, clients, Duration::from_secs_f64(seconds))?;
     println!("{result}");
+    Ok(())
+}
+
+fn http(args: &[String]) -> Result<(), String> {
+    let mut dir = None;
+    let mut clients = vec![1usize, 16, 64];
+    let mut seconds = 3.0f64;
+    let mut commands = 20_000u64;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--clients" => {
+                clients = it
+                    .next()
+                    .map(|v| v.split(',').map(|n| n.trim().parse::<usize>().ok().filter(|&n| n > 0)).collect::<Option<Vec<_>>>())
+                    .and_then(|c| c.filter(|c| !c.is_empty()))
+                    .ok_or("--clients needs numbers ≥ 1, comma-separated")?
+            }
+            "--seconds" => seconds = it.next().and_then(|v| v.parse().ok()).filter(|&s: &f64| s > 0.0).ok_or("--seconds needs a positive number")?,
+            "--commands" => commands = it.next().and_then(|v| v.parse().ok()).filter(|&n| n > 0).ok_or("--commands needs a number ≥ 1")?,
+            other if dir.is_none() && !other.starts_with("--") => dir = Some(PathBuf::from(other)),
+            other => return Err(format!("unexpected argument {other:?}\n{USAGE}")),
+        }
+    }
+    let dir = dir.ok_or_else(|| format!("http needs a directory for its stores (it must not exist)\n{USAGE}"))?;
+    if dir.exists() {
+        return Err(format!("{}: already exists; the load runs on fresh stores", dir.display()));
+    }
+    let result = poolbill_bench::http_load::http_load(&dir, &clients, Duration::from_secs_f64(seconds), commands)?;
+    std::fs::write(dir.join("http.json"), format!("{result:#}\n")).map_err(|e| e.to_string())?;
+    print!("{}", poolbill_bench::http_load::table(&result));
     Ok(())
 }
