@@ -77,7 +77,7 @@ fn a_store_of_json_events_reads_back_as_it_was_written_and_grows_with_binary_one
         use poolbill_store::EventStore;
         let opened = poolbill_store_sled::SledStore::open(&store).unwrap();
         assert!(opened.tagged_through().unwrap() >= 30, "the old events were indexed when the engine opened the store");
-        poolbill_ledger::catch_up_tags(&opened).unwrap();
+        poolbill_ledger::catch_up_indexes(&opened).unwrap();
         assert_eq!(opened.tagged_through().unwrap(), opened.last_position().unwrap());
         let pool_1 = opened.tagged("resource:pool-1", 0, usize::MAX).unwrap();
         assert!(pool_1.len() >= 3 && pool_1.iter().all(|&p| p <= 30), "pool-1's old events are indexed: {pool_1:?}");

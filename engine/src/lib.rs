@@ -116,7 +116,7 @@ impl Engine {
         let scan = store.clone();
         let (ledger, versions) = blocking(move || {
             // A store written before tags gets its index before anything is appended to it.
-            poolbill_ledger::catch_up_tags(scan.as_ref())?;
+            poolbill_ledger::catch_up_indexes(scan.as_ref())?;
             load(scan.as_ref(), snapshot_every)
         })
         .await?;
@@ -638,7 +638,7 @@ impl Actor {
                 (Some((first, _)), Ok(through)) if *first == through + 1 => store.tag_existing(&untagged).map_err(EngineError::from),
                 _ => Ok(()),
             };
-            if let Err(e) = indexed.and_then(|()| poolbill_ledger::catch_up_tags(store.as_ref()).map(|_| ()).map_err(EngineError::from)) {
+            if let Err(e) = indexed.and_then(|()| poolbill_ledger::catch_up_indexes(store.as_ref()).map(|_| ()).map_err(EngineError::from)) {
                 tracing::warn!(error = %e, "the tag index could not be brought up to date");
             }
             Ok(())

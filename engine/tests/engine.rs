@@ -293,12 +293,12 @@ async fn the_tag_index_kept_while_writing_is_the_one_rebuilt_from_the_log() {
     engine.execute("del", t("2023-01-03T10:30:00+08:00"), Command::Delete { pool: "p1".into() }, None).await.unwrap();
     engine.advance_to(t("2023-01-03T12:00:00+08:00")).await.unwrap();
     assert!(store.tagged_through().unwrap() > 100, "the engine kept the index up as it wrote");
-    poolbill_ledger::catch_up_tags(&store).unwrap();
+    poolbill_ledger::catch_up_indexes(&store).unwrap();
     let kept = store.tag_counts("").unwrap();
     let lists: Vec<Vec<u64>> = kept.iter().map(|(tag, _)| store.tagged(tag, 0, usize::MAX).unwrap()).collect();
     assert!(kept.iter().any(|(tag, n)| tag == "usage:p2" && *n > 20), "{kept:?}");
     store.reset_tags(poolbill_projections::TAGS_VERSION).unwrap();
-    poolbill_ledger::catch_up_tags(&store).unwrap();
+    poolbill_ledger::catch_up_indexes(&store).unwrap();
     assert_eq!(store.tag_counts("").unwrap(), kept);
     let rebuilt: Vec<Vec<u64>> = kept.iter().map(|(tag, _)| store.tagged(tag, 0, usize::MAX).unwrap()).collect();
     assert_eq!(rebuilt, lists);

@@ -1,13 +1,16 @@
 //! The portable log: one envelope per line, in global order, each with a CRC-32 of its own
 //! canonical JSON so that a torn or edited line is caught and named, never silently used; and
-//! an end line (`{"end": {"events": N, "last_checksum": …}}`), so that a log that lost its last
-//! lines is caught too.
+//! an end line (`{"end": {"events": N, "last_checksum": …, "root": …}}`), so that a log that
+//! lost its last lines is caught too. The end line's `root` is the root of the log's Merkle tree
+//! (RFC 6962; each line's leaf is the canonical JSON its checksum is computed over): a reader
+//! checks it against the lines, and end lines written before it (without a root) still read.
 
 use crate::canonical;
 use poolbill_domain::time::instant_as_written;
 use poolbill_domain::{latest_version, DecodeError, Event, Instant};
 use poolbill_ledger::{FoldError, Recorded, Upto};
-use poolbill_projections::{event_of, portable, Projections};
+use poolbill_merkle::{Frontier, Hash};
+use poolbill_projections::{canonical_text, event_of, portable, Projections};
 use poolbill_store::{Envelope, EventStore, Payload, StoreError};
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -33,37 +36,55 @@ impl LogError {
     }
 }
 
-/// The checksum of an envelope in its portable form (JSON payload).
-fn checksum(envelope: &Envelope) -> String {
-    let canonical = serde_json::to_string(envelope).expect("portable envelopes serialise");
-    format!("{:08x}", crc32fast::hash(canonical.as_bytes()))
+/// The checksum of an envelope: a CRC-32 of its canonical text.
+fn checksum(envelope: &Envelope) -> Result<String, DecodeError> {
+    Ok(format!("{:08x}", crc32fast::hash(canonical_text(envelope)?.as_bytes())))
 }
 
 /// One line of the log: the envelope's fields, its payload as JSON, and its checksum.
 pub fn to_line(envelope: &Envelope) -> Result<String, DecodeError> {
-    let envelope = portable(envelope)?;
-    let mut value = serde_json::to_value(&*envelope).expect("portable envelopes serialise");
-    value["checksum"] = serde_json::Value::String(checksum(&envelope));
-    Ok(value.to_string())
+    line_and_leaf(envelope).map(|(line, _)| line)
 }
 
-/// The end line after `count` envelopes, the last of which is `last`.
-pub fn end_line(count: u64, last: Option<&Envelope>) -> Result<String, DecodeError> {
-    let mut end = serde_json::json!({"events": count});
+/// The envelope's line and its leaf hash in the log's Merkle tree, from one canonical text.
+pub fn line_and_leaf(envelope: &Envelope) -> Result<(String, Hash), DecodeError> {
+    let envelope = portable(envelope)?;
+    let canonical = canonical_text(&envelope)?;
+    let mut value = serde_json::to_value(&*envelope).expect("portable envelopes serialise");
+    value["checksum"] = serde_json::Value::String(format!("{:08x}", crc32fast::hash(canonical.as_bytes())));
+    Ok((value.to_string(), poolbill_merkle::leaf_hash(canonical.as_bytes())))
+}
+
+/// The end line after `count` envelopes, the last of which is `last`, whose Merkle tree has
+/// `root`.
+pub fn end_line(count: u64, last: Option<&Envelope>, root: &Hash) -> Result<String, DecodeError> {
+    let mut end = serde_json::json!({"events": count, "root": poolbill_merkle::to_hex(root)});
     if let Some(last) = last {
-        end["last_checksum"] = serde_json::Value::String(checksum(&*portable(last)?));
+        end["last_checksum"] = serde_json::Value::String(checksum(last)?);
     }
     Ok(serde_json::json!({ "end": end }).to_string())
+}
+
+/// The end line after `envelopes`, the root computed from them.
+pub fn end_line_of(envelopes: &[Envelope]) -> Result<String, DecodeError> {
+    let mut tree = Frontier::new();
+    for envelope in envelopes {
+        tree.push(poolbill_projections::leaf_hash(envelope)?);
+    }
+    end_line(envelopes.len() as u64, envelopes.last(), &tree.root())
 }
 
 /// A whole log as text: its lines and its end line.
 pub fn to_text(envelopes: &[Envelope]) -> Result<String, DecodeError> {
     let mut text = String::new();
+    let mut tree = Frontier::new();
     for envelope in envelopes {
-        text.push_str(&to_line(envelope)?);
+        let (line, leaf) = line_and_leaf(envelope)?;
+        text.push_str(&line);
         text.push('\n');
+        tree.push(leaf);
     }
-    text.push_str(&end_line(envelopes.len() as u64, envelopes.last())?);
+    text.push_str(&end_line(envelopes.len() as u64, envelopes.last(), &tree.root())?);
     text.push('\n');
     Ok(text)
 }
@@ -77,16 +98,18 @@ pub fn export(store: &dyn EventStore, out: &mut impl Write) -> Result<u64, LogEr
 pub fn export_with(store: &dyn EventStore, out: &mut impl Write, mut progress: impl FnMut(u64)) -> Result<u64, LogError> {
     let mut count = 0;
     let mut last = None;
+    let mut tree = Frontier::new();
     for envelope in store.read_all(1) {
         let envelope = envelope.map_err(|e| LogError::caused_by(0, "reading the store", e))?;
         let unreadable = |e| LogError::caused_by(0, format!("the store's event at position {} cannot be read", envelope.position), e);
-        let line = to_line(&envelope).map_err(unreadable)?;
+        let (line, leaf) = line_and_leaf(&envelope).map_err(unreadable)?;
         writeln!(out, "{line}").map_err(|e| LogError::caused_by(count + 1, "writing", e))?;
         count += 1;
+        tree.push(leaf);
         progress(envelope.position);
         last = Some(portable(&envelope).map_err(unreadable)?.into_owned());
     }
-    let end = end_line(count, last.as_ref()).map_err(|e| LogError::caused_by(0, "the store's last event cannot be read", e))?;
+    let end = end_line(count, last.as_ref(), &tree.root()).map_err(|e| LogError::caused_by(0, "the store's last event cannot be read", e))?;
     writeln!(out, "{end}").map_err(|e| LogError::caused_by(count + 1, "writing", e))?;
     Ok(count)
 }
@@ -126,6 +149,10 @@ struct Checks {
     ended: bool,
     /// Room for the canonical JSON of a line's envelope, to compute its checksum.
     canonical: Vec<u8>,
+    /// The Merkle tree of the lines so far, to check the end line's root.
+    tree: Frontier,
+    /// The last line's leaf hash.
+    leaf: Hash,
     /// Whether lines in the form `to_line` writes are read the fast way (always, but in tests
     /// that compare the two ways).
     scan: bool,
@@ -276,7 +303,17 @@ fn states(stated: &str, sum: u32) -> bool {
 
 impl<R: BufRead> LogReader<R> {
     pub fn new(reader: R) -> LogReader<R> {
-        let checks = Checks { number: 0, versions: HashMap::new(), count: 0, last: None, ended: false, canonical: Vec::new(), scan: true };
+        let checks = Checks {
+            number: 0,
+            versions: HashMap::new(),
+            count: 0,
+            last: None,
+            ended: false,
+            canonical: Vec::new(),
+            tree: Frontier::new(),
+            leaf: [0; 32],
+            scan: true,
+        };
         LogReader { reader, line: String::new(), checks, failed: false }
     }
 
@@ -384,7 +421,7 @@ impl Checks {
                 };
                 if let Some(end) = value.get("end") {
                     let last = self.last.map(|(_, sum)| hex(sum));
-                    if let Err(message) = check_end(end, self.count, last.as_deref()) {
+                    if let Err(message) = check_end(end, self.count, last.as_deref(), &self.tree.root()) {
                         return fail(message);
                     }
                     self.ended = true;
@@ -398,7 +435,9 @@ impl Checks {
                     Ok(e) => e,
                     Err(e) => return Some(Err(LogError::caused_by(number, "not an event envelope", e))),
                 };
-                let sum = crc32fast::hash(serde_json::to_string(&envelope).expect("portable envelopes serialise").as_bytes());
+                self.canonical.clear();
+                serde_json::to_writer(&mut self.canonical, &envelope).expect("portable envelopes serialise");
+                let sum = crc32fast::hash(&self.canonical);
                 (Read::Parsed(envelope), sum, std::borrow::Cow::Owned(stated))
             }
         };
@@ -432,7 +471,17 @@ impl Checks {
         };
         self.count += 1;
         self.last = Some((instant, sum));
+        self.leaf = poolbill_merkle::leaf_hash(&self.canonical);
+        self.tree.push(self.leaf);
         Some(Ok(take(read, event)))
+    }
+}
+
+impl<R: BufRead> LogReader<R> {
+    /// The next envelope with its leaf hash in the log's Merkle tree.
+    pub fn next_with_leaf(&mut self) -> Option<Result<(Envelope, Hash), LogError>> {
+        let next = self.next_with(|read, _| read.into_envelope())?;
+        Some(next.map(|envelope| (envelope, self.checks.leaf)))
     }
 }
 
@@ -497,8 +546,9 @@ pub fn fold_log_prepared(
     Ok(crate::pipeline::fold_pipelined(upto, read, prepare, visit)?)
 }
 
-/// The end line agrees with what came before it: the count, and the last envelope's checksum.
-fn check_end(end: &serde_json::Value, count: u64, last_checksum: Option<&str>) -> Result<(), String> {
+/// The end line agrees with what came before it: the count, the last envelope's checksum, and
+/// the root of the lines' Merkle tree when it states one (end lines written before it do not).
+fn check_end(end: &serde_json::Value, count: u64, last_checksum: Option<&str>, root: &Hash) -> Result<(), String> {
     let stated_count = end.get("events").and_then(|c| c.as_u64()).ok_or("an end line without its count of events")?;
     if stated_count != count {
         return Err(format!("the end line counts {stated_count} events but {count} came before it: lines are missing"));
@@ -507,7 +557,14 @@ fn check_end(end: &serde_json::Value, count: u64, last_checksum: Option<&str>) -
     if stated != last_checksum {
         return Err("the end line's checksum is not the last event's: the log was changed".into());
     }
-    Ok(())
+    match end.get("root") {
+        None => Ok(()),
+        Some(serde_json::Value::String(stated)) if poolbill_merkle::from_hex(stated) == Ok(*root) => Ok(()),
+        Some(stated) => Err(format!(
+            "the end line's root {stated} is not the root of the log's {count} events ({}): the log was changed",
+            poolbill_merkle::to_hex(root)
+        )),
+    }
 }
 
 /// Read a log file.
