@@ -136,6 +136,39 @@ pub fn consistency(store: &dyn EventStore, old_size: u64, size: Option<u64>) -> 
     Ok((old_root, root, size, path))
 }
 
+/// Check the store's Merkle index against its log without writing: every complete chunk's kept
+/// root and the tail's leaf hashes recomputed from the events. Returns how many events the
+/// index covers; a difference is `Corrupt` naming the chunk's first position.
+pub fn check_index(store: &dyn EventStore) -> Result<u64, FoldError> {
+    let through = store.merkle_through()?;
+    let complete = through / MERKLE_CHUNK;
+    let kept_roots = store.merkle_chunk_roots(0, complete)?;
+    let kept_tail = store.merkle_tail()?;
+    let mut leaves = Vec::with_capacity(MERKLE_CHUNK as usize);
+    for envelope in store.read_all(1).take(through as usize) {
+        let envelope = envelope?;
+        let position = envelope.position;
+        leaves.push(poolbill_projections::leaf_hash(&envelope).map_err(|source| ProjectionError { position, source })?);
+        if leaves.len() as u64 == MERKLE_CHUNK {
+            let chunk = (position - 1) / MERKLE_CHUNK;
+            if kept_roots[chunk as usize] != perfect_root(&leaves) {
+                let first = chunk * MERKLE_CHUNK + 1;
+                let detail = format!(
+                    "the Merkle index's root of positions {first}..={position} is not that of their events: the log or its index was changed"
+                );
+                return Err(StoreError::Corrupt { position: first, detail }.into());
+            }
+            leaves.clear();
+        }
+    }
+    if leaves != kept_tail {
+        let first = complete * MERKLE_CHUNK + 1;
+        let detail = format!("the Merkle index's leaves from position {first} on are not those of their events: the log or its index was changed");
+        return Err(StoreError::Corrupt { position: first, detail }.into());
+    }
+    Ok(through)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +215,34 @@ mod tests {
             assert_eq!((old_root, new_root, size), (memory_root(&leaves, old), root, n));
             assert!(verify_consistency(old, n, &old_root, &root, &path), "{old} -> {n}");
         }
+    }
+
+    #[test]
+    fn the_index_is_checked_against_the_events() {
+        let (store, _) = store_of(2 * MERKLE_CHUNK + 5);
+        assert_eq!(check_index(&store).unwrap(), 0, "nothing indexed yet is nothing to check");
+        catch_up_indexes(&store).unwrap();
+        assert_eq!(check_index(&store).unwrap(), 2 * MERKLE_CHUNK + 5);
+    }
+
+    #[test]
+    fn a_tree_over_other_leaves_is_caught_where_a_proof_goes_down_to_them() {
+        let (store, leaves) = store_of(MERKLE_CHUNK + 3);
+        // An index built from other leaves than the events' (as if the log were rewritten
+        // after it was indexed).
+        let mut other: Vec<(u64, Hash)> = leaves.iter().enumerate().map(|(i, h)| (i as u64 + 1, *h)).collect();
+        other[7].1[0] ^= 1;
+        store.merkle_extend(&other).unwrap();
+        match check_index(&store) {
+            Err(FoldError::Store(StoreError::Corrupt { position: 1, detail })) => assert!(detail.contains("1..=256"), "{detail}"),
+            other => panic!("{other:?}"),
+        }
+        match inclusion(&store, 8, None) {
+            Err(MerkleError::Fold(FoldError::Store(StoreError::Corrupt { position: 1, detail }))) => assert!(detail.contains("1..=256"), "{detail}"),
+            other => panic!("{other:?}"),
+        }
+        // Proofs that never go down into the chunk take the index's word for it.
+        assert!(inclusion(&store, MERKLE_CHUNK + 2, None).is_ok());
     }
 
     #[test]
