@@ -282,15 +282,15 @@ pub struct TimelineArgs {
     pub svg: PathBuf,
 }
 
-/// Check a store or a portable log: exit 0 sound, 1 damaged, 2 bad arguments.
+/// Check a store or a portable log (and a digest of it): exit 0 sound, 1 damaged or not the digest's log, 2 bad arguments.
 #[derive(Debug, Args)]
 #[command(
     group(ArgGroup::new("what").required(true).args(["store", "log"])),
-    after_help = "Example:\n  poolbill verify --store store/"
+    after_help = "Example:\n  poolbill verify --store store/\n  poolbill verify log.jsonl --digest march.digest.json --public-key \"$(cat provider.key.pub)\""
 )]
 pub struct VerifyArgs {
     /// A store directory: every event read back, checksums, positions, stream versions, the
-    /// high-water mark, and a full replay.
+    /// high-water mark, the Merkle index against the events, and a full replay.
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
     /// A portable log: read and checked whole, then replayed.

@@ -163,12 +163,30 @@ const TAG_BATCH: usize = 20_000;
 /// an index was kept gets it once; the events themselves are not touched. Returns how many
 /// events were read.
 pub fn catch_up_indexes(store: &dyn EventStore) -> Result<u64, FoldError> {
+    catch_up(store, true, true)
+}
+
+/// [`catch_up_indexes`] for the tags alone.
+pub fn catch_up_tags(store: &dyn EventStore) -> Result<u64, FoldError> {
+    catch_up(store, true, false)
+}
+
+/// [`catch_up_indexes`] for the Merkle index alone (the engine runs it off its own thread:
+/// hashing is a few microseconds an event).
+pub fn catch_up_merkle(store: &dyn EventStore) -> Result<u64, FoldError> {
+    catch_up(store, false, true)
+}
+
+fn catch_up(store: &dyn EventStore, with_tags: bool, with_merkle: bool) -> Result<u64, FoldError> {
     // An index built under another tagging is rebuilt whole.
-    if store.tags_version()? != poolbill_projections::TAGS_VERSION {
+    if with_tags && store.tags_version()? != poolbill_projections::TAGS_VERSION {
         tracing::info!(from = store.tags_version()?, to = poolbill_projections::TAGS_VERSION, "the tag index is rebuilt under a new tagging");
         store.reset_tags(poolbill_projections::TAGS_VERSION)?;
     }
-    let (tagged, hashed, last) = (store.tagged_through()?, store.merkle_through()?, store.last_position()?);
+    // An index not asked for counts as up to date.
+    let tagged = if with_tags { store.tagged_through()? } else { u64::MAX };
+    let hashed = if with_merkle { store.merkle_through()? } else { u64::MAX };
+    let last = store.last_position()?;
     let from = tagged.min(hashed);
     if from >= last {
         return Ok(0);

@@ -478,6 +478,13 @@ impl Checks {
 }
 
 impl<R: BufRead> LogReader<R> {
+    /// The next line's leaf hash in the log's Merkle tree, the line checked as every line is
+    /// (its envelope is not built).
+    pub fn next_leaf(&mut self) -> Option<Result<Hash, LogError>> {
+        let next = self.next_with(|_, _| ())?;
+        Some(next.map(|()| self.checks.leaf))
+    }
+
     /// The next envelope with its leaf hash in the log's Merkle tree.
     pub fn next_with_leaf(&mut self) -> Option<Result<(Envelope, Hash), LogError>> {
         let next = self.next_with(|read, _| read.into_envelope())?;
