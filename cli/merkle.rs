@@ -92,14 +92,22 @@ pub fn log_leaves(path: &Path) -> Result<(Vec<Envelope>, Vec<Hash>), Failure> {
 /// A log file's leaf hashes, read and checked whole (its end line's root too), without
 /// building its envelopes.
 fn leaves_only(path: &Path) -> Result<Vec<Hash>, Failure> {
+    leaves_keeping(path, 0).map(|(leaves, _)| leaves)
+}
+
+/// A log file's leaf hashes and the envelope at `position` (none for 0), read and checked whole
+/// (its end line's root too), building no other envelope.
+fn leaves_keeping(path: &Path, position: u64) -> Result<(Vec<Hash>, Option<Envelope>), Failure> {
     let name = path.display();
     let file = std::fs::File::open(path).map_err(input(format!("cannot read {name}")))?;
     let mut reader = LogReader::new(std::io::BufReader::with_capacity(1 << 18, file));
-    let mut leaves = Vec::new();
-    while let Some(next) = reader.next_leaf() {
-        leaves.push(next.map_err(input(format!("{name} is not a sound log")))?);
+    let (mut leaves, mut kept) = (Vec::new(), None);
+    while let Some(next) = reader.next_leaf_keeping(leaves.len() as u64 + 1 == position) {
+        let (envelope, leaf) = next.map_err(input(format!("{name} is not a sound log")))?;
+        kept = kept.or(envelope);
+        leaves.push(leaf);
     }
-    Ok(leaves)
+    Ok((leaves, kept))
 }
 
 /// `size` (all when `None`) checked against a log file of `count` events.
@@ -220,14 +228,15 @@ pub fn prove(args: ProveArgs) -> Result<(), Failure> {
 pub fn inclusion(source: &LogSource, position: u64, size: Option<u64>) -> Result<InclusionProof, Failure> {
     let (size, envelope, path) = match source.origin()? {
         Origin::File(path) => {
-            let (envelopes, leaves) = log_leaves(path)?;
+            let (leaves, envelope) = leaves_keeping(path, position)?;
             let size = size_within(size, leaves.len() as u64)?;
-            if position == 0 || position > size {
-                return Err(Failure::Input(format!("--position {position}: the tree holds positions 1 to {size}").into()));
-            }
+            let envelope = match envelope {
+                Some(envelope) if position <= size => envelope,
+                _ => return Err(Failure::Input(format!("--position {position}: the tree holds positions 1 to {size}").into())),
+            };
             let proof =
                 poolbill_merkle::inclusion_proof(&mut Leaves(&leaves), position - 1, size).map_err(|e| Failure::Input(e.to_string().into()))?;
-            (size, envelopes[position as usize - 1].clone(), proof)
+            (size, envelope, proof)
         }
         Origin::Store(dir) => {
             let store = open_store(dir)?;

@@ -495,17 +495,22 @@ impl Checks {
 }
 
 impl<R: BufRead> LogReader<R> {
-    /// The next line's leaf hash in the log's Merkle tree, the line checked as every line is
-    /// (its envelope is not built; a reader made by `new`).
-    pub fn next_leaf(&mut self) -> Option<Result<Hash, LogError>> {
-        let next = self.next_with(|_, _| ())?;
-        Some(next.map(|()| self.checks.leaf))
+    /// The next line's leaf hash in the log's Merkle tree, the line checked as every line is,
+    /// with its envelope when `keep` (building it costs more than the rest; a reader made by
+    /// `new`).
+    pub fn next_leaf_keeping(&mut self, keep: bool) -> Option<Result<(Option<Envelope>, Hash), LogError>> {
+        let next = self.next_with(|read, _| keep.then(|| read.into_envelope()))?;
+        Some(next.map(|envelope| (envelope, self.checks.leaf)))
     }
 
-    /// The next envelope with its leaf hash in the log's Merkle tree (a reader made by `new`).
+    /// The next line's leaf hash (see [`next_leaf_keeping`](LogReader::next_leaf_keeping)).
+    pub fn next_leaf(&mut self) -> Option<Result<Hash, LogError>> {
+        self.next_leaf_keeping(false).map(|next| next.map(|(_, leaf)| leaf))
+    }
+
+    /// The next envelope with its leaf hash (see [`next_leaf_keeping`](LogReader::next_leaf_keeping)).
     pub fn next_with_leaf(&mut self) -> Option<Result<(Envelope, Hash), LogError>> {
-        let next = self.next_with(|read, _| read.into_envelope())?;
-        Some(next.map(|envelope| (envelope, self.checks.leaf)))
+        self.next_leaf_keeping(true).map(|next| next.map(|(envelope, leaf)| (envelope.expect("kept"), leaf)))
     }
 }
 
