@@ -296,10 +296,10 @@ pub struct VerifyArgs {
     /// A portable log: read and checked whole, then replayed.
     #[arg(value_name = "LOG.jsonl")]
     pub log: Option<PathBuf>,
-    /// Also check that the log's first `size` events have this digest's root (exit 1 if not,
-    /// naming the first line that differs when the digest lists its leaves), and its signature
+    /// Also check that the log's (or the store's) first `size` events have this digest's root
+    /// (exit 1 if not, naming the first line that differs when the digest lists its leaves), and its signature
     /// when it is signed.
-    #[arg(long, value_name = "DIGEST.json", requires = "log")]
+    #[arg(long, value_name = "DIGEST.json")]
     pub digest: Option<PathBuf>,
     /// The signer's public key (hex) the digest's signature must be made with; without it, the
     /// key the digest names is used (which proves the digest is intact, not who signed it).
@@ -350,18 +350,29 @@ pub struct ProveArgs {
 
 /// Check a proof from `prove` against roots you trust: exit 0 it holds, 1 it does not, 2 bad input.
 #[derive(Debug, Args)]
-#[command(after_help = "Exit status: 0 the proof holds; 1 it does not (a changed byte in the envelope, the path or a root); 2 bad input.\n\n\
-                  Example:\n  poolbill check-proof proof.json --root 5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328")]
+#[command(
+    group(ArgGroup::new("tree").required(true).args(["root", "digest"])),
+    after_help = "Exit status: 0 the proof holds; 1 it does not (a changed byte in the envelope, the path, a root, or a signed digest); 2 bad input.\n\n\
+                  Example:\n  poolbill check-proof proof.json --root 5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328\n  \
+                  poolbill check-proof grown.json --old-digest march.digest.json --digest april.digest.json"
+)]
 pub struct CheckProofArgs {
     /// The proof (`prove`, or `explain --proof`'s `proof`).
     #[arg(value_name = "PROOF.json")]
     pub proof: PathBuf,
     /// The root of the tree the proof is about (a digest's `root`).
     #[arg(long, value_name = "HEX", value_parser = hash)]
-    pub root: poolbill_merkle::Hash,
+    pub root: Option<poolbill_merkle::Hash>,
+    /// The digest of the tree the proof is about, in place of --root: its size must be the
+    /// proof's, and a signature on it must hold (with the key it names).
+    #[arg(long, value_name = "DIGEST.json", conflicts_with = "root")]
+    pub digest: Option<PathBuf>,
     /// A consistency proof's older root (the older digest's `root`).
     #[arg(long, value_name = "HEX", value_parser = hash)]
     pub old_root: Option<poolbill_merkle::Hash>,
+    /// The older digest, in place of --old-root (as --digest).
+    #[arg(long, value_name = "DIGEST.json", conflicts_with = "old_root")]
+    pub old_digest: Option<PathBuf>,
 }
 
 /// Make an ed25519 key pair for signing digests: the secret key to KEYFILE (mode 0600), the public key to KEYFILE.pub and stdout.
@@ -437,6 +448,7 @@ mod tests {
             "--public-key",
             "--root",
             "--old-root",
+            "--old-digest",
             "--help",
             "-h",
             "--version",

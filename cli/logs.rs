@@ -401,6 +401,17 @@ pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
             }
             // The Merkle index against the events it covers (not brought up to date: verify writes nothing).
             let hashed = poolbill_ledger::merkle::check_index(&store).map_err(damaged(format!("checking the Merkle index of {name}")))?;
+            if let Some(digest) = &args.digest {
+                // Every event's leaf from the events themselves, as for a log file.
+                let leaves = store
+                    .read_all(1)
+                    .map(|envelope| {
+                        let envelope = envelope.map_err(|e| damaged(format!("reading {name}"))(e))?;
+                        poolbill_projections::leaf_hash(&envelope).map_err(|e| damaged(format!("reading {name}"))(e))
+                    })
+                    .collect::<Result<Vec<_>, Failure>>()?;
+                digest_said = Some(crate::merkle::check_digest(dir, &leaves, digest, args.public_key.as_deref())?);
+            }
             print_out(&format!(
                 "{} streams, {} command records, {} snapshots checked, the Merkle index checked through position {hashed}\n",
                 report.streams,

@@ -277,26 +277,46 @@ fn hashes(path: &[String], what: &str) -> Result<Vec<Hash>, Failure> {
     path.iter().enumerate().map(|(i, h)| from_hex(h).map_err(|e| Failure::Input(format!("{what}[{i}]: {e}").into()))).collect()
 }
 
-/// `check-proof PROOF.json --root HEX [--old-root HEX]`: 0 when the proof holds, 1 when it
-/// does not (said on stdout), 2 when the proof file is not one.
+/// A root given as such, or read from a digest file whose size must be `size` and whose
+/// signature, if it has one, must hold (`Failure::Differs` when it does not).
+fn root_of(root: Option<Hash>, digest: Option<&Path>, size: u64, what: &str) -> Result<Option<Hash>, Failure> {
+    let Some(path) = digest else { return Ok(root) };
+    let name = path.display();
+    let text = std::fs::read_to_string(path).map_err(input(format!("cannot read {name}")))?;
+    let digest: Digest = serde_json::from_str(&text).map_err(input(format!("{name} is not a digest (`poolbill digest`)")))?;
+    let root = from_hex(&digest.root).map_err(|e| Failure::Input(format!("{name}: root: {e}").into()))?;
+    if digest.size != size {
+        return Err(Failure::Input(format!("{what} {name} is of {} events, the proof's tree of {size}", digest.size).into()));
+    }
+    if let Err(e) = check_signature(&digest, &root, None) {
+        if let Failure::Differs = e {
+            print_out(&format!("does not verify: the signature on {name} does not hold\n"))?;
+        }
+        return Err(e);
+    }
+    Ok(Some(root))
+}
+
+/// `check-proof PROOF.json (--root HEX | --digest D.json) [--old-root HEX | --old-digest D.json]`:
+/// 0 when the proof holds, 1 when it does not (said on stdout), 2 when the proof file is not one.
 pub fn check_proof(args: CheckProofArgs) -> Result<(), Failure> {
     let name = args.proof.display();
     let text = std::fs::read_to_string(&args.proof).map_err(input(format!("cannot read {name}")))?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(input(format!("{name} is not JSON")))?;
+    let root = |size: u64| {
+        root_of(args.root, args.digest.as_deref(), size, "--digest")?.ok_or_else(|| Failure::Input("give --root HEX or --digest D.json".into()))
+    };
     let holds = if value.get("old_size").is_some() {
         let proof: ConsistencyProof = serde_json::from_value(value).map_err(input(format!("{name} is not a consistency proof")))?;
-        let old_root = args.old_root.ok_or_else(|| Failure::Input("a consistency proof needs --old-root HEX (the older digest's root)".into()))?;
+        let root = root(proof.size)?;
+        let old_root = root_of(args.old_root, args.old_digest.as_deref(), proof.old_size, "--old-digest")?
+            .ok_or_else(|| Failure::Input("a consistency proof needs --old-root HEX or --old-digest D.json (the older digest)".into()))?;
         let path = hashes(&proof.path, "path")?;
-        let holds = poolbill_merkle::verify_consistency(proof.old_size, proof.size, &old_root, &args.root, &path);
+        let holds = poolbill_merkle::verify_consistency(proof.old_size, proof.size, &old_root, &root, &path);
+        let (size, old_size) = (proof.size, proof.old_size);
         (
             holds,
-            format!(
-                "the tree of {} events with root {} extends the tree of {} events with root {}",
-                proof.size,
-                to_hex(&args.root),
-                proof.old_size,
-                to_hex(&old_root)
-            ),
+            format!("the tree of {size} events with root {} extends the tree of {old_size} events with root {}", to_hex(&root), to_hex(&old_root)),
         )
     } else {
         // An inclusion proof, as it stands or inside `explain --proof`'s output.
@@ -310,8 +330,9 @@ pub fn check_proof(args: CheckProofArgs) -> Result<(), Failure> {
         let leaf = poolbill_projections::leaf_hash(&envelope).map_err(input(format!("{name}: envelope")))?;
         let path = hashes(&proof.path, "path")?;
         let at = proof.position.checked_sub(1).ok_or_else(|| Failure::Input("position: positions start at 1".into()))?;
-        let holds = poolbill_merkle::verify_inclusion(&leaf, at, proof.size, &path, &args.root);
-        (holds, format!("the event at position {} is in the tree of {} events with root {}", proof.position, proof.size, to_hex(&args.root)))
+        let root = root(proof.size)?;
+        let holds = poolbill_merkle::verify_inclusion(&leaf, at, proof.size, &path, &root);
+        (holds, format!("the event at position {} is in the tree of {} events with root {}", proof.position, proof.size, to_hex(&root)))
     };
     match holds {
         (true, what) => print_out(&format!("ok: {what}\n")),

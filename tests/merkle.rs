@@ -295,3 +295,44 @@ fn explain_hands_out_a_line_with_its_derivation_and_its_proof() {
         assert!(text.contains("Inclusion proof") && text.contains(answer["proof"]["path"][0].as_str().unwrap()), "{text}");
     }
 }
+
+#[test]
+fn check_proof_and_verify_take_digest_files_in_place_of_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, log) = store_and_log(dir.path(), "subscription-upgrade");
+    let key = dir.path().join("provider.key");
+    stdout(&["keygen", "--out", s(&key)]);
+    let signed = write(dir.path(), "signed.json", &json(&["digest", "--store", s(&store), "--sign", s(&key)]));
+    let old = write(dir.path(), "old.json", &json(&["digest", s(&log), "--size", "4"]));
+    let proof = write(dir.path(), "proof.json", &json(&["prove", s(&log), "--position", "7"]));
+    let (code, out, err) = status(&["check-proof", s(&proof), "--digest", s(&signed)]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    // The digest of another size is not the proof's tree: bad input, not a verdict.
+    let (code, _, err) = status(&["check-proof", s(&proof), "--digest", s(&old)]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("is of 4 events, the proof's tree of"), "{err}");
+    // A signed digest whose root was changed fails on its signature.
+    let mut forged: Value = read_json(&signed);
+    let root = forged["root"].as_str().unwrap().to_string();
+    forged["root"] = Value::String(format!("{}{}", if root.starts_with('0') { "1" } else { "0" }, &root[1..]));
+    let forged = write(dir.path(), "forged.json", &forged);
+    let (code, out, _) = status(&["check-proof", s(&proof), "--digest", s(&forged)]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("the signature on"), "{out}");
+    // A consistency proof between two digest files.
+    let grown = write(dir.path(), "grown.json", &json(&["prove", "--store", s(&store), "--consistency", "4"]));
+    let (code, out, err) = status(&["check-proof", s(&grown), "--old-digest", s(&old), "--digest", s(&signed)]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(status(&["check-proof", s(&grown), "--old-digest", s(&signed), "--digest", s(&signed)]).0, Some(2), "sizes differ");
+
+    // `verify --store` against a digest: the store's own passes, a forged log's fails.
+    let (code, out, err) = status(&["verify", "--store", s(&store), "--digest", s(&signed)]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("have the digest's root") && out.contains("signed by"), "{out}");
+    let rewritten_log = dir.path().join("rewritten.jsonl");
+    std::fs::write(&rewritten_log, rewritten(&log, 3, |e| e.command_id = Some("forged".into()))).unwrap();
+    let other = write(dir.path(), "other.json", &json(&["digest", s(&rewritten_log), "--leaves"]));
+    let (code, _, err) = status(&["verify", "--store", s(&store), "--digest", s(&other)]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("line 3 (position 3)"), "{err}");
+}
