@@ -353,7 +353,7 @@ pub struct ProveArgs {
 #[command(
     group(ArgGroup::new("tree").required(true).args(["root", "digest"])),
     after_help = "Exit status: 0 the proof holds; 1 it does not (a changed byte in the envelope, the path, a root, or a signed digest); 2 bad input.\n\n\
-                  Example:\n  poolbill check-proof proof.json --root 5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328\n  \
+                  Example:\n  poolbill check-proof proof.json --root ffd5af914038958f015ba18417ade68e47f9975382f8fda33f582db76b624179\n  \
                   poolbill check-proof grown.json --old-digest march.digest.json --digest april.digest.json"
 )]
 pub struct CheckProofArgs {
