@@ -17,8 +17,8 @@ use std::path::PathBuf;
     version,
     propagate_version = true,
     arg_required_else_help = true,
-    after_help = "Exit status: 0 done; 1 the store or engine failed (audit: bills differ; verify: damaged); \
-                  2 invalid input or arguments (then nothing was written)."
+    after_help = "Exit status: 0 done; 1 the store or engine failed (audit: bills differ; verify: damaged or not the digest's log; \
+                  check-proof: does not verify); 2 invalid input or arguments (then nothing was written)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -45,6 +45,10 @@ impl Tool {
             Tool::Timeline(_) => "timeline",
             Tool::Verify(_) => "verify",
             Tool::Export(_) => "export",
+            Tool::Digest(_) => "digest",
+            Tool::Prove(_) => "prove",
+            Tool::CheckProof(_) => "check-proof",
+            Tool::Keygen(_) => "keygen",
             Tool::Completions(_) => "completions",
         }
     }
@@ -62,6 +66,10 @@ pub enum Tool {
     Timeline(TimelineArgs),
     Verify(VerifyArgs),
     Export(ExportArgs),
+    Digest(DigestArgs),
+    Prove(ProveArgs),
+    CheckProof(CheckProofArgs),
+    Keygen(KeygenArgs),
     Completions(CompletionsArgs),
 }
 
@@ -90,6 +98,11 @@ pub enum BillsFormat {
 /// An RFC 3339 instant with an offset, as Beijing time (R1).
 pub fn instant(text: &str) -> Result<Instant, String> {
     DateTime::parse_from_rfc3339(text).map(to_beijing).map_err(|e| format!("not an RFC 3339 instant with an offset ({e})"))
+}
+
+/// A SHA-256 hash as 64 hex digits.
+pub fn hash(text: &str) -> Result<poolbill_merkle::Hash, String> {
+    poolbill_merkle::from_hex(text.trim())
 }
 
 /// A bill's place in the list: 1, 2, …
@@ -231,6 +244,10 @@ pub struct ExplainArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = TextFormat::Text)]
     pub format: TextFormat,
+    /// Attach the inclusion proof of the bill's line event in the whole log's Merkle tree (as
+    /// `prove --position` gives it), for `check-proof` against a digest of the log.
+    #[arg(long, requires = "bill")]
+    pub proof: bool,
 }
 
 /// Compare the bills as known at an instant with now, or as charged with another policy.
@@ -281,20 +298,106 @@ pub struct TimelineArgs {
     pub svg: PathBuf,
 }
 
-/// Check a store or a portable log: exit 0 sound, 1 damaged, 2 bad arguments.
+/// Check a store or a portable log (and a digest of it): exit 0 sound, 1 damaged or not the digest's log, 2 bad arguments.
 #[derive(Debug, Args)]
 #[command(
     group(ArgGroup::new("what").required(true).args(["store", "log"])),
-    after_help = "Example:\n  poolbill verify --store store/"
+    after_help = "Example:\n  poolbill verify --store store/\n  poolbill verify log.jsonl --digest march.digest.json --public-key \"$(cat provider.key.pub)\""
 )]
 pub struct VerifyArgs {
     /// A store directory: every event read back, checksums, positions, stream versions, the
-    /// high-water mark, and a full replay.
+    /// high-water mark, the Merkle index against the events, and a full replay.
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
     /// A portable log: read and checked whole, then replayed.
     #[arg(value_name = "LOG.jsonl")]
     pub log: Option<PathBuf>,
+    /// Also check that the log's (or the store's) first `size` events have this digest's root
+    /// (exit 1 if not, naming the first line that differs when the digest lists its leaves), and its signature
+    /// when it is signed.
+    #[arg(long, value_name = "DIGEST.json")]
+    pub digest: Option<PathBuf>,
+    /// The signer's public key (hex) the digest's signature must be made with; without it, the
+    /// key the digest names is used (which proves the digest is intact, not who signed it).
+    #[arg(long, value_name = "HEX", requires = "digest")]
+    pub public_key: Option<String>,
+}
+
+/// Print the root of the log's Merkle tree (RFC 6962) over its first N events, optionally signed.
+#[derive(Debug, Args)]
+#[command(after_help = "Output: {\"size\": N, \"root\": HEX} (with --sign also \"signature\" and \"public_key\"; with --leaves \"leaves\").\n\
+                  A digest handed to someone else binds the log's first N events: `verify LOG --digest` and `prove --consistency` check a later log against it.\n\n\
+                  Example:\n  poolbill digest --store store/ --sign provider.key > digest.json")]
+pub struct DigestArgs {
+    #[command(flatten)]
+    pub source: LogSource,
+    /// The tree of the first N events (default: all of them).
+    #[arg(long, value_name = "N")]
+    pub size: Option<u64>,
+    /// Sign the digest with this ed25519 secret key (`poolbill keygen`).
+    #[arg(long, value_name = "KEYFILE")]
+    pub sign: Option<PathBuf>,
+    /// Also list each event's leaf hash, so that `verify --digest` can name the first line that
+    /// differs (64 hex digits an event).
+    #[arg(long)]
+    pub leaves: bool,
+}
+
+/// Print an inclusion proof of one event, or a consistency proof that the log extends an older digest.
+#[derive(Debug, Args)]
+#[command(
+    group(ArgGroup::new("proof").required(true).args(["position", "consistency"])),
+    after_help = "Output: {\"size\", \"position\", \"envelope\", \"path\"} (--position), or {\"old_size\", \"size\", \"old_root\", \"root\", \"path\"} (--consistency).\n\n\
+                  Example:\n  poolbill prove fixtures/subscription-upgrade/log.jsonl --position 7 > proof.json\n  poolbill prove --store store/ --consistency 1200"
+)]
+pub struct ProveArgs {
+    #[command(flatten)]
+    pub source: LogSource,
+    /// Prove that the event at this log position (1, 2, …) is in the tree.
+    #[arg(long, value_name = "P")]
+    pub position: Option<u64>,
+    /// Prove that the tree extends the tree of the first OLD_SIZE events (an older digest's size).
+    #[arg(long, value_name = "OLD_SIZE")]
+    pub consistency: Option<u64>,
+    /// The tree of the first N events (default: all of them).
+    #[arg(long, value_name = "N")]
+    pub size: Option<u64>,
+}
+
+/// Check a proof from `prove` against roots you trust: exit 0 it holds, 1 it does not, 2 bad input.
+#[derive(Debug, Args)]
+#[command(
+    group(ArgGroup::new("tree").required(true).args(["root", "digest"])),
+    after_help = "Exit status: 0 the proof holds; 1 it does not (a changed byte in the envelope, the path, a root, or a signed digest); 2 bad input.\n\n\
+                  Example:\n  poolbill check-proof proof.json --root ffd5af914038958f015ba18417ade68e47f9975382f8fda33f582db76b624179\n  \
+                  poolbill check-proof grown.json --old-digest march.digest.json --digest april.digest.json"
+)]
+pub struct CheckProofArgs {
+    /// The proof (`prove`, or `explain --proof`'s `proof`).
+    #[arg(value_name = "PROOF.json")]
+    pub proof: PathBuf,
+    /// The root of the tree the proof is about (a digest's `root`).
+    #[arg(long, value_name = "HEX", value_parser = hash)]
+    pub root: Option<poolbill_merkle::Hash>,
+    /// The digest of the tree the proof is about, in place of --root: its size must be the
+    /// proof's, and a signature on it must hold (with the key it names).
+    #[arg(long, value_name = "DIGEST.json", conflicts_with = "root")]
+    pub digest: Option<PathBuf>,
+    /// A consistency proof's older root (the older digest's `root`).
+    #[arg(long, value_name = "HEX", value_parser = hash)]
+    pub old_root: Option<poolbill_merkle::Hash>,
+    /// The older digest, in place of --old-root (as --digest).
+    #[arg(long, value_name = "DIGEST.json", conflicts_with = "old_root")]
+    pub old_digest: Option<PathBuf>,
+}
+
+/// Make an ed25519 key pair for signing digests: the secret key to KEYFILE (mode 0600), the public key to KEYFILE.pub and stdout.
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  poolbill keygen --out provider.key")]
+pub struct KeygenArgs {
+    /// Where to write the secret key (never over an existing file).
+    #[arg(long, value_name = "KEYFILE")]
+    pub out: PathBuf,
 }
 
 /// Print a shell completion script on stdout.
@@ -339,6 +442,10 @@ mod tests {
             "timeline",
             "verify",
             "export",
+            "digest",
+            "prove",
+            "check-proof",
+            "keygen",
             "completions",
             "help",
             "--at",
@@ -357,6 +464,17 @@ mod tests {
             "--http",
             "--tokens",
             "127.0.0.1:0",
+            "--size",
+            "--position",
+            "--consistency",
+            "--sign",
+            "--leaves",
+            "--proof",
+            "--digest",
+            "--public-key",
+            "--root",
+            "--old-root",
+            "--old-digest",
             "--help",
             "-h",
             "--version",
@@ -422,6 +540,8 @@ mod tests {
                         Tool::Bills(a) => prop_assert!(a.source.log.is_some() != a.source.store.is_some()),
                         Tool::Timeline(a) => prop_assert!(a.source.log.is_some() != a.source.store.is_some()),
                         Tool::Export(a) => prop_assert!(!a.force || a.out.is_some()),
+                        Tool::Prove(a) => prop_assert!(a.position.is_some() != a.consistency.is_some()),
+                        Tool::Digest(a) => prop_assert!(a.source.log.is_some() != a.source.store.is_some()),
                         _ => {}
                     }
                 }

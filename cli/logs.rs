@@ -22,13 +22,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Where a tool's log comes from.
-enum Origin<'a> {
+pub(crate) enum Origin<'a> {
     File(&'a Path),
     Store(&'a Path),
 }
 
 impl LogSource {
-    fn origin(&self) -> Result<Origin<'_>, Failure> {
+    pub(crate) fn origin(&self) -> Result<Origin<'_>, Failure> {
         // clap lets through exactly one of them.
         match (&self.log, &self.store) {
             (Some(log), None) => Ok(Origin::File(log)),
@@ -41,7 +41,7 @@ impl LogSource {
 /// Open an existing store for reading: a tool never creates one. A missing directory, or one
 /// without a store in it, is bad input (exit 2); a store another process has open (a running
 /// `serve`) or that cannot be opened is a failure (exit 1), damage saying so.
-fn open_store(dir: &Path) -> Result<SledStore, Failure> {
+pub(crate) fn open_store(dir: &Path) -> Result<SledStore, Failure> {
     let name = dir.display();
     if !dir.exists() {
         return Err(Failure::Input(format!("--store {name}: no such directory").into()));
@@ -246,9 +246,24 @@ pub fn explain(args: ExplainArgs) -> Result<(), Failure> {
             }
         }
     };
-    print_out(&match args.format {
-        TextFormat::Json => to_json(&explanations)?,
-        TextFormat::Text => explanations.iter().map(|e| e.to_text()).collect::<Vec<_>>().join("\n"),
+    // The bill's line event with its inclusion proof in the whole log's tree.
+    let proof = match (args.proof, explanations.first()) {
+        (true, Some(explanation)) => Some(crate::merkle::inclusion(&args.source, explanation.bill.event, None)?),
+        _ => None,
+    };
+    print_out(&match (args.format, proof) {
+        (TextFormat::Json, None) => to_json(&explanations)?,
+        (TextFormat::Json, Some(proof)) => to_json(&serde_json::json!({ "explanation": explanations.first(), "proof": proof }))?,
+        (TextFormat::Text, proof) => {
+            let mut text = explanations.iter().map(|e| e.to_text()).collect::<Vec<_>>().join("\n");
+            if let Some(proof) = proof {
+                text.push_str(
+                    "\nInclusion proof of the line's event (`check-proof` with a digest's root; `--format json` writes a file it reads):\n",
+                );
+                text.push_str(&to_json(&proof)?);
+            }
+            text
+        }
     })
 }
 
@@ -373,6 +388,7 @@ fn write_log(store: &SledStore, out: &mut impl Write) -> Result<(), crate::failu
 /// `verify --store DIR` or `verify LOG.jsonl`: every event read back, checksums, positions,
 /// stream versions, the high-water mark, and a full replay of the projections.
 pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
+    let mut digest_said = None;
     let (events, last) = match (&args.store, &args.log) {
         (Some(dir), _) => {
             let name = dir.display();
@@ -383,19 +399,45 @@ pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
             if let Some((position, why)) = checked.unsound.first() {
                 return Err(damaged(format!("checking the snapshots of {name}"))(format!("the snapshot at position {position} is unsound: {why}")));
             }
-            print_out(&format!("{} streams, {} command records, {} snapshots checked\n", report.streams, report.commands, checked.sound.len()))?;
+            // The Merkle index against the events it covers (not brought up to date: verify writes nothing).
+            let hashed = poolbill_ledger::merkle::check_index(&store).map_err(damaged(format!("checking the Merkle index of {name}")))?;
+            if let Some(digest) = &args.digest {
+                // Every event's leaf from the events themselves, as for a log file.
+                let leaves = store
+                    .read_all(1)
+                    .map(|envelope| {
+                        let envelope = envelope.map_err(|e| damaged(format!("reading {name}"))(e))?;
+                        poolbill_projections::leaf_hash(&envelope).map_err(|e| damaged(format!("reading {name}"))(e))
+                    })
+                    .collect::<Result<Vec<_>, Failure>>()?;
+                digest_said = Some(crate::merkle::check_digest(dir, &leaves, digest, args.public_key.as_deref())?);
+            }
+            print_out(&format!(
+                "{} streams, {} command records, {} snapshots checked, the Merkle index checked through position {hashed}\n",
+                report.streams,
+                report.commands,
+                checked.sound.len()
+            ))?;
             (checked.projections.events, checked.projections.last_instant)
         }
         (None, Some(log)) => {
             let name = log.display();
-            let envelopes = jsonl::read_file(log).map_err(damaged(format!("{name} is not a sound log")))?;
+            // Read and checked whole (checksums, order, the end line and its root).
+            let (envelopes, leaves) = crate::merkle::log_leaves(log).map_err(|e| match e {
+                Failure::Input(e) => Failure::Damaged(e),
+                other => other,
+            })?;
             let projections = fold(&envelopes, Upto::All).map_err(|e| match e {
                 Failure::Input(e) => damaged(format!("{name}: cannot be replayed"))(e),
                 other => other,
             })?;
+            if let Some(digest) = &args.digest {
+                digest_said = Some(crate::merkle::check_digest(log, &leaves, digest, args.public_key.as_deref())?);
+            }
             (projections.events, projections.last_instant)
         }
         (None, None) => return Err(Failure::Input("verify needs --store DIR or a log file".into())),
     };
-    print_out(&format!("ok: {events} events, the last at {}\n", last.map_or("-".to_string(), |t| t.to_rfc3339())))
+    let said = digest_said.map_or(String::new(), |said| format!("; {said}"));
+    print_out(&format!("ok: {events} events, the last at {}{said}\n", last.map_or("-".to_string(), |t| t.to_rfc3339())))
 }

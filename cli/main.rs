@@ -7,6 +7,7 @@
 mod args;
 mod failure;
 mod logs;
+mod merkle;
 mod progress;
 mod run;
 mod table;
@@ -39,6 +40,10 @@ fn main() -> ExitCode {
         Tool::Timeline(args) => logs::timeline(args),
         Tool::Verify(args) => logs::verify(args),
         Tool::Export(args) => logs::export(args),
+        Tool::Digest(args) => merkle::digest(args),
+        Tool::Prove(args) => merkle::prove(args),
+        Tool::CheckProof(args) => merkle::check_proof(args),
+        Tool::Keygen(args) => merkle::keygen(args),
         Tool::Completions(args) => completions(args),
     };
     match result {

@@ -1132,7 +1132,8 @@ fn check_log(original: &str, envelopes: &[Envelope], mutated: &str, single: bool
             let mut before: String = mutated.split('\n').take(e.line as usize - 1).map(|l| format!("{l}\n")).collect();
             if !before.lines().any(|l| l.starts_with("{\"end\"")) {
                 let k = before.lines().filter(|l| !l.trim().is_empty()).count();
-                before.push_str(&jsonl::end_line(k as u64, k.checked_sub(1).and_then(|i| envelopes.get(i))).expect("read envelopes encode"));
+                let root = merkle_root(&envelopes[..k.min(envelopes.len())]);
+                before.push_str(&jsonl::end_line(k as u64, k.checked_sub(1).and_then(|i| envelopes.get(i)), &root).expect("read envelopes encode"));
                 before.push('\n');
             }
             match import_text(&before)? {
@@ -1829,4 +1830,10 @@ fn explore_or_fixed() -> proptest::test_runner::RngSeed {
     } else {
         proptest::test_runner::RngSeed::Fixed(20261123)
     }
+}
+
+/// The root of the Merkle tree of `envelopes`, as an end line states it.
+fn merkle_root(envelopes: &[poolbill_store::Envelope]) -> [u8; 32] {
+    let leaves: Vec<[u8; 32]> = envelopes.iter().map(|e| poolbill_projections::leaf_hash(e).expect("read envelopes encode")).collect();
+    poolbill_merkle::root(&mut poolbill_merkle::Leaves(&leaves), leaves.len() as u64).unwrap_or_else(|never| match never {})
 }

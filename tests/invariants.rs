@@ -556,7 +556,7 @@ fn check_incremental_equals_replay(run: &Run, f: &mut Failures) {
     // One line per envelope, then the end line that says how many there were.
     let lines: Vec<String> = run.envelopes.iter().map(|e| jsonl::to_line(e).expect("a rerun's events encode")).collect();
     let mut text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    text.push_str(&jsonl::end_line(run.envelopes.len() as u64, run.envelopes.last()).expect("a rerun's events encode"));
+    text.push_str(&jsonl::end_line_of(&run.envelopes).expect("a rerun's events encode"));
     text.push('\n');
     match jsonl::import(std::io::Cursor::new(text)) {
         Ok(imported) => {

@@ -124,6 +124,7 @@ impl Engine {
         let stopped = Arc::new(OnceLock::new());
         let mut actor = Actor::new(store.clone(), ledger, versions, rx, stopped.clone());
         actor.snapshot_every = snapshot_every.max(1);
+        catch_up_merkle_aside(&actor.store, &actor.hashing);
         tokio::spawn(actor.run());
         Ok(Engine { tx, store, stopped })
     }
@@ -271,6 +272,20 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, EngineError> 
     tokio::task::spawn_blocking(f).await.map_err(|e| EngineError::Aborted(format!("blocking task failed: {e}")))?
 }
 
+/// Extend the store's Merkle index from the log on a thread of its own, so that neither opening
+/// nor deciding waits for the hashing (a few microseconds an event); skipped while an earlier
+/// catch-up still runs (the next one, or any reader, takes what it leaves). A failure costs
+/// only a later catch-up.
+fn catch_up_merkle_aside(store: &Arc<dyn EventStore>, hashing: &Arc<std::sync::Mutex<()>>) {
+    let (store, hashing) = (store.clone(), hashing.clone());
+    std::thread::spawn(move || {
+        let Ok(_only_one) = hashing.try_lock() else { return };
+        if let Err(e) = poolbill_ledger::catch_up_merkle(store.as_ref()) {
+            tracing::warn!(error = %e, "the Merkle index could not be brought up to date");
+        }
+    });
+}
+
 /// Rebuild the ledger and stream versions: the newest snapshot, then the log after it. What is
 /// live only: bills and refusals stay in the log (read with `as_of`). A long replay is followed
 /// by a snapshot, so that the next open is short.
@@ -341,6 +356,8 @@ struct Actor {
     snapshot_at: u64,
     /// How many events pass between snapshots.
     snapshot_every: u64,
+    /// Held while the Merkle index is brought up to date aside (one catch-up at a time).
+    hashing: Arc<std::sync::Mutex<()>>,
 }
 
 impl Actor {
@@ -366,6 +383,7 @@ impl Actor {
             stopped,
             snapshot_at,
             snapshot_every: snapshot::EVERY,
+            hashing: Arc::new(std::sync::Mutex::new(())),
         }
     }
 
@@ -644,6 +662,7 @@ impl Actor {
             Ok(())
         })
         .await;
+        catch_up_merkle_aside(&self.store, &self.hashing);
     }
 
     /// After a failed write: forget speculative state, rebuild from what is on disk.

@@ -293,13 +293,38 @@ async fn the_tag_index_kept_while_writing_is_the_one_rebuilt_from_the_log() {
     engine.execute("del", t("2023-01-03T10:30:00+08:00"), Command::Delete { pool: "p1".into() }, None).await.unwrap();
     engine.advance_to(t("2023-01-03T12:00:00+08:00")).await.unwrap();
     assert!(store.tagged_through().unwrap() > 100, "the engine kept the index up as it wrote");
-    poolbill_ledger::catch_up_tags(&store).unwrap();
+    poolbill_ledger::catch_up_indexes(&store).unwrap();
     let kept = store.tag_counts("").unwrap();
     let lists: Vec<Vec<u64>> = kept.iter().map(|(tag, _)| store.tagged(tag, 0, usize::MAX).unwrap()).collect();
     assert!(kept.iter().any(|(tag, n)| tag == "usage:p2" && *n > 20), "{kept:?}");
     store.reset_tags(poolbill_projections::TAGS_VERSION).unwrap();
-    poolbill_ledger::catch_up_tags(&store).unwrap();
+    poolbill_ledger::catch_up_indexes(&store).unwrap();
     assert_eq!(store.tag_counts("").unwrap(), kept);
     let rebuilt: Vec<Vec<u64>> = kept.iter().map(|(tag, _)| store.tagged(tag, 0, usize::MAX).unwrap()).collect();
     assert_eq!(rebuilt, lists);
+}
+
+/// The Merkle index follows the log off the engine's thread, at each snapshot: it reaches the
+/// last snapshot's position without any reader asking, and its root is the one computed from
+/// the events.
+#[tokio::test]
+async fn the_merkle_index_follows_the_log_aside() {
+    use poolbill_store::EventStore;
+    let store = poolbill_store_sled::SledStore::temporary().unwrap();
+    let engine = Engine::start_with(store.clone(), 7).await.unwrap();
+    setup(&engine, "100000").await;
+    engine.execute("buy", t("2023-01-02T10:00:00+08:00"), on_demand("p1"), None).await.unwrap();
+    engine.execute("ready", t("2023-01-02T10:00:00+08:00"), Command::Ready { pool: "p1".into() }, None).await.unwrap();
+    engine.advance_to(t("2023-01-03T12:00:00+08:00")).await.unwrap();
+    let snapshot = *store.snapshot_positions().unwrap().last().unwrap();
+    let mut waited = Duration::ZERO;
+    while store.merkle_through().unwrap() < snapshot && waited < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += Duration::from_millis(10);
+    }
+    let through = store.merkle_through().unwrap();
+    assert!(through >= snapshot && snapshot > 20, "the index reaches {through}, the last snapshot is at {snapshot}");
+    let leaves: Vec<[u8; 32]> = store.read_all(1).take(through as usize).map(|e| poolbill_projections::leaf_hash(&e.unwrap()).unwrap()).collect();
+    let expected = poolbill_merkle::root(&mut poolbill_merkle::Leaves(&leaves), through).unwrap();
+    assert_eq!(poolbill_ledger::merkle::digest(&store, Some(through)).unwrap(), (through, expected));
 }

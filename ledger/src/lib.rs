@@ -9,6 +9,7 @@
 //! the few functions that take a store (`replay`, `load_live`, `check_snapshots`) read it only
 //! through the `EventStore` trait.
 
+pub mod merkle;
 pub mod snapshot;
 
 use poolbill_domain::{handle, tick, Command, Event, Instant, Rejection};
@@ -153,44 +154,76 @@ pub struct Loaded {
     pub folded: u64,
 }
 
-/// Load a store's live projections from its newest readable snapshot plus the tail of its log.
 /// How many events one catch-up transaction indexes.
 const TAG_BATCH: usize = 20_000;
 
-/// Index the events a store holds beyond its tag index ([`poolbill_projections::tags_of`]), in
-/// order, in batches: a store written before tags were kept gets its index once, and the
-/// events themselves are not touched. Returns how many events were indexed.
+/// Bring the indexes a store keeps beside its log up to date, in one pass over the events
+/// beyond either: the tags ([`poolbill_projections::tags_of`]) and the Merkle tree (each
+/// event's [`poolbill_projections::leaf_hash`]), in order, in batches. A store written before
+/// an index was kept gets it once; the events themselves are not touched. Returns how many
+/// events were read.
+pub fn catch_up_indexes(store: &dyn EventStore) -> Result<u64, FoldError> {
+    catch_up(store, true, true)
+}
+
+/// [`catch_up_indexes`] for the tags alone.
 pub fn catch_up_tags(store: &dyn EventStore) -> Result<u64, FoldError> {
+    catch_up(store, true, false)
+}
+
+/// [`catch_up_indexes`] for the Merkle index alone (the engine runs it off its own thread:
+/// hashing is a few microseconds an event).
+pub fn catch_up_merkle(store: &dyn EventStore) -> Result<u64, FoldError> {
+    catch_up(store, false, true)
+}
+
+fn catch_up(store: &dyn EventStore, with_tags: bool, with_merkle: bool) -> Result<u64, FoldError> {
     // An index built under another tagging is rebuilt whole.
-    if store.tags_version()? != poolbill_projections::TAGS_VERSION {
+    if with_tags && store.tags_version()? != poolbill_projections::TAGS_VERSION {
         tracing::info!(from = store.tags_version()?, to = poolbill_projections::TAGS_VERSION, "the tag index is rebuilt under a new tagging");
         store.reset_tags(poolbill_projections::TAGS_VERSION)?;
     }
-    let (through, last) = (store.tagged_through()?, store.last_position()?);
-    if through >= last {
+    // An index not asked for counts as up to date.
+    let tagged = if with_tags { store.tagged_through()? } else { u64::MAX };
+    let hashed = if with_merkle { store.merkle_through()? } else { u64::MAX };
+    let last = store.last_position()?;
+    let from = tagged.min(hashed);
+    if from >= last {
         return Ok(0);
     }
-    let _span = tracing::info_span!("indexing", from = through + 1, to = last).entered();
-    let mut batch = Vec::with_capacity(TAG_BATCH);
-    let mut indexed = 0;
-    for envelope in store.read_all(through + 1) {
+    let _span = tracing::info_span!("indexing", from = from + 1, to = last).entered();
+    let (mut tags, mut leaves) = (Vec::new(), Vec::new());
+    let mut read = 0;
+    for envelope in store.read_all(from + 1) {
         let envelope = envelope?;
-        let event = poolbill_projections::event_of(&envelope).map_err(|source| ProjectionError { position: envelope.position, source })?;
-        batch.push((envelope.position, poolbill_projections::tags_of(&event)));
-        if batch.len() == TAG_BATCH {
-            store.tag_existing(&batch)?;
-            indexed += batch.len() as u64;
-            batch.clear();
+        let position = envelope.position;
+        let unreadable = |source| ProjectionError { position, source };
+        if position > tagged {
+            let event = poolbill_projections::event_of(&envelope).map_err(unreadable)?;
+            tags.push((position, poolbill_projections::tags_of(&event)));
         }
+        if position > hashed {
+            leaves.push((position, poolbill_projections::leaf_hash(&envelope).map_err(unreadable)?));
+        }
+        if tags.len() == TAG_BATCH {
+            store.tag_existing(&std::mem::take(&mut tags))?;
+        }
+        if leaves.len() == TAG_BATCH {
+            store.merkle_extend(&std::mem::take(&mut leaves))?;
+        }
+        read += 1;
     }
-    if !batch.is_empty() {
-        store.tag_existing(&batch)?;
-        indexed += batch.len() as u64;
+    if !tags.is_empty() {
+        store.tag_existing(&tags)?;
     }
-    tracing::info!(indexed, "tags of older events recorded");
-    Ok(indexed)
+    if !leaves.is_empty() {
+        store.merkle_extend(&leaves)?;
+    }
+    tracing::info!(read, "tags and Merkle leaves of older events recorded");
+    Ok(read)
 }
 
+/// Load a store's live projections from its newest readable snapshot plus the tail of its log.
 pub fn load_live(store: &dyn EventStore) -> Result<Loaded, FoldError> {
     let last = store.last_position()?;
     let (start, versions, snapshot, ignored) = match store.snapshot_at_or_before(last)? {

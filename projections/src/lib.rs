@@ -33,6 +33,20 @@ pub fn portable(envelope: &Envelope) -> Result<std::borrow::Cow<'_, Envelope>, D
     }
 }
 
+/// The canonical text of an envelope: its portable form ([`portable`]) as `serde_json` writes
+/// it (fields in declaration order, the payload's keys sorted). An exported line's checksum
+/// is computed over exactly this text, and it is the data of the envelope's leaf in the log's
+/// Merkle tree: so a log line and the store agree, whatever keeps the store.
+pub fn canonical_text(envelope: &Envelope) -> Result<String, DecodeError> {
+    Ok(serde_json::to_string(&*portable(envelope)?).expect("portable envelopes serialise"))
+}
+
+/// The envelope's leaf hash in the log's Merkle tree (RFC 6962: SHA-256 of 0x00 and its
+/// [`canonical_text`]).
+pub fn leaf_hash(envelope: &Envelope) -> Result<poolbill_merkle::Hash, DecodeError> {
+    Ok(poolbill_merkle::leaf_hash(canonical_text(envelope)?.as_bytes()))
+}
+
 /// An event to append at `at`, in the compact binary encoding of its type's latest schema.
 pub fn new_event(event: &Event, at: Instant) -> NewEvent {
     let event_type = event.event_type_name();
@@ -92,7 +106,7 @@ pub fn bill_hour_tag(start: Instant) -> String {
 }
 
 /// The keys a store indexes an event by (its tags, recorded in bulk after the event: see
-/// `poolbill_ledger::catch_up_tags`), so that the questions asked of one resource (explain,
+/// `poolbill_ledger::catch_up_indexes`), so that the questions asked of one resource (explain,
 /// time travel) read its events, not the whole log: the resources it concerns, the account
 /// whose standing it changes, and for a flow-bill line the hour and the month it starts in.
 pub fn tags_of(event: &Event) -> Vec<String> {

@@ -100,7 +100,7 @@ pub fn explain_at(envelopes: &[Envelope], resource: &str, at: Instant) -> Result
 }
 
 /// [`explain_bill`] from a store, through its tag index (brought up to date first: see
-/// `poolbill_ledger::catch_up_tags`): the line is found by counting lines by the hour they
+/// `poolbill_ledger::catch_up_indexes`): the line is found by counting lines by the hour they
 /// start in, and only the events about its resource are read, never the whole log.
 pub fn explain_bill_in(store: &dyn EventStore, number: usize) -> Result<Explanation, ExplainError> {
     let ranks = BillRanks::new(store)?;
@@ -225,7 +225,7 @@ impl<'a> BillRanks<'a> {
     /// Brings the store's tag index up to date first (it trails the log by up to a few
     /// thousand events, or all of them in a store written before tags).
     fn new(store: &'a dyn EventStore) -> Result<BillRanks<'a>, ExplainError> {
-        poolbill_ledger::catch_up_tags(store).map_err(|e| match e {
+        poolbill_ledger::catch_up_indexes(store).map_err(|e| match e {
             FoldError::Projection(p) => ExplainError::Decode { position: p.position, source: p.source },
             FoldError::Store(e) => store_error(e),
         })?;

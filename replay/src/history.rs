@@ -24,9 +24,9 @@ pub enum HistoryError {
     },
 }
 
-/// Bring the store's tag index up to date (`catch_up_tags`) before reading through it.
+/// Bring the store's tag index up to date (`catch_up_indexes`) before reading through it.
 pub fn index_up_to_date(store: &dyn EventStore) -> Result<(), HistoryError> {
-    poolbill_ledger::catch_up_tags(store).map(|_| ()).map_err(|e| match e {
+    poolbill_ledger::catch_up_indexes(store).map(|_| ()).map_err(|e| match e {
         poolbill_ledger::FoldError::Projection(p) => HistoryError::Decode { position: p.position, source: p.source },
         poolbill_ledger::FoldError::Store(e) => HistoryError::Store(e),
     })

@@ -14,6 +14,8 @@
 //! | `meta`         | `last_position` / `last_instant`            | `u64` BE / RFC 3339 text                     |
 //! | `tags`         | `p`, tag bytes, `0x00`, window `u32` BE     | the tag's positions in that window of 65,536: a varint count, then varint gaps |
 //! | `tags`         | `tagged_through` / `version`                | `u64` BE: every event up to it is indexed / `u32` BE: the tagging's version |
+//! | `merkle`       | `c`, chunk number `u64` BE                  | the root of that complete chunk of 256 leaves of the log's Merkle tree (32 bytes) |
+//! | `merkle`       | `tail` / `through`                          | the leaf hashes after the last complete chunk (32 bytes each) / `u64` BE: every event up to it is in the tree |
 //!
 //! Big-endian keys make sled's byte order equal to numeric order, so range scans
 //! return events by position and stream entries by version. Stream ids may
@@ -43,7 +45,8 @@
 //! without transactions, which this store depends on.
 
 use poolbill_store::{
-    AppendOutcome, AppendRequest, ChainOutcome, CommandRecord, Envelope, EventStore, Instant, Payload, StoreError, VerifyReport, SNAPSHOTS_KEPT,
+    merkle_chunk_root, AppendOutcome, AppendRequest, ChainOutcome, CommandRecord, Envelope, EventStore, Hash, Instant, Payload, StoreError,
+    VerifyReport, MERKLE_CHUNK, SNAPSHOTS_KEPT,
 };
 use std::collections::HashMap;
 use std::fmt;
@@ -78,6 +81,24 @@ const TAGS_VERSION: &[u8] = b"version";
 /// Posting lists hold the positions of one window of the log, so that a list stays small and a
 /// bulk update rewrites few of them.
 const TAG_WINDOW: u64 = 1 << 16;
+/// In the `merkle` tree: every event up to this position is in the tree (absent: none).
+const MERKLE_THROUGH: &[u8] = b"through";
+/// In the `merkle` tree: the leaf hashes after the last complete chunk.
+const MERKLE_TAIL: &[u8] = b"tail";
+
+/// The key of a complete chunk's root in the `merkle` tree.
+fn chunk_key(chunk: u64) -> [u8; 9] {
+    let mut key = [b'c'; 9];
+    key[1..].copy_from_slice(&chunk.to_be_bytes());
+    key
+}
+
+fn decode_hashes(bytes: &[u8], what: &str) -> Result<Vec<Hash>, StoreError> {
+    if bytes.len() % 32 != 0 {
+        return Err(corrupt(0, format!("the Merkle index's {what} is {} bytes, not whole 32-byte hashes", bytes.len())));
+    }
+    Ok(bytes.chunks_exact(32).map(|h| h.try_into().expect("32 bytes")).collect())
+}
 
 /// Handle on the event log. Cheap to clone (sled handles are reference counted).
 #[derive(Clone)]
@@ -96,6 +117,9 @@ pub struct SledStore {
     /// The tag index: posting lists and how far they reach, in one tree so that a bulk update
     /// is one atomic batch.
     tags: sled::Tree,
+    /// The Merkle index: roots of complete chunks, the tail's leaf hashes, how far it reaches;
+    /// one tree, so that an extension is one atomic batch.
+    merkle: sled::Tree,
     /// Snapshots of projections by position (opaque bytes): an optimisation, outside the log.
     snapshots: sled::Tree,
 }
@@ -402,6 +426,7 @@ impl SledStore {
             commands: open("commands")?,
             meta: open("meta")?,
             tags: open("tags")?,
+            merkle: open("merkle")?,
             snapshots: open("snapshots")?,
             db,
         })
@@ -487,6 +512,7 @@ impl SledStore {
             ("commands", &self.commands),
             ("meta", &self.meta),
             ("tags", &self.tags),
+            ("merkle", &self.merkle),
             ("snapshots", &self.snapshots),
         ];
         let mut sizes = Vec::new();
@@ -717,6 +743,76 @@ impl EventStore for SledStore {
         batch.insert(TAGGED_THROUGH, &through.to_be_bytes()[..]);
         self.tags.apply_batch(batch).map_err(storage("writing the tag index"))?;
         self.db.flush().map(|_| ()).map_err(storage("flushing the tag index"))
+    }
+
+    fn merkle_through(&self) -> Result<u64, StoreError> {
+        match self.merkle.get(MERKLE_THROUGH).map_err(storage("reading how far the Merkle index reaches"))? {
+            None => Ok(0),
+            Some(v) => decode_u64(&v).ok_or_else(|| corrupt(0, "the Merkle index's through is not a u64")),
+        }
+    }
+
+    /// One atomic batch on the `merkle` tree: the roots of the chunks completed, the new tail,
+    /// how far it reaches.
+    fn merkle_extend(&self, leaves: &[(u64, Hash)]) -> Result<(), StoreError> {
+        if leaves.is_empty() {
+            return Ok(());
+        }
+        let through = self.merkle_through()?;
+        let last = self.last_position()?;
+        for (k, (position, _)) in leaves.iter().enumerate() {
+            if *position != through + 1 + k as u64 || *position > last {
+                return Err(StoreError::Internal("Merkle leaves of existing events must continue the index, in order, within the log"));
+            }
+        }
+        let mut tail = self.merkle_tail()?;
+        if tail.len() as u64 != through % MERKLE_CHUNK {
+            return Err(corrupt(0, format!("the Merkle index's tail holds {} leaves, but it reaches position {through}", tail.len())));
+        }
+        let mut batch = sled::Batch::default();
+        let mut chunk = through / MERKLE_CHUNK;
+        for (_, hash) in leaves {
+            tail.push(*hash);
+            if tail.len() as u64 == MERKLE_CHUNK {
+                batch.insert(&chunk_key(chunk)[..], &merkle_chunk_root(&tail)[..]);
+                tail.clear();
+                chunk += 1;
+            }
+        }
+        batch.insert(MERKLE_TAIL, tail.concat());
+        batch.insert(MERKLE_THROUGH, &(through + leaves.len() as u64).to_be_bytes()[..]);
+        self.merkle.apply_batch(batch).map_err(storage("writing the Merkle index"))?;
+        self.db.flush().map(|_| ()).map_err(storage("flushing the Merkle index"))
+    }
+
+    fn merkle_chunk_roots(&self, from: u64, to: u64) -> Result<Vec<Hash>, StoreError> {
+        let complete = self.merkle_through()? / MERKLE_CHUNK;
+        if to > complete {
+            return Err(StoreError::Internal("a Merkle chunk asked for is not complete in the index"));
+        }
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let mut roots = Vec::with_capacity(to.saturating_sub(from) as usize);
+        for entry in self.merkle.range(chunk_key(from)..chunk_key(to)) {
+            let (key, value) = entry.map_err(storage("reading Merkle chunk roots"))?;
+            let chunk = decode_u64(&key[1..]).unwrap_or(u64::MAX);
+            if chunk != from + roots.len() as u64 || value.len() != 32 {
+                return Err(corrupt(0, format!("the Merkle index's chunk roots have a gap or a bad value before chunk {chunk}")));
+            }
+            roots.push(value.as_ref().try_into().expect("32 bytes"));
+        }
+        if roots.len() as u64 != to.saturating_sub(from) {
+            return Err(corrupt(0, format!("the Merkle index lacks chunk roots in {from}..{to}")));
+        }
+        Ok(roots)
+    }
+
+    fn merkle_tail(&self) -> Result<Vec<Hash>, StoreError> {
+        match self.merkle.get(MERKLE_TAIL).map_err(storage("reading the Merkle index's tail"))? {
+            None => Ok(Vec::new()),
+            Some(bytes) => decode_hashes(&bytes, "tail"),
+        }
     }
 
     /// Current version of `stream`, 0 when it has no events.

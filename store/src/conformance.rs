@@ -46,7 +46,7 @@ pub const T2: &str = "2024-03-01T12:00:00+01:00";
 /// Run every check, each on a fresh empty store from `fresh`; a failure names its check.
 pub fn run_all(fresh: &dyn Fn() -> Box<dyn EventStore>) {
     type Check = fn(&dyn EventStore);
-    let checks: [(&str, Check); 10] = [
+    let checks: [(&str, Check); 11] = [
         ("positions_are_gapless_across_streams_and_batches", positions_are_gapless_across_streams_and_batches),
         ("per_stream_versions_and_read_stream_from_version", per_stream_versions_and_read_stream_from_version),
         ("stream_ids_that_extend_another_with_nul_do_not_mix", stream_ids_that_extend_another_with_nul_do_not_mix),
@@ -56,6 +56,7 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn EventStore>) {
         ("empty_request_with_command_id_records_outcome", empty_request_with_command_id_records_outcome),
         ("binary_and_json_payloads_come_back_as_given", binary_and_json_payloads_come_back_as_given),
         ("tags_list_their_events_in_log_order", tags_list_their_events_in_log_order),
+        ("merkle_index_keeps_chunk_roots_and_the_tail", merkle_index_keeps_chunk_roots_and_the_tail),
         (
             "snapshots_are_found_at_or_before_a_position_and_only_the_newest_are_kept",
             snapshots_are_found_at_or_before_a_position_and_only_the_newest_are_kept,
@@ -282,6 +283,51 @@ pub fn tags_list_their_events_in_log_order(store: &dyn EventStore) {
     store.tag_existing(&[(1, tags(&["again"]))]).unwrap();
     assert_eq!(store.tagged("again", 0, 10).unwrap(), vec![1]);
     assert_eq!(store.tags_version().unwrap(), 3);
+}
+
+/// A leaf hash for the suite: any 32 bytes do, the store never looks inside.
+pub fn leaf(position: u64) -> Hash {
+    let mut hash = [0u8; 32];
+    hash[..8].copy_from_slice(&position.to_be_bytes());
+    hash[8..16].copy_from_slice(&(position * 7919).to_le_bytes());
+    hash
+}
+
+/// The Merkle index only continues (in order, within the log), all or nothing; each chunk it
+/// completes is kept as its root, the rest as leaf hashes.
+pub fn merkle_index_keeps_chunk_roots_and_the_tail(store: &dyn EventStore) {
+    let n = 2 * MERKLE_CHUNK + 40;
+    let events: Vec<NewEvent> = (0..n).map(|i| ev("a", "x", T0, json!(i))).collect();
+    store.append(req(None, events)).unwrap();
+    assert_eq!(store.merkle_through().unwrap(), 0);
+    assert!(store.merkle_tail().unwrap().is_empty());
+    assert!(store.merkle_chunk_roots(0, 0).unwrap().is_empty());
+    assert!(store.merkle_chunk_roots(0, 1).is_err(), "no chunk is complete yet");
+    let leaves = |from: u64, to: u64| (from..=to).map(|p| (p, leaf(p))).collect::<Vec<_>>();
+    let hashes = |from: u64, to: u64| (from..=to).map(leaf).collect::<Vec<_>>();
+
+    store.merkle_extend(&leaves(1, 10)).unwrap();
+    assert_eq!((store.merkle_through().unwrap(), store.merkle_tail().unwrap()), (10, hashes(1, 10)));
+    // Refused whole: not continuing the index, or past the log's end.
+    assert!(store.merkle_extend(&leaves(10, 12)).is_err(), "again");
+    assert!(store.merkle_extend(&leaves(12, 12)).is_err(), "a gap");
+    assert!(store.merkle_extend(&[(11, leaf(11)), (13, leaf(13))]).is_err(), "a gap inside");
+    assert!(store.merkle_extend(&leaves(11, n + 1)).is_err(), "past the log");
+    assert_eq!((store.merkle_through().unwrap(), store.merkle_tail().unwrap()), (10, hashes(1, 10)), "a refused batch records nothing");
+
+    store.merkle_extend(&leaves(11, MERKLE_CHUNK + 3)).unwrap();
+    assert_eq!(store.merkle_through().unwrap(), MERKLE_CHUNK + 3);
+    assert_eq!(store.merkle_chunk_roots(0, 1).unwrap(), vec![merkle_chunk_root(&hashes(1, MERKLE_CHUNK))]);
+    assert_eq!(store.merkle_tail().unwrap(), hashes(MERKLE_CHUNK + 1, MERKLE_CHUNK + 3));
+    store.merkle_extend(&leaves(MERKLE_CHUNK + 4, n)).unwrap();
+    assert_eq!(store.merkle_through().unwrap(), n);
+    let roots = store.merkle_chunk_roots(0, 2).unwrap();
+    assert_eq!(roots, vec![merkle_chunk_root(&hashes(1, MERKLE_CHUNK)), merkle_chunk_root(&hashes(MERKLE_CHUNK + 1, 2 * MERKLE_CHUNK))]);
+    assert_eq!(store.merkle_chunk_roots(1, 2).unwrap(), roots[1..].to_vec(), "from a chunk on");
+    assert_eq!(store.merkle_tail().unwrap(), hashes(2 * MERKLE_CHUNK + 1, n));
+    assert!(store.merkle_chunk_roots(1, 3).is_err());
+    store.merkle_extend(&[]).unwrap();
+    assert_eq!(store.merkle_through().unwrap(), n, "nothing to add is no change");
 }
 
 pub fn snapshots_are_found_at_or_before_a_position_and_only_the_newest_are_kept(store: &dyn EventStore) {

@@ -261,6 +261,20 @@ pub struct VerifyReport {
     pub commands: u64,
 }
 
+/// How many leaves of the log's Merkle tree one chunk of the index holds. A store keeps the
+/// root of each complete chunk (the complete subtree over its leaves) and the leaf hashes of the
+/// last, incomplete one; a proof that goes down into a complete chunk recomputes its leaves
+/// from the chunk's events (and checks them against the kept root).
+pub const MERKLE_CHUNK: u64 = 256;
+
+/// A SHA-256 hash of the Merkle index (RFC 6962 leaf or node hash).
+pub type Hash = [u8; 32];
+
+/// The root of a complete chunk of [`MERKLE_CHUNK`] leaf hashes, as every backend keeps it.
+pub fn merkle_chunk_root(leaves: &[Hash]) -> Hash {
+    poolbill_merkle::perfect_root(leaves)
+}
+
 /// How many snapshots a store keeps (the newest).
 pub const SNAPSHOTS_KEPT: usize = 8;
 
@@ -331,6 +345,29 @@ pub trait EventStore: Send + Sync {
     /// [`tagged_through`](EventStore::tagged_through), in order, within the log; all or
     /// nothing, flushed before it returns. The events themselves are not touched.
     fn tag_existing(&self, tags: &[(u64, Vec<String>)]) -> Result<(), StoreError>;
+
+    /// The last position whose leaf hash is in the Merkle index: every event up to it is.
+    ///
+    /// The Merkle index is the log's RFC 6962 tree (poolbill-merkle), kept beside it like the
+    /// tags: extended in bulk by [`merkle_extend`](EventStore::merkle_extend) after the events
+    /// (whoever extends it computes the leaf hashes from the events), and brought up to date
+    /// by its readers. It keeps the roots of complete chunks of [`MERKLE_CHUNK`] leaves and the
+    /// leaf hashes after the last complete chunk, never one entry per leaf.
+    fn merkle_through(&self) -> Result<u64, StoreError>;
+
+    /// Add the leaf hashes of events already in the log, which must continue right after
+    /// [`merkle_through`](EventStore::merkle_through), in order, within the log; each chunk
+    /// they complete is kept as its root ([`merkle_chunk_root`]). All or nothing, flushed
+    /// before it returns.
+    fn merkle_extend(&self, leaves: &[(u64, Hash)]) -> Result<(), StoreError>;
+
+    /// The roots of the complete chunks `from..to` (chunk `i` holds the leaves of positions
+    /// `i * MERKLE_CHUNK + 1 ..= (i + 1) * MERKLE_CHUNK`). Asking for a chunk the index has not
+    /// completed is an error.
+    fn merkle_chunk_roots(&self, from: u64, to: u64) -> Result<Vec<Hash>, StoreError>;
+
+    /// The leaf hashes after the last complete chunk, in order (fewer than [`MERKLE_CHUNK`]).
+    fn merkle_tail(&self) -> Result<Vec<Hash>, StoreError>;
 
     /// The last position written (0: an empty log).
     fn last_position(&self) -> Result<u64, StoreError>;
