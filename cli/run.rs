@@ -4,7 +4,7 @@ use crate::args::{instant, RunArgs, ServeArgs, TableFormat};
 use crate::failure::{input, one_line, runtime, Failure};
 use crate::{print_out, progress, table};
 use poolbill_domain::Instant;
-use poolbill_engine::{Engine, Executed, Outcome, Submitted};
+use poolbill_engine::{Engine, EngineError, Executed, Outcome, Submitted};
 use poolbill_replay::document::write_document;
 use poolbill_replay::Upto;
 use std::io::BufRead;
@@ -181,14 +181,25 @@ impl Pending {
                     }
                     answer
                 }
-                Err(e) => json!({"line": number, "id": id, "error": one_line(&e)}),
+                Err(e) => failed(json!({"line": number, "id": id}), &e),
             },
             Pending::Advance { number, at, answer } => match answer.answer().await {
                 Ok(events) => json!({"line": number, "advanced_to": at.to_rfc3339(), "events": events}),
-                Err(e) => json!({"line": number, "error": one_line(&e)}),
+                Err(e) => failed(json!({"line": number}), &e),
             },
         }
     }
+}
+
+/// A line that failed: its error, and `"outcome": "unknown"` when the engine cannot tell whether
+/// it was written (a retry with the same id tells); every other error is a promise that nothing
+/// of the line was written.
+fn failed(mut answer: serde_json::Value, error: &EngineError) -> serde_json::Value {
+    answer["error"] = serde_json::json!(one_line(error));
+    if matches!(error, EngineError::OutcomeUnknown(_)) {
+        answer["outcome"] = serde_json::json!("unknown");
+    }
+    answer
 }
 
 /// Write each answer, in input order, as it comes; stdout is flushed whenever the next answer

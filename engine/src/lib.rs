@@ -4,7 +4,16 @@
 //! One actor task owns the state. It takes every request queued at the moment, decides them in
 //! order against the state its predecessors leave (applying their events speculatively), and
 //! writes the lot as one chain with one flush (group commit). Only then does it answer: an
-//! acknowledged command is on disk. If the write fails, the state is rebuilt from the log.
+//! acknowledged command is on disk.
+//!
+//! If a write fails, the speculative state is dropped: the actor goes back to its checkpoint
+//! (the state as of its last acknowledged write, copied before it next speculated) and, once the
+//! store can be read, folds only what the log holds beyond it. A failure of the store itself
+//! (a full disk) starts an outage: requests are refused at once, without touching the store,
+//! and the store is asked to recover now and then (a backoff that grows with the failures and
+//! with what a recovery attempt costs), so the engine resumes by itself when space returns.
+//! Answers keep their promises: "not written" ([`EngineError::Aborted`]) only for what never
+//! reached the store, [`EngineError::OutcomeUnknown`] for what failed at or after its commit.
 
 mod clock;
 
@@ -66,9 +75,17 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Replay(#[from] FoldError),
-    /// Not written because an earlier request in the same group commit failed; safe to retry.
+    /// Not written: the command never reached the store (an earlier request in the same group
+    /// commit failed, or the store is failing and the engine refused it at once). A promise:
+    /// nothing of it is in the log; safe to retry with the same id.
     #[error("not written, retry: {0}")]
     Aborted(String),
+    /// The write failed at or after its commit (a flush that failed): the command may or may
+    /// not be in the log. Never answered as "not written". Retry with the same id once the
+    /// store writes again: a duplicate answer means it had been written (its first result), any
+    /// other answer that it had not and has now been done.
+    #[error("outcome unknown, retry with the same id to learn it: {0}")]
+    OutcomeUnknown(String),
     /// The engine task has stopped.
     #[error("the engine has stopped")]
     Closed,
@@ -134,8 +151,10 @@ impl Engine {
     /// rejection.
     ///
     /// A write that failed (an expected-version conflict with another writer, a failed flush) is
-    /// retried, at most [`RETRIES`] times, on state rebuilt from the log; the id keeps a retry
-    /// from ever applying twice.
+    /// retried, at most [`RETRIES`] times, on the acknowledged state and what the log holds
+    /// beyond it; the id keeps a retry from ever applying twice. While the store is failing the
+    /// retries are refused at once; an outcome that was unknown stays
+    /// [`EngineError::OutcomeUnknown`] unless a retry settles it.
     pub async fn execute(&self, id: impl Into<String>, at: Instant, command: Command, index: Option<u64>) -> Result<Executed, EngineError> {
         let id = id.into();
         let span = tracing::info_span!("command", id = %id, r#type = command.type_name(), at = %at.to_rfc3339());
@@ -144,11 +163,23 @@ impl Engine {
 
     async fn execute_in(&self, id: String, at: Instant, command: Command, index: Option<u64>) -> Result<Executed, EngineError> {
         let mut attempt = 0;
+        // Once an attempt's outcome is unknown, a later "not written" is only that attempt's:
+        // the answer stays unknown.
+        let mut unknown = None;
         loop {
             match self.submit(id.clone(), at, command.clone(), index).await?.answer().await {
                 Err(EngineError::Aborted(why)) if attempt < RETRIES => {
                     attempt += 1;
-                    tracing::debug!(attempt, %why, "not written; retried on state rebuilt from the log");
+                    tracing::debug!(attempt, %why, "not written; retried on the acknowledged state");
+                }
+                Err(EngineError::Aborted(why)) if unknown.is_some() => {
+                    let first: String = unknown.unwrap_or_default();
+                    return Err(EngineError::OutcomeUnknown(format!("{first}; a retry was not written: {why}")));
+                }
+                Err(EngineError::OutcomeUnknown(why)) if attempt < RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(attempt, %why, "outcome unknown; retried with the same id");
+                    unknown = Some(why);
                 }
                 done => {
                     match &done {
@@ -176,7 +207,9 @@ impl Engine {
     ///
     /// Unlike `execute`, a command not written because an earlier write in its group commit
     /// failed is not retried (a retry would be decided after requests queued behind it): its
-    /// answer is then [`EngineError::Aborted`], and submitting it again with the same id is safe.
+    /// answer is then [`EngineError::Aborted`], and submitting it again with the same id is safe;
+    /// one whose write failed at or after its commit is answered
+    /// [`EngineError::OutcomeUnknown`], and submitting it again with the same id settles it.
     pub async fn submit(&self, id: impl Into<String>, at: Instant, command: Command, index: Option<u64>) -> Result<Submitted<Executed>, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Execute { id: id.into(), at, command: Box::new(command), index, reply }).await?;
@@ -292,27 +325,103 @@ fn save_snapshot(store: &dyn EventStore, projections: &Projections, versions: &H
     }
 }
 
+/// Fold the log from position `from` on into `ledger` and `versions` (the tail past the state
+/// they hold): how many events.
+fn fold_tail(store: &dyn EventStore, from: u64, ledger: &mut Ledger, versions: &mut HashMap<String, u64>) -> Result<u64, EngineError> {
+    let last = store.last_position()?;
+    if last + 1 < from {
+        return Err(EngineError::Store(StoreError::Corrupt {
+            position: last + 1,
+            detail: format!("the log ends at position {last}, before the acknowledged position {}", from - 1),
+        }));
+    }
+    let mut folded = 0;
+    for envelope in store.read_all(from) {
+        let envelope = envelope?;
+        let event = poolbill_projections::event_of(&envelope)
+            .map_err(|source| FoldError::Projection(poolbill_projections::ProjectionError { position: envelope.position, source }))?;
+        ledger.apply(envelope.position, envelope.at, &event);
+        versions.insert(envelope.stream.clone(), envelope.version);
+        folded += 1;
+    }
+    Ok(folded)
+}
+
+/// An error and its causes on one line.
+fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        out.push_str(&format!(": {e}"));
+        cause = e.source();
+    }
+    out
+}
+
 /// A request's answer, given once its chain is on disk.
 enum Waiter {
     /// A new command: its answer is the append numbered `seq`.
-    Execute {
-        seq: u64,
-        reply: oneshot::Sender<Result<Executed, EngineError>>,
-    },
+    Execute { seq: u64, reply: oneshot::Sender<Result<Executed, EngineError>> },
     /// Answered at once, before anything is written (an id reused for another command).
-    Refused {
-        error: EngineError,
-        reply: oneshot::Sender<Result<Executed, EngineError>>,
-    },
+    Refused { error: EngineError, reply: oneshot::Sender<Result<Executed, EngineError>> },
     /// A command id already recorded: in the log, or by the append `seq` of this batch.
-    Known {
-        record: Result<CommandRecord, u64>,
-        reply: oneshot::Sender<Result<Executed, EngineError>>,
-    },
-    Advance {
-        events: Result<u64, EngineError>,
-        reply: oneshot::Sender<Result<u64, EngineError>>,
-    },
+    Known { record: Result<CommandRecord, u64>, reply: oneshot::Sender<Result<Executed, EngineError>> },
+    /// The clock's steps: answered with how many events, once the last append it queued (if
+    /// any) is written.
+    Advance { events: Result<u64, EngineError>, last: Option<u64>, reply: oneshot::Sender<Result<u64, EngineError>> },
+}
+
+/// The store is failing: requests are refused at once until `retry_at`, then the store is asked
+/// to recover.
+struct Outage {
+    why: String,
+    since: std::time::Instant,
+    retry_at: std::time::Instant,
+    backoff: std::time::Duration,
+    /// Command ids whose outcome is unknown: until the store recovers, a refusal of one of them
+    /// is not "not written" (an earlier attempt may be in the log).
+    unknown: std::collections::HashSet<String>,
+}
+
+/// The first wait before the store is asked to recover, and the longest.
+const FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+/// A recovery attempt may take at most this share of the time (one in ten) while it fails.
+const PROBE_SHARE: u32 = 10;
+
+impl Outage {
+    fn new(why: String) -> Outage {
+        let now = std::time::Instant::now();
+        Outage { why, since: now, retry_at: now + FIRST_BACKOFF, backoff: FIRST_BACKOFF, unknown: Default::default() }
+    }
+
+    /// A recovery attempt that took `took` failed with `why`: wait longer before the next.
+    fn failed_again(&mut self, why: String, took: std::time::Duration) {
+        self.why = why;
+        self.backoff = (self.backoff * 2).max(took * PROBE_SHARE).min(MAX_BACKOFF.max(took * PROBE_SHARE));
+        self.retry_at = std::time::Instant::now() + self.backoff;
+    }
+
+    /// The answer to a command refused during the outage.
+    fn refusal(&self, id: &str) -> EngineError {
+        let why = format!(
+            "the store is failing ({}), since {} ms; it is tried again in {} ms",
+            self.why,
+            self.since.elapsed().as_millis(),
+            self.retry_at.saturating_duration_since(std::time::Instant::now()).as_millis()
+        );
+        if self.unknown.contains(id) {
+            EngineError::OutcomeUnknown(format!("an earlier attempt's write failed after its commit; {why}"))
+        } else {
+            EngineError::Aborted(why)
+        }
+    }
+}
+
+/// The state as of the last acknowledged write, kept before the engine speculates past it.
+struct Checkpoint {
+    ledger: Ledger,
+    versions: HashMap<String, u64>,
 }
 
 struct Actor {
@@ -337,6 +446,13 @@ struct Actor {
     broken: Option<String>,
     /// Set when the state could not be rebuilt after a failed write: the actor stops.
     stopped: Arc<OnceLock<Arc<EngineError>>>,
+    /// The acknowledged state, while the ledger holds speculative steps past it.
+    checkpoint: Option<Checkpoint>,
+    /// Set when a write failed: the log may hold events past the ledger (another writer's, an
+    /// applied prefix, a write whose outcome was unknown), folded in before the next decision.
+    behind: bool,
+    /// Set while the store is failing.
+    outage: Option<Outage>,
     /// The position of the last snapshot kept (or of the state at open).
     snapshot_at: u64,
     /// How many events pass between snapshots.
@@ -364,6 +480,9 @@ impl Actor {
             written: HashMap::new(),
             broken: None,
             stopped,
+            checkpoint: None,
+            behind: false,
+            outage: None,
             snapshot_at,
             snapshot_every: snapshot::EVERY,
         }
@@ -409,6 +528,10 @@ impl Actor {
     }
 
     async fn write(&mut self, writes: Vec<Request>) {
+        if let Err(refusal) = self.ready().await {
+            self.refuse(writes, refusal);
+            return;
+        }
         let ids: Vec<String> = writes
             .iter()
             .filter_map(|w| match w {
@@ -430,7 +553,12 @@ impl Actor {
         let known = match known {
             Ok(k) => k,
             Err(e) => {
-                self.broken = Some(e.to_string());
+                if let EngineError::Store(store) = &e {
+                    if store.is_outage() && self.outage.is_none() {
+                        self.outage = Some(Outage::new(one_line(store)));
+                    }
+                }
+                self.broken = Some(one_line(&e));
                 HashMap::new()
             }
         };
@@ -460,8 +588,10 @@ impl Actor {
                     }
                 }
                 Request::Advance { to, reply } => {
+                    let queued = self.next_seq;
                     let events = self.advance(to).await;
-                    waiters.push(Waiter::Advance { events, reply });
+                    let last = (self.next_seq > queued).then(|| self.next_seq - 1);
+                    waiters.push(Waiter::Advance { events, last, reply });
                 }
                 Request::Read(_) => unreachable!("reads are split off"),
             }
@@ -481,6 +611,7 @@ impl Actor {
     async fn advance(&mut self, to: Instant) -> Result<u64, EngineError> {
         let mut count = 0;
         while self.broken.is_none() {
+            self.keep_checkpoint();
             let Some(step) = self.ledger.tick(to) else { break };
             tracing::trace!(at = %step.at.to_rfc3339(), events = step.events.len(), "time-driven events");
             count += step.events.len() as u64;
@@ -498,6 +629,7 @@ impl Actor {
     /// Decide one command and queue what it appends (its input, then its events or the record
     /// of its refusal). Returns its number.
     fn decide(&mut self, at: Instant, command: &Command, index: Option<u64>, id: String, fingerprint: String) -> u64 {
+        self.keep_checkpoint();
         let step = self.ledger.decide(Some(id), at, command, index);
         let outcome = match &step.rejection {
             None => Outcome::Accepted,
@@ -506,8 +638,108 @@ impl Actor {
         self.queue(step, outcome_json(&outcome), Some(fingerprint))
     }
 
-    /// Append a step the ledger has applied (speculatively: a failed write rebuilds the ledger
-    /// from the log) to the pending chain, with the checks its streams' versions call for.
+    /// Before the ledger speculates past the acknowledged state: keep a copy of it, once per
+    /// acknowledged write (what a failed write goes back to).
+    fn keep_checkpoint(&mut self) {
+        if self.checkpoint.is_none() {
+            self.checkpoint = Some(Checkpoint { ledger: self.ledger.clone(), versions: self.versions.clone() });
+        }
+    }
+
+    /// Whether requests can be decided and written: not while the store is failing (until
+    /// the next recovery attempt is due, and then only if it recovers), and only once the
+    /// ledger has caught up with the log after a failed write. Err: why the batch is refused.
+    async fn ready(&mut self) -> Result<(), Option<String>> {
+        if let Some(outage) = &self.outage {
+            if std::time::Instant::now() < outage.retry_at {
+                return Err(None);
+            }
+            let started = std::time::Instant::now();
+            let store = self.store.clone();
+            let recovered = blocking(move || store.recover().map_err(EngineError::from)).await;
+            let took = started.elapsed();
+            match recovered {
+                Ok(()) => {
+                    let outage = self.outage.take().expect("an outage");
+                    // The store's log is durable truth again: an id whose outcome was unknown
+                    // is now answered from it (a duplicate) or done.
+                    tracing::info!(after_ms = outage.since.elapsed().as_millis() as u64, probe_ms = took.as_millis() as u64, "the store recovered");
+                }
+                Err(EngineError::Store(e)) if !e.is_outage() => {
+                    self.stop(EngineError::Store(e));
+                    return Err(Some("the store is damaged".into()));
+                }
+                Err(e) => {
+                    let outage = self.outage.as_mut().expect("an outage");
+                    outage.failed_again(one_line(&e), took);
+                    tracing::debug!(error = %outage.why, backoff_ms = outage.backoff.as_millis() as u64, "the store has not recovered yet");
+                    return Err(None);
+                }
+            }
+        }
+        if self.behind {
+            match self.catch_up().await {
+                Ok(folded) => {
+                    self.behind = false;
+                    tracing::debug!(folded, "the ledger caught up with the log after a failed write");
+                }
+                Err(EngineError::Store(e)) if e.is_outage() => {
+                    self.outage = Some(Outage::new(one_line(&e)));
+                    return Err(None);
+                }
+                Err(e) => {
+                    let why = one_line(&e);
+                    self.stop(e);
+                    return Err(Some(why));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Answer a batch the engine cannot write now, without touching the store.
+    fn refuse(&mut self, writes: Vec<Request>, why: Option<String>) {
+        let refusal = |id: Option<&str>| match (&self.outage, &why) {
+            (Some(outage), None) => outage.refusal(id.unwrap_or_default()),
+            (_, why) => EngineError::Aborted(why.clone().unwrap_or_else(|| "the store is failing".into())),
+        };
+        for write in writes {
+            match write {
+                Request::Execute { id, reply, .. } => {
+                    let _ = reply.send(Err(refusal(Some(&id))));
+                }
+                Request::Advance { reply, .. } => {
+                    let _ = reply.send(Err(refusal(None)));
+                }
+                Request::Read(_) => unreachable!("reads are split off"),
+            }
+        }
+    }
+
+    /// Stop the actor: going on would decide on state that is not the log's.
+    fn stop(&mut self, cause: EngineError) {
+        tracing::error!(error = %cause, "the state cannot be brought back to the log's: the engine stops");
+        let _ = self.stopped.set(Arc::new(cause));
+    }
+
+    /// Fold what the log holds past the ledger (read from the store): returns how many events.
+    async fn catch_up(&mut self) -> Result<u64, EngineError> {
+        let store = self.store.clone();
+        let from = self.ledger.projections().last_position + 1;
+        let mut ledger = std::mem::take(&mut self.ledger);
+        let mut versions = std::mem::take(&mut self.versions);
+        let (ledger, versions, result) = blocking(move || {
+            let result = fold_tail(store.as_ref(), from, &mut ledger, &mut versions);
+            Ok((ledger, versions, result))
+        })
+        .await?;
+        self.ledger = ledger;
+        self.versions = versions;
+        result
+    }
+
+    /// Append a step the ledger has applied (speculatively: a failed write goes back to the
+    /// checkpoint) to the pending chain, with the checks its streams' versions call for.
     fn queue(&mut self, step: Step, outcome: serde_json::Value, fingerprint: Option<String>) -> u64 {
         let Step { at, command_id, events, .. } = step;
         let mut expected: Vec<(String, ExpectedVersion)> = Vec::new();
@@ -549,9 +781,16 @@ impl Actor {
         // task itself (then nothing is known to be written).
         let (outcomes, failure, task) = match result {
             Ok((outcomes, failure)) => (outcomes, failure, None),
-            Err(EngineError::Store(e)) => (Vec::new(), Some((0, e)), None),
-            Err(e) => (Vec::new(), None, Some(e.to_string())),
+            // The whole chain failed: each request's answer is below.
+            Err(EngineError::Store(e)) => (Vec::new(), None, Some(e)),
+            // The blocking task itself failed (it panicked): nothing is known of the write.
+            Err(e) => {
+                tracing::error!(error = %e, "the write's task failed");
+                let source = Box::new(StoreError::Internal("the append's task panicked"));
+                (Vec::new(), None, Some(StoreError::OutcomeUnknown { context: "the write's task failed".into(), source }))
+            }
         };
+        let unknown = matches!(task, Some(StoreError::OutcomeUnknown { .. }));
         for (i, (seq, id, now)) in seqs.iter().enumerate() {
             let answer = match (outcomes.get(i), &failure) {
                 // Recorded meanwhile by another writer of the store, for another command.
@@ -563,8 +802,15 @@ impl Actor {
                 (Some(AppendOutcome::Appended(r) | AppendOutcome::Duplicate(r)), _) => Ok(r.clone()),
                 (None, Some((at, e))) if *at == i => Err(EngineError::Store(e.clone())),
                 (None, Some((at, e))) => Err(EngineError::Aborted(format!("an earlier write in the same commit failed ({at}): {e}"))),
-                (None, None) => Err(EngineError::Aborted(task.clone().unwrap_or_else(|| "not written".to_string()))),
+                (None, None) => match &task {
+                    Some(e) if unknown => Err(EngineError::OutcomeUnknown(one_line(e))),
+                    Some(e) => Err(EngineError::Aborted(one_line(e))),
+                    None => Err(EngineError::Aborted("not written".to_string())),
+                },
             };
+            if let (true, Some(id), Some(e)) = (unknown, id, &task) {
+                self.outage.get_or_insert_with(|| Outage::new(one_line(e))).unknown.insert(id.clone());
+            }
             self.written.insert(*seq, answer);
         }
         // The tags of what was appended, in position order (a duplicate appended nothing).
@@ -577,15 +823,34 @@ impl Actor {
                 self.untagged.extend(tags.into_iter().enumerate().map(|(k, t)| (first + k as u64, t)));
             }
         }
-        if let Some(why) = failure.map(|(_, e)| e.to_string()).or(task) {
-            self.broken = Some(why);
-            tracing::warn!(why = self.broken.as_deref(), "a write failed; rebuilding the state from the log");
-            if let Err(cause) = self.reload().await {
-                // Going on would decide on speculative state that is not the log's.
-                tracing::error!(error = %cause, "the state cannot be rebuilt from the log: the engine stops");
-                let _ = self.stopped.set(Arc::new(cause));
+        match failure.map(|(_, e)| e).or(task) {
+            None => {
+                // All of it is acknowledged: nothing to go back to.
+                self.checkpoint = None;
+            }
+            Some(e) => {
+                self.broken = Some(one_line(&e));
+                if e.is_outage() && self.outage.is_none() {
+                    self.outage = Some(Outage::new(one_line(&e)));
+                }
+                tracing::warn!(why = self.broken.as_deref(), outage = e.is_outage(), "a write failed; back to the acknowledged state");
+                self.drop_speculation();
             }
         }
+    }
+
+    /// After a failed write: back to the checkpoint, and catch up with the log before the next
+    /// decision (it may hold more than was acknowledged).
+    fn drop_speculation(&mut self) {
+        self.pending.clear();
+        self.pending_tags.clear();
+        // What was written is read back by the next catch-up of the tag index instead.
+        self.untagged.clear();
+        if let Some(Checkpoint { ledger, versions }) = self.checkpoint.take() {
+            self.ledger = ledger;
+            self.versions = versions;
+        }
+        self.behind = true;
     }
 
     fn answer(&mut self, waiters: Vec<Waiter>) {
@@ -601,7 +866,12 @@ impl Actor {
                     let record = record.or_else(|seq| self.record(seq));
                     let _ = reply.send(record.map(|r| executed(r, true)));
                 }
-                Waiter::Advance { events, reply } => {
+                Waiter::Advance { events, last, reply } => {
+                    // Its steps are acknowledged only once the last of them is written.
+                    let events = match last.map(|seq| self.record_of(seq)) {
+                        None | Some(Ok(())) => events,
+                        Some(Err(e)) => Err(e),
+                    };
                     let _ = reply.send(events);
                 }
             }
@@ -614,9 +884,20 @@ impl Actor {
             Some(Err(EngineError::IdReused { id, first, now })) => {
                 Err(EngineError::IdReused { id: id.clone(), first: first.clone(), now: now.clone() })
             }
-            Some(Err(e)) => Err(EngineError::Aborted(e.to_string())),
+            Some(Err(EngineError::OutcomeUnknown(why))) => Err(EngineError::OutcomeUnknown(why.clone())),
+            Some(Err(EngineError::Aborted(why))) => Err(EngineError::Aborted(why.clone())),
+            Some(Err(e)) => Err(EngineError::Aborted(one_line(e))),
             None => Err(EngineError::Aborted(self.broken.clone().unwrap_or_else(|| "not written".to_string()))),
         }
+    }
+
+    /// Whether the append `seq` was written (its error if not), for answers that carry no record.
+    fn record_of(&self, seq: u64) -> Result<(), EngineError> {
+        self.record(seq).map(|_| ()).or_else(|e| match e {
+            // Another command's id reused: the append itself is not this answer's concern.
+            EngineError::IdReused { .. } => Ok(()),
+            e => Err(e),
+        })
     }
 
     /// Every `snapshot_every` events, a snapshot of the acknowledged state (nothing is
@@ -644,20 +925,6 @@ impl Actor {
             Ok(())
         })
         .await;
-    }
-
-    /// After a failed write: forget speculative state, rebuild from what is on disk.
-    async fn reload(&mut self) -> Result<(), EngineError> {
-        self.pending.clear();
-        self.pending_tags.clear();
-        // What was written is read back by the next catch-up instead.
-        self.untagged.clear();
-        let store = self.store.clone();
-        let every = self.snapshot_every;
-        let (ledger, versions) = blocking(move || load(store.as_ref(), every)).await?;
-        self.ledger = ledger;
-        self.versions = versions;
-        Ok(())
     }
 }
 

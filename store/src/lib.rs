@@ -201,6 +201,35 @@ pub enum StoreError {
     /// What cannot happen did: a bug in the store.
     #[error("internal error in the store: {0}")]
     Internal(&'static str),
+    /// An earlier write failed and the store has not recovered yet ([`EventStore::recover`]):
+    /// it refuses every read and write meanwhile, so that nothing is decided or answered from
+    /// what may not be on disk. Nothing was done.
+    #[error("the store cannot be used until it recovers from a failed write ({why}); nothing was done")]
+    Unavailable { why: String },
+    /// A write failed at or after its commit (the batch was applied, its flush failed): it may
+    /// or may not be on disk, and a crash may still lose it. The store refuses everything until
+    /// it recovers; then its log says which.
+    #[error("the outcome of the write is unknown: {context}")]
+    OutcomeUnknown {
+        context: String,
+        #[source]
+        source: Box<StoreError>,
+    },
+}
+
+impl StoreError {
+    /// Whether this is the store failing (its disk or database), as opposed to a request it
+    /// refused (a conflict, an instant out of order) or damage it found.
+    pub fn is_outage(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Backend { .. }
+                | StoreError::Io { .. }
+                | StoreError::Unavailable { .. }
+                | StoreError::OutcomeUnknown { .. }
+                | StoreError::Panicked { .. }
+        )
+    }
 }
 
 /// A cause kept inside a [`StoreError`]: shared, so that the error stays `Clone` (a failed
@@ -351,6 +380,13 @@ pub trait EventStore: Send + Sync {
 
     /// The positions of the snapshots kept, oldest first.
     fn snapshot_positions(&self) -> Result<Vec<u64>, StoreError>;
+
+    /// After a write failed (an outage, [`StoreError::is_outage`]): bring the store back to
+    /// what is on disk, durably (e.g. flush again, or reopen its files), and use it again. Err
+    /// while it still cannot; a store that never refuses after a failure has nothing to do.
+    fn recover(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Read everything back and check it (checksums, gapless positions and versions, indexes,
     /// instants in order), naming the first damage found.
