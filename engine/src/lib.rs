@@ -398,7 +398,7 @@ impl Outage {
     /// A recovery attempt that took `took` failed with `why`: wait longer before the next.
     fn failed_again(&mut self, why: String, took: std::time::Duration) {
         self.why = why;
-        self.backoff = (self.backoff * 2).max(took * PROBE_SHARE).min(MAX_BACKOFF.max(took * PROBE_SHARE));
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF).max(took * PROBE_SHARE);
         self.retry_at = std::time::Instant::now() + self.backoff;
     }
 
@@ -699,9 +699,14 @@ impl Actor {
 
     /// Answer a batch the engine cannot write now, without touching the store.
     fn refuse(&mut self, writes: Vec<Request>, why: Option<String>) {
-        let refusal = |id: Option<&str>| match (&self.outage, &why) {
-            (Some(outage), None) => outage.refusal(id.unwrap_or_default()),
-            (_, why) => EngineError::Aborted(why.clone().unwrap_or_else(|| "the store is failing".into())),
+        let refusal = |id: Option<&str>| {
+            let unknown = id.is_some_and(|id| self.outage.as_ref().is_some_and(|outage| outage.unknown.contains(id)));
+            match (&self.outage, &why) {
+                (Some(outage), None) => outage.refusal(id.unwrap_or_default()),
+                // Stopping keeps the promise too: an earlier attempt may be in the log.
+                (_, Some(why)) if unknown => EngineError::OutcomeUnknown(why.clone()),
+                (_, why) => EngineError::Aborted(why.clone().unwrap_or_else(|| "the store is failing".into())),
+            }
         };
         for write in writes {
             match write {

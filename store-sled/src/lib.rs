@@ -463,7 +463,11 @@ impl SledStore {
             }
         }
         let mark = mark.unwrap_or_else(|| std::sync::Arc::new(std::sync::Mutex::new(mark::Writer::new(path.join(WATERMARK_FILE)))));
-        let open = Opened::open(path, mark)?;
+        let open = Opened::open(path, mark).map_err(|e| match e {
+            // Our own failed database, still held by a read in progress: tried again later.
+            StoreError::InUse { path } => StoreError::Unavailable { why: format!("the failed database at {path} is still in use by a read") },
+            e => e,
+        })?;
         // What was read from the files is made durable before it is trusted.
         open.flush()?;
         *slot = Some(std::sync::Arc::new(open));
@@ -1196,15 +1200,15 @@ impl EventStore for SledStore {
 
     /// A store on disk is reopened from its files (sled keeps its first I/O error for good, and
     /// its memory may hold part of a batch that failed while committing), flushed and checked
-    /// against the high-water mark; a temporary one, which has no files to reopen, is flushed
-    /// again. Err, and still refusing, while that fails (a disk still full).
+    /// against the high-water mark. Err, and still refusing, while that fails (a disk still
+    /// full); a temporary store, which has no files to reopen from, refuses for good.
     fn recover(&self) -> Result<(), StoreError> {
         if !self.shared.failed.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(());
         }
         let recovered = match &self.shared.path {
             Some(path) => self.reopen(path),
-            None => self.current().map_or(Err(StoreError::Internal("a temporary store without its database")), |open| open.flush()),
+            None => Err(StoreError::Unavailable { why: "a temporary store has no files to recover from".into() }),
         };
         if recovered.is_ok() {
             let why = self.shared.failure.lock().unwrap_or_else(|e| e.into_inner()).take();
