@@ -302,13 +302,15 @@ pub type ChainOutcome = (Vec<AppendOutcome>, Option<(usize, StoreError)>);
 pub trait EventStore: Send + Sync {
     /// Group commit of independent requests: each its own atomic transaction, applied in order
     /// (a later one sees the earlier ones, e.g. as a duplicate), then one flush. The outer
-    /// `Err` is a failed flush: then nothing in the batch may be considered acknowledged.
+    /// `Err` is a failed transaction or flush: then nothing in the batch may be considered
+    /// acknowledged, and [`StoreError::OutcomeUnknown`] says it may be on disk all the same
+    /// (any other error: nothing of it was written).
     fn append_batch(&self, reqs: Vec<AppendRequest>) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError>;
 
     /// Group commit of a chain, each request decided on the state its predecessors leave:
     /// applied in order until the first that fails (the rest may depend on it), then one flush
     /// either way. Returns the outcomes of the applied prefix and, if one failed, its index and
-    /// error.
+    /// error. The outer `Err` is as for [`append_batch`](EventStore::append_batch).
     fn append_chain(&self, reqs: Vec<AppendRequest>) -> Result<ChainOutcome, StoreError>;
 
     /// One request, flushed.
