@@ -386,8 +386,10 @@ struct Outage {
 /// The first wait before the store is asked to recover, and the longest.
 const FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
-/// A recovery attempt may take at most this share of the time (one in ten) while it fails.
+/// A recovery attempt may take at most this share of the time (one in ten) while it fails,
+/// but the engine never waits longer than `LONGEST_WAIT` before the next.
 const PROBE_SHARE: u32 = 10;
+const LONGEST_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Outage {
     fn new(why: String) -> Outage {
@@ -398,7 +400,7 @@ impl Outage {
     /// A recovery attempt that took `took` failed with `why`: wait longer before the next.
     fn failed_again(&mut self, why: String, took: std::time::Duration) {
         self.why = why;
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF).max(took * PROBE_SHARE);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF).max((took * PROBE_SHARE).min(LONGEST_WAIT));
         self.retry_at = std::time::Instant::now() + self.backoff;
     }
 
