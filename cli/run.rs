@@ -266,3 +266,20 @@ async fn submit_line(engine: &Engine, line: &str, number: u64) -> Pending {
         Err(e) => Pending::Now(json!({"line": number, "id": id, "error": one_line(&e)})),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_an_unknown_outcome_is_answered_as_unknown() {
+        let unknown = failed(json!({"line": 3, "id": "x"}), &EngineError::OutcomeUnknown("the flush failed".into()));
+        assert_eq!(unknown["outcome"], "unknown");
+        assert_eq!((unknown["line"].clone(), unknown["id"].clone()), (json!(3), json!("x")));
+        assert!(unknown["error"].as_str().unwrap().contains("the flush failed"), "{unknown}");
+        // Every other error keeps the answer's shape: a promise that nothing was written.
+        let not_written = failed(json!({"line": 4, "id": "y"}), &EngineError::Aborted("the store is failing".into()));
+        assert_eq!(not_written, json!({"line": 4, "id": "y", "error": "not written, retry: the store is failing"}));
+    }
+}
