@@ -109,6 +109,9 @@ struct Ledger {
     /// Ids answered "not written", never "unknown" before: a promise that nothing is written.
     not_written: HashMap<String, u32>,
     duplicates_of_unknown: u32,
+    /// Ids ever answered "outcome unknown", and how many "not written" answers there were.
+    ever_unknown: std::collections::HashSet<String>,
+    not_written_answers: u32,
 }
 
 impl Ledger {
@@ -118,10 +121,12 @@ impl Ledger {
             if answer["outcome"] == "unknown" {
                 // An unknown outcome may have been written: a later duplicate is allowed.
                 self.not_written.remove(&id);
+                self.ever_unknown.insert(id.clone());
                 *self.unknown.entry(id).or_default() += 1;
             } else {
                 assert!(error.starts_with("not written, retry"), "a failed line is either not written or unknown: {answer}");
                 assert!(!self.acknowledged.contains_key(&id), "{id} was acknowledged, then answered not written: {answer}");
+                self.not_written_answers += 1;
                 if !self.unknown.contains_key(&id) {
                     *self.not_written.entry(id).or_default() += 1;
                 }
@@ -244,10 +249,12 @@ fn a_full_disk_refuses_fast_keeps_its_promises_and_writes_again_once_space_is_fr
     assert_eq!(balance, Decimal::from(sent), "the balance is one per top-up");
     println!(
         "disk full: {acknowledged_when_full} commands acknowledged before the {FREE_MB} MB filled; {WHILE_FULL} lines on the full store answered in {:.2} s; \
-         writing again {:.2} s after space was freed ({rounds} resend rounds); {} ids whose outcome was unknown turned out written (duplicates); \
-         {sent} top-ups in the log, each once",
+         writing again {:.2} s after space was freed ({rounds} resend rounds); {} \"not written\" answers, none written; {} ids answered unknown, \
+         {} of them found written (duplicates); {sent} top-ups in the log, each once",
         full_took.as_secs_f64(),
         resumed_after.unwrap_or_default().as_secs_f64(),
+        ledger.not_written_answers,
+        ledger.ever_unknown.len(),
         ledger.duplicates_of_unknown
     );
 }
