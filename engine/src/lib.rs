@@ -93,8 +93,9 @@ pub enum EngineError {
     /// was done. A retry must repeat its command exactly; a new command needs a new id.
     #[error("command id {id:?} was already used for another command: first {first}, now {now}; nothing was done (a new command needs a new id)")]
     IdReused { id: String, first: String, now: String },
-    /// A write failed and rebuilding the state from the log failed too: the engine stopped
-    /// rather than go on from state that is not the log's. Every later request gets this.
+    /// A write failed and the state could not be brought back to the log's (the log's tail
+    /// could not be folded, or the store found itself damaged as it recovered): the engine
+    /// stopped rather than go on from state that is not the log's. Every later request gets this.
     #[error("the engine stopped: after a failed write, its state could not be rebuilt from the log")]
     Stopped(#[source] Arc<EngineError>),
 }
