@@ -205,6 +205,13 @@ fn a_full_disk_refuses_fast_keeps_its_promises_and_writes_again_once_space_is_fr
     assert!(answers.iter().all(|a| a.get("error").is_some()), "nothing is written while the disk is full");
     assert!(full_took < Duration::from_secs(10), "{WHILE_FULL} lines on a full store took {full_took:?}");
 
+    // Opening a store on the full disk is refused before sled touches its files (sled can
+    // damage them when it cannot write as it opens), and that is not called damage.
+    let verify = poolbill().args(["verify", "--store", store.to_str().unwrap()]).output().unwrap();
+    let said = String::from_utf8_lossy(&verify.stderr);
+    assert_eq!(verify.status.code(), Some(1), "{said}");
+    assert!(said.contains("needed to open it safely") && !said.contains("DAMAGED"), "{said}");
+
     // Space returns: the same process writes again by itself (after its next recovery attempt).
     std::fs::remove_file(&ballast).unwrap();
     let freed = Instant::now();
