@@ -6,8 +6,8 @@
 //! writes the lot as one chain with one flush (group commit). Only then does it answer: an
 //! acknowledged command is on disk.
 //!
-//! If a write fails, the speculative state is dropped: the actor goes back to its checkpoint
-//! (the state as of its last acknowledged write, copied before it next speculated) and, once the
+//! If a write fails, the speculative state is dropped: the actor goes back to its checkpoint (a
+//! copy of acknowledged state, taken again every [`CHECKPOINT_EVERY`] events) and, once the
 //! store can be read, folds only what the log holds beyond it. A failure of the store itself
 //! (a full disk) starts an outage: requests are refused at once, without touching the store,
 //! and the store is asked to recover now and then (a backoff that grows with the failures and
@@ -421,7 +421,15 @@ impl Outage {
     }
 }
 
-/// The state as of the last acknowledged write, kept before the engine speculates past it.
+/// How many events pass between copies of the acknowledged state. A copy costs 0.34 ms for
+/// 1,000 pools over 20 accounts (release build): taken once a group commit it would slow a
+/// single client on such a state by a third. Between copies the steps written are kept, and a
+/// failed write goes back to the copy and applies them again (at most this many events, from
+/// memory), then folds what the log holds past them.
+pub const CHECKPOINT_EVERY: u64 = 1_000;
+
+/// A copy of the state as of an acknowledged write: what a failed write goes back to, before
+/// the log after it is folded again.
 struct Checkpoint {
     ledger: Ledger,
     versions: HashMap<String, u64>,
@@ -438,6 +446,12 @@ struct Actor {
     pending: Vec<(u64, AppendRequest)>,
     /// The tags of each pending request's events, in order (`projections::tags_of`).
     pending_tags: Vec<Vec<Vec<String>>>,
+    /// The steps of the pending requests, in order: those that get written join `redo`.
+    pending_steps: Vec<(Instant, Vec<Event>)>,
+    /// The steps written since the checkpoint, in order, and how many events they hold: the
+    /// checkpoint plus these is the acknowledged state.
+    redo: Vec<(Instant, Vec<Event>)>,
+    redo_events: u64,
     /// The tags of events written since the tag index was last brought up to date, by
     /// position (contiguous): recorded with the next snapshot, so the index never has to read
     /// back what the engine itself wrote.
@@ -450,7 +464,7 @@ struct Actor {
     /// Set when the state could not be rebuilt after a failed write: the actor stops.
     stopped: Arc<OnceLock<Arc<EngineError>>>,
     /// The acknowledged state, while the ledger holds speculative steps past it.
-    checkpoint: Option<Checkpoint>,
+    checkpoint: Checkpoint,
     /// Set when a write failed: the log may hold events past the ledger (another writer's, an
     /// applied prefix, a write whose outcome was unknown), folded in before the next decision.
     behind: bool,
@@ -471,6 +485,7 @@ impl Actor {
         stopped: Arc<OnceLock<Arc<EngineError>>>,
     ) -> Actor {
         let snapshot_at = ledger.projections().last_position;
+        let checkpoint = Checkpoint { ledger: ledger.clone(), versions: versions.clone() };
         Actor {
             store,
             ledger,
@@ -478,12 +493,15 @@ impl Actor {
             rx,
             pending: Vec::new(),
             pending_tags: Vec::new(),
+            pending_steps: Vec::new(),
+            redo: Vec::new(),
+            redo_events: 0,
             untagged: Vec::new(),
             next_seq: 0,
             written: HashMap::new(),
             broken: None,
             stopped,
-            checkpoint: None,
+            checkpoint,
             behind: false,
             outage: None,
             snapshot_at,
@@ -614,7 +632,6 @@ impl Actor {
     async fn advance(&mut self, to: Instant) -> Result<u64, EngineError> {
         let mut count = 0;
         while self.broken.is_none() {
-            self.keep_checkpoint();
             let Some(step) = self.ledger.tick(to) else { break };
             tracing::trace!(at = %step.at.to_rfc3339(), events = step.events.len(), "time-driven events");
             count += step.events.len() as u64;
@@ -632,7 +649,6 @@ impl Actor {
     /// Decide one command and queue what it appends (its input, then its events or the record
     /// of its refusal). Returns its number.
     fn decide(&mut self, at: Instant, command: &Command, index: Option<u64>, id: String, fingerprint: String) -> u64 {
-        self.keep_checkpoint();
         let step = self.ledger.decide(Some(id), at, command, index);
         let outcome = match &step.rejection {
             None => Outcome::Accepted,
@@ -641,12 +657,18 @@ impl Actor {
         self.queue(step, outcome_json(&outcome), Some(fingerprint))
     }
 
-    /// Before the ledger speculates past the acknowledged state: keep a copy of it, once per
-    /// acknowledged write (what a failed write goes back to).
-    fn keep_checkpoint(&mut self) {
-        if self.checkpoint.is_none() {
-            self.checkpoint = Some(Checkpoint { ledger: self.ledger.clone(), versions: self.versions.clone() });
+    /// Where the ledger holds acknowledged state only (after a write went through): copy it
+    /// once [`CHECKPOINT_EVERY`] events were written since the last copy.
+    fn refresh_checkpoint(&mut self) {
+        if self.redo_events >= CHECKPOINT_EVERY {
+            self.take_checkpoint();
         }
+    }
+
+    fn take_checkpoint(&mut self) {
+        self.checkpoint = Checkpoint { ledger: self.ledger.clone(), versions: self.versions.clone() };
+        self.redo.clear();
+        self.redo_events = 0;
     }
 
     /// Whether requests can be decided and written: not while the store is failing (until
@@ -684,6 +706,8 @@ impl Actor {
             match self.catch_up().await {
                 Ok(folded) => {
                     self.behind = false;
+                    // What was folded is not among the steps written since the checkpoint.
+                    self.take_checkpoint();
                     tracing::debug!(folded, "the ledger caught up with the log after a failed write");
                 }
                 Err(EngineError::Store(e)) if e.is_outage() => {
@@ -766,6 +790,7 @@ impl Actor {
             tags.push(poolbill_projections::tags_of(event));
         }
         self.pending_tags.push(tags);
+        self.pending_steps.push((at, events));
         let seq = self.next_seq;
         self.next_seq += 1;
         self.pending.push((seq, AppendRequest { command_id, expected, events: new_events, outcome, fingerprint }));
@@ -777,6 +802,7 @@ impl Actor {
     async fn flush_pending(&mut self) {
         let chain = std::mem::take(&mut self.pending);
         let chain_tags = std::mem::take(&mut self.pending_tags);
+        let chain_steps = std::mem::take(&mut self.pending_steps);
         if chain.is_empty() {
             return;
         }
@@ -821,6 +847,11 @@ impl Actor {
             }
             self.written.insert(*seq, answer);
         }
+        // The applied prefix is acknowledged: what the state goes back to after a failure.
+        for step in chain_steps.into_iter().take(outcomes.len()) {
+            self.redo_events += step.1.len() as u64;
+            self.redo.push(step);
+        }
         // The tags of what was appended, in position order (a duplicate appended nothing).
         for (outcome, tags) in outcomes.iter().zip(chain_tags) {
             if let AppendOutcome::Appended(CommandRecord { first_position: Some(first), .. }) = outcome {
@@ -832,10 +863,7 @@ impl Actor {
             }
         }
         match failure.map(|(_, e)| e).or(task) {
-            None => {
-                // All of it is acknowledged: nothing to go back to.
-                self.checkpoint = None;
-            }
+            None => self.refresh_checkpoint(),
             Some(e) => {
                 self.broken = Some(one_line(&e));
                 if e.is_outage() && self.outage.is_none() {
@@ -852,11 +880,18 @@ impl Actor {
     fn drop_speculation(&mut self) {
         self.pending.clear();
         self.pending_tags.clear();
+        self.pending_steps.clear();
         // What was written is read back by the next catch-up of the tag index instead.
         self.untagged.clear();
-        if let Some(Checkpoint { ledger, versions }) = self.checkpoint.take() {
-            self.ledger = ledger;
-            self.versions = versions;
+        // The checkpoint, then the steps written since: the acknowledged state, read from memory.
+        self.ledger = self.checkpoint.ledger.clone();
+        self.versions = self.checkpoint.versions.clone();
+        for (at, events) in &self.redo {
+            for event in events {
+                let position = self.ledger.projections().last_position + 1;
+                self.ledger.apply(position, *at, event);
+                *self.versions.entry(event.stream()).or_insert(0) += 1;
+            }
         }
         self.behind = true;
     }

@@ -32,11 +32,12 @@ struct Faults {
     full: AtomicBool,
     /// Set by a failed write, cleared by `recover`: every call is refused meanwhile.
     failed: AtomicBool,
-    /// Appends that reached the store, recovery attempts, and reads of the whole log or of a
-    /// snapshot (what a full reload does).
+    /// Appends that reached the store, recovery attempts, reads of a snapshot (a reload starts
+    /// with one), and events read from the log.
     appends: AtomicU64,
     recovers: AtomicU64,
-    reloads: AtomicU64,
+    snapshot_reads: AtomicU64,
+    events_read: Arc<AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -112,10 +113,10 @@ impl EventStore for Faulty {
         if let Err(e) = self.refused() {
             return Box::new(std::iter::once(Err(e)));
         }
-        if from_position <= 1 {
-            self.faults.reloads.fetch_add(1, Ordering::SeqCst);
-        }
-        self.inner.read_all(from_position)
+        let read = self.faults.events_read.clone();
+        Box::new(self.inner.read_all(from_position).inspect(move |_| {
+            read.fetch_add(1, Ordering::SeqCst);
+        }))
     }
 
     fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<Envelope>, StoreError> {
@@ -180,7 +181,7 @@ impl EventStore for Faulty {
 
     fn snapshot_at_or_before(&self, position: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         self.refused()?;
-        self.faults.reloads.fetch_add(1, Ordering::SeqCst);
+        self.faults.snapshot_reads.fetch_add(1, Ordering::SeqCst);
         self.inner.snapshot_at_or_before(position)
     }
 
@@ -237,7 +238,7 @@ async fn until_written(engine: &Engine, id: &str) -> Executed {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_that_fails_before_its_commit_is_not_written_and_refused_fast_until_space_returns() {
     let (engine, store) = given_three_top_ups().await;
-    let reloads = store.count(&store.faults.reloads);
+    let reloads = store.count(&store.faults.snapshot_reads);
     // Given a full disk, when a top-up's write fails before its commit
     store.fill_disk(Fail::BeforeCommit);
     let failed = submit(&engine, "x").await.unwrap_err();
@@ -262,14 +263,14 @@ async fn a_write_that_fails_before_its_commit_is_not_written_and_refused_fast_un
     let done = until_written(&engine, "x").await;
     assert_eq!((done.outcome, done.duplicate), (Outcome::Accepted, false));
     assert_eq!(balance(&engine).await, d("4.00"));
-    assert_eq!(store.count(&store.faults.reloads), reloads, "no full reload: only the log's tail was read");
+    assert_eq!(store.count(&store.faults.snapshot_reads), reloads, "no reload: back to the checkpoint, then the log after it");
     engine.store().verify().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_flush_failed_is_unknown_until_a_retry_finds_it_written() {
     let (engine, store) = given_three_top_ups().await;
-    let reloads = store.count(&store.faults.reloads);
+    let reloads = store.count(&store.faults.snapshot_reads);
     // Given a disk that fills while a top-up is being flushed (it did reach the disk)
     store.fill_disk(Fail::AfterCommitWritten);
     // When it fails, then its outcome is unknown, never "not written"
@@ -290,7 +291,7 @@ async fn a_write_whose_flush_failed_is_unknown_until_a_retry_finds_it_written() 
     let next = until_written(&engine, "w").await;
     assert_eq!(next.first_position, record.last_position.map(|p| p + 1), "the log goes on right after it");
     assert_eq!(balance(&engine).await, d("5.00"));
-    assert_eq!(store.count(&store.faults.reloads), reloads, "no full reload");
+    assert_eq!(store.count(&store.faults.snapshot_reads), reloads, "no reload");
     engine.store().verify().unwrap();
 }
 
@@ -337,4 +338,35 @@ async fn a_clock_advance_whose_write_failed_is_not_acknowledged() {
     };
     assert!(events > 0);
     assert_eq!(balance(&engine).await, d("3.00") - d("3.60") * Decimal::from(3), "three hours at 3.60");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failed_write_only_the_log_past_the_last_checkpoint_is_folded_again() {
+    // Given a log of 2,500 acknowledged top-ups (5,000 events and more)
+    let (engine, store) = given_three_top_ups().await;
+    let mut answers = Vec::new();
+    for k in 0..2500 {
+        answers.push(engine.submit(format!("many-{k}"), t(AT), top_up(), None).await.unwrap());
+    }
+    for answer in answers {
+        answer.answer().await.unwrap();
+    }
+    let log = engine.store().last_position().unwrap();
+    let (snapshots, read) = (store.count(&store.faults.snapshot_reads), store.count(&store.faults.events_read));
+    // When a write fails and the store recovers
+    store.fill_disk(Fail::AfterCommitWritten);
+    assert!(matches!(submit(&engine, "x").await, Err(EngineError::OutcomeUnknown(_))));
+    // Then the acknowledged state is there at once, rebuilt in memory (checkpoint and the steps
+    // written since), without reading the store
+    assert_eq!(balance(&engine).await, d("2503.00"));
+    store.free_space();
+    let done = until_written(&engine, "x").await;
+    // And once the store recovers, only what the log holds past it is read: the failed write's
+    // own two events; no snapshot, not the log
+    let folded = store.count(&store.faults.events_read) - read;
+    assert!(done.duplicate);
+    assert_eq!(folded, 2, "{folded} events read again of a log of {log}");
+    assert_eq!(store.count(&store.faults.snapshot_reads), snapshots);
+    assert_eq!(balance(&engine).await, d("2504.00"), "3 + 2,500 + x");
+    println!("after a failed write: {folded} events folded again, of a log of {log}");
 }
