@@ -422,8 +422,8 @@ impl Outage {
 }
 
 /// How many events pass between copies of the acknowledged state. A copy costs 0.34 ms for
-/// 1,000 pools over 20 accounts (release build): taken once a group commit it would slow a
-/// single client on such a state by a third. Between copies the steps written are kept, and a
+/// 1,000 pools over 20 accounts (release build): taken once a group commit, it added that much
+/// to a single client's commit of about 0.72 ms. Between copies the steps written are kept, and a
 /// failed write goes back to the copy and applies them again (at most this many events, from
 /// memory), then folds what the log holds past them.
 pub const CHECKPOINT_EVERY: u64 = 1_000;
