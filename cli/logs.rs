@@ -40,7 +40,8 @@ impl LogSource {
 
 /// Open an existing store for reading: a tool never creates one. A missing directory, or one
 /// without a store in it, is bad input (exit 2); a store another process has open (a running
-/// `serve`) or that cannot be opened is a failure (exit 1), damage saying so.
+/// `serve`, a disk too full to open it safely) or that cannot be opened is a failure (exit 1),
+/// damage saying so.
 pub(crate) fn open_store(dir: &Path) -> Result<SledStore, Failure> {
     let name = dir.display();
     if !dir.exists() {
@@ -56,6 +57,8 @@ pub(crate) fn open_store(dir: &Path) -> Result<SledStore, Failure> {
         StoreError::InUse { .. } => {
             runtime(format!("the store at {name} is in use by another process (a running `poolbill serve`?): stop it first"))(e)
         }
+        // The disk failing (e.g. too full to open the store safely) is not damage.
+        e if e.is_outage() => runtime(format!("opening the store at {name}"))(e),
         e => damaged(format!("opening the store at {name}"))(e),
     })
 }

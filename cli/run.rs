@@ -4,7 +4,7 @@ use crate::args::{instant, RunArgs, ServeArgs, TableFormat};
 use crate::failure::{input, one_line, runtime, Failure};
 use crate::{print_out, progress, table};
 use poolbill_domain::Instant;
-use poolbill_engine::{Engine, Executed, Submitted};
+use poolbill_engine::{Engine, EngineError, Executed, Submitted};
 use poolbill_replay::document::write_document;
 use poolbill_replay::Upto;
 use std::io::BufRead;
@@ -182,14 +182,25 @@ impl Pending {
                     answer.insert("line".into(), json!(number));
                     serde_json::Value::Object(answer)
                 }
-                Err(e) => json!({"line": number, "id": id, "error": one_line(&e)}),
+                Err(e) => failed(json!({"line": number, "id": id}), &e),
             },
             Pending::Advance { number, at, answer } => match answer.answer().await {
                 Ok(events) => json!({"line": number, "advanced_to": at.to_rfc3339(), "events": events}),
-                Err(e) => json!({"line": number, "error": one_line(&e)}),
+                Err(e) => failed(json!({"line": number}), &e),
             },
         }
     }
+}
+
+/// A line that failed: its error, and `"outcome": "unknown"` when the engine cannot tell whether
+/// it was written (a retry with the same id tells); every other error is a promise that nothing
+/// of the line was written.
+fn failed(mut answer: serde_json::Value, error: &EngineError) -> serde_json::Value {
+    answer["error"] = serde_json::json!(one_line(error));
+    if matches!(error, EngineError::OutcomeUnknown(_)) {
+        answer["outcome"] = serde_json::json!("unknown");
+    }
+    answer
 }
 
 /// Write each answer, in input order, as it comes; stdout is flushed whenever the next answer
@@ -269,4 +280,21 @@ async fn serve_http(engine: Engine, address: std::net::SocketAddr, tokens: poolb
         .map_err(runtime("serving HTTP"))?;
     // A command whose client went away is still queued: a read is answered after it.
     engine.read(|_| ()).await.map_err(runtime("draining the engine"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_an_unknown_outcome_is_answered_as_unknown() {
+        let unknown = failed(json!({"line": 3, "id": "x"}), &EngineError::OutcomeUnknown("the flush failed".into()));
+        assert_eq!(unknown["outcome"], "unknown");
+        assert_eq!((unknown["line"].clone(), unknown["id"].clone()), (json!(3), json!("x")));
+        assert!(unknown["error"].as_str().unwrap().contains("the flush failed"), "{unknown}");
+        // Every other error keeps the answer's shape: a promise that nothing was written.
+        let not_written = failed(json!({"line": 4, "id": "y"}), &EngineError::Aborted("the store is failing".into()));
+        assert_eq!(not_written, json!({"line": 4, "id": "y", "error": "not written, retry: the store is failing"}));
+    }
 }

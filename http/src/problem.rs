@@ -27,6 +27,9 @@ pub enum Code {
     BodyTooLarge,
     /// Not written because an earlier write of the same group commit failed: safe to retry.
     NotWritten,
+    /// The write failed at or after its commit: it may or may not be in the log. A retry with
+    /// the same key settles it (its first answer if it was written, done now if not).
+    OutcomeUnknown,
     /// The engine has stopped (after a write failure it could not recover from).
     EngineStopped,
     /// The store failed while reading or writing.
@@ -46,6 +49,7 @@ impl Code {
             Code::MethodNotAllowed => "method-not-allowed",
             Code::BodyTooLarge => "body-too-large",
             Code::NotWritten => "not-written",
+            Code::OutcomeUnknown => "outcome-unknown",
             Code::EngineStopped => "engine-stopped",
             Code::StoreFailed => "store-failed",
         }
@@ -60,7 +64,7 @@ impl Code {
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Code::NotWritten | Code::EngineStopped => StatusCode::SERVICE_UNAVAILABLE,
+            Code::NotWritten | Code::OutcomeUnknown | Code::EngineStopped => StatusCode::SERVICE_UNAVAILABLE,
             Code::StoreFailed => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -77,6 +81,7 @@ impl Code {
             Code::MethodNotAllowed => "The method is not allowed here",
             Code::BodyTooLarge => "The request body is too large",
             Code::NotWritten => "Not written; safe to retry with the same key",
+            Code::OutcomeUnknown => "Outcome unknown; retry with the same key to learn it",
             Code::EngineStopped => "The engine has stopped",
             Code::StoreFailed => "The store failed",
         }
@@ -108,6 +113,10 @@ pub struct ProblemBody {
     /// The field, parameter or header at fault, when one is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// `"unknown"` when the command's write failed at or after its commit (code
+    /// `outcome-unknown`), as `poolbill serve` answers it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
 }
 
 impl Problem {
@@ -132,6 +141,7 @@ impl Problem {
             detail: self.detail.clone(),
             code: self.code.as_str().to_string(),
             field: self.field.clone(),
+            outcome: (self.code == Code::OutcomeUnknown).then(|| "unknown".to_string()),
         }
     }
 }
@@ -151,14 +161,14 @@ impl IntoResponse for Problem {
 
 /// The one place an engine error becomes an HTTP answer.
 ///
-/// Seam for issue 12: when the engine can say that the store could not tell whether a command
-/// was written, map that variant here to a 503 whose body carries `"outcome": "unknown"`
-/// (a retry with the same Idempotency-Key resolves it).
+/// A write that failed at or after its commit is a 503 whose body carries `"outcome": "unknown"`
+/// (a retry with the same Idempotency-Key settles it); "not written" is a promise (issue 12).
 pub fn engine_problem(error: &EngineError) -> Problem {
     let detail = one_line(error);
     match error {
         EngineError::IdReused { .. } => Problem::new(Code::IdempotencyKeyReused, detail).at("Idempotency-Key"),
         EngineError::Aborted(_) => Problem::new(Code::NotWritten, detail),
+        EngineError::OutcomeUnknown(_) => Problem::new(Code::OutcomeUnknown, detail),
         EngineError::Closed | EngineError::Stopped(_) => Problem::new(Code::EngineStopped, detail),
         EngineError::Store(_) | EngineError::Replay(_) => Problem::new(Code::StoreFailed, detail),
     }
@@ -187,6 +197,10 @@ mod tests {
         assert!(p.detail.contains("already used for another command"), "{}", p.detail);
         assert_eq!(engine_problem(&EngineError::Aborted("x".into())).status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(engine_problem(&EngineError::Closed).code, Code::EngineStopped);
+        let unknown = engine_problem(&EngineError::OutcomeUnknown("the flush failed".into()));
+        assert_eq!((unknown.code.as_str(), unknown.status().as_u16()), ("outcome-unknown", 503));
+        assert_eq!(serde_json::to_value(unknown.body()).unwrap()["outcome"], "unknown");
+        assert!(serde_json::to_value(engine_problem(&EngineError::Aborted("x".into())).body()).unwrap().get("outcome").is_none());
     }
 
     #[test]

@@ -68,6 +68,11 @@ fn is_locked(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"))
 }
 
+/// A full disk (or quota), which sled reports as an I/O error.
+fn is_no_space(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull || io.kind() == std::io::ErrorKind::QuotaExceeded)
+}
+
 /// sled's page cache (its default is 1 GB): reads of a long log are sequential, so a small
 /// cache costs little and keeps a reader's memory bounded.
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -100,11 +105,38 @@ fn decode_hashes(bytes: &[u8], what: &str) -> Result<Vec<Hash>, StoreError> {
     Ok(bytes.chunks_exact(32).map(|h| h.try_into().expect("32 bytes")).collect())
 }
 
-/// Handle on the event log. Cheap to clone (sled handles are reference counted).
+/// Handle on the event log. Cheap to clone (the clones share one open database).
+///
+/// # After a failed write
+///
+/// A sled error while appending (a full disk, most often) leaves sled 0.34.7 unusable: it keeps
+/// the first I/O error and returns it from every later call, and its in-memory trees may hold
+/// a batch, or part of one, that never reached the disk. So the store refuses every read and
+/// write from then on ([`StoreError::Unavailable`]: nothing is read from, or decided on, what
+/// may not be durable) until [`EventStore::recover`] succeeds: a flush that goes through now
+/// (everything in memory is then on disk), or else the database reopened from its files
+/// (what is on disk and nothing else), flushed, and checked against the high-water mark.
 #[derive(Clone)]
 pub struct SledStore {
-    /// Where the high-water mark is kept (stores on disk only); the lock orders its writers.
-    /// The high-water mark's writer (stores on disk only); its lock orders the marks.
+    shared: std::sync::Arc<Shared>,
+}
+
+/// What the clones of a store share.
+struct Shared {
+    /// The store's directory (none for a temporary store, which cannot be reopened).
+    path: Option<std::path::PathBuf>,
+    /// The open database; none between a failed reopen and the next one.
+    open: std::sync::RwLock<Option<std::sync::Arc<Opened>>>,
+    /// Why the store refuses reads and writes (a write failed), until it recovers.
+    failure: std::sync::Mutex<Option<String>>,
+    /// Set with `failure`: the check on every call, without taking the lock.
+    failed: std::sync::atomic::AtomicBool,
+}
+
+/// One opening of sled's files: the database, its trees, and what is kept beside it.
+struct Opened {
+    /// The high-water mark's writer (stores on disk only); its lock orders the marks. Shared by
+    /// every opening of the same directory.
     mark: Option<std::sync::Arc<std::sync::Mutex<mark::Writer>>>,
     /// sled's database file: synced after each flush (see [`SledStore::flush`]).
     db_file: Option<std::sync::Arc<std::fs::File>>,
@@ -122,6 +154,10 @@ pub struct SledStore {
     merkle: sled::Tree,
     /// Snapshots of projections by position (opaque bytes): an optimisation, outside the log.
     snapshots: sled::Tree,
+    /// Serialises the index writers (tags, Merkle): each reads how far its index reaches, then
+    /// writes past it, and two catch-ups at once (the engine's and a reader's) must not both
+    /// add the same events.
+    indexing: std::sync::Mutex<()>,
 }
 
 fn storage(context: impl fmt::Display) -> impl FnOnce(sled::Error) -> StoreError {
@@ -355,6 +391,153 @@ impl SledStore {
     /// the position it should reach, never silently used.
     pub fn open(path: impl AsRef<Path>) -> Result<SledStore, StoreError> {
         let path = path.as_ref();
+        let mark = std::sync::Arc::new(std::sync::Mutex::new(mark::Writer::new(path.join(WATERMARK_FILE))));
+        let open = Opened::open(path, mark)?;
+        Ok(SledStore::wrap(open, Some(path.to_path_buf())))
+    }
+
+    /// A store that lives in a temporary directory and vanishes on drop.
+    pub fn temporary() -> Result<SledStore, StoreError> {
+        Ok(SledStore::wrap(Opened::temporary()?, None))
+    }
+
+    fn wrap(open: Opened, path: Option<std::path::PathBuf>) -> SledStore {
+        SledStore {
+            shared: std::sync::Arc::new(Shared {
+                path,
+                open: std::sync::RwLock::new(Some(std::sync::Arc::new(open))),
+                failure: std::sync::Mutex::new(None),
+                failed: std::sync::atomic::AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The open database, unless the store refuses (see [`SledStore`]).
+    fn sound(&self) -> Result<std::sync::Arc<Opened>, StoreError> {
+        if self.shared.failed.load(std::sync::atomic::Ordering::Acquire) {
+            let why = self.shared.failure.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default();
+            return Err(StoreError::Unavailable { why });
+        }
+        self.current().ok_or(StoreError::Unavailable { why: "the database is not open".into() })
+    }
+
+    fn current(&self) -> Option<std::sync::Arc<Opened>> {
+        self.shared.open.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A write failed: refuse everything until [`EventStore::recover`] succeeds. The first
+    /// failure is the one kept (the later ones follow from it).
+    fn fail(&self, error: &StoreError) {
+        let mut failure = self.shared.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if failure.is_none() {
+            *failure = Some(crate::one_line(error));
+            tracing::warn!(error = failure.as_deref(), "a write failed: the store refuses reads and writes until it recovers");
+        }
+        self.shared.failed.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Run a write, and refuse everything after it if it failed in the database or the disk.
+    fn writing<T>(&self, write: impl FnOnce(&Opened) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let open = self.sound()?;
+        let result = write(&open);
+        if let Err(e) = &result {
+            if e.is_outage() {
+                self.fail(e);
+            }
+        }
+        result
+    }
+
+    /// sled's synchronous flush, an `fsync` of its database file, then the high-water mark (see
+    /// [`Opened::flush`]).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.writing(Opened::flush)
+    }
+
+    /// Each tree's name, entries, and bytes of keys and values (see [`Opened::tree_sizes`]).
+    pub fn tree_sizes(&self) -> Result<Vec<(String, u64, u64, u64)>, StoreError> {
+        self.sound()?.tree_sizes()
+    }
+
+    /// Test hook: raw access to the events tree, to plant corruption.
+    #[cfg(test)]
+    fn raw_events(&self) -> sled::Tree {
+        self.opened().events.clone()
+    }
+
+    /// Test hook: the open database and its trees.
+    #[cfg(test)]
+    fn opened(&self) -> std::sync::Arc<Opened> {
+        self.current().expect("open")
+    }
+
+    /// Test hook: fail as a write that failed in the database would.
+    #[cfg(test)]
+    fn fail_for_test(&self) {
+        self.fail(&StoreError::Internal("injected failure"));
+    }
+
+    /// Recover by reopening the files: the old database is dropped first (sled locks its files
+    /// per open file, so two openings in one process exclude each other).
+    fn reopen(&self, path: &Path) -> Result<(), StoreError> {
+        let mut slot = self.shared.open.write().unwrap_or_else(|e| e.into_inner());
+        let mark = slot.as_ref().and_then(|open| open.mark.clone());
+        if let Some(old) = slot.take() {
+            // sled's drop flushes unless it holds an I/O error already, and panics if the
+            // flush's fsync fails: a database that is being given up must not take us with it.
+            let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(old)));
+            if dropped.is_err() {
+                tracing::warn!("closing the failed database panicked; reopening it anyway");
+            }
+        }
+        let mark = mark.unwrap_or_else(|| std::sync::Arc::new(std::sync::Mutex::new(mark::Writer::new(path.join(WATERMARK_FILE)))));
+        let open = Opened::open(path, mark).map_err(|e| match e {
+            // Our own failed database, still held by a read in progress: tried again later.
+            StoreError::InUse { path } => StoreError::Unavailable { why: format!("the failed database at {path} is still in use by a read") },
+            e => e,
+        })?;
+        // What was read from the files is made durable before it is trusted.
+        open.flush()?;
+        *slot = Some(std::sync::Arc::new(open));
+        Ok(())
+    }
+}
+
+/// An error and its causes on one line.
+fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        out.push_str(&format!(": {e}"));
+        cause = e.source();
+    }
+    out
+}
+
+/// sled writes as it opens (it recovers its log), and when that write fails for want of space it
+/// can leave its files unreadable for good (seen with sled 0.34.7 on a full tmpfs: about one
+/// opening in ten). So a store is opened only with this much free space: four of sled's
+/// 512 KiB segments.
+const ROOM_TO_OPEN: u64 = 2 * 1024 * 1024;
+
+/// Refuse to open the store at `path` on a filesystem without [`ROOM_TO_OPEN`] free.
+fn ensure_room(path: &Path) -> Result<(), StoreError> {
+    // A new store's directory does not exist yet: the filesystem it will be on.
+    let Some(dir) = path.ancestors().find(|dir| dir.exists()) else { return Ok(()) };
+    let free = fs2::available_space(dir).map_err(|e| StoreError::io(format!("reading the free space at {}", dir.display()), e))?;
+    if free < ROOM_TO_OPEN {
+        let context = format!(
+            "opening the store at {}: only {free} bytes are free, {ROOM_TO_OPEN} are needed to open it safely (sled may damage its files when it cannot write while opening)",
+            path.display()
+        );
+        return Err(StoreError::io(context, std::io::Error::from(std::io::ErrorKind::StorageFull)));
+    }
+    Ok(())
+}
+
+impl Opened {
+    fn open(path: &Path, mark_writer: std::sync::Arc<std::sync::Mutex<mark::Writer>>) -> Result<Opened, StoreError> {
+        ensure_room(path)?;
         let mark_path = path.join(WATERMARK_FILE);
         let mark = mark::read(&mark_path)?;
         // A store that acknowledged events and cannot be opened is damaged: the error says
@@ -382,13 +565,15 @@ impl SledStore {
             }
         }
         let db = opened.map_err(|e| match mark {
-            // A store in use is not a damaged one.
+            // A store in use is not a damaged one, nor is one on a full disk (sled writes as it
+            // opens).
             _ if is_locked(&e) => StoreError::InUse { path: path.display().to_string() },
+            _ if is_no_space(&e) => StoreError::backend(format!("opening the sled database at {}", path.display()), e),
             Some((position, _)) => damaged(format!("sled: {e}"), position),
             None => StoreError::backend(format!("opening the sled database at {}", path.display()), e),
         })?;
-        let mut store = SledStore::from_db(db)?;
-        store.mark = Some(std::sync::Arc::new(std::sync::Mutex::new(mark::Writer::new(mark_path))));
+        let mut store = Opened::from_db(db)?;
+        store.mark = Some(mark_writer);
         let db_file = std::fs::File::open(path.join("db")).map_err(|e| StoreError::io(format!("opening {}", path.join("db").display()), e))?;
         store.db_file = Some(std::sync::Arc::new(db_file));
         if let Some((position, crc)) = mark {
@@ -409,15 +594,14 @@ impl SledStore {
         Ok(store)
     }
 
-    /// A store that lives in a temporary directory and vanishes on drop.
-    pub fn temporary() -> Result<SledStore, StoreError> {
+    fn temporary() -> Result<Opened, StoreError> {
         let db = sled::Config::new().temporary(true).cache_capacity(CACHE_BYTES).open().map_err(storage("opening temporary sled database"))?;
-        SledStore::from_db(db)
+        Opened::from_db(db)
     }
 
-    fn from_db(db: sled::Db) -> Result<SledStore, StoreError> {
+    fn from_db(db: sled::Db) -> Result<Opened, StoreError> {
         let open = |name: &str| db.open_tree(name).map_err(storage(format_args!("opening tree {name}")));
-        Ok(SledStore {
+        Ok(Opened {
             mark: None,
             db_file: None,
             events: open("events")?,
@@ -428,6 +612,7 @@ impl SledStore {
             tags: open("tags")?,
             merkle: open("merkle")?,
             snapshots: open("snapshots")?,
+            indexing: std::sync::Mutex::new(()),
             db,
         })
     }
@@ -445,9 +630,13 @@ impl SledStore {
             return Ok(Vec::new());
         }
         let trees = (&self.events, &self.streams, &self.stream_index, &self.commands, &self.meta);
+        // Whether the last run of the closure decided the batch: a sled error after that came
+        // from the commit, which may have applied part of the batch in memory.
+        let decided = std::cell::Cell::new(false);
         // The closure may run several times: it only reads and writes through the
         // transactional views and reports through its return value.
         let result = trees.transaction(|(events, streams, index, commands, meta)| {
+            decided.set(false);
             let mut results = Vec::with_capacity(reqs.len());
             for req in reqs {
                 let result = match apply_in_tx(req, events, streams, index, commands, meta) {
@@ -463,14 +652,31 @@ impl SledStore {
                     break;
                 }
             }
+            decided.set(true);
             Ok(results)
         });
         match result {
             Ok(results) => Ok(results),
             // The closure never aborts the transaction as a whole.
             Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(source)) => Err(StoreError::backend(format!("append transaction ({} requests)", reqs.len()), source)),
+            Err(TransactionError::Storage(source)) => {
+                let failed = StoreError::backend(format!("append transaction ({} requests)", reqs.len()), source);
+                if decided.get() {
+                    Err(StoreError::OutcomeUnknown { context: "the append transaction failed while committing".into(), source: Box::new(failed) })
+                } else {
+                    // A read inside the transaction failed: nothing was applied.
+                    Err(failed)
+                }
+            }
         }
+    }
+
+    /// [`Opened::flush`] after a batch was applied: a failure leaves its outcome unknown.
+    fn flush_applied(&self, requests: usize) -> Result<(), StoreError> {
+        self.flush().map_err(|e| StoreError::OutcomeUnknown {
+            context: format!("{requests} requests were applied, then the flush failed"),
+            source: Box::new(e),
+        })
     }
 
     /// sled's synchronous flush of everything written so far, then an `fsync` of its database
@@ -502,6 +708,29 @@ impl SledStore {
         writer.write(last, u32::from_be_bytes([value[0], value[1], value[2], value[3]]))
     }
 
+    /// The events from `from_position` on, read lazily; the iterator owns what it reads from, so
+    /// it outlives this opening's handle.
+    fn read_events(&self, from_position: u64) -> Box<dyn Iterator<Item = Result<Envelope, StoreError>> + Send + 'static> {
+        let start = from_position.max(1);
+        let mut inner = self.events.range(start.to_be_bytes()..);
+        let mut expected = start;
+        let mut failed = false;
+        Box::new(std::iter::from_fn(move || {
+            if failed {
+                return None;
+            }
+            let item = match inner.next()? {
+                Ok((key, value)) => decode_event_entry(&key, &value, expected),
+                Err(source) => Err(StoreError::backend(format!("reading events at position {expected}"), source)),
+            };
+            match item {
+                Ok(_) => expected += 1,
+                Err(_) => failed = true,
+            }
+            Some(item)
+        }))
+    }
+
     /// Each tree's name, entries, and bytes of keys and values: what the store holds, before
     /// sled's own overhead (page headers, and space its log has not reclaimed yet).
     pub fn tree_sizes(&self) -> Result<Vec<(String, u64, u64, u64)>, StoreError> {
@@ -528,15 +757,9 @@ impl SledStore {
         }
         Ok(sizes)
     }
-
-    /// Test hook: raw access to the events tree, to plant corruption.
-    #[cfg(test)]
-    fn raw_events(&self) -> &sled::Tree {
-        &self.events
-    }
 }
 
-impl EventStore for SledStore {
+impl EventStore for Opened {
     fn put_snapshot(&self, position: u64, bytes: &[u8]) -> Result<(), StoreError> {
         self.snapshots.insert(position.to_be_bytes(), bytes).map_err(storage(format_args!("writing the snapshot at position {position}")))?;
         // Only the newest are kept: older ones cost space and would rarely be read.
@@ -566,7 +789,7 @@ impl EventStore for SledStore {
         let results = self.apply_all(&reqs, Group::Independent)?;
         // Flush even for duplicates: the original may have been committed by
         // another thread that has not flushed yet.
-        self.flush()?;
+        self.flush_applied(reqs.len())?;
         Ok(results)
     }
 
@@ -587,7 +810,7 @@ impl EventStore for SledStore {
                 }
             }
         }
-        self.flush()?;
+        self.flush_applied(reqs.len())?;
         tracing::debug!(requests = reqs.len(), applied = applied.len(), failed = ?failed.as_ref().map(|(i, e)| (i, e.to_string())), "chain appended and flushed");
         Ok((applied, failed))
     }
@@ -596,24 +819,7 @@ impl EventStore for SledStore {
     /// in position order, read lazily. After the first error (e.g. `Corrupt`)
     /// the iterator ends.
     fn read_all(&self, from_position: u64) -> Box<dyn Iterator<Item = Result<Envelope, StoreError>> + Send + '_> {
-        let start = from_position.max(1);
-        let mut inner = self.events.range(start.to_be_bytes()..);
-        let mut expected = start;
-        let mut failed = false;
-        Box::new(std::iter::from_fn(move || {
-            if failed {
-                return None;
-            }
-            let item = match inner.next()? {
-                Ok((key, value)) => decode_event_entry(&key, &value, expected),
-                Err(source) => Err(StoreError::backend(format!("reading events at position {expected}"), source)),
-            };
-            match item {
-                Ok(_) => expected += 1,
-                Err(_) => failed = true,
-            }
-            Some(item)
-        }))
+        self.read_events(from_position)
     }
 
     /// Events of `stream` with version >= `from_version` (0 and 1 both mean
@@ -714,10 +920,16 @@ impl EventStore for SledStore {
     /// One atomic batch on the `tags` tree: each posting list it touches is read, extended and
     /// written whole, with how far the index reaches.
     fn tag_existing(&self, tagged: &[(u64, Vec<String>)]) -> Result<(), StoreError> {
+        let _only_one = self.indexing.lock().unwrap_or_else(|e| e.into_inner());
         let mut through = self.tagged_through()?;
         let last = self.last_position()?;
         let mut additions: std::collections::BTreeMap<Vec<u8>, Vec<u64>> = std::collections::BTreeMap::new();
-        for (position, tags) in tagged {
+        // Events another catch-up indexed meanwhile are skipped (their tags are the same).
+        let fresh = tagged.iter().position(|(p, _)| *p > through).unwrap_or(tagged.len());
+        if fresh == tagged.len() {
+            return Ok(());
+        }
+        for (position, tags) in &tagged[fresh..] {
             if *position != through + 1 || *position > last {
                 return Err(StoreError::Internal("tags of existing events must continue the index, in order, within the log"));
             }
@@ -755,10 +967,13 @@ impl EventStore for SledStore {
     /// One atomic batch on the `merkle` tree: the roots of the chunks completed, the new tail,
     /// how far it reaches.
     fn merkle_extend(&self, leaves: &[(u64, Hash)]) -> Result<(), StoreError> {
+        let _only_one = self.indexing.lock().unwrap_or_else(|e| e.into_inner());
+        let through = self.merkle_through()?;
+        // Leaves another catch-up added meanwhile are skipped (their hashes are the same).
+        let leaves = &leaves[leaves.iter().position(|(p, _)| *p > through).unwrap_or(leaves.len())..];
         if leaves.is_empty() {
             return Ok(());
         }
-        let through = self.merkle_through()?;
         let last = self.last_position()?;
         for (k, (position, _)) in leaves.iter().enumerate() {
             if *position != through + 1 + k as u64 || *position > last {
@@ -1035,4 +1250,119 @@ fn apply_in_tx(
         commands.insert(id.as_bytes(), json)?;
     }
     Ok(AppendOutcome::Appended(record))
+}
+
+/// Every call goes to the open database, unless the store refuses after a failed write (see
+/// [`SledStore`]); writes that fail in the database or the disk make it refuse.
+impl EventStore for SledStore {
+    fn append_batch(&self, reqs: Vec<AppendRequest>) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+        self.writing(|open| open.append_batch(reqs))
+    }
+
+    fn append_chain(&self, reqs: Vec<AppendRequest>) -> Result<ChainOutcome, StoreError> {
+        self.writing(|open| open.append_chain(reqs))
+    }
+
+    fn read_all(&self, from_position: u64) -> Box<dyn Iterator<Item = Result<Envelope, StoreError>> + Send + '_> {
+        match self.sound() {
+            Ok(open) => open.read_events(from_position),
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        }
+    }
+
+    fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<Envelope>, StoreError> {
+        self.sound()?.read_stream(stream, from_version)
+    }
+
+    fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {
+        self.sound()?.stream_version(stream)
+    }
+
+    fn tagged(&self, tag: &str, from: u64, limit: usize) -> Result<Vec<u64>, StoreError> {
+        self.sound()?.tagged(tag, from, limit)
+    }
+
+    fn tag_counts(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        self.sound()?.tag_counts(prefix)
+    }
+
+    fn tagged_through(&self) -> Result<u64, StoreError> {
+        self.sound()?.tagged_through()
+    }
+
+    fn tags_version(&self) -> Result<u32, StoreError> {
+        self.sound()?.tags_version()
+    }
+
+    fn reset_tags(&self, version: u32) -> Result<(), StoreError> {
+        self.writing(|open| open.reset_tags(version))
+    }
+
+    fn tag_existing(&self, tags: &[(u64, Vec<String>)]) -> Result<(), StoreError> {
+        self.writing(|open| open.tag_existing(tags))
+    }
+
+    fn merkle_through(&self) -> Result<u64, StoreError> {
+        self.sound()?.merkle_through()
+    }
+
+    fn merkle_extend(&self, leaves: &[(u64, Hash)]) -> Result<(), StoreError> {
+        self.writing(|open| open.merkle_extend(leaves))
+    }
+
+    fn merkle_chunk_roots(&self, from: u64, to: u64) -> Result<Vec<Hash>, StoreError> {
+        self.sound()?.merkle_chunk_roots(from, to)
+    }
+
+    fn merkle_tail(&self) -> Result<Vec<Hash>, StoreError> {
+        self.sound()?.merkle_tail()
+    }
+
+    fn last_position(&self) -> Result<u64, StoreError> {
+        self.sound()?.last_position()
+    }
+
+    fn last_instant(&self) -> Result<Option<Instant>, StoreError> {
+        self.sound()?.last_instant()
+    }
+
+    fn command(&self, command_id: &str) -> Result<Option<CommandRecord>, StoreError> {
+        self.sound()?.command(command_id)
+    }
+
+    fn put_snapshot(&self, position: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.writing(|open| open.put_snapshot(position, bytes))
+    }
+
+    fn snapshot_at_or_before(&self, position: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.sound()?.snapshot_at_or_before(position)
+    }
+
+    fn snapshot_positions(&self) -> Result<Vec<u64>, StoreError> {
+        self.sound()?.snapshot_positions()
+    }
+
+    fn verify(&self) -> Result<VerifyReport, StoreError> {
+        self.sound()?.verify()
+    }
+
+    /// A store on disk is reopened from its files (sled keeps its first I/O error for good, and
+    /// its memory may hold part of a batch that failed while committing), flushed and checked
+    /// against the high-water mark. Err, and still refusing, while that fails (a disk still
+    /// full); a temporary store, which has no files to reopen from, refuses for good.
+    fn recover(&self) -> Result<(), StoreError> {
+        if !self.shared.failed.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
+        let recovered = match &self.shared.path {
+            Some(path) => self.reopen(path),
+            None => Err(StoreError::Unavailable { why: "a temporary store has no files to recover from".into() }),
+        };
+        if recovered.is_ok() {
+            let why = self.shared.failure.lock().unwrap_or_else(|e| e.into_inner()).take();
+            self.shared.failed.store(false, std::sync::atomic::Ordering::Release);
+            tracing::info!(after = why.as_deref(), "the store recovered: it reads and writes again");
+        }
+        recovered
+    }
 }

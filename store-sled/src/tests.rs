@@ -234,14 +234,14 @@ fn a_cleared_index_is_rebuilt_and_a_damaged_one_is_refused() {
     let store = three_events();
     store.tag_existing(&[(1, vec!["t".into()]), (2, vec![]), (3, vec!["t".into(), "u".into()])]).unwrap();
     assert_eq!(store.tagged("t", 0, 10).unwrap(), vec![1, 3]);
-    store.tags.clear().unwrap();
+    store.opened().tags.clear().unwrap();
     assert_eq!(store.tagged_through().unwrap(), 0);
     assert!(store.tagged("t", 0, 10).unwrap().is_empty());
     store.tag_existing(&[(1, vec!["t".into()]), (2, vec!["t".into()])]).unwrap();
     store.tag_existing(&[(3, vec!["u".into()])]).unwrap();
     assert_eq!(store.tagged("t", 0, 10).unwrap(), vec![1, 2]);
     assert_eq!(store.tag_counts("").unwrap(), vec![("t".to_string(), 2), ("u".to_string(), 1)]);
-    store.tags.insert(posting_key("t", 0), &[9u8, 1][..]).unwrap();
+    store.opened().tags.insert(posting_key("t", 0), &[9u8, 1][..]).unwrap();
     assert!(matches!(store.tagged("t", 0, 10), Err(StoreError::Corrupt { .. })));
 }
 
@@ -397,7 +397,7 @@ fn a_request_that_fails_after_its_checks_passed_writes_nothing_either() {
     // A damaged stream version, of a stream no request checks: found only when the request's
     // third event is given its version, after its first two were staged (not written: c3 would
     // take the first's position, not the second's).
-    store.streams.insert("bad", &b"not a u64"[..]).unwrap();
+    store.opened().streams.insert("bad", &b"not a u64"[..]).unwrap();
     let results = store
         .append_batch(vec![
             req(Some("c1"), vec![ev("a", "x", T0, json!(1))]),
@@ -411,4 +411,50 @@ fn a_request_that_fails_after_its_checks_passed_writes_nothing_either() {
     assert_eq!(store.stream_version("a").unwrap(), 2);
     assert_eq!(store.command("c2").unwrap(), None);
     assert_eq!(store.last_position().unwrap(), 2);
+}
+
+#[test]
+fn a_store_whose_write_failed_refuses_everything_until_it_recovers() {
+    // Given a store on disk holding an acknowledged command, and a clone of its handle
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path().join("log")).unwrap();
+    let record = appended(store.append(req(Some("c1"), vec![ev("a", "x", T0, json!(1))])).unwrap());
+    let clone = store.clone();
+    // When a write fails in the database
+    store.fail_for_test();
+    // Then every read and write is refused, through every handle, and nothing is written
+    let unavailable = |r: Result<(), StoreError>| matches!(r, Err(StoreError::Unavailable { .. }));
+    assert!(unavailable(clone.command("c1").map(|_| ())), "no answer from what may not be durable");
+    assert!(unavailable(store.last_position().map(|_| ())));
+    assert!(unavailable(store.read_all(1).next().unwrap().map(|_| ())));
+    assert!(unavailable(store.append(req(Some("c2"), vec![ev("a", "x", T1, json!(2))])).map(|_| ())));
+    // When it recovers (reopened from its files)
+    clone.recover().unwrap();
+    // Then it holds what it acknowledged, nothing of the refused write, and writes again
+    assert_eq!(store.command("c1").unwrap(), Some(record));
+    assert_eq!(store.command("c2").unwrap(), None, "the refused write left nothing");
+    let next = appended(store.append(req(Some("c2"), vec![ev("a", "x", T1, json!(2))])).unwrap());
+    assert_eq!(next.first_position, Some(2));
+    assert_eq!(read_watermark(&dir.path().join("log")).unwrap().map(|(p, _)| p), Some(2), "the mark follows the reopened store");
+    assert_eq!(store.verify().unwrap().events, 2);
+    // And a sound store has nothing to recover from
+    store.recover().unwrap();
+}
+
+#[test]
+fn a_temporary_store_has_nothing_to_recover_from_and_keeps_refusing() {
+    let store = three_events();
+    store.fail_for_test();
+    assert!(matches!(store.recover(), Err(StoreError::Unavailable { .. })));
+    assert!(matches!(store.verify(), Err(StoreError::Unavailable { .. })), "its memory may hold part of a failed batch");
+}
+
+#[test]
+fn only_failures_of_the_store_itself_are_outages() {
+    let io = StoreError::io("writing", std::io::Error::from(std::io::ErrorKind::StorageFull));
+    assert!(io.is_outage());
+    assert!(StoreError::OutcomeUnknown { context: "flush".into(), source: Box::new(io) }.is_outage());
+    assert!(StoreError::Unavailable { why: "full".into() }.is_outage());
+    assert!(!StoreError::Conflict { stream: "s".into(), expected: ExpectedVersion::NoStream, actual: 1 }.is_outage());
+    assert!(!StoreError::Corrupt { position: 3, detail: "flipped".into() }.is_outage());
 }

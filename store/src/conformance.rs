@@ -247,7 +247,7 @@ pub fn binary_and_json_payloads_come_back_as_given(store: &dyn EventStore) {
 }
 
 /// Tags index events by key, in log order, with counts; the index only continues (in order,
-/// within the log), all or nothing.
+/// within the log; what it holds already is skipped), all or nothing.
 pub fn tags_list_their_events_in_log_order(store: &dyn EventStore) {
     assert_eq!(store.tagged_through().unwrap(), 0);
     let (p1, nul) = ("resource:p1", "resource:p1\0x");
@@ -256,9 +256,12 @@ pub fn tags_list_their_events_in_log_order(store: &dyn EventStore) {
     let tags = |list: &[&str]| list.iter().map(|t| t.to_string()).collect::<Vec<String>>();
     store.tag_existing(&[(1, tags(&[p1, "hour:07"])), (2, tags(&[p1]))]).unwrap();
     assert_eq!(store.tagged_through().unwrap(), 2);
+    // What is indexed already is skipped (another catch-up got there first), never added twice.
+    store.tag_existing(&[(2, tags(&["again"]))]).unwrap();
+    assert!(store.tagged("again", 0, 10).unwrap().is_empty());
     // Refused whole: not continuing the index, or past the log's end.
-    assert!(store.tag_existing(&[(2, tags(&["again"]))]).is_err());
     assert!(store.tag_existing(&[(4, tags(&["gap"]))]).is_err());
+    assert!(store.tag_existing(&[(1, tags(&["old"])), (4, tags(&["gap"]))]).is_err(), "a gap after what is skipped");
     assert!(store.tag_existing(&[(3, tags(&["ok"])), (4, tags(&["ok"])), (5, tags(&["ok"])), (6, tags(&["ahead"]))]).is_err());
     assert_eq!(store.tagged_through().unwrap(), 2, "a refused batch records nothing");
     assert!(store.tagged("ok", 0, 10).unwrap().is_empty());
@@ -293,7 +296,8 @@ pub fn leaf(position: u64) -> Hash {
     hash
 }
 
-/// The Merkle index only continues (in order, within the log), all or nothing; each chunk it
+/// The Merkle index only continues (in order, within the log; what it holds already is skipped),
+/// all or nothing; each chunk it
 /// completes is kept as its root, the rest as leaf hashes.
 pub fn merkle_index_keeps_chunk_roots_and_the_tail(store: &dyn EventStore) {
     let n = 2 * MERKLE_CHUNK + 40;
@@ -308,9 +312,12 @@ pub fn merkle_index_keeps_chunk_roots_and_the_tail(store: &dyn EventStore) {
 
     store.merkle_extend(&leaves(1, 10)).unwrap();
     assert_eq!((store.merkle_through().unwrap(), store.merkle_tail().unwrap()), (10, hashes(1, 10)));
+    // What is in the index already is skipped (another catch-up got there first).
+    store.merkle_extend(&[(9, [0xee; 32]), (10, [0xee; 32])]).unwrap();
+    assert_eq!((store.merkle_through().unwrap(), store.merkle_tail().unwrap()), (10, hashes(1, 10)), "nothing added twice");
     // Refused whole: not continuing the index, or past the log's end.
-    assert!(store.merkle_extend(&leaves(10, 12)).is_err(), "again");
     assert!(store.merkle_extend(&leaves(12, 12)).is_err(), "a gap");
+    assert!(store.merkle_extend(&[(10, leaf(10)), (12, leaf(12))]).is_err(), "a gap after what is skipped");
     assert!(store.merkle_extend(&[(11, leaf(11)), (13, leaf(13))]).is_err(), "a gap inside");
     assert!(store.merkle_extend(&leaves(11, n + 1)).is_err(), "past the log");
     assert_eq!((store.merkle_through().unwrap(), store.merkle_tail().unwrap()), (10, hashes(1, 10)), "a refused batch records nothing");

@@ -201,6 +201,35 @@ pub enum StoreError {
     /// What cannot happen did: a bug in the store.
     #[error("internal error in the store: {0}")]
     Internal(&'static str),
+    /// An earlier write failed and the store has not recovered yet ([`EventStore::recover`]):
+    /// it refuses every read and write meanwhile, so that nothing is decided or answered from
+    /// what may not be on disk. Nothing was done.
+    #[error("the store cannot be used until it recovers from a failed write ({why}); nothing was done")]
+    Unavailable { why: String },
+    /// A write failed at or after its commit (the batch was applied, its flush failed): it may
+    /// or may not be on disk, and a crash may still lose it. The store refuses everything until
+    /// it recovers; then its log says which.
+    #[error("the outcome of the write is unknown: {context}")]
+    OutcomeUnknown {
+        context: String,
+        #[source]
+        source: Box<StoreError>,
+    },
+}
+
+impl StoreError {
+    /// Whether this is the store failing (its disk or database), as opposed to a request it
+    /// refused (a conflict, an instant out of order) or damage it found.
+    pub fn is_outage(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Backend { .. }
+                | StoreError::Io { .. }
+                | StoreError::Unavailable { .. }
+                | StoreError::OutcomeUnknown { .. }
+                | StoreError::Panicked { .. }
+        )
+    }
 }
 
 /// A cause kept inside a [`StoreError`]: shared, so that the error stays `Clone` (a failed
@@ -287,13 +316,15 @@ pub type ChainOutcome = (Vec<AppendOutcome>, Option<(usize, StoreError)>);
 pub trait EventStore: Send + Sync {
     /// Group commit of independent requests: each its own atomic transaction, applied in order
     /// (a later one sees the earlier ones, e.g. as a duplicate), then one flush. The outer
-    /// `Err` is a failed flush: then nothing in the batch may be considered acknowledged.
+    /// `Err` is a failed transaction or flush: then nothing in the batch may be considered
+    /// acknowledged, and [`StoreError::OutcomeUnknown`] says it may be on disk all the same
+    /// (any other error: nothing of it was written).
     fn append_batch(&self, reqs: Vec<AppendRequest>) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError>;
 
     /// Group commit of a chain, each request decided on the state its predecessors leave:
     /// applied in order until the first that fails (the rest may depend on it), then one flush
     /// either way. Returns the outcomes of the applied prefix and, if one failed, its index and
-    /// error.
+    /// error. The outer `Err` is as for [`append_batch`](EventStore::append_batch).
     fn append_chain(&self, reqs: Vec<AppendRequest>) -> Result<ChainOutcome, StoreError>;
 
     /// One request, flushed.
@@ -343,7 +374,9 @@ pub trait EventStore: Send + Sync {
 
     /// Record the tags of events already in the log, which must continue right after
     /// [`tagged_through`](EventStore::tagged_through), in order, within the log; all or
-    /// nothing, flushed before it returns. The events themselves are not touched.
+    /// nothing, flushed before it returns. The events themselves are not touched. Entries at or
+    /// before `tagged_through` are skipped: another catch-up (the engine's, a reader's) may
+    /// have indexed them meanwhile, and index writers are serialised by the store.
     fn tag_existing(&self, tags: &[(u64, Vec<String>)]) -> Result<(), StoreError>;
 
     /// The last position whose leaf hash is in the Merkle index: every event up to it is.
@@ -358,7 +391,8 @@ pub trait EventStore: Send + Sync {
     /// Add the leaf hashes of events already in the log, which must continue right after
     /// [`merkle_through`](EventStore::merkle_through), in order, within the log; each chunk
     /// they complete is kept as its root ([`merkle_chunk_root`]). All or nothing, flushed
-    /// before it returns.
+    /// before it returns. Leaves at or before `merkle_through` are skipped, as for
+    /// [`tag_existing`](EventStore::tag_existing).
     fn merkle_extend(&self, leaves: &[(u64, Hash)]) -> Result<(), StoreError>;
 
     /// The roots of the complete chunks `from..to` (chunk `i` holds the leaves of positions
@@ -388,6 +422,13 @@ pub trait EventStore: Send + Sync {
 
     /// The positions of the snapshots kept, oldest first.
     fn snapshot_positions(&self) -> Result<Vec<u64>, StoreError>;
+
+    /// After a write failed (an outage, [`StoreError::is_outage`]): bring the store back to
+    /// what is on disk, durably (e.g. flush again, or reopen its files), and use it again. Err
+    /// while it still cannot; a store that never refuses after a failure has nothing to do.
+    fn recover(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Read everything back and check it (checksums, gapless positions and versions, indexes,
     /// instants in order), naming the first damage found.
