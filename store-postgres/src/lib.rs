@@ -294,14 +294,15 @@ impl PostgresStore {
         })
     }
 
-    /// One page of the log from `from` on, with the events' ids.
-    fn page(&self, from: u64) -> Result<Vec<(Envelope, Uuid)>, StoreError> {
+    /// One page of the log from `from` on: each row's position, and the row decoded with its
+    /// id, or why it cannot be (each on its own, so that the rows before a damaged one are read).
+    fn page(&self, from: u64) -> Result<Vec<(i64, Result<(Envelope, Uuid), StoreError>)>, StoreError> {
         let context = format!("reading events from position {from}");
         self.with_client(&context.clone(), |client| async move {
             let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE position >= $1 ORDER BY position LIMIT $2");
             let statement = client.prepare_cached(&sql).await.map_err(pg(&context))?;
             let rows = client.query(&statement, &[&big(from), &PAGE]).await.map_err(pg(&context))?;
-            rows.iter().map(decode_row_with_id).collect()
+            Ok(rows.iter().map(|row| (row.get(0), decode_row_with_id(row))).collect())
         })
     }
 }
@@ -688,7 +689,7 @@ impl PostgresStore {
     /// missing) or a damaged row ends it with its error.
     fn events_with_ids(&self, from_position: u64) -> impl Iterator<Item = Result<(Envelope, Uuid), StoreError>> + Send + '_ {
         let mut expected = from_position.max(1);
-        let mut buffered: VecDeque<(Envelope, Uuid)> = VecDeque::new();
+        let mut buffered = VecDeque::new();
         let mut done = false;
         std::iter::from_fn(move || {
             if done {
@@ -707,13 +708,15 @@ impl PostgresStore {
                     }
                 }
             }
-            let (envelope, id) = buffered.pop_front()?;
-            if envelope.position != expected {
+            let (position, decoded) = buffered.pop_front()?;
+            // A gap is named before whatever is wrong with the row after it.
+            if position != big(expected) {
                 done = true;
-                return Some(Err(corrupt(expected, format!("gap: next stored event is at position {}", envelope.position))));
+                return Some(Err(corrupt(expected, format!("gap: next stored event is at position {position}"))));
             }
+            done = decoded.is_err();
             expected += 1;
-            Some(Ok((envelope, id)))
+            Some(decoded)
         })
     }
 
