@@ -51,6 +51,9 @@ pub const DEFAULT_POOL_SIZE: usize = 8;
 const EVENT_COLUMNS: &str =
     "position, id, stream, version, event_type, schema_version, at_seconds, at_nanos, at_offset, command_id, payload_json::text, payload_binary, checksum";
 
+/// A row of a page of the log: its position, and the row decoded with its id (or why not).
+type PagedRow = (i64, Result<(Envelope, Uuid), StoreError>);
+
 /// Handle on a PostgreSQL event log. Cheap to clone; share it across threads.
 #[derive(Clone)]
 pub struct PostgresStore {
@@ -296,7 +299,7 @@ impl PostgresStore {
 
     /// One page of the log from `from` on: each row's position, and the row decoded with its
     /// id, or why it cannot be (each on its own, so that the rows before a damaged one are read).
-    fn page(&self, from: u64) -> Result<Vec<(i64, Result<(Envelope, Uuid), StoreError>)>, StoreError> {
+    fn page(&self, from: u64) -> Result<Vec<PagedRow>, StoreError> {
         let context = format!("reading events from position {from}");
         self.with_client(&context.clone(), |client| async move {
             let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE position >= $1 ORDER BY position LIMIT $2");
