@@ -183,7 +183,52 @@ async fn read_head(client: &impl GenericClient) -> Result<Head, StoreError> {
     }
 }
 
+/// Whether `url` is a PostgreSQL URL this store can use; why not, if not.
+pub fn check_url(url: &str) -> Result<(), String> {
+    url.parse::<tokio_postgres::Config>().map(|_| ()).map_err(|e| format!("not a PostgreSQL URL (postgres://user:password@host:port/database): {e}"))
+}
+
+/// Where `url` points (host, port, database), without its credentials, for messages.
+pub fn display_url(url: &str) -> String {
+    url.parse::<tokio_postgres::Config>().map(|c| describe(&c)).unwrap_or_else(|_| "(not a PostgreSQL URL)".to_string())
+}
+
+/// Why an existing store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The database holds no poolbill schema: nothing was created in it.
+    #[error("the database at {0} is not a poolbill store (it has no schema_version table)")]
+    NotAStore(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 impl PostgresStore {
+    /// Connect to a database that already holds a poolbill store (a tool that only reads never
+    /// creates one), migrating it if this binary's schema is newer.
+    pub fn connect_existing(url: &str) -> Result<PostgresStore, OpenError> {
+        let name = display_url(url);
+        let (probe, context) = (url.to_string(), format!("looking for a poolbill schema in {name}"));
+        // On a thread and runtime of its own: the caller may be any thread.
+        let exists = std::thread::spawn(move || -> Result<bool, StoreError> {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| StoreError::io("starting a runtime", e))?;
+            runtime.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&probe, tokio_postgres::NoTls).await.map_err(pg(&context))?;
+                let connection = tokio::spawn(connection);
+                let row = client.query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[]).await.map_err(pg(&context));
+                drop(client);
+                let _ = connection.await;
+                Ok(row?.get(0))
+            })
+        })
+        .join()
+        .map_err(|_| StoreError::Internal("the schema probe panicked"))??;
+        if !exists {
+            return Err(OpenError::NotAStore(name));
+        }
+        Ok(PostgresStore::connect(url)?)
+    }
+
     /// Connect to the database at `url` (`postgres://user:password@host:port/database`), create
     /// or migrate its schema, with at most [`DEFAULT_POOL_SIZE`] connections.
     pub fn connect(url: &str) -> Result<PostgresStore, StoreError> {
