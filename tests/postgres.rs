@@ -68,6 +68,9 @@ fn poolbill_postgres_in_the_environment_names_the_store() {
     // What it wrote is there for the tools, named the same way.
     let replayed = poolbill().args(["replay", "--format", "json"]).env("POOLBILL_POSTGRES", &url).output().unwrap();
     assert_eq!(serde_json::from_slice::<Value>(&replayed.stdout).unwrap(), expected, "{}", text(&replayed.stderr));
+    // The table too (read through the engine, off its async threads).
+    let table = stdout_of(&["run", scenario.to_str().unwrap(), "--postgres", &url]);
+    assert_eq!(table, stdout_of(&["run", scenario.to_str().unwrap()]));
     // An explicit log file wins over the environment.
     let log = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(log.path(), stdout_of(&["export", "--postgres", &url])).unwrap();

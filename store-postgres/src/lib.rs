@@ -44,6 +44,9 @@ const APPEND_LOCK: i64 = 0x706f_6f6c_6269_6c6c;
 /// How many events a read of the whole log fetches at a time.
 const PAGE: i64 = 1000;
 
+/// How long connecting may take when the URL does not say (`connect_timeout`).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Connections a store keeps open at most, unless told otherwise.
 pub const DEFAULT_POOL_SIZE: usize = 8;
 
@@ -244,6 +247,10 @@ impl PostgresStore {
         config.options(options.trim());
         if config.get_application_name().is_none() {
             config.application_name("poolbill");
+        }
+        // A server that does not answer is an error in reasonable time, not a hang.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
