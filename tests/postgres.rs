@@ -71,6 +71,11 @@ fn poolbill_postgres_in_the_environment_names_the_store() {
     // The table too (read through the engine, off its async threads).
     let table = stdout_of(&["run", scenario.to_str().unwrap(), "--postgres", &url]);
     assert_eq!(table, stdout_of(&["run", scenario.to_str().unwrap()]));
+    // `run --export` reads the store from the engine's async side: the same log as `export`.
+    let exported = tempfile::tempdir().unwrap();
+    let exported = exported.path().join("log.jsonl");
+    stdout_of(&["run", scenario.to_str().unwrap(), "--postgres", &url, "--export", exported.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&exported).unwrap(), stdout_of(&["export", "--postgres", &url]));
     // An explicit log file wins over the environment.
     let log = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(log.path(), stdout_of(&["export", "--postgres", &url])).unwrap();

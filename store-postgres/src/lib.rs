@@ -5,10 +5,11 @@
 //!
 //! [`EventStore`] is blocking: the engine calls it from `spawn_blocking` threads, the log tools
 //! from plain threads. The store owns a small tokio runtime of its own (one worker, which drives
-//! the connections) and a deadpool pool of tokio-postgres connections; each call blocks its
-//! thread on the runtime. So callers need no runtime, several threads use several connections
-//! at once, and the async client's pipelining is there inside a call. (Never call it on an async
-//! worker thread: blocking there is what `spawn_blocking` is for.)
+//! the connections) and a deadpool pool of tokio-postgres connections; each call polls its
+//! future on the calling thread, in that runtime's context, and waits for it there. So callers
+//! need no runtime, any thread may call (an async one too, where it blocks as sled's calls do:
+//! the engine calls from `spawn_blocking` threads), and several threads use several connections
+//! at once.
 //!
 //! # Order and durability
 //!
@@ -304,8 +305,23 @@ impl PostgresStore {
         self.inner.runtime.as_ref().expect("the runtime lives as long as the store")
     }
 
+    /// Run `future` to completion on the calling thread, whatever thread it is: the future is
+    /// polled here, in the store runtime's context, and its I/O and timers are driven by that
+    /// runtime's worker. Unlike `Runtime::block_on` this never refuses an async thread (where it
+    /// blocks, as any blocking store does); a store's callers should still call from
+    /// `spawn_blocking` threads there.
     fn block_on<T>(&self, future: impl std::future::Future<Output = T>) -> T {
-        self.runtime().block_on(future)
+        let _context = self.runtime().enter();
+        let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut future = std::pin::pin!(future);
+        loop {
+            if let std::task::Poll::Ready(value) = future.as_mut().poll(&mut cx) {
+                return value;
+            }
+            // Woken (or spuriously): poll again.
+            std::thread::park();
+        }
     }
 
     /// Run `work` with a pooled connection, blocking until it is done.
@@ -359,6 +375,19 @@ impl PostgresStore {
             let rows = client.query(&statement, &[&big(from), &PAGE]).await.map_err(pg(&context))?;
             Ok(rows.iter().map(|row| (row.get(0), decode_row_with_id(row))).collect())
         })
+    }
+}
+
+/// Wakes the thread that waits in [`PostgresStore::block_on`].
+struct Unpark(std::thread::Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
     }
 }
 
