@@ -165,9 +165,10 @@ pub fn execute(url: &str, sql: &str) -> Result<(), String> {
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
         runtime.block_on(async {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.map_err(|e| format!("connecting to {url}: {e}"))?;
+            let (client, connection) =
+                tokio_postgres::connect(&url, tokio_postgres::NoTls).await.map_err(|e| format!("connecting to {url}: {}", with_causes(&e)))?;
             let connection = tokio::spawn(connection);
-            let result = client.batch_execute(&sql).await.map_err(|e| format!("{sql}: {e}"));
+            let result = client.batch_execute(&sql).await.map_err(|e| format!("{sql}: {}", with_causes(&e)));
             drop(client);
             let _ = connection.await;
             result
@@ -175,6 +176,11 @@ pub fn execute(url: &str, sql: &str) -> Result<(), String> {
     })
     .join()
     .map_err(|_| "the SQL thread panicked".to_string())?
+}
+
+/// An error and its causes on one line (tokio-postgres says what the server said in a cause).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    std::iter::successors(Some(error), |e| e.source()).map(|e| e.to_string()).collect::<Vec<_>>().join(": ")
 }
 
 /// The cluster every test of this process shares.

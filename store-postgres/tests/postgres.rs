@@ -210,3 +210,16 @@ fn a_bad_url_or_an_absent_server_is_a_clear_error() {
     let err = PostgresStore::connect(&format!("postgres://poolbill@127.0.0.1:{port}/nothing")).err().expect("refused");
     assert!(err.to_string().contains(&format!("127.0.0.1:{port}/nothing")), "names the server: {err}");
 }
+
+#[test]
+fn a_commit_is_durable_whatever_the_database_default() {
+    let url = fresh_database();
+    let database = url.rsplit('/').next().unwrap().to_string();
+    poolbill_store_postgres::cluster::execute(&url, &format!("ALTER DATABASE {database} SET synchronous_commit = off")).unwrap();
+    let store = PostgresStore::connect(&url).unwrap();
+    // Raises unless the store's sessions commit synchronously.
+    let check = "DO $$ BEGIN IF current_setting('synchronous_commit') <> 'on' THEN RAISE EXCEPTION 'synchronous_commit is %', current_setting('synchronous_commit'); END IF; END $$";
+    store.execute_unchecked(check).unwrap();
+    // And the check itself can fail: a plain session of that database has it off.
+    assert!(poolbill_store_postgres::cluster::execute(&url, check).unwrap_err().contains("synchronous_commit is off"));
+}
