@@ -212,12 +212,16 @@ impl PostgresStore {
     /// creates one), migrating it if this binary's schema is newer.
     pub fn connect_existing(url: &str) -> Result<PostgresStore, OpenError> {
         let name = display_url(url);
-        let (probe, context) = (url.to_string(), format!("looking for a poolbill schema in {name}"));
+        let mut probe: tokio_postgres::Config = url.parse().map_err(pg("reading the PostgreSQL URL (postgres://user@host:port/database)"))?;
+        if probe.get_connect_timeout().is_none() {
+            probe.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let context = format!("looking for a poolbill schema in {name}");
         // On a thread and runtime of its own: the caller may be any thread.
         let exists = std::thread::spawn(move || -> Result<bool, StoreError> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| StoreError::io("starting a runtime", e))?;
             runtime.block_on(async {
-                let (client, connection) = tokio_postgres::connect(&probe, tokio_postgres::NoTls).await.map_err(pg(&context))?;
+                let (client, connection) = probe.connect(tokio_postgres::NoTls).await.map_err(pg(&context))?;
                 let connection = tokio::spawn(connection);
                 let row = client.query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[]).await.map_err(pg(&context));
                 drop(client);
