@@ -20,11 +20,20 @@ fn stdout_of(args: &[&str]) -> String {
     text(&out.stdout)
 }
 
+/// Every fixture's scenario, and the scenarios of the end-to-end tests.
+fn every_scenario() -> Vec<(String, std::path::PathBuf)> {
+    let mut all: Vec<_> =
+        fixtures().into_iter().map(|dir| (dir.file_name().unwrap().to_string_lossy().to_string(), dir.join("scenario.json"))).collect();
+    let tests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    for path in [tests.join("scenarios/mixed-two-accounts.json"), tests.join("data/v1-arrears.scenario.json")] {
+        all.push((path.file_name().unwrap().to_string_lossy().to_string(), path));
+    }
+    all
+}
+
 #[test]
-fn every_fixture_gives_the_same_document_on_postgres_as_on_sled() {
-    for dir in fixtures() {
-        let name = dir.file_name().unwrap().to_string_lossy().to_string();
-        let scenario = dir.join("scenario.json");
+fn every_fixture_and_scenario_gives_the_same_document_on_postgres_as_on_sled() {
+    for (name, scenario) in every_scenario() {
         let scenario = scenario.to_str().unwrap();
         let sled_dir = tempfile::tempdir().unwrap();
         let sled = sled_dir.path().join("store");
