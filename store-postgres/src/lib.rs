@@ -173,9 +173,15 @@ fn decode_command(id: &str, row: &Row) -> Result<CommandRecord, StoreError> {
     })
 }
 
+/// The statement for `sql`, prepared once per connection and then reused: a query is then one
+/// round trip, not two (parse, then execute).
+async fn prepared(client: &impl GenericClient, sql: &str) -> Result<tokio_postgres::Statement, StoreError> {
+    client.prepare_cached(sql).await.map_err(pg(format!("preparing {sql}")))
+}
+
 async fn read_head(client: &impl GenericClient) -> Result<Head, StoreError> {
     let row = client
-        .query_opt("SELECT position, at_seconds, at_nanos, at_offset FROM events ORDER BY position DESC LIMIT 1", &[])
+        .query_opt(&prepared(client, "SELECT position, at_seconds, at_nanos, at_offset FROM events ORDER BY position DESC LIMIT 1").await?, &[])
         .await
         .map_err(pg("reading the end of the log"))?;
     match row {
@@ -354,7 +360,7 @@ impl PostgresStore {
         self.block_on(async {
             let mut client = self.inner.pool.get().await.map_err(pool_error(format!("{context}: connecting to {}", self.inner.name)))?;
             let tx = client.transaction().await.map_err(pg(&context))?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK]).await.map_err(pg(&context))?;
+            tx.execute(&prepared(&tx, "SELECT pg_advisory_xact_lock($1)").await?, &[&APPEND_LOCK]).await.map_err(pg(&context))?;
             let head = read_head(&tx).await?;
             let ids: Vec<&[u8]> = reqs.iter().filter_map(|r| r.command_id.as_deref().map(str::as_bytes)).collect();
             let known = commands_of(&tx, &ids).await?;
@@ -413,7 +419,11 @@ async fn commands_of(client: &impl GenericClient, ids: &[&[u8]]) -> Result<HashM
     }
     let rows = client
         .query(
-            "SELECT command_id, first_position, last_position, outcome::text AS outcome, fingerprint FROM commands WHERE command_id = ANY($1)",
+            &prepared(
+                client,
+                "SELECT command_id, first_position, last_position, outcome::text AS outcome, fingerprint FROM commands WHERE command_id = ANY($1)",
+            )
+            .await?,
             &[&ids],
         )
         .await
@@ -434,7 +444,7 @@ async fn versions_of(client: &impl GenericClient, streams: &[&str]) -> Result<Ha
     }
     let keys: Vec<&[u8]> = streams.iter().map(|s| s.as_bytes()).collect();
     let rows = client
-        .query("SELECT stream, max(version) FROM events WHERE stream = ANY($1) GROUP BY stream", &[&keys])
+        .query(&prepared(client, "SELECT stream, max(version) FROM events WHERE stream = ANY($1) GROUP BY stream").await?, &[&keys])
         .await
         .map_err(pg("reading stream versions"))?;
     rows.iter().map(|row| Ok((text(row.get(0), 0, "a stream id")?, unsigned(row.get(1), 0, "a stream's version")?))).collect()
@@ -534,7 +544,7 @@ impl EventStore for PostgresStore {
         let context = format!("reading stream {stream:?}");
         let rows = self.with_client(&context.clone(), |client| async move {
             let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE stream = $1 AND version >= $2 ORDER BY version");
-            client.query(&sql, &[&stream.as_bytes(), &big(start)]).await.map_err(pg(&context))
+            client.query(&prepared(&client, &sql).await?, &[&stream.as_bytes(), &big(start)]).await.map_err(pg(&context))
         })?;
         let mut out = Vec::with_capacity(rows.len());
         for (row, expected) in rows.iter().zip(start..) {
@@ -554,7 +564,7 @@ impl EventStore for PostgresStore {
         let context = format!("reading the version of stream {stream:?}");
         self.with_client(&context.clone(), |client| async move {
             let row = client
-                .query_one("SELECT coalesce(max(version), 0) FROM events WHERE stream = $1", &[&stream.as_bytes()])
+                .query_one(&prepared(&client, "SELECT coalesce(max(version), 0) FROM events WHERE stream = $1").await?, &[&stream.as_bytes()])
                 .await
                 .map_err(pg(&context))?;
             unsigned(row.get(0), 0, "a stream's version")
@@ -567,7 +577,8 @@ impl EventStore for PostgresStore {
         }
         let context = format!("reading the event at position {position}");
         let row = self.with_client(&context.clone(), |client| async move {
-            client.query_opt(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE position = $1"), &[&big(position)]).await.map_err(pg(&context))
+            let statement = prepared(&client, &format!("SELECT {EVENT_COLUMNS} FROM events WHERE position = $1")).await?;
+            client.query_opt(&statement, &[&big(position)]).await.map_err(pg(&context))
         })?;
         row.as_ref().map(decode_row).transpose()
     }
@@ -811,7 +822,8 @@ impl PostgresStore {
     /// How far the tag index reaches and its version.
     fn tag_state(&self) -> Result<(u64, u32), StoreError> {
         self.with_client("reading the tag index's state", |client| async move {
-            let row = client.query_one("SELECT tagged_through, version FROM tag_state", &[]).await.map_err(pg("reading the tag index's state"))?;
+            let statement = prepared(&client, "SELECT tagged_through, version FROM tag_state").await?;
+            let row = client.query_one(&statement, &[]).await.map_err(pg("reading the tag index's state"))?;
             let version = u32::try_from(row.get::<_, i64>(1)).map_err(|_| corrupt(0, "the tag index's version is out of range"))?;
             Ok((unsigned(row.get(0), 0, "tagged_through")?, version))
         })
