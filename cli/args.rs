@@ -9,8 +9,8 @@ use poolbill_domain::time::to_beijing;
 use poolbill_domain::Instant;
 use std::path::PathBuf;
 
-/// Event-sourced billing of compute pools and workloads: run scenarios and serve commands on a
-/// sled event log; replay, audit, explain, diff, bill and draw what a log holds.
+/// Event-sourced billing of compute pools and workloads: run scenarios and serve commands on an
+/// event log (sled, or PostgreSQL); replay, audit, explain, diff, bill and draw what a log holds.
 #[derive(Debug, Parser)]
 #[command(
     name = "poolbill",
@@ -105,6 +105,29 @@ pub fn hash(text: &str) -> Result<poolbill_merkle::Hash, String> {
     poolbill_merkle::from_hex(text.trim())
 }
 
+/// Names the PostgreSQL store (a URL) wherever neither `--store DIR`, `--postgres URL` nor a
+/// log file is given.
+pub const POSTGRES_ENV: &str = "POOLBILL_POSTGRES";
+
+/// Where a store keeps its log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreAt {
+    /// A sled store in this directory.
+    Dir(PathBuf),
+    /// A PostgreSQL database, by URL.
+    Postgres(String),
+}
+
+/// The store the options name: `--store DIR` or `--postgres URL` (clap lets through one at
+/// most), else the URL in `POOLBILL_POSTGRES` when it is set.
+pub fn store_at(store: Option<&PathBuf>, postgres: Option<&String>) -> Option<StoreAt> {
+    match (store, postgres) {
+        (Some(dir), _) => Some(StoreAt::Dir(dir.clone())),
+        (None, Some(url)) => Some(StoreAt::Postgres(url.clone())),
+        (None, None) => std::env::var(POSTGRES_ENV).ok().filter(|url| !url.trim().is_empty()).map(StoreAt::Postgres),
+    }
+}
+
 /// A bill's place in the list: 1, 2, …
 fn bill_number(text: &str) -> Result<usize, String> {
     text.parse().ok().filter(|n| *n >= 1).ok_or_else(|| "not a bill number (1, 2, …)".to_string())
@@ -127,6 +150,10 @@ pub struct RunArgs {
     /// temporary store.
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
+    /// Keep the log in this PostgreSQL database instead (postgres://user:password@host:port/database;
+    /// its schema is created if absent; also POOLBILL_POSTGRES when neither option is given).
+    #[arg(long, value_name = "URL", conflicts_with = "store")]
+    pub postgres: Option<String>,
     /// Also write the log as JSON lines to this file (whole or not at all).
     #[arg(long, value_name = "LOG.jsonl")]
     pub export: Option<PathBuf>,
@@ -139,7 +166,11 @@ pub struct RunArgs {
 pub struct ServeArgs {
     /// The store directory (created if absent, continued if present).
     #[arg(long, value_name = "DIR")]
-    pub store: PathBuf,
+    pub store: Option<PathBuf>,
+    /// The PostgreSQL database instead (postgres://user:password@host:port/database; its schema is
+    /// created if absent; also POOLBILL_POSTGRES when neither option is given).
+    #[arg(long, value_name = "URL", conflicts_with = "store")]
+    pub postgres: Option<String>,
     /// Serve the command API over HTTP on this address instead of stdin (a port alone listens
     /// on 127.0.0.1; port 0 picks a free one). The bound address is printed on stderr.
     #[arg(long, value_name = "ADDR", value_parser = listen_address, requires = "tokens")]
@@ -157,9 +188,10 @@ fn listen_address(text: &str) -> Result<std::net::SocketAddr, String> {
     text.parse().map_err(|e| format!("not HOST:PORT or a port ({e})"))
 }
 
-/// Where a tool reads its log: a portable log file, or a store directory (exactly one).
+/// Where a tool reads its log: a portable log file, a store directory or a PostgreSQL store
+/// (exactly one; `POOLBILL_POSTGRES` when none is given).
 #[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
+#[group(multiple = false)]
 pub struct LogSource {
     /// The portable log (`run --export`, `export`).
     #[arg(value_name = "LOG.jsonl")]
@@ -168,6 +200,10 @@ pub struct LogSource {
     /// output as for its exported log.
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
+    /// Read the log of this PostgreSQL store instead (postgres://user:password@host:port/database;
+    /// also POOLBILL_POSTGRES when no log or store is given); the same output.
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
 }
 
 /// Write a store's log as a portable log (JSON lines, what `run --export` writes).
@@ -176,7 +212,11 @@ pub struct LogSource {
 pub struct ExportArgs {
     /// The store directory (not while `serve` has it open).
     #[arg(long, value_name = "DIR")]
-    pub store: PathBuf,
+    pub store: Option<PathBuf>,
+    /// The PostgreSQL store instead (postgres://user:password@host:port/database; also
+    /// POOLBILL_POSTGRES when neither option is given).
+    #[arg(long, value_name = "URL", conflicts_with = "store")]
+    pub postgres: Option<String>,
     /// Write the log to this file, whole or not at all; `-` or none: to stdout (a log cut
     /// short there lacks its end line, and every reader refuses it).
     #[arg(long, value_name = "LOG.jsonl")]
@@ -301,7 +341,7 @@ pub struct TimelineArgs {
 /// Check a store or a portable log (and a digest of it): exit 0 sound, 1 damaged or not the digest's log, 2 bad arguments.
 #[derive(Debug, Args)]
 #[command(
-    group(ArgGroup::new("what").required(true).args(["store", "log"])),
+    group(ArgGroup::new("what").args(["store", "postgres", "log"])),
     after_help = "Example:\n  poolbill verify --store store/\n  poolbill verify log.jsonl --digest march.digest.json --public-key \"$(cat provider.key.pub)\""
 )]
 pub struct VerifyArgs {
@@ -309,6 +349,11 @@ pub struct VerifyArgs {
     /// high-water mark, the Merkle index against the events, and a full replay.
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
+    /// A PostgreSQL store (postgres://user:password@host:port/database; also POOLBILL_POSTGRES
+    /// when nothing else is given): every event read back and checked the same way, and a full
+    /// replay.
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
     /// A portable log: read and checked whole, then replayed.
     #[arg(value_name = "LOG.jsonl")]
     pub log: Option<PathBuf>,
@@ -428,6 +473,11 @@ mod tests {
         assert!(listen_address("localhost").unwrap_err().starts_with("not HOST:PORT"));
     }
 
+    /// A log source names one log at most (none: `POOLBILL_POSTGRES`, or a usage error).
+    fn at_most_one(source: &LogSource) -> bool {
+        [source.log.is_some(), source.store.is_some(), source.postgres.is_some()].iter().filter(|given| **given).count() <= 1
+    }
+
     /// Words an argument list is made of: every subcommand and option, values good and bad,
     /// `--flag=value` forms, and noise.
     fn word() -> impl Strategy<Value = String> {
@@ -452,6 +502,8 @@ mod tests {
             "--upto",
             "--format",
             "--store",
+            "--postgres",
+            "postgres://u@127.0.0.1:1/db",
             "--export",
             "--policy",
             "--charged",
@@ -525,23 +577,28 @@ mod tests {
                     match cli.command {
                         Tool::Explain(a) => {
                             prop_assert!(a.bill.is_some() != (a.resource.is_some() && a.at.is_some()));
-                            prop_assert!(a.source.log.is_some() != a.source.store.is_some());
+                            prop_assert!(at_most_one(&a.source));
                         }
                         Tool::Diff(a) => {
                             prop_assert!(a.at.is_some() != a.policy.is_some());
-                            prop_assert!(a.source.log.is_some() != a.source.store.is_some());
+                            prop_assert!(at_most_one(&a.source));
                         }
-                        Tool::Verify(a) => prop_assert!(a.store.is_some() != a.log.is_some()),
+                        Tool::Verify(a) => prop_assert!([a.store.is_some(), a.postgres.is_some(), a.log.is_some()].iter().filter(|g| **g).count() <= 1),
                         Tool::Replay(a) => {
                             prop_assert!(!(a.at.is_some() && a.upto.is_some()));
-                            prop_assert!(a.source.log.is_some() != a.source.store.is_some());
+                            prop_assert!(at_most_one(&a.source));
                         }
-                        Tool::Audit(a) => prop_assert!(a.source.log.is_some() != a.source.store.is_some()),
-                        Tool::Bills(a) => prop_assert!(a.source.log.is_some() != a.source.store.is_some()),
-                        Tool::Timeline(a) => prop_assert!(a.source.log.is_some() != a.source.store.is_some()),
-                        Tool::Export(a) => prop_assert!(!a.force || a.out.is_some()),
+                        Tool::Audit(a) => prop_assert!(at_most_one(&a.source)),
+                        Tool::Bills(a) => prop_assert!(at_most_one(&a.source)),
+                        Tool::Timeline(a) => prop_assert!(at_most_one(&a.source)),
+                        Tool::Run(a) => prop_assert!(!(a.store.is_some() && a.postgres.is_some())),
+                        Tool::Serve(a) => prop_assert!(!(a.store.is_some() && a.postgres.is_some())),
+                        Tool::Export(a) => {
+                            prop_assert!(!a.force || a.out.is_some());
+                            prop_assert!(!(a.store.is_some() && a.postgres.is_some()));
+                        }
                         Tool::Prove(a) => prop_assert!(a.position.is_some() != a.consistency.is_some()),
-                        Tool::Digest(a) => prop_assert!(a.source.log.is_some() != a.source.store.is_some()),
+                        Tool::Digest(a) => prop_assert!(at_most_one(&a.source)),
                         _ => {}
                     }
                 }

@@ -1,12 +1,14 @@
 //! The tools that read a log: replay, audit, explain, diff, bills and timeline, from a portable
-//! log (`run --export`, `export`) or straight from a store directory (`--store DIR`, the same
-//! output as for its exported log); `export` writes a store's portable log; `verify` checks
+//! log (`run --export`, `export`) or straight from a store (`--store DIR`, `--postgres URL`, the
+//! same output as for its exported log); `export` writes a store's portable log; `verify` checks
 //! either. A log file is read and checked whole before anything is derived from it.
 
 use crate::args::{
-    AuditArgs, BillsArgs, BillsFormat, DiffArgs, ExplainArgs, ExportArgs, LogSource, ReplayArgs, TableFormat, TextFormat, TimelineArgs, VerifyArgs,
+    store_at, AuditArgs, BillsArgs, BillsFormat, DiffArgs, ExplainArgs, ExportArgs, LogSource, ReplayArgs, StoreAt, TableFormat, TextFormat,
+    TimelineArgs, VerifyArgs, POSTGRES_ENV,
 };
 use crate::failure::{damaged, input, runtime, Failure};
+pub(crate) use crate::stores::open_existing as open_store;
 use crate::{print_out, progress, table, to_json};
 use poolbill_domain::Event;
 use poolbill_ledger::Recorded;
@@ -17,95 +19,72 @@ use poolbill_replay::{
     audit as audit_log, bills as month, diff as diff_logs, explain as explain_log, fold_with, jsonl, timeline as draw, ReplayError, Upto,
 };
 use poolbill_store::{Envelope, EventStore, StoreError};
-use poolbill_store_sled::SledStore;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Where a tool's log comes from.
 pub(crate) enum Origin<'a> {
     File(&'a Path),
-    Store(&'a Path),
+    Store(StoreAt),
 }
 
 impl LogSource {
     pub(crate) fn origin(&self) -> Result<Origin<'_>, Failure> {
-        // clap lets through exactly one of them.
-        match (&self.log, &self.store) {
-            (Some(log), None) => Ok(Origin::File(log)),
-            (None, Some(dir)) => Ok(Origin::Store(dir)),
-            _ => Err(Failure::Input("give either a log file (LOG.jsonl) or --store DIR, not both".into())),
+        // clap lets through one of them at most; none: POOLBILL_POSTGRES, if it is set.
+        match (&self.log, store_at(self.store.as_ref(), self.postgres.as_ref())) {
+            (Some(log), _) if self.store.is_none() && self.postgres.is_none() => Ok(Origin::File(log)),
+            (None, Some(at)) => Ok(Origin::Store(at)),
+            (None, None) => {
+                Err(Failure::Input(format!("give the log: a log file (LOG.jsonl), --store DIR or --postgres URL (or set {POSTGRES_ENV})").into()))
+            }
+            _ => Err(Failure::Input("give one log: a log file (LOG.jsonl), --store DIR or --postgres URL".into())),
         }
     }
-}
-
-/// Open an existing store for reading: a tool never creates one. A missing directory, or one
-/// without a store in it, is bad input (exit 2); a store another process has open (a running
-/// `serve`, a disk too full to open it safely) or that cannot be opened is a failure (exit 1),
-/// damage saying so.
-pub(crate) fn open_store(dir: &Path) -> Result<SledStore, Failure> {
-    let name = dir.display();
-    if !dir.exists() {
-        return Err(Failure::Input(format!("--store {name}: no such directory").into()));
-    }
-    if !dir.is_dir() {
-        return Err(Failure::Input(format!("--store {name}: not a directory").into()));
-    }
-    if !dir.join("db").is_file() {
-        return Err(Failure::Input(format!("--store {name}: not a poolbill store (no sled database in it)").into()));
-    }
-    SledStore::open(dir).map_err(|e| match e {
-        StoreError::InUse { .. } => {
-            runtime(format!("the store at {name} is in use by another process (a running `poolbill serve`?): stop it first"))(e)
-        }
-        // The disk failing (e.g. too full to open the store safely) is not damage.
-        e if e.is_outage() => runtime(format!("opening the store at {name}"))(e),
-        e => damaged(format!("opening the store at {name}"))(e),
-    })
 }
 
 /// A failure reading a store's log: damage (exit 1).
-fn unreadable(dir: &Path) -> impl Fn(ReplayError) -> Failure + '_ {
-    move |e| damaged(format!("reading the store at {}", dir.display()))(e)
+fn unreadable(at: &StoreAt) -> impl Fn(ReplayError) -> Failure + '_ {
+    move |e| damaged(format!("reading {}", at.describe()))(e)
 }
 
 /// A document that could not be written: the store could not be read (damaged), or the output
 /// could not be written.
-fn document_failure(dir: &Path) -> impl Fn(DocumentError) -> Failure + '_ {
+fn document_failure(at: &StoreAt) -> impl Fn(DocumentError) -> Failure + '_ {
     move |e| match e {
-        DocumentError::Fold(e) => unreadable(dir)(e),
+        DocumentError::Fold(e) => unreadable(at)(e),
         DocumentError::Io(e) => runtime("writing the document")(e),
     }
 }
 
 /// A whole log in memory, and the store it was read from (if it was).
-struct Log<'a> {
+struct Log {
     envelopes: Vec<Envelope>,
-    store: Option<&'a Path>,
+    store: Option<StoreAt>,
 }
 
-impl Log<'_> {
+impl Log {
     /// Fold it: an event that cannot be read is bad input in a file (exit 2), damage in a
     /// store (exit 1).
     fn fold(&self, upto: Upto) -> Result<Projections, Failure> {
-        match self.store {
+        match &self.store {
             None => fold(&self.envelopes, upto),
-            Some(dir) => fold_envelopes(&self.envelopes, upto).map_err(unreadable(dir)),
+            Some(at) => fold_envelopes(&self.envelopes, upto).map_err(unreadable(at)),
         }
     }
 }
 
 /// The whole log in memory: a file read and checked whole, or every envelope of a store (the
 /// tools that need all of it: explain, timeline, audit's re-run, diff, bills, a re-run).
-fn load(source: &LogSource) -> Result<Log<'_>, Failure> {
+fn load(source: &LogSource) -> Result<Log, Failure> {
     match source.origin()? {
         Origin::File(path) => {
             let envelopes = jsonl::read_file(path).map_err(input(format!("{} is not a sound log", path.display())))?;
             tracing::info!(events = envelopes.len(), log = %path.display(), "log read and checked");
             Ok(Log { envelopes, store: None })
         }
-        Origin::Store(dir) => {
-            let store = open_store(dir)?;
-            let total = store.last_position().map_err(|e| unreadable(dir)(e.into()))?;
+        Origin::Store(at) => {
+            let store = open_store(&at)?;
+            let total = store.last_position().map_err(|e| unreadable(&at)(e.into()))?;
             let bar = progress::bar(total, "reading");
             let read: Result<Vec<Envelope>, StoreError> = store
                 .read_all(1)
@@ -116,9 +95,9 @@ fn load(source: &LogSource) -> Result<Log<'_>, Failure> {
                 })
                 .collect();
             bar.finish_and_clear();
-            let envelopes = read.map_err(|e| unreadable(dir)(e.into()))?;
-            tracing::info!(events = envelopes.len(), store = %dir.display(), "store read");
-            Ok(Log { envelopes, store: Some(dir) })
+            let envelopes = read.map_err(|e| unreadable(&at)(e.into()))?;
+            tracing::info!(events = envelopes.len(), store = %at.describe(), "store read");
+            Ok(Log { envelopes, store: Some(at) })
         }
     }
 }
@@ -160,13 +139,13 @@ pub fn replay(args: ReplayArgs) -> Result<(), Failure> {
     if let (TableFormat::Json, None) = (args.format, &args.policy) {
         let mut stdout = std::io::stdout().lock();
         return match args.source.origin()? {
-            Origin::Store(dir) => {
-                let store = open_store(dir)?;
-                let total = store.last_position().map_err(|e| unreadable(dir)(e.into()))?;
+            Origin::Store(at) => {
+                let store = open_store(&at)?;
+                let total = store.last_position().map_err(|e| unreadable(&at)(e.into()))?;
                 let bar = progress::bar(total, "replaying");
                 let written = write_document(store.read_all(1), upto, &mut stdout, |position| bar.set_position(position));
                 bar.finish_and_clear();
-                written.map(|_| ()).map_err(document_failure(dir))
+                written.map(|_| ()).map_err(document_failure(&at))
             }
             // Checked line by line as it is folded; nothing is shown unless the whole log is sound.
             Origin::File(path) => {
@@ -183,13 +162,13 @@ pub fn replay(args: ReplayArgs) -> Result<(), Failure> {
     let projections = match (&args.policy, args.source.origin()?) {
         // A store's log is folded as it is read (up to `upto`, no further): its envelopes are
         // never all in memory at once.
-        (None, Origin::Store(dir)) => {
-            let store = open_store(dir)?;
-            let total = store.last_position().map_err(|e| unreadable(dir)(e.into()))?;
+        (None, Origin::Store(at)) => {
+            let store = open_store(&at)?;
+            let total = store.last_position().map_err(|e| unreadable(&at)(e.into()))?;
             let bar = progress::bar(total, "replaying");
             let projections = fold_with(store.read_all(1), upto, |position| bar.set_position(position));
             bar.finish_and_clear();
-            projections.map_err(unreadable(dir))?
+            projections.map_err(unreadable(&at))?
         }
         (None, Origin::File(_)) => load(&args.source)?.fold(upto)?,
         // A re-run needs every command of the log first.
@@ -206,7 +185,8 @@ pub fn replay(args: ReplayArgs) -> Result<(), Failure> {
 }
 
 pub fn audit(args: AuditArgs) -> Result<(), Failure> {
-    // What was charged is checked before the log is read (or a store opened).
+    // What was charged is checked before the log is read (or a store opened), after its source.
+    args.source.origin()?;
     let path = args.charged.display();
     let text = std::fs::read_to_string(&args.charged).map_err(input(format!("cannot read {path}")))?;
     let charged = audit_log::parse_charged(&text).map_err(input(format!("{path} is not a valid CHARGED.json")))?;
@@ -227,15 +207,15 @@ pub fn explain(args: ExplainArgs) -> Result<(), Failure> {
     // clap lets through `--bill N` alone, or `--resource ID` with `--at INSTANT`.
     let explanations = match args.source.origin()? {
         // A store answers from its tag index: only the events about the resource are read.
-        Origin::Store(dir) => {
-            let store = open_store(dir)?;
+        Origin::Store(store_at) => {
+            let store = open_store(&store_at)?;
             let failed = |e: explain_log::ExplainError| match e {
                 explain_log::ExplainError::NoSuchBill(_) => Failure::Input(e.into()),
-                e => damaged(format!("explaining from the store at {}", dir.display()))(e),
+                e => damaged(format!("explaining from {}", store_at.describe()))(e),
             };
             match (args.bill, args.resource, args.at) {
-                (Some(n), _, _) => vec![explain_log::explain_bill_in(&store, n).map_err(failed)?],
-                (None, Some(resource), Some(at)) => explain_log::explain_at_in(&store, &resource, at).map_err(failed)?,
+                (Some(n), _, _) => vec![explain_log::explain_bill_in(store.as_ref(), n).map_err(failed)?],
+                (None, Some(resource), Some(at)) => explain_log::explain_at_in(store.as_ref(), &resource, at).map_err(failed)?,
                 _ => return Err(Failure::Input("explain needs --bill N, or --resource ID with --at INSTANT".into())),
             }
         }
@@ -295,11 +275,11 @@ pub fn bills(args: BillsArgs) -> Result<(), Failure> {
     let mut sums = month::MonthSums::new(&args.month).map_err(input("--month"))?;
     let bills = match args.source.origin()? {
         // A store reads the month's lines only, through its tag index.
-        Origin::Store(dir) => {
-            let store = open_store(dir)?;
-            month::month_in(&store, &args.month).map_err(|e| match e {
+        Origin::Store(at) => {
+            let store = open_store(&at)?;
+            month::month_in(store.as_ref(), &args.month).map_err(|e| match e {
                 month::MonthInError::Month(e) => input("--month")(e),
-                e => damaged(format!("reading the store at {}", dir.display()))(e),
+                e => damaged(format!("reading {}", at.describe()))(e),
             })?
         }
         // A log is folded as it is read, keeping only the month's rows.
@@ -328,11 +308,11 @@ pub fn bills(args: BillsArgs) -> Result<(), Failure> {
 pub fn timeline(args: TimelineArgs) -> Result<(), Failure> {
     let picture = match args.source.origin()? {
         // A store answers from its tag index: only the resource's history is read.
-        Origin::Store(dir) => {
-            let store = open_store(dir)?;
-            draw::timeline_in(&store, &args.resource).map_err(|e| match e {
+        Origin::Store(at) => {
+            let store = open_store(&at)?;
+            draw::timeline_in(store.as_ref(), &args.resource).map_err(|e| match e {
                 draw::TimelineError::NoSuchResource(_) => Failure::Input(e.into()),
-                e => damaged(format!("reading the store at {}", dir.display()))(e),
+                e => damaged(format!("reading {}", at.describe()))(e),
             })?
         }
         Origin::File(_) => {
@@ -343,7 +323,7 @@ pub fn timeline(args: TimelineArgs) -> Result<(), Failure> {
     std::fs::write(&args.svg, draw::render_svg(&picture)).map_err(runtime(format!("writing {}", args.svg.display())))
 }
 
-/// `export --store DIR [--out LOG.jsonl]`: the store's log as a portable log, byte for byte what
+/// `export --store DIR|--postgres URL [--out LOG.jsonl]`: the store's log as a portable log, byte for byte what
 /// `run --export` writes. To a file whole or not at all (written beside it, then renamed into
 /// place), never over an existing file without `--force`; to stdout without `--out` or with
 /// `--out -` (a log cut short there has no end line, and every reader refuses it).
@@ -354,17 +334,20 @@ pub fn export(args: ExportArgs) -> Result<(), Failure> {
             return Err(Failure::Input(format!("--out {}: the file exists (--force replaces it)", out.display()).into()));
         }
     }
-    let store = open_store(&args.store)?;
+    let at = store_at(args.store.as_ref(), args.postgres.as_ref())
+        .ok_or_else(|| Failure::Input(format!("export needs --store DIR or --postgres URL (or {POSTGRES_ENV})").into()))?;
+    let store = open_store(&at)?;
     let Some(out) = target else {
         let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
-        write_log(&store, &mut stdout).map_err(runtime(format!("exporting the store at {} to stdout", args.store.display())))?;
+        write_log(store.as_ref(), &mut stdout).map_err(runtime(format!("exporting {} to stdout", at.describe())))?;
         return stdout.flush().map_err(runtime("writing the output"));
     };
     let partial = partial_path(&out);
-    let context = format!("exporting the store at {} to {}", args.store.display(), out.display());
+    let context = format!("exporting {} to {}", at.describe(), out.display());
     let file = std::fs::File::create(&partial).map_err(input(format!("--out {}: cannot create {}", out.display(), partial.display())))?;
     let mut file = std::io::BufWriter::new(file);
-    let written = write_log(&store, &mut file).and_then(|()| file.flush().map_err(Into::into)).and_then(|()| Ok(std::fs::rename(&partial, &out)?));
+    let written =
+        write_log(store.as_ref(), &mut file).and_then(|()| file.flush().map_err(Into::into)).and_then(|()| Ok(std::fs::rename(&partial, &out)?));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&partial);
         return Err(runtime(context)(e));
@@ -378,7 +361,7 @@ fn partial_path(out: &Path) -> PathBuf {
 }
 
 /// The portable log of `store` to `out`, with a progress bar on a terminal when it is long.
-fn write_log(store: &SledStore, out: &mut impl Write) -> Result<(), crate::failure::BoxError> {
+fn write_log(store: &dyn EventStore, out: &mut impl Write) -> Result<(), crate::failure::BoxError> {
     let total = store.last_position()?;
     let bar = progress::bar(total, "exporting");
     let exported = jsonl::export_with(store, out, |position| bar.set_position(position));
@@ -388,22 +371,30 @@ fn write_log(store: &SledStore, out: &mut impl Write) -> Result<(), crate::failu
     Ok(())
 }
 
-/// `verify --store DIR` or `verify LOG.jsonl`: every event read back, checksums, positions,
-/// stream versions, the high-water mark, and a full replay of the projections.
+/// `verify --store DIR`, `verify --postgres URL` or `verify LOG.jsonl`: every event read back,
+/// checksums, positions, stream versions, the high-water mark (sled), and a full replay of the
+/// projections.
 pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
     let mut digest_said = None;
-    let (events, last) = match (&args.store, &args.log) {
-        (Some(dir), _) => {
-            let name = dir.display();
-            let store = open_store(dir)?;
+    let store = match &args.log {
+        Some(_) => None,
+        None => store_at(args.store.as_ref(), args.postgres.as_ref()),
+    };
+    let (events, last) = match (store, &args.log) {
+        (Some(at), _) => {
+            let name = match &at {
+                StoreAt::Dir(dir) => dir.display().to_string(),
+                StoreAt::Postgres(_) => at.describe(),
+            };
+            let store = open_store(&at)?;
             let report = store.verify().map_err(damaged(format!("verifying {name}")))?;
             // One replay of the log checks it folds, and every snapshot against its prefix.
-            let checked = poolbill_ledger::check_snapshots(&store).map_err(damaged(format!("replaying {name}")))?;
+            let checked = poolbill_ledger::check_snapshots(store.as_ref()).map_err(damaged(format!("replaying {name}")))?;
             if let Some((position, why)) = checked.unsound.first() {
                 return Err(damaged(format!("checking the snapshots of {name}"))(format!("the snapshot at position {position} is unsound: {why}")));
             }
             // The Merkle index against the events it covers (not brought up to date: verify writes nothing).
-            let hashed = poolbill_ledger::merkle::check_index(&store).map_err(damaged(format!("checking the Merkle index of {name}")))?;
+            let hashed = poolbill_ledger::merkle::check_index(store.as_ref()).map_err(damaged(format!("checking the Merkle index of {name}")))?;
             if let Some(digest) = &args.digest {
                 // Every event's leaf from the events themselves, as for a log file.
                 let leaves = store
@@ -413,7 +404,7 @@ pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
                         poolbill_projections::leaf_hash(&envelope).map_err(|e| damaged(format!("reading {name}"))(e))
                     })
                     .collect::<Result<Vec<_>, Failure>>()?;
-                digest_said = Some(crate::merkle::check_digest(dir, &leaves, digest, args.public_key.as_deref())?);
+                digest_said = Some(crate::merkle::check_digest(&name, &leaves, digest, args.public_key.as_deref())?);
             }
             print_out(&format!(
                 "{} streams, {} command records, {} snapshots checked, the Merkle index checked through position {hashed}\n",
@@ -435,11 +426,11 @@ pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
                 other => other,
             })?;
             if let Some(digest) = &args.digest {
-                digest_said = Some(crate::merkle::check_digest(log, &leaves, digest, args.public_key.as_deref())?);
+                digest_said = Some(crate::merkle::check_digest(&log.display().to_string(), &leaves, digest, args.public_key.as_deref())?);
             }
             (projections.events, projections.last_instant)
         }
-        (None, None) => return Err(Failure::Input("verify needs --store DIR or a log file".into())),
+        (None, None) => return Err(Failure::Input(format!("verify needs --store DIR, --postgres URL (or {POSTGRES_ENV}) or a log file").into())),
     };
     let said = digest_said.map_or(String::new(), |said| format!("; {said}"));
     print_out(&format!("ok: {events} events, the last at {}{said}\n", last.map_or("-".to_string(), |t| t.to_rfc3339())))

@@ -1,4 +1,4 @@
-//! `poolbill`: run scenarios and serve commands on a sled event log; replay, audit, explain,
+//! `poolbill`: run scenarios and serve commands on an event log (sled, or PostgreSQL); replay, audit, explain,
 //! diff, bill and draw what a log holds.
 //!
 //! Exit status: 0 done; 1 the store or engine failed (audit: bills differ); 2 the input or
@@ -10,6 +10,7 @@ mod logs;
 mod merkle;
 mod progress;
 mod run;
+mod stores;
 mod table;
 
 use args::{Cli, CompletionsArgs, Tool};

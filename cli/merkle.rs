@@ -4,6 +4,7 @@
 //! to date first) or computed from a log file's lines, each leaf the canonical text its line's
 //! checksum is computed over: a store and its export give the same roots and proofs.
 
+use crate::args::StoreAt;
 use crate::args::{CheckProofArgs, DigestArgs, KeygenArgs, LogSource, ProveArgs};
 use crate::failure::{damaged, input, runtime, Failure};
 use crate::logs::{open_store, Origin};
@@ -124,10 +125,10 @@ fn memory_root(leaves: &[Hash], size: u64) -> Hash {
 }
 
 /// A store's answer: a question outside the log is bad input, anything else damage.
-fn from_index(dir: &Path) -> impl Fn(MerkleError) -> Failure + '_ {
+fn from_index(at: &StoreAt) -> impl Fn(MerkleError) -> Failure + '_ {
     move |e| match e {
         MerkleError::Outside(message) => Failure::Input(message.into()),
-        MerkleError::Fold(e) => damaged(format!("reading the Merkle index of the store at {}", dir.display()))(e),
+        MerkleError::Fold(e) => damaged(format!("reading the Merkle index of {}", at.describe()))(e),
     }
 }
 
@@ -142,13 +143,13 @@ fn tree_root(source: &LogSource, size: Option<u64>, with_leaves: bool) -> Result
             leaves.truncate(size as usize);
             Ok((size, root, with_leaves.then_some(leaves)))
         }
-        Origin::Store(dir) => {
-            let store = open_store(dir)?;
-            let (size, root) = index::digest(&store, size).map_err(from_index(dir))?;
+        Origin::Store(at) => {
+            let store = open_store(&at)?;
+            let (size, root) = index::digest(store.as_ref(), size).map_err(from_index(&at))?;
             let leaves = if with_leaves {
-                let unreadable = |e: Box<dyn std::error::Error + Send + Sync>| damaged(format!("reading the store at {}", dir.display()))(e);
+                let unreadable = |e: Box<dyn std::error::Error + Send + Sync>| damaged(format!("reading {}", at.describe()))(e);
                 let mut leaves = Vec::with_capacity(size as usize);
-                for envelope in poolbill_store::EventStore::read_all(&store, 1).take(size as usize) {
+                for envelope in store.read_all(1).take(size as usize) {
                     let envelope = envelope.map_err(|e| unreadable(e.into()))?;
                     leaves.push(poolbill_projections::leaf_hash(&envelope).map_err(|e| unreadable(e.into()))?);
                 }
@@ -238,9 +239,9 @@ pub fn inclusion(source: &LogSource, position: u64, size: Option<u64>) -> Result
                 poolbill_merkle::inclusion_proof(&mut Leaves(&leaves), position - 1, size).map_err(|e| Failure::Input(e.to_string().into()))?;
             (size, envelope, proof)
         }
-        Origin::Store(dir) => {
-            let store = open_store(dir)?;
-            index::inclusion(&store, position, size).map_err(from_index(dir))?
+        Origin::Store(at) => {
+            let store = open_store(&at)?;
+            index::inclusion(store.as_ref(), position, size).map_err(from_index(&at))?
         }
     };
     let envelope = poolbill_projections::portable(&envelope)
@@ -265,9 +266,9 @@ fn consistency(source: &LogSource, old_size: u64, size: Option<u64>) -> Result<C
             let proof = poolbill_merkle::consistency_proof(&mut Leaves(&leaves), old_size, size).map_err(|e| Failure::Input(e.to_string().into()))?;
             (memory_root(&leaves, old_size), memory_root(&leaves, size), size, proof)
         }
-        Origin::Store(dir) => {
-            let store = open_store(dir)?;
-            index::consistency(&store, old_size, size).map_err(from_index(dir))?
+        Origin::Store(at) => {
+            let store = open_store(&at)?;
+            index::consistency(store.as_ref(), old_size, size).map_err(from_index(&at))?
         }
     };
     Ok(ConsistencyProof { old_size, size, old_root: to_hex(&old_root), root: to_hex(&root), path: path.iter().map(to_hex).collect() })
@@ -345,7 +346,8 @@ pub fn check_proof(args: CheckProofArgs) -> Result<(), Failure> {
 
 /// `verify LOG --digest D.json [--public-key HEX]`: the digest's signature when it has one (with
 /// the given key, else its own), then the root of the log's first `size` events.
-pub fn check_digest(log: &Path, leaves: &[Hash], digest_path: &Path, public_key: Option<&str>) -> Result<String, Failure> {
+/// `log` names the log (a file, a store) in messages.
+pub fn check_digest(log: &str, leaves: &[Hash], digest_path: &Path, public_key: Option<&str>) -> Result<String, Failure> {
     let name = digest_path.display();
     let text = std::fs::read_to_string(digest_path).map_err(input(format!("cannot read {name}")))?;
     let digest: Digest = serde_json::from_str(&text).map_err(input(format!("{name} is not a digest (`poolbill digest`)")))?;
@@ -356,7 +358,7 @@ pub fn check_digest(log: &Path, leaves: &[Hash], digest_path: &Path, public_key:
     })?;
     let count = leaves.len() as u64;
     if digest.size > count {
-        return Err(damaged(log.display())(format!(
+        return Err(damaged(log.to_string())(format!(
             "the log has {count} events, fewer than the {} the digest commits to: events were removed",
             digest.size
         )));
@@ -381,7 +383,7 @@ pub fn check_digest(log: &Path, leaves: &[Hash], digest_path: &Path, public_key:
             digest.size + 1
         ),
     };
-    Err(damaged(log.display())(format!("the log's first {} events do not have the digest's root {}: {differs}", digest.size, digest.root)))
+    Err(damaged(log.to_string())(format!("the log's first {} events do not have the digest's root {}: {differs}", digest.size, digest.root)))
 }
 
 /// The digest's signature checked with `public_key` (hex) or the digest's own: the key's hex

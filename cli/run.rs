@@ -1,6 +1,6 @@
-//! `poolbill run` and `poolbill serve`: the engine on a sled store.
+//! `poolbill run` and `poolbill serve`: the engine on a sled or PostgreSQL store.
 
-use crate::args::{instant, RunArgs, ServeArgs, TableFormat};
+use crate::args::{instant, store_at, RunArgs, ServeArgs, TableFormat, POSTGRES_ENV};
 use crate::failure::{input, one_line, runtime, Failure};
 use crate::{print_out, progress, table};
 use poolbill_domain::Instant;
@@ -15,10 +15,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     let text = std::fs::read_to_string(&args.scenario).map_err(input(format!("cannot read {path}")))?;
     // The whole file is checked before anything is opened or written.
     let scenario = poolbill_scenario::parse(&text).map_err(input(format!("{path} is not a valid scenario")))?;
-    let engine = match &args.store {
-        Some(dir) => Engine::open(dir).await.map_err(runtime(format!("opening the store at {}", dir.display())))?,
-        None => Engine::temporary().await.map_err(runtime("opening a temporary store"))?,
-    };
+    let engine = crate::stores::open_engine(store_at(args.store.as_ref(), args.postgres.as_ref()).as_ref()).await?;
     tracing::info!(commands = scenario.commands.len(), until = %scenario.until.to_rfc3339(), "scenario checked");
     poolbill_scenario::run(&engine, &scenario).await.map_err(runtime(format!("running {path}")))?;
     if let Some(out) = &args.export {
@@ -77,7 +74,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
         None => None,
     };
-    let engine = Engine::open(&args.store).await.map_err(runtime(format!("opening the store at {}", args.store.display())))?;
+    let at = store_at(args.store.as_ref(), args.postgres.as_ref())
+        .ok_or_else(|| Failure::Input(format!("serve needs --store DIR or --postgres URL (or {POSTGRES_ENV})").into()))?;
+    let engine = crate::stores::open_engine(Some(&at)).await?;
     if let (Some(address), Some(tokens)) = (args.http, tokens) {
         return serve_http(engine, address, tokens).await;
     }

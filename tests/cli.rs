@@ -6,16 +6,16 @@ use common::{fixtures_dir, run};
 
 /// Each subcommand with the options its help must mention.
 const TOOLS: [(&str, &[&str]); 11] = [
-    ("run", &["--at", "--format", "--store", "--export", "SCENARIO.json", "[default: table]"]),
-    ("serve", &["--store", "--http", "--tokens"]),
-    ("replay", &["--store", "LOG.jsonl", "--at", "--upto", "--format", "--policy", "LOG.jsonl"]),
-    ("audit", &["--store", "LOG.jsonl", "--charged", "--format"]),
-    ("explain", &["--store", "LOG.jsonl", "--bill", "--resource", "--at", "--format", "[default: text]"]),
-    ("diff", &["--store", "LOG.jsonl", "--at", "--policy", "--format"]),
-    ("bills", &["--store", "LOG.jsonl", "--month", "--format", "csv"]),
-    ("timeline", &["--store", "LOG.jsonl", "--resource", "--svg"]),
-    ("verify", &["--store", "LOG.jsonl"]),
-    ("export", &["--store", "--out", "--force"]),
+    ("run", &["--at", "--format", "--store", "--postgres", "--export", "SCENARIO.json", "[default: table]"]),
+    ("serve", &["--store", "--postgres", "--http", "--tokens"]),
+    ("replay", &["--store", "--postgres", "LOG.jsonl", "--at", "--upto", "--format", "--policy", "LOG.jsonl"]),
+    ("audit", &["--store", "--postgres", "LOG.jsonl", "--charged", "--format"]),
+    ("explain", &["--store", "--postgres", "LOG.jsonl", "--bill", "--resource", "--at", "--format", "[default: text]"]),
+    ("diff", &["--store", "--postgres", "LOG.jsonl", "--at", "--policy", "--format"]),
+    ("bills", &["--store", "--postgres", "LOG.jsonl", "--month", "--format", "csv"]),
+    ("timeline", &["--store", "--postgres", "LOG.jsonl", "--resource", "--svg"]),
+    ("verify", &["--store", "--postgres", "LOG.jsonl"]),
+    ("export", &["--store", "--postgres", "--out", "--force"]),
     ("completions", &["bash", "zsh", "fish"]),
 ];
 
@@ -119,6 +119,14 @@ fn usage_errors_exit_2_naming_what_is_wrong_and_print_nothing_on_stdout() {
         (vec!["verify"], "--store"),
         (vec!["verify", "--store", "x", log], "LOG.jsonl"),
         (vec!["completions", "cmd.exe"], "cmd.exe"),
+        (vec!["run", scenario, "--store", "store/", "--postgres", "postgres://u@127.0.0.1:1/db"], "--postgres"),
+        (vec!["serve", "--store", "store/", "--postgres", "postgres://u@127.0.0.1:1/db"], "--postgres"),
+        (vec!["replay", log, "--postgres", "postgres://u@127.0.0.1:1/db"], "--postgres"),
+        (vec!["export", "--store", "store/", "--postgres", "postgres://u@127.0.0.1:1/db"], "--postgres"),
+        (vec!["verify", "--postgres", "postgres://u@127.0.0.1:1/db", log], "LOG.jsonl"),
+        // Not a URL: refused before anything is opened.
+        (vec!["replay", "--postgres", "postgres://u@h:notaport/db"], "--postgres"),
+        (vec!["run", scenario, "--postgres", "postgres://u@h:notaport/db"], "--postgres"),
     ];
     for (args, named) in cases {
         let out = run(&args);

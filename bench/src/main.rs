@@ -15,17 +15,19 @@ use std::time::Duration;
 const USAGE: &str = "usage:
   poolbill-bench [--preset small|region|mix|10m] [--seed N] [--out DIR] [--only FIG,FIG…]
                  [--pools N] [--accounts N] [--days N] [--seconds S] [--poolbill PATH] [--keep]
+                 [--postgres URL|throwaway]   (adds pg-single and pg-group: the append figures on PostgreSQL;
+                                               `throwaway`: a cluster of the machine's PostgreSQL 15, fsync on)
   poolbill-bench generate [--preset …] [--seed N] [--pools N] [--accounts N] [--days N] > W.json
   poolbill-bench decode LOG.jsonl                       (the JSON decode floor of a log)
   poolbill-bench replay-store DIR [--at INSTANT]        (replay a store; the document on stdout)
   poolbill-bench explain-store DIR --at INSTANT --resources ID,ID…  (explain from a store opened once)
   poolbill-bench store-stats DIR                         (entries and bytes of each of the store's trees)
-  poolbill-bench appends DIR [--clients N] [--seconds S] (durable top-ups through the engine)
+  poolbill-bench appends DIR|--postgres URL [--clients N] [--seconds S] (durable top-ups through the engine)
   poolbill-bench http DIR [--clients 1,16,64] [--seconds S] [--commands N]
                  (durable top-ups over the HTTP API on loopback, beside the engine API; Markdown on stdout, JSON in DIR/http.json)
 
 Figures (--only): fsync, run, size, export, decode, replay, replay-store, replay-store-cli, at,
-explain, explain-store, explain-service, reopen, single, group, serve. Without --poolbill, `cargo build --release --bin poolbill` is run first and
+explain, explain-store, explain-service, reopen, single, group, serve, pg-single, pg-group. Without --poolbill, `cargo build --release --bin poolbill` is run first and
 target/release/poolbill measured. The default --out is target/bench/PRESET-SEED.";
 
 fn main() -> ExitCode {
@@ -60,14 +62,22 @@ struct Parsed {
     poolbill: Option<PathBuf>,
     seconds: f64,
     keep: bool,
+    postgres: Option<String>,
 }
 
 fn parse(args: &[String]) -> Result<(Parsed, Vec<String>), String> {
     let mut preset = "region".to_string();
     let mut seed = 20261123u64;
     let mut sizes: Vec<(String, u32)> = Vec::new();
-    let mut parsed =
-        Parsed { params: Params::preset("small", 0).expect("a preset"), out: None, only: Vec::new(), poolbill: None, seconds: 2.0, keep: false };
+    let mut parsed = Parsed {
+        params: Params::preset("small", 0).expect("a preset"),
+        out: None,
+        only: Vec::new(),
+        poolbill: None,
+        seconds: 2.0,
+        keep: false,
+        postgres: None,
+    };
     let mut rest = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -79,6 +89,7 @@ fn parse(args: &[String]) -> Result<(Parsed, Vec<String>), String> {
             "--poolbill" => parsed.poolbill = Some(PathBuf::from(value("--poolbill")?)),
             "--seconds" => parsed.seconds = value("--seconds")?.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--keep" => parsed.keep = true,
+            "--postgres" => parsed.postgres = Some(value("--postgres")?),
             "--only" => {
                 parsed.only = value("--only")?.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
                 if let Some(bad) = parsed.only.iter().find(|k| !FIGURES.contains(&k.as_str())) {
@@ -151,6 +162,18 @@ fn bench(args: &[String]) -> Result<(), String> {
     if cfg!(debug_assertions) {
         eprintln!("poolbill-bench: warning: this is a debug build of the bench; its in-process figures need --release");
     }
+    // Kept until the figures are measured: dropping it stops the cluster.
+    let (_cluster, postgres) = match parsed.postgres.as_deref() {
+        Some("throwaway") => {
+            use poolbill_store_postgres::cluster::{execute, Cluster, Durability};
+            let cluster = Cluster::start(Durability::Fsync)?;
+            execute(&cluster.url("postgres"), "CREATE DATABASE bench")?;
+            let url = cluster.url("bench");
+            eprintln!("poolbill-bench: a throwaway PostgreSQL 15 cluster (fsync on) at {url}");
+            (Some(cluster), Some(url))
+        }
+        other => (None, other.map(str::to_string)),
+    };
     let options = Options {
         params: parsed.params.clone(),
         out: out.clone(),
@@ -160,6 +183,7 @@ fn bench(args: &[String]) -> Result<(), String> {
         budget: Duration::from_secs_f64(parsed.seconds.max(0.1)),
         keep: parsed.keep,
         verbose: true,
+        postgres,
     };
     let report = suite::run(&options)?;
     let markdown = report.markdown();
@@ -209,6 +233,7 @@ fn explain_store(args: &[String]) -> Result<(), String> {
 
 fn appends(args: &[String]) -> Result<(), String> {
     let mut dir = None;
+    let mut postgres = None;
     let mut clients = 1usize;
     let mut seconds = 2.0f64;
     let mut it = args.iter();
@@ -216,12 +241,17 @@ fn appends(args: &[String]) -> Result<(), String> {
         match arg.as_str() {
             "--clients" => clients = it.next().and_then(|v| v.parse().ok()).filter(|&n| n > 0).ok_or("--clients needs a number ≥ 1")?,
             "--seconds" => seconds = it.next().and_then(|v| v.parse().ok()).filter(|&s: &f64| s > 0.0).ok_or("--seconds needs a positive number")?,
+            "--postgres" => postgres = Some(it.next().ok_or("--postgres needs a URL")?.clone()),
             other if dir.is_none() && !other.starts_with("--") => dir = Some(PathBuf::from(other)),
             other => return Err(format!("unexpected argument {other:?}\n{USAGE}")),
         }
     }
-    let dir = dir.ok_or_else(|| format!("appends needs a store directory\n{USAGE}"))?;
-    let result = work::appends(&dir, clients, Duration::from_secs_f64(seconds))?;
+    let to = match (dir, postgres) {
+        (Some(dir), None) => work::AppendsTo::Dir(dir),
+        (None, Some(url)) => work::AppendsTo::Postgres(url),
+        _ => return Err(format!("appends needs a store directory or --postgres URL (one of them)\n{USAGE}")),
+    };
+    let result = work::appends(&to, clients, Duration::from_secs_f64(seconds))?;
     println!("{result}");
     Ok(())
 }

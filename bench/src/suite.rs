@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 /// Every figure, in the order measured; `--only` takes a comma-separated subset.
-pub const FIGURES: [&str; 16] = [
+pub const FIGURES: [&str; 18] = [
     "fsync",
     "run",
     "size",
@@ -27,6 +27,8 @@ pub const FIGURES: [&str; 16] = [
     "single",
     "group",
     "serve",
+    "pg-single",
+    "pg-group",
 ];
 
 /// The targets.
@@ -55,6 +57,8 @@ pub struct Options {
     pub budget: Duration,
     /// Keep the big outputs (documents) instead of deleting them once read.
     pub keep: bool,
+    /// A PostgreSQL database for the pg-single and pg-group figures (none: they are skipped).
+    pub postgres: Option<String>,
     /// Print progress on standard error.
     pub verbose: bool,
 }
@@ -75,6 +79,8 @@ struct Facts {
     fsync: Option<f64>,
     /// The single-client engine rate, commands/s.
     single: Option<f64>,
+    /// The 64-client engine rate on sled, commands/s.
+    group: Option<f64>,
     run_document: Option<PathBuf>,
 }
 
@@ -119,7 +125,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     }
 
     // Every figure but the disk's and the appends' (which have stores of their own).
-    let needs_store = FIGURES.iter().filter(|k| !["fsync", "single", "group"].contains(k)).any(|k| selected(k));
+    let needs_store = FIGURES.iter().filter(|k| !["fsync", "single", "group", "pg-single", "pg-group"].contains(k)).any(|k| selected(k));
     // `run` and `replay` are compared with the parse of the log: they need it too.
     let needs_log = ["run", "export", "decode", "replay", "at", "explain"].iter().any(|k| selected(k));
     let have_store = paths.store.join(poolbill_store_marker()).exists();
@@ -450,6 +456,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
                 Check::at_least("rate", commands, SINGLE_SHARE_OF_FSYNC * fsync, "commands/s"),
             )
         } else {
+            facts.group = Some(commands);
             (
                 format!("group commit ({clients} concurrent clients, engine `execute` of top-ups)"),
                 facts.fsync.map(|f| format!("fsync ceiling {} syncs/s", grouped(f))).unwrap_or_default(),
@@ -464,6 +471,31 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             peak_rss: Some(r.peak_rss),
             baseline,
             checks: vec![check],
+            numbers: numbers(&r, got),
+        });
+    }
+
+    // The same appends on PostgreSQL, beside sled's.
+    for (key, clients) in [("pg-single", 1usize), ("pg-group", GROUP_CLIENTS)] {
+        let Some(url) = opts.postgres.as_deref().filter(|_| selected(key)) else { continue };
+        say(&format!("durable appends on PostgreSQL, {clients} client(s)"));
+        let out = opts.out.join(format!("{key}.json"));
+        let mut cmd = Command::new(&opts.bench);
+        cmd.args(["appends", "--postgres", url, "--clients", &clients.to_string(), "--seconds", &opts.budget.as_secs_f64().to_string()]);
+        let r = child(&mut cmd, b"", Output::File(&out), &opts.out, key)?;
+        let got: Value = serde_json::from_str(&std::fs::read_to_string(&out).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        let s = got["seconds"].as_f64().unwrap_or(f64::NAN);
+        let commands = got["commands"].as_f64().unwrap_or(0.0) / s;
+        let events_rate = got["events"].as_f64().unwrap_or(0.0) / s;
+        let on_sled = if clients == 1 { facts.single } else { facts.group };
+        figures.push(Figure {
+            key: key.into(),
+            what: format!("durable appends on PostgreSQL ({clients} client(s), engine `execute` of top-ups)"),
+            command: format!("poolbill-bench appends --postgres URL --clients {clients} --seconds {}", opts.budget.as_secs_f64()),
+            value: format!("{} commands/s, {} events/s", grouped(commands), grouped(events_rate)),
+            peak_rss: Some(r.peak_rss),
+            baseline: on_sled.map(|sled| format!("sled: {} commands/s ({:.2}×)", grouped(sled), commands / sled)).unwrap_or_default(),
+            checks: Vec::new(),
             numbers: numbers(&r, got),
         });
     }

@@ -112,30 +112,52 @@ fn dir_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Durable appends through the engine on a fresh store at `dir`: `clients` tasks each run
-/// top-ups one after another (each answered once on disk) for `budget`. Returns commands and
-/// events appended, and the seconds it took.
-pub fn appends(dir: &Path, clients: usize, budget: Duration) -> Result<Value, String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
-    runtime.block_on(appends_on(dir, clients, budget))
+/// Where the appends figure keeps its log.
+#[derive(Clone, Debug)]
+pub enum AppendsTo {
+    /// A fresh sled store in this directory.
+    Dir(std::path::PathBuf),
+    /// A PostgreSQL database (a URL); it may hold earlier runs' events.
+    Postgres(String),
 }
 
-async fn appends_on(dir: &Path, clients: usize, budget: Duration) -> Result<Value, String> {
-    let engine = Engine::open(dir).await.map_err(|e| e.to_string())?;
+/// Durable appends through the engine on a fresh store at `dir` (or a PostgreSQL database):
+/// `clients` tasks each run top-ups one after another (each answered once on disk) for
+/// `budget`. Returns commands and events appended, and the seconds it took.
+pub fn appends(to: &AppendsTo, clients: usize, budget: Duration) -> Result<Value, String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(appends_on(to, clients, budget))
+}
+
+async fn appends_on(to: &AppendsTo, clients: usize, budget: Duration) -> Result<Value, String> {
+    let engine = match to {
+        AppendsTo::Dir(dir) => Engine::open(dir).await.map_err(|e| e.to_string())?,
+        AppendsTo::Postgres(url) => {
+            let url = url.clone();
+            let store = tokio::task::spawn_blocking(move || poolbill_store_postgres::PostgresStore::connect(&url))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            Engine::start(store).await.map_err(|e| e.to_string())?
+        }
+    };
+    // A database may hold earlier runs: this run's account and command ids are its own.
+    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let account = format!("bench-{run}");
     let at = DateTime::parse_from_rfc3339("2024-01-01T00:00:00+08:00").expect("a valid instant");
-    let open = Command::OpenAccount { account: "bench".into(), balance: Decimal::ZERO, level: "standard".into(), discount: Decimal::ZERO };
-    engine.execute("bench:open", at, open, None).await.map_err(|e| e.to_string())?;
+    let open = Command::OpenAccount { account: account.clone(), balance: Decimal::ZERO, level: "standard".into(), discount: Decimal::ZERO };
+    engine.execute(format!("bench:{run}:open"), at, open, None).await.map_err(|e| e.to_string())?;
     let before = engine.store().last_position().map_err(|e| e.to_string())?;
     let started = Instant::now();
     let deadline = started + budget;
     let mut tasks = Vec::with_capacity(clients);
     for client in 0..clients {
-        let engine = engine.clone();
+        let (engine, account) = (engine.clone(), account.clone());
         tasks.push(tokio::spawn(async move {
             let mut done = 0u64;
             while Instant::now() < deadline {
-                let command = Command::TopUp { account: "bench".into(), amount: Decimal::ONE };
-                let executed = engine.execute(format!("bench:{client}:{done}"), at, command, None).await.map_err(|e| e.to_string())?;
+                let command = Command::TopUp { account: account.clone(), amount: Decimal::ONE };
+                let executed = engine.execute(format!("bench:{run}:{client}:{done}"), at, command, None).await.map_err(|e| e.to_string())?;
                 if executed.outcome != Outcome::Accepted || executed.duplicate {
                     return Err(format!("a top-up was not simply accepted: {executed:?}"));
                 }
@@ -161,7 +183,7 @@ mod tests {
     fn appends_are_counted_from_the_log_and_a_store_replays() {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("s");
-        let result = appends(&store, 4, Duration::from_millis(150)).unwrap();
+        let result = appends(&AppendsTo::Dir(store.clone()), 4, Duration::from_millis(150)).unwrap();
         let commands = result["commands"].as_u64().unwrap();
         assert!(commands >= 4, "{result}");
         // Each top-up appends its command record and the top-up.
@@ -171,5 +193,24 @@ mod tests {
         assert_eq!(replayed["events"].as_u64().unwrap(), 2 * commands + 2);
         let document: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(document["accounts"][0]["balance"], json!(format!("{commands}.00")));
+    }
+}
+
+#[cfg(test)]
+mod postgres_tests {
+    use super::*;
+    use poolbill_store::EventStore;
+
+    #[test]
+    fn appends_on_postgres_are_counted_and_a_second_run_on_the_same_database_is_its_own() {
+        let url = poolbill_store_postgres::cluster::fresh_database();
+        let first = appends(&AppendsTo::Postgres(url.clone()), 4, Duration::from_millis(150)).unwrap();
+        let second = appends(&AppendsTo::Postgres(url.clone()), 1, Duration::from_millis(100)).unwrap();
+        let commands = first["commands"].as_u64().unwrap() + second["commands"].as_u64().unwrap();
+        assert!(first["commands"].as_u64().unwrap() >= 4, "{first}");
+        assert_eq!(first["events"].as_u64().unwrap(), 2 * first["commands"].as_u64().unwrap());
+        let store = poolbill_store_postgres::PostgresStore::connect(&url).unwrap();
+        // Each run opens its own account, and each command (opening or top-up) appends its event and a record.
+        assert_eq!(store.last_position().unwrap(), 2 * commands + 4);
     }
 }

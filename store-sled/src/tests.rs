@@ -2,7 +2,6 @@ use super::*;
 use poolbill_store::conformance::{self, all, appended, ev, req, ts, T0, T1, T2};
 use poolbill_store::{ExpectedVersion, NewEvent};
 use serde_json::json;
-use std::collections::HashSet;
 
 #[test]
 fn the_conformance_suite_passes() {
@@ -144,59 +143,6 @@ fn corruption_written_through_raw_sled_after_reopen() {
 }
 
 #[test]
-fn concurrent_appends_are_gapless_and_lose_nothing() {
-    const THREADS: usize = 8;
-    const PER_THREAD: usize = 25;
-    let store = SledStore::temporary().unwrap();
-    std::thread::scope(|s| {
-        for t in 0..THREADS {
-            let store = store.clone();
-            s.spawn(move || {
-                for i in 0..PER_THREAD {
-                    let mut r =
-                        req(Some(&format!("t{t}-{i}")), vec![ev("shared", "x", T0, json!([t, i])), ev(&format!("own-{t}"), "x", T0, json!([t, i]))]);
-                    r.expected = vec![("shared".into(), ExpectedVersion::Any)];
-                    appended(store.append(r).unwrap());
-                }
-            });
-        }
-    });
-
-    let events = all(&store);
-    let total = (THREADS * PER_THREAD * 2) as u64;
-    assert_eq!(events.len() as u64, total);
-    assert!(events.iter().zip(1..).all(|(e, p)| e.position == p));
-    // Each request's two events are adjacent: requests do not interleave.
-    for pair in events.chunks(2) {
-        assert_eq!(pair[0].payload, pair[1].payload);
-    }
-    let seen: HashSet<String> = events.iter().filter(|e| e.stream == "shared").map(|e| format!("{:?}", e.payload)).collect();
-    assert_eq!(seen.len(), THREADS * PER_THREAD);
-    assert_eq!(store.stream_version("shared").unwrap(), (THREADS * PER_THREAD) as u64);
-    for t in 0..THREADS {
-        assert_eq!(store.stream_version(&format!("own-{t}")).unwrap(), PER_THREAD as u64);
-    }
-    assert_eq!(store.verify().unwrap(), VerifyReport { events: total, streams: THREADS as u64 + 1, commands: (THREADS * PER_THREAD) as u64 });
-}
-
-#[test]
-fn a_chain_stops_at_its_first_failure_and_keeps_the_prefix() {
-    let store = SledStore::temporary().unwrap();
-    let mut conflicting = req(Some("c2"), vec![ev("a", "x", T1, json!(2))]);
-    conflicting.expected = vec![("a".to_string(), ExpectedVersion::Exactly(7))];
-    let (applied, failed) = store
-        .append_chain(vec![req(Some("c1"), vec![ev("a", "x", T0, json!(1))]), conflicting, req(Some("c3"), vec![ev("b", "x", T2, json!(3))])])
-        .unwrap();
-    assert_eq!(applied.len(), 1);
-    let (index, error) = failed.expect("the second request conflicts");
-    assert_eq!(index, 1);
-    assert!(matches!(error, StoreError::Conflict { actual: 1, .. }), "{error}");
-    // The third was never applied: it may have depended on the second.
-    assert_eq!(all(&store).len(), 1);
-    assert_eq!(store.command("c3").unwrap(), None);
-}
-
-#[test]
 fn a_store_open_elsewhere_is_in_use_not_damaged() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log");
@@ -249,68 +195,6 @@ fn a_cleared_index_is_rebuilt_and_a_damaged_one_is_refused() {
 fn expecting(mut r: AppendRequest, stream: &str, expected: ExpectedVersion) -> AppendRequest {
     r.expected.push((stream.to_string(), expected));
     r
-}
-
-#[test]
-fn a_batch_whose_middle_requests_fail_applies_the_others_gaplessly() {
-    let store = SledStore::temporary().unwrap();
-    let results = store
-        .append_batch(vec![
-            req(Some("c1"), vec![ev("a", "x", T0, json!(1))]),
-            // Fails its check after c1: none of its events (the first would pass) may land.
-            expecting(req(Some("c2"), vec![ev("b", "x", T1, json!(2)), ev("a", "x", T1, json!(3))]), "a", ExpectedVersion::NoStream),
-            // Passes only if it sees c1's write, made in the same batch.
-            expecting(req(Some("c3"), vec![ev("a", "x", T1, json!(4)), ev("b", "x", T1, json!(5))]), "a", ExpectedVersion::Exactly(1)),
-            // Its second event is earlier than its first: it fails, having written nothing.
-            req(Some("c4"), vec![ev("b", "x", T2, json!(6)), ev("b", "x", T0, json!(7))]),
-            // After c3 (not c2): stream b is at version 1, the log at position 3.
-            expecting(req(Some("c5"), vec![ev("b", "x", T2, json!(8))]), "b", ExpectedVersion::Exactly(1)),
-        ])
-        .unwrap();
-    assert_eq!(results.len(), 5);
-    let record = |first, last, id: &str| CommandRecord {
-        first_position: Some(first),
-        last_position: Some(last),
-        outcome: json!({"ok": id}),
-        fingerprint: Some(format!("request {id}")),
-    };
-    assert_eq!(results[0], Ok(AppendOutcome::Appended(record(1, 1, "c1"))));
-    assert_eq!(results[1], Err(StoreError::Conflict { stream: "a".into(), expected: ExpectedVersion::NoStream, actual: 1 }));
-    assert_eq!(results[2], Ok(AppendOutcome::Appended(record(2, 3, "c3"))));
-    assert_eq!(results[3], Err(StoreError::OutOfOrder { at: ts(T0), last: ts(T2) }));
-    assert_eq!(results[4], Ok(AppendOutcome::Appended(record(4, 4, "c5"))));
-
-    let events = all(&store);
-    let summary: Vec<_> = events.iter().map(|e| (e.position, e.stream.as_str(), e.version, e.payload.clone())).collect();
-    let json = |n: i32| Payload::Json(json!(n));
-    assert_eq!(summary, vec![(1, "a", 1, json(1)), (2, "a", 2, json(4)), (3, "b", 1, json(5)), (4, "b", 2, json(8))]);
-    assert_eq!(store.command("c2").unwrap(), None);
-    assert_eq!(store.command("c4").unwrap(), None);
-    assert_eq!((store.stream_version("a").unwrap(), store.stream_version("b").unwrap()), (2, 2));
-    assert_eq!(store.last_instant().unwrap(), Some(ts(T2)));
-    assert_eq!(store.verify().unwrap(), VerifyReport { events: 4, streams: 2, commands: 3 });
-}
-
-#[test]
-fn a_batch_that_repeats_a_command_id_answers_the_second_as_a_duplicate_of_the_first() {
-    let store = SledStore::temporary().unwrap();
-    let mut again = req(Some("c1"), vec![ev("a", "x", T1, json!(2)), ev("b", "x", T1, json!(3))]);
-    again.outcome = json!("the second's own outcome, never recorded");
-    // A check that would fail does not mask the duplicate.
-    again.expected = vec![("a".into(), ExpectedVersion::NoStream)];
-    let results = store
-        .append_batch(vec![req(Some("c1"), vec![ev("a", "x", T0, json!(1))]), again, req(Some("c2"), vec![ev("a", "x", T2, json!(4))])])
-        .unwrap();
-    let first = appended(results[0].clone().unwrap());
-    assert_eq!(
-        first,
-        CommandRecord { first_position: Some(1), last_position: Some(1), outcome: json!({"ok": "c1"}), fingerprint: Some("request c1".into()) }
-    );
-    assert_eq!(results[1], Ok(AppendOutcome::Duplicate(first.clone())));
-    assert_eq!(appended(results[2].clone().unwrap()).first_position, Some(2), "the duplicate took no position");
-    assert_eq!(all(&store).iter().map(|e| e.payload.clone()).collect::<Vec<_>>(), [json!(1), json!(4)].map(Payload::Json));
-    assert_eq!(store.command("c1").unwrap(), Some(first));
-    assert_eq!(store.stream_version("b").unwrap(), 0);
 }
 
 /// Copies a store's directory as it stands, the store still open: what a crash would leave

@@ -46,7 +46,7 @@ pub const T2: &str = "2024-03-01T12:00:00+01:00";
 /// Run every check, each on a fresh empty store from `fresh`; a failure names its check.
 pub fn run_all(fresh: &dyn Fn() -> Box<dyn EventStore>) {
     type Check = fn(&dyn EventStore);
-    let checks: [(&str, Check); 11] = [
+    let checks: &[(&str, Check)] = &[
         ("positions_are_gapless_across_streams_and_batches", positions_are_gapless_across_streams_and_batches),
         ("per_stream_versions_and_read_stream_from_version", per_stream_versions_and_read_stream_from_version),
         ("stream_ids_that_extend_another_with_nul_do_not_mix", stream_ids_that_extend_another_with_nul_do_not_mix),
@@ -61,8 +61,18 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn EventStore>) {
             "snapshots_are_found_at_or_before_a_position_and_only_the_newest_are_kept",
             snapshots_are_found_at_or_before_a_position_and_only_the_newest_are_kept,
         ),
+        ("instants_keep_their_offset_and_nanoseconds", instants_keep_their_offset_and_nanoseconds),
+        ("json_comes_back_as_the_same_value", json_comes_back_as_the_same_value),
+        ("a_batch_whose_middle_requests_fail_applies_the_others_gaplessly", a_batch_whose_middle_requests_fail_applies_the_others_gaplessly),
+        (
+            "a_batch_that_repeats_a_command_id_answers_the_second_as_a_duplicate_of_the_first",
+            a_batch_that_repeats_a_command_id_answers_the_second_as_a_duplicate_of_the_first,
+        ),
+        ("a_chain_stops_at_its_first_failure_and_keeps_the_prefix", a_chain_stops_at_its_first_failure_and_keeps_the_prefix),
+        ("a_long_chain_lands_whole", a_long_chain_lands_whole),
+        ("concurrent_appends_are_gapless_and_lose_nothing", concurrent_appends_are_gapless_and_lose_nothing),
     ];
-    for (name, check) in checks {
+    for &(name, check) in checks {
         let store = fresh();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(store.as_ref())));
         if let Err(panic) = outcome {
@@ -356,4 +366,174 @@ pub fn snapshots_are_found_at_or_before_a_position_and_only_the_newest_are_kept(
     assert_eq!(kept.len(), SNAPSHOTS_KEPT, "only the newest are kept: {kept:?}");
     assert_eq!(kept.last(), Some(&((SNAPSHOTS_KEPT as u64 + 3) * 10)));
     assert!(kept.windows(2).all(|w| w[0] < w[1]), "oldest first: {kept:?}");
+}
+
+/// An instant comes back with its own UTC offset and to the nanosecond (`DateTime` equality
+/// ignores the offset, so it is compared as text too).
+pub fn instants_keep_their_offset_and_nanoseconds(store: &dyn EventStore) {
+    let given = ["2024-03-01T10:00:00.123456789+05:30", "2024-03-01T04:30:00.123456789Z", "2024-03-01T01:00:01-03:45", "1969-12-31T23:59:59.5+00:00"];
+    // The first three in log order (the first two are one instant in two offsets); the last,
+    // before 1970, is earlier than all of them.
+    store.append(req(Some("c1"), given[..3].iter().map(|at| ev("a", "x", at, json!(null))).collect())).unwrap();
+    let read: Vec<String> = all(store).iter().map(|e| e.at.to_rfc3339()).collect();
+    assert_eq!(read, given[..3].iter().map(|at| ts(at).to_rfc3339()).collect::<Vec<_>>());
+    assert_eq!(read[0], "2024-03-01T10:00:00.123456789+05:30");
+    assert_eq!(store.last_instant().unwrap().map(|i| i.to_rfc3339()), Some(ts(given[2]).to_rfc3339()));
+    assert_eq!(store.read_stream("a", 2).unwrap()[0].at.offset().local_minus_utc(), 0);
+    assert!(matches!(store.append(req(None, vec![ev("b", "x", given[3], json!(null))])), Err(StoreError::OutOfOrder { .. })));
+}
+
+/// JSON payloads and outcomes come back as the same value, whatever their keys, strings and
+/// numbers (a store must not normalise them into something else).
+pub fn json_comes_back_as_the_same_value(store: &dyn EventStore) {
+    let value = json!({
+        "z": 1, "a": [true, null, -0.0, 0.1, 1e300, u64::MAX, i64::MIN],
+        "nul \u{0} key": "a \u{0} in a string", "unicode": "账单 \u{1F600}", "empty": {}, "decimal": "1151.675"
+    });
+    let mut r = req(Some("c1"), vec![ev("a", "x", T0, value.clone())]);
+    r.outcome = value.clone();
+    let record = appended(store.append(r).unwrap());
+    assert_eq!(record.outcome, value);
+    assert_eq!(all(store)[0].payload, Payload::Json(value.clone()));
+    assert_eq!(store.command("c1").unwrap().map(|r| r.outcome), Some(value));
+}
+
+/// A request that checks `stream` is at `expected`.
+fn expecting(mut r: AppendRequest, stream: &str, expected: ExpectedVersion) -> AppendRequest {
+    r.expected.push((stream.to_string(), expected));
+    r
+}
+
+pub fn a_batch_whose_middle_requests_fail_applies_the_others_gaplessly(store: &dyn EventStore) {
+    let results = store
+        .append_batch(vec![
+            req(Some("c1"), vec![ev("a", "x", T0, json!(1))]),
+            // Fails its check after c1: none of its events (the first would pass) may land.
+            expecting(req(Some("c2"), vec![ev("b", "x", T1, json!(2)), ev("a", "x", T1, json!(3))]), "a", ExpectedVersion::NoStream),
+            // Passes only if it sees c1's write, made in the same batch.
+            expecting(req(Some("c3"), vec![ev("a", "x", T1, json!(4)), ev("b", "x", T1, json!(5))]), "a", ExpectedVersion::Exactly(1)),
+            // Its second event is earlier than its first: it fails, having written nothing.
+            req(Some("c4"), vec![ev("b", "x", T2, json!(6)), ev("b", "x", T0, json!(7))]),
+            // After c3 (not c2): stream b is at version 1, the log at position 3.
+            expecting(req(Some("c5"), vec![ev("b", "x", T2, json!(8))]), "b", ExpectedVersion::Exactly(1)),
+        ])
+        .unwrap();
+    assert_eq!(results.len(), 5);
+    let record = |first, last, id: &str| CommandRecord {
+        first_position: Some(first),
+        last_position: Some(last),
+        outcome: json!({"ok": id}),
+        fingerprint: Some(format!("request {id}")),
+    };
+    assert_eq!(results[0], Ok(AppendOutcome::Appended(record(1, 1, "c1"))));
+    assert_eq!(results[1], Err(StoreError::Conflict { stream: "a".into(), expected: ExpectedVersion::NoStream, actual: 1 }));
+    assert_eq!(results[2], Ok(AppendOutcome::Appended(record(2, 3, "c3"))));
+    assert_eq!(results[3], Err(StoreError::OutOfOrder { at: ts(T0), last: ts(T2) }));
+    assert_eq!(results[4], Ok(AppendOutcome::Appended(record(4, 4, "c5"))));
+
+    let events = all(store);
+    let summary: Vec<_> = events.iter().map(|e| (e.position, e.stream.as_str(), e.version, e.payload.clone())).collect();
+    let json = |n: i32| Payload::Json(json!(n));
+    assert_eq!(summary, vec![(1, "a", 1, json(1)), (2, "a", 2, json(4)), (3, "b", 1, json(5)), (4, "b", 2, json(8))]);
+    assert_eq!(store.command("c2").unwrap(), None);
+    assert_eq!(store.command("c4").unwrap(), None);
+    assert_eq!((store.stream_version("a").unwrap(), store.stream_version("b").unwrap()), (2, 2));
+    assert_eq!(store.last_instant().unwrap(), Some(ts(T2)));
+    assert_eq!(store.verify().unwrap(), VerifyReport { events: 4, streams: 2, commands: 3 });
+}
+
+pub fn a_batch_that_repeats_a_command_id_answers_the_second_as_a_duplicate_of_the_first(store: &dyn EventStore) {
+    let mut again = req(Some("c1"), vec![ev("a", "x", T1, json!(2)), ev("b", "x", T1, json!(3))]);
+    again.outcome = json!("the second's own outcome, never recorded");
+    // A check that would fail does not mask the duplicate.
+    again.expected = vec![("a".into(), ExpectedVersion::NoStream)];
+    let results = store
+        .append_batch(vec![req(Some("c1"), vec![ev("a", "x", T0, json!(1))]), again, req(Some("c2"), vec![ev("a", "x", T2, json!(4))])])
+        .unwrap();
+    let first = appended(results[0].clone().unwrap());
+    assert_eq!(
+        first,
+        CommandRecord { first_position: Some(1), last_position: Some(1), outcome: json!({"ok": "c1"}), fingerprint: Some("request c1".into()) }
+    );
+    assert_eq!(results[1], Ok(AppendOutcome::Duplicate(first.clone())));
+    assert_eq!(appended(results[2].clone().unwrap()).first_position, Some(2), "the duplicate took no position");
+    assert_eq!(all(store).iter().map(|e| e.payload.clone()).collect::<Vec<_>>(), [json!(1), json!(4)].map(Payload::Json));
+    assert_eq!(store.command("c1").unwrap(), Some(first));
+    assert_eq!(store.stream_version("b").unwrap(), 0);
+}
+
+pub fn a_chain_stops_at_its_first_failure_and_keeps_the_prefix(store: &dyn EventStore) {
+    appended(store.append(req(Some("c0"), vec![ev("a", "x", T0, json!(0))])).unwrap());
+    let (applied, failed) = store
+        .append_chain(vec![
+            expecting(req(Some("c1"), vec![ev("a", "x", T0, json!(1)), ev("b", "x", T0, json!(2))]), "a", ExpectedVersion::Exactly(1)),
+            // A duplicate is no failure: the chain goes on.
+            req(Some("c0"), vec![ev("a", "x", T1, json!(99))]),
+            expecting(req(Some("c2"), vec![ev("a", "x", T1, json!(3))]), "a", ExpectedVersion::Exactly(2)),
+            expecting(req(Some("c3"), vec![ev("b", "x", T1, json!(4))]), "a", ExpectedVersion::Exactly(2)),
+            // Would pass on its own, but follows the failure: it may have depended on it.
+            req(Some("c4"), vec![ev("b", "x", T2, json!(5))]),
+        ])
+        .unwrap();
+    let (index, error) = failed.expect("c3 conflicts");
+    assert_eq!(index, 3);
+    assert_eq!(error, StoreError::Conflict { stream: "a".into(), expected: ExpectedVersion::Exactly(2), actual: 3 });
+    assert_eq!(applied.len(), 3);
+    assert_eq!(appended(applied[0].clone()).first_position, Some(2));
+    assert!(matches!(&applied[1], AppendOutcome::Duplicate(r) if r.first_position == Some(1)), "{:?}", applied[1]);
+    assert_eq!(appended(applied[2].clone()).first_position, Some(4));
+    assert_eq!(all(store).iter().map(|e| e.payload.clone()).collect::<Vec<_>>(), [0, 1, 2, 3].map(|n| Payload::Json(json!(n))));
+    assert!(store.command("c2").unwrap().is_some());
+    assert_eq!((store.command("c3").unwrap(), store.command("c4").unwrap()), (None, None));
+    assert_eq!(store.verify().unwrap(), VerifyReport { events: 4, streams: 2, commands: 3 });
+}
+
+/// A long chain of large events is one unit: it lands whole.
+pub fn a_long_chain_lands_whole(store: &dyn EventStore) {
+    const REQUESTS: usize = 1024;
+    let payload = Payload::Binary(vec![7; 2000]);
+    let chain: Vec<_> = (0..REQUESTS)
+        .map(|i| {
+            let events = (0..3).map(|s| NewEvent { payload: payload.clone(), ..ev(&format!("s{s}"), "x", T0, json!(null)) }).collect();
+            req(Some(&format!("c{i}")), events)
+        })
+        .collect();
+    let (applied, failed) = store.append_chain(chain).unwrap();
+    assert_eq!((applied.len(), failed), (REQUESTS, None));
+    assert_eq!(store.verify().unwrap(), VerifyReport { events: 3 * REQUESTS as u64, streams: 3, commands: REQUESTS as u64 });
+}
+
+/// Appends from several threads at once: every one lands, positions stay gapless, and the
+/// events of one request stay together.
+pub fn concurrent_appends_are_gapless_and_lose_nothing(store: &dyn EventStore) {
+    const THREADS: usize = 8;
+    const PER_THREAD: usize = 25;
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            s.spawn(move || {
+                for i in 0..PER_THREAD {
+                    let mut r =
+                        req(Some(&format!("t{t}-{i}")), vec![ev("shared", "x", T0, json!([t, i])), ev(&format!("own-{t}"), "x", T0, json!([t, i]))]);
+                    r.expected = vec![("shared".into(), ExpectedVersion::Any)];
+                    appended(store.append(r).unwrap());
+                }
+            });
+        }
+    });
+
+    let events = all(store);
+    let total = (THREADS * PER_THREAD * 2) as u64;
+    assert_eq!(events.len() as u64, total);
+    assert!(events.iter().zip(1..).all(|(e, p)| e.position == p));
+    // Each request's two events are adjacent: requests do not interleave.
+    for pair in events.chunks(2) {
+        assert_eq!(pair[0].payload, pair[1].payload);
+    }
+    let seen: std::collections::HashSet<String> = events.iter().filter(|e| e.stream == "shared").map(|e| format!("{:?}", e.payload)).collect();
+    assert_eq!(seen.len(), THREADS * PER_THREAD);
+    assert_eq!(store.stream_version("shared").unwrap(), (THREADS * PER_THREAD) as u64);
+    for t in 0..THREADS {
+        assert_eq!(store.stream_version(&format!("own-{t}")).unwrap(), PER_THREAD as u64);
+    }
+    assert_eq!(store.verify().unwrap(), VerifyReport { events: total, streams: THREADS as u64 + 1, commands: (THREADS * PER_THREAD) as u64 });
 }

@@ -5,8 +5,12 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The binary, without a `POOLBILL_POSTGRES` of the caller's (it would stand for a missing
+/// `--store`): a test that wants PostgreSQL says so.
 pub fn poolbill() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_poolbill"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_poolbill"));
+    command.env_remove("POOLBILL_POSTGRES");
+    command
 }
 
 pub fn run(args: &[&str]) -> Output {
