@@ -346,7 +346,7 @@ pub struct TimelineArgs {
 )]
 pub struct VerifyArgs {
     /// A store directory: every event read back, checksums, positions, stream versions, the
-    /// high-water mark, the Merkle index against the events, and a full replay.
+    /// high-water mark, the Merkle index and the tag index against the events, and a full replay.
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
     /// A PostgreSQL store (postgres://user:password@host:port/database; also POOLBILL_POSTGRES

@@ -395,6 +395,8 @@ pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
             }
             // The Merkle index against the events it covers (not brought up to date: verify writes nothing).
             let hashed = poolbill_ledger::merkle::check_index(store.as_ref()).map_err(damaged(format!("checking the Merkle index of {name}")))?;
+            // The tag index too: the questions about one resource or month read it alone.
+            let tagged = poolbill_ledger::check_tags(store.as_ref()).map_err(damaged(format!("checking the tag index of {name}")))?;
             if let Some(digest) = &args.digest {
                 // Every event's leaf from the events themselves, as for a log file.
                 let leaves = store
@@ -407,7 +409,7 @@ pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
                 digest_said = Some(crate::merkle::check_digest(&name, &leaves, digest, args.public_key.as_deref())?);
             }
             print_out(&format!(
-                "{} streams, {} command records, {} snapshots checked, the Merkle index checked through position {hashed}\n",
+                "{} streams, {} command records, {} snapshots checked, the Merkle index checked through position {hashed}, the tag index through position {tagged}\n",
                 report.streams,
                 report.commands,
                 checked.sound.len()

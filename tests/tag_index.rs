@@ -112,3 +112,52 @@ fn the_command_line_explains_and_draws_a_store_as_it_does_its_exported_log() {
     assert!(picture.starts_with("<svg") && picture.contains("train-1"));
     assert_eq!(picture, std::fs::read_to_string(&from_log).unwrap());
 }
+
+/// `verify --store` checks the tag index against the log: a posting moved to another resource
+/// is named, and the index rebuilt from the log passes again.
+#[test]
+fn verify_names_a_tag_index_that_is_not_its_logs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store_dir = tmp.path().join("store");
+    let scenario = common::fixtures_dir().join("ch3-scale-then-convert/scenario.json");
+    let out = run(&["run", scenario.to_str().unwrap(), "--store", store_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let verify = || run(&["verify", "--store", store_dir.to_str().unwrap()]);
+    let sound = verify();
+    assert!(sound.status.success(), "{}", String::from_utf8_lossy(&sound.stderr));
+    assert!(String::from_utf8_lossy(&sound.stdout).contains("the tag index through position"), "{}", String::from_utf8_lossy(&sound.stdout));
+
+    // The first event about a resource, listed under another one.
+    {
+        let store = SledStore::open(&store_dir).unwrap();
+        // A short run may end before the engine's next catch-up: as a reader would, first.
+        poolbill_ledger::catch_up_tags(&store).unwrap();
+        let first = store.tag_counts("resource:").unwrap();
+        let (tag, _) = &first[0];
+        let position = store.tagged(tag, 0, 1).unwrap()[0];
+        store.reset_tags(poolbill_projections::TAGS_VERSION).unwrap();
+        let mut tags: Vec<(u64, Vec<String>)> = Vec::new();
+        for envelope in store.read_all(1).take(position as usize) {
+            let envelope = envelope.unwrap();
+            let mut own = poolbill_projections::tags_of(&poolbill_projections::event_of(&envelope).unwrap());
+            if envelope.position == position {
+                own = own.into_iter().map(|t| if &t == tag { "resource:someone-else".to_string() } else { t }).collect();
+            }
+            tags.push((envelope.position, own));
+        }
+        store.tag_existing(&tags).unwrap();
+        poolbill_ledger::catch_up_tags(&store).unwrap();
+    }
+    let damaged = verify();
+    let stderr = String::from_utf8_lossy(&damaged.stderr);
+    assert_eq!(damaged.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("checking the tag index") && stderr.contains("resource:"), "{stderr}");
+
+    // Rebuilt from the log, it is sound again.
+    {
+        let store = SledStore::open(&store_dir).unwrap();
+        store.reset_tags(poolbill_projections::TAGS_VERSION).unwrap();
+        poolbill_ledger::catch_up_tags(&store).unwrap();
+    }
+    assert!(verify().status.success());
+}

@@ -223,6 +223,71 @@ fn catch_up(store: &dyn EventStore, with_tags: bool, with_merkle: bool) -> Resul
     Ok(read)
 }
 
+/// How many positions [`check_tags`] compares at a time (its memory is one block's postings).
+const TAG_CHECK_BLOCK: u64 = 1 << 16;
+
+/// Check the store's tag index against its log without writing: the tags of every event it
+/// covers computed again ([`poolbill_projections::tags_of`]) and compared with the posting lists,
+/// a block of positions at a time, then each tag's count, so that a posting missing, moved or
+/// added is found. Returns how many events the index covers; a difference is `Corrupt` naming
+/// the tag and the first position that differs. An index under another tagging version is not
+/// compared (readers rebuild it before use) and counts as covering nothing.
+pub fn check_tags(store: &dyn EventStore) -> Result<u64, FoldError> {
+    if store.tags_version()? != poolbill_projections::TAGS_VERSION {
+        return Ok(0);
+    }
+    let through = store.tagged_through()?;
+    let differs = |tag: &str, position: u64, what: String| -> FoldError {
+        let detail = format!("the tag index's {tag:?} {what}: the log or its index was changed");
+        StoreError::Corrupt { position, detail }.into()
+    };
+    let mut totals: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let mut block: std::collections::BTreeMap<String, Vec<u64>> = std::collections::BTreeMap::new();
+    let mut block_start = 1;
+    let mut compare = |block: &mut std::collections::BTreeMap<String, Vec<u64>>, start: u64, end: u64| -> Result<(), FoldError> {
+        for (tag, computed) in std::mem::take(block) {
+            let kept = store.tagged(&tag, start, computed.len() + 1)?;
+            if let Some(k) = computed.iter().zip(&kept).position(|(c, k)| c != k) {
+                return Err(differs(&tag, computed[k].min(kept[k]), format!("lists position {} where its events give {}", kept[k], computed[k])));
+            }
+            if kept.len() < computed.len() {
+                return Err(differs(&tag, computed[kept.len()], format!("lacks position {}", computed[kept.len()])));
+            }
+            if let Some(&extra) = kept.get(computed.len()).filter(|&&p| p < end) {
+                return Err(differs(&tag, extra, format!("lists position {extra}, whose event does not carry it")));
+            }
+            *totals.entry(tag).or_default() += computed.len() as u64;
+        }
+        Ok(())
+    };
+    for envelope in store.read_all(1).take(through as usize) {
+        let envelope = envelope?;
+        let position = envelope.position;
+        if position >= block_start + TAG_CHECK_BLOCK {
+            compare(&mut block, block_start, position)?;
+            block_start = position;
+        }
+        let event = poolbill_projections::event_of(&envelope).map_err(|source| ProjectionError { position, source })?;
+        for tag in poolbill_projections::tags_of(&event) {
+            let list = block.entry(tag).or_default();
+            // A tag given twice for one event is one posting.
+            if list.last() != Some(&position) {
+                list.push(position);
+            }
+        }
+    }
+    compare(&mut block, block_start, through + 1)?;
+    // Postings under tags no event of their block carries.
+    for (tag, kept) in store.tag_counts("")? {
+        let computed = totals.get(&tag).copied().unwrap_or(0);
+        if kept != computed {
+            let first = store.tagged(&tag, 0, 1)?.first().copied().unwrap_or(0);
+            return Err(differs(&tag, first, format!("holds {kept} postings where its events give {computed}")));
+        }
+    }
+    Ok(through)
+}
+
 /// Load a store's live projections from its newest readable snapshot plus the tail of its log.
 pub fn load_live(store: &dyn EventStore) -> Result<Loaded, FoldError> {
     let last = store.last_position()?;
@@ -504,5 +569,72 @@ mod tests {
         assert_eq!(a.bills, b.bills);
         assert_eq!((a.events, a.last_position), (b.events, b.last_position));
         assert_eq!(a.bills.len(), 5, "10:00 to 15:00, one line an hour");
+    }
+}
+
+#[cfg(test)]
+mod tag_check_tests {
+    use super::*;
+    use poolbill_store::conformance::{req, ts, T0};
+    use poolbill_store_sled::SledStore;
+
+    /// `n` events alternating between pools `a` and `b`, in the engine's encoding, indexed.
+    fn indexed_store(n: u64) -> SledStore {
+        let store = SledStore::temporary().unwrap();
+        let events = (0..n)
+            .map(|i| {
+                let pool = if i % 2 == 0 { "a" } else { "b" };
+                poolbill_projections::new_event(&Event::PoolDeleted { account: "acct".into(), pool: pool.into() }, ts(T0))
+            })
+            .collect();
+        store.append(req(Some("c"), events)).unwrap();
+        catch_up_tags(&store).unwrap();
+        store
+    }
+
+    /// The index rebuilt with position 1 tagged `first` in place of its own tags.
+    fn with_first_tagged(store: &SledStore, first: &[&str]) {
+        store.reset_tags(poolbill_projections::TAGS_VERSION).unwrap();
+        store.tag_existing(&[(1, first.iter().map(|t| t.to_string()).collect())]).unwrap();
+        catch_up_tags(store).unwrap();
+    }
+
+    fn corrupt_at(result: Result<u64, FoldError>) -> (u64, String) {
+        match result {
+            Err(FoldError::Store(StoreError::Corrupt { position, detail })) => (position, detail),
+            other => panic!("expected damage, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_index_rebuilt_from_its_log_checks_whole_across_blocks() {
+        let n = TAG_CHECK_BLOCK + 300;
+        let store = indexed_store(n);
+        assert_eq!(check_tags(&store).unwrap(), n);
+        assert_eq!(store.tag_counts("resource:").unwrap(), vec![("resource:a".to_string(), n / 2), ("resource:b".to_string(), n / 2)]);
+    }
+
+    #[test]
+    fn a_posting_missing_moved_or_added_is_named() {
+        let store = indexed_store(40);
+        // Moved: position 1 (pool a's) listed under b.
+        with_first_tagged(&store, &["resource:b"]);
+        let (position, detail) = corrupt_at(check_tags(&store));
+        assert_eq!(position, 1, "{detail}");
+        assert!(detail.contains("resource:"), "{detail}");
+        // Missing: position 1 under no tag.
+        with_first_tagged(&store, &[]);
+        let (position, detail) = corrupt_at(check_tags(&store));
+        assert_eq!(position, 1, "{detail}");
+        assert!(detail.contains("\"resource:a\" lists position 3 where its events give 1"), "{detail}");
+        // Added: a tag no event carries.
+        with_first_tagged(&store, &["resource:a", "resource:ghost"]);
+        let (position, detail) = corrupt_at(check_tags(&store));
+        assert_eq!(position, 1, "{detail}");
+        assert!(detail.contains("\"resource:ghost\" holds 1 postings where its events give 0"), "{detail}");
+        // Rebuilt from the log: sound again.
+        store.reset_tags(poolbill_projections::TAGS_VERSION).unwrap();
+        catch_up_tags(&store).unwrap();
+        assert_eq!(check_tags(&store).unwrap(), 40);
     }
 }
