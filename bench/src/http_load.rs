@@ -1,14 +1,15 @@
 //! The HTTP command API under load, on loopback: `clients` concurrent clients, each on one
 //! keep-alive connection, send durable top-ups (`POST /v1/commands`) to the API served
-//! in-process on a fresh sled store, each waiting for its answer before the next; bounded by a
-//! count and a time, it stops by itself. The baseline, in the same run: the same commands
-//! through the engine API (`Engine::execute`) with the same number of concurrent tasks, on a
-//! store of its own. Both report commands/s and latency percentiles.
+//! in-process on a fresh store (sled, or a fresh PostgreSQL database), each waiting for its
+//! answer before the next; bounded by a count and a time, it stops by itself. The baseline, in
+//! the same run: the same commands through the engine API (`Engine::execute`) with the same
+//! number of concurrent tasks, on a store of its own. Both report commands/s and latency
+//! percentiles.
 
 use poolbill_engine::Engine;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -49,19 +50,67 @@ impl Load {
 
 /// Both figures for each client count: HTTP and the in-process baseline, on fresh stores under
 /// `dir`. Each run stops at `budget` or after `max_commands` commands, whichever comes first.
+/// Where each run's fresh store is made.
+#[derive(Clone, Debug)]
+pub enum Stores {
+    /// A sled store per run, in this directory.
+    Sled(PathBuf),
+    /// A new database per run on the PostgreSQL server of this URL (its user may create
+    /// databases), named `poolbill_bench_<run>_<pid>`.
+    Postgres(String),
+}
+
+/// One run's store.
+enum Fresh {
+    Dir(PathBuf),
+    Url(String),
+}
+
+impl Stores {
+    fn fresh(&self, run: &str) -> Result<Fresh, String> {
+        match self {
+            Stores::Sled(dir) => Ok(Fresh::Dir(dir.join(run))),
+            Stores::Postgres(url) => {
+                let name = format!("poolbill_bench_{}_{}", run.replace('-', "_"), std::process::id());
+                poolbill_store_postgres::cluster::execute(url, &format!("CREATE DATABASE {name}"))?;
+                Ok(Fresh::Url(poolbill_store_postgres::cluster::with_database(url, &name)?))
+            }
+        }
+    }
+}
+
 pub fn http_load(dir: &Path, client_counts: &[usize], budget: Duration, max_commands: u64) -> Result<Value, String> {
+    http_load_on(&Stores::Sled(dir.to_path_buf()), client_counts, budget, max_commands)
+}
+
+pub fn http_load_on(stores: &Stores, client_counts: &[usize], budget: Duration, max_commands: u64) -> Result<Value, String> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
     for &clients in client_counts {
-        let engine = runtime.block_on(engine_load(&dir.join(format!("engine-{clients}")), clients, budget, max_commands))?;
-        let http = runtime.block_on(http_run(&dir.join(format!("http-{clients}")), clients, budget, max_commands))?;
+        let engine = runtime.block_on(engine_load(&stores.fresh(&format!("engine-{clients}"))?, clients, budget, max_commands))?;
+        let http = runtime.block_on(http_run(&stores.fresh(&format!("http-{clients}"))?, clients, budget, max_commands))?;
         rows.push(json!({"clients": clients, "http": http.to_json(), "engine": engine.to_json()}));
     }
-    Ok(json!({ "runs": rows }))
+    let store = match stores {
+        Stores::Sled(_) => "sled",
+        Stores::Postgres(_) => "postgres",
+    };
+    Ok(json!({ "store": store, "runs": rows }))
 }
 
-async fn open(store: &Path) -> Result<Engine, String> {
-    let engine = Engine::open(store).await.map_err(|e| e.to_string())?;
+async fn open(store: &Fresh) -> Result<Engine, String> {
+    let engine = match store {
+        Fresh::Dir(dir) => Engine::open(dir).await.map_err(|e| e.to_string())?,
+        Fresh::Url(url) => {
+            let url = url.clone();
+            // Connecting blocks: off the async threads.
+            let store = tokio::task::spawn_blocking(move || poolbill_store_postgres::PostgresStore::connect(&url))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            Engine::start(store).await.map_err(|e| e.to_string())?
+        }
+    };
     let at = poolbill_domain::time::to_beijing(chrono::DateTime::parse_from_rfc3339(AT).expect("a valid instant"));
     let open = poolbill_domain::Command::OpenAccount {
         account: "bench".into(),
@@ -78,7 +127,7 @@ fn per_client(max_commands: u64, clients: usize) -> u64 {
     (max_commands / clients as u64).max(1)
 }
 
-async fn engine_load(store: &Path, clients: usize, budget: Duration, max_commands: u64) -> Result<Load, String> {
+async fn engine_load(store: &Fresh, clients: usize, budget: Duration, max_commands: u64) -> Result<Load, String> {
     let engine = open(store).await?;
     let at = poolbill_domain::time::to_beijing(chrono::DateTime::parse_from_rfc3339(AT).expect("a valid instant"));
     let (started, deadline, bound) = (Instant::now(), Instant::now() + budget, per_client(max_commands, clients));
@@ -110,7 +159,7 @@ async fn gather(clients: usize, started: Instant, tasks: Vec<tokio::task::JoinHa
     Ok(Load { clients, commands: latencies.len() as u64, seconds: started.elapsed().as_secs_f64(), latencies })
 }
 
-async fn http_run(store: &Path, clients: usize, budget: Duration, max_commands: u64) -> Result<Load, String> {
+async fn http_run(store: &Fresh, clients: usize, budget: Duration, max_commands: u64) -> Result<Load, String> {
     let engine = open(store).await?;
     let tokens = poolbill_http::auth::Tokens::parse(&json!({"tokens": [{"token": TOKEN, "accounts": "*", "access": "read-write"}]}).to_string())
         .map_err(|e| e.to_string())?;
@@ -227,6 +276,19 @@ mod tests {
         let http = runs[1]["http"]["commands"].as_u64().unwrap();
         assert_eq!(poolbill_store::EventStore::last_position(&store).unwrap(), 2 + 2 * http);
         assert!(table(&result).lines().count() == 4);
+    }
+
+    #[test]
+    fn a_load_run_on_postgresql_uses_a_fresh_database_per_run_and_every_answer_is_in_it() {
+        let server = poolbill_store_postgres::cluster::fresh_database();
+        let result = http_load_on(&Stores::Postgres(server.clone()), &[2], Duration::from_millis(300), 20).unwrap();
+        assert_eq!(result["store"], "postgres");
+        let http = result["runs"][0]["http"]["commands"].as_u64().unwrap();
+        assert!((1..=20).contains(&http), "{result}");
+        let name = format!("poolbill_bench_http_2_{}", std::process::id());
+        let url = poolbill_store_postgres::cluster::with_database(&server, &name).unwrap();
+        let store = poolbill_store_postgres::PostgresStore::connect(&url).unwrap();
+        assert_eq!(poolbill_store::EventStore::last_position(&store).unwrap(), 2 + 2 * http);
     }
 
     #[test]

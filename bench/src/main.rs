@@ -23,8 +23,9 @@ const USAGE: &str = "usage:
   poolbill-bench explain-store DIR --at INSTANT --resources ID,ID…  (explain from a store opened once)
   poolbill-bench store-stats DIR                         (entries and bytes of each of the store's trees)
   poolbill-bench appends DIR|--postgres URL [--clients N] [--seconds S] (durable top-ups through the engine)
-  poolbill-bench http DIR [--clients 1,16,64] [--seconds S] [--commands N]
-                 (durable top-ups over the HTTP API on loopback, beside the engine API; Markdown on stdout, JSON in DIR/http.json)
+  poolbill-bench http DIR [--clients 1,16,64] [--seconds S] [--commands N] [--postgres URL|throwaway]
+                 (durable top-ups over the HTTP API on loopback, beside the engine API; Markdown on stdout, JSON in DIR/http.json;
+                  --postgres: a new database per run on that server, `throwaway`: a cluster of the machine's PostgreSQL 15, fsync on)
 
 Figures (--only): fsync, run, size, export, decode, replay, replay-store, replay-store-cli, at,
 explain, explain-store, explain-service, reopen, single, group, serve, pg-single, pg-group. Without --poolbill, `cargo build --release --bin poolbill` is run first and
@@ -261,6 +262,7 @@ fn http(args: &[String]) -> Result<(), String> {
     let mut clients = vec![1usize, 16, 64];
     let mut seconds = 3.0f64;
     let mut commands = 20_000u64;
+    let mut postgres = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -273,6 +275,7 @@ fn http(args: &[String]) -> Result<(), String> {
             }
             "--seconds" => seconds = it.next().and_then(|v| v.parse().ok()).filter(|&s: &f64| s > 0.0).ok_or("--seconds needs a positive number")?,
             "--commands" => commands = it.next().and_then(|v| v.parse().ok()).filter(|&n| n > 0).ok_or("--commands needs a number ≥ 1")?,
+            "--postgres" => postgres = Some(it.next().ok_or("--postgres needs a URL or `throwaway`")?.clone()),
             other if dir.is_none() && !other.starts_with("--") => dir = Some(PathBuf::from(other)),
             other => return Err(format!("unexpected argument {other:?}\n{USAGE}")),
         }
@@ -281,7 +284,19 @@ fn http(args: &[String]) -> Result<(), String> {
     if dir.exists() {
         return Err(format!("{}: already exists; the load runs on fresh stores", dir.display()));
     }
-    let result = poolbill_bench::http_load::http_load(&dir, &clients, Duration::from_secs_f64(seconds), commands)?;
+    // Kept until the figures are measured: dropping it stops the cluster.
+    let (_cluster, stores) = match postgres.as_deref() {
+        None => (None, poolbill_bench::http_load::Stores::Sled(dir.clone())),
+        Some("throwaway") => {
+            let cluster = poolbill_store_postgres::cluster::Cluster::start(poolbill_store_postgres::cluster::Durability::Fsync)?;
+            let url = cluster.url("postgres");
+            eprintln!("poolbill-bench: a throwaway PostgreSQL 15 cluster (fsync on) at {url}");
+            (Some(cluster), poolbill_bench::http_load::Stores::Postgres(url))
+        }
+        Some(url) => (None, poolbill_bench::http_load::Stores::Postgres(url.to_string())),
+    };
+    let result = poolbill_bench::http_load::http_load_on(&stores, &clients, Duration::from_secs_f64(seconds), commands)?;
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("http.json"), format!("{result:#}\n")).map_err(|e| e.to_string())?;
     print!("{}", poolbill_bench::http_load::table(&result));
     Ok(())
