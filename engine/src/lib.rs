@@ -579,16 +579,7 @@ impl Actor {
             })
             .collect();
         let store = self.store.clone();
-        let known = blocking(move || {
-            let mut known = HashMap::new();
-            for id in ids {
-                if let Some(record) = store.command(&id)? {
-                    known.insert(id, record);
-                }
-            }
-            Ok(known)
-        })
-        .await;
+        let known = blocking(move || Ok(store.commands(&ids)?)).await;
         let known = match known {
             Ok(k) => k,
             Err(e) => {

@@ -802,6 +802,14 @@ impl EventStore for PostgresStore {
         })
     }
 
+    /// One query for the whole batch (the engine asks before each group commit).
+    fn commands(&self, ids: &[String]) -> Result<HashMap<String, CommandRecord>, StoreError> {
+        self.with_client("reading command records", |client| async move {
+            let ids: Vec<&[u8]> = ids.iter().map(|id| id.as_bytes()).collect();
+            commands_of(&client, &ids).await
+        })
+    }
+
     /// Written (replacing one at the same position) and the older ones beyond the newest
     /// [`SNAPSHOTS_KEPT`] dropped, in one transaction.
     fn put_snapshot(&self, position: u64, bytes: &[u8]) -> Result<(), StoreError> {

@@ -194,9 +194,16 @@ pub fn duplicate_command_returns_first_record_and_appends_nothing(store: &dyn Ev
     let results =
         store.append_batch(vec![req(Some("pay-2"), vec![ev("a", "x", T1, json!(4))]), req(Some("pay-2"), vec![ev("a", "x", T1, json!(5))])]).unwrap();
     let first = appended(results[0].clone().unwrap());
-    assert_eq!(results[1], Ok(AppendOutcome::Duplicate(first)));
+    assert_eq!(results[1], Ok(AppendOutcome::Duplicate(first.clone())));
     assert_eq!(store.last_position().unwrap(), 2);
     assert_eq!(all(store).len(), 2);
+    // A batch's lookups at once: the records of the ids seen, none for the others.
+    let ids = ["pay-2", "never", "pay-1"].map(String::from);
+    let known = store.commands(&ids).unwrap();
+    assert_eq!(known.len(), 2, "{known:?}");
+    assert_eq!(known.get("pay-2"), Some(&first));
+    assert_eq!(known.get("pay-1").cloned(), store.command("pay-1").unwrap());
+    assert!(store.commands(&[]).unwrap().is_empty());
 }
 
 pub fn out_of_order_is_rejected_and_writes_nothing(store: &dyn EventStore) {

@@ -412,6 +412,19 @@ pub trait EventStore: Send + Sync {
     /// What was recorded for a command id, if it was seen.
     fn command(&self, command_id: &str) -> Result<Option<CommandRecord>, StoreError>;
 
+    /// What was recorded for each of `ids` that was seen: a group commit's lookups in one go
+    /// (one round trip on a remote database; by default one [`command`](EventStore::command)
+    /// call each).
+    fn commands(&self, ids: &[String]) -> Result<std::collections::HashMap<String, CommandRecord>, StoreError> {
+        let mut known = std::collections::HashMap::new();
+        for id in ids {
+            if let Some(record) = self.command(id)? {
+                known.insert(id.clone(), record);
+            }
+        }
+        Ok(known)
+    }
+
     /// Keep a snapshot of the projections as they stood after `position` (opaque bytes, checked
     /// by whoever reads them back). Snapshots are an optimisation, never the source of truth:
     /// only the newest [`SNAPSHOTS_KEPT`] are kept.
