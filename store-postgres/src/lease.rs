@@ -70,7 +70,7 @@ impl Lease {
         let store_error = |source: StoreError| LeaseError::Store { shard: shard.to_string(), source };
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| store_error(StoreError::backend("reading the PostgreSQL URL", e)))?;
         config.options(format!("-c search_path={schema}"));
-        config.application_name(&format!("poolbill lease {shard}"));
+        config.application_name(format!("poolbill lease {shard}"));
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(crate::CONNECT_TIMEOUT);
         }
