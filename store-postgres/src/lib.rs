@@ -248,7 +248,19 @@ impl PostgresStore {
     /// Connect to a database that already holds a poolbill store (a tool that only reads never
     /// creates one), migrating it if this binary's schema is newer.
     pub fn connect_existing(url: &str) -> Result<PostgresStore, OpenError> {
-        let name = display_url(url);
+        PostgresStore::connect_existing_options(url, &Options::default())
+    }
+
+    /// [`PostgresStore::connect_existing`] as `options` say (a shard's schema must hold a store).
+    pub fn connect_existing_options(url: &str, options: &Options) -> Result<PostgresStore, OpenError> {
+        let name = match &options.schema {
+            Some(schema) => format!("{} (schema {schema})", display_url(url)),
+            None => display_url(url),
+        };
+        let table = match &options.schema {
+            Some(schema) => format!("{schema}.schema_version"),
+            None => "schema_version".to_string(),
+        };
         let mut probe: tokio_postgres::Config = url.parse().map_err(pg("reading the PostgreSQL URL (postgres://user@host:port/database)"))?;
         if probe.get_connect_timeout().is_none() {
             probe.connect_timeout(CONNECT_TIMEOUT);
@@ -260,7 +272,7 @@ impl PostgresStore {
             runtime.block_on(async {
                 let (client, connection) = probe.connect(tokio_postgres::NoTls).await.map_err(pg(&context))?;
                 let connection = tokio::spawn(connection);
-                let row = client.query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[]).await.map_err(pg(&context));
+                let row = client.query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&table]).await.map_err(pg(&context));
                 drop(client);
                 let _ = connection.await;
                 Ok(row?.get(0))
@@ -271,7 +283,7 @@ impl PostgresStore {
         if !exists {
             return Err(OpenError::NotAStore(name));
         }
-        Ok(PostgresStore::connect(url)?)
+        Ok(PostgresStore::connect_options(url, options)?)
     }
 
     /// Connect to the database at `url` (`postgres://user:password@host:port/database`), create
