@@ -162,7 +162,8 @@ pub struct RunArgs {
 /// Read one JSON command per line on stdin, or serve them over HTTP (--http); answer each once its events are on disk.
 #[derive(Debug, Args)]
 #[command(after_help = "Example:\n  echo '{\"type\": \"advance\", \"at\": \"2023-04-01T00:00:00+08:00\"}' | poolbill serve --store store/\n  \
-                  poolbill serve --store store/ --http 127.0.0.1:8080 --tokens tokens.json")]
+                  poolbill serve --store store/ --http 127.0.0.1:8080 --tokens tokens.json\n  \
+                  poolbill serve --shards shards.json --owns s1,s2 --owner engine-a")]
 pub struct ServeArgs {
     /// The store directory (created if absent, continued if present).
     #[arg(long, value_name = "DIR")]
@@ -218,7 +219,7 @@ pub struct LogSource {
 
 /// Write a store's log as a portable log (JSON lines, what `run --export` writes).
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  poolbill export --store store/ --out log.jsonl")]
+#[command(after_help = "Example:\n  poolbill export --store store/ --out log.jsonl\n  poolbill export --shards shards.json --out merged.jsonl")]
 pub struct ExportArgs {
     /// The store directory (not while `serve` has it open).
     #[arg(long, value_name = "DIR")]
