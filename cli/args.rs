@@ -189,6 +189,10 @@ pub struct ServeArgs {
     /// This engine's name: recorded in the leases it takes, named in other engines' refusals.
     #[arg(long, value_name = "NAME", requires = "shards")]
     pub owner: Option<String>,
+    /// Take the shards from their running owners too: their lease sessions are ended and the
+    /// epochs bumped, so they can write nothing more there (needs a superuser or pg_signal_backend).
+    #[arg(long, requires = "shards")]
+    pub take_over: bool,
 }
 
 /// `HOST:PORT`, or a port alone on the loopback address (never every interface by default).
@@ -533,6 +537,7 @@ mod tests {
             "--shards",
             "--owns",
             "--owner",
+            "--take-over",
             "s1,s2",
             "127.0.0.1:0",
             "--size",

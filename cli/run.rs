@@ -75,7 +75,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         None => None,
     };
     if let (Some(map), Some(owner)) = (&args.shards, &args.owner) {
-        return serve_sharded(map, &args.owns, owner).await;
+        let how = if args.take_over { poolbill_shards::Take::Over } else { poolbill_shards::Take::IfFree };
+        return serve_sharded(map, &args.owns, owner, how).await;
     }
     let at = store_at(args.store.as_ref(), args.postgres.as_ref())
         .ok_or_else(|| Failure::Input(format!("serve needs --store DIR or --postgres URL (or {POSTGRES_ENV})").into()))?;
@@ -285,10 +286,10 @@ async fn submit_line(engine: &Engine, line: &str, number: u64) -> Pending {
 /// stdin. Each line is routed (its account's shard; a pool's or job's; every owned shard for a
 /// platform-wide command and `advance`) and answered before the next is read: no pipeline, so
 /// that lines for different shards keep their input order simply.
-pub async fn serve_sharded(map: &std::path::Path, owns: &[String], owner: &str) -> Result<(), Failure> {
+pub async fn serve_sharded(map: &std::path::Path, owns: &[String], owner: &str, how: poolbill_shards::Take) -> Result<(), Failure> {
     use std::io::Write;
     let map = poolbill_shards::ShardMap::read(map).map_err(|e| Failure::Input(e.into()))?;
-    let engine = poolbill_shards::ShardedEngine::start(map, owns, owner).await.map_err(|e| match e {
+    let engine = poolbill_shards::ShardedEngine::start_with(map, owns, owner, how).await.map_err(|e| match e {
         e @ (poolbill_shards::ShardError::UnknownShard(_) | poolbill_shards::ShardError::OwnsNothing) => Failure::Input(e.into()),
         e => runtime(format!("starting engine {owner}"))(e),
     })?;

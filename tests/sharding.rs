@@ -347,3 +347,25 @@ async fn serve_and_export_with_a_shard_map() {
         .unwrap();
     assert!(audit.status.success(), "audit failed: {}{}", String::from_utf8_lossy(&audit.stdout), String::from_utf8_lossy(&audit.stderr));
 }
+
+/// `--take-over`: a second engine takes a shard from its running owner, which from then on can
+/// append nothing there (its lease session ended, its epoch stale).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_take_over_fences_the_running_owner() {
+    let url = fresh_database();
+    let map = map_of(&url, &url);
+    let old = ShardedEngine::start(map.clone(), &["s1".into()], "engine-a").await.unwrap();
+    old.execute("price-1", at_hour(0), cmd::seed_price(), None).await.unwrap();
+    let new = ShardedEngine::start_with(map.clone(), &["s1".into()], "engine-b", poolbill_shards::Take::Over).await.unwrap();
+    assert_eq!(new.owned()[0].epoch(), 2);
+    let holder = new.owned()[0].store.lease_holder().unwrap().unwrap();
+    assert_eq!((holder.owner.as_str(), holder.epoch, holder.live), ("engine-b", 2, true));
+
+    let account = accounts_on_both(&map, 1).into_iter().find(|a| map.shard_of(a).id == "s1").unwrap();
+    let refused = old.execute("open-old", at_hour(1), cmd::open_account(&account, OPENING), None).await.unwrap_err();
+    let chain = std::iter::successors(Some(&refused as &dyn std::error::Error), |e| e.source()).map(|e| e.to_string()).collect::<Vec<_>>().join(": ");
+    assert!(chain.contains("shard s1 was taken by engine-b at epoch 2, and this engine's lease is epoch 1"), "{chain}");
+    assert!(new.owned()[0].store.command("open-old").unwrap().is_none());
+    let done = new.execute("open-new", at_hour(1), cmd::open_account(&account, OPENING), None).await.unwrap();
+    assert_eq!(done[0].1.outcome, Outcome::Accepted);
+}

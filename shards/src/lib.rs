@@ -18,6 +18,8 @@ use poolbill_engine::{Engine, EngineError, Executed};
 use poolbill_store::EventStore;
 use poolbill_store_postgres::{Lease, LeaseError, Options, PostgresStore};
 
+pub use poolbill_store_postgres::Take;
+
 /// Connections an owned shard's store keeps at most; a shard only read (to name owners), fewer.
 const OWNED_POOL: usize = 8;
 const READ_POOL: usize = 2;
@@ -126,6 +128,12 @@ impl ShardedEngine {
     /// Take the shards `owns` of `map` for `owner` (each one's lease, refused while another
     /// running engine holds it) and start an engine on each; open the others for reading.
     pub async fn start(map: ShardMap, owns: &[String], owner: &str) -> Result<ShardedEngine, ShardError> {
+        ShardedEngine::start_with(map, owns, owner, Take::IfFree).await
+    }
+
+    /// [`ShardedEngine::start`], taking the shards as `how` says ([`Take::Over`]: from their
+    /// running owners too, which can then write nothing more to them).
+    pub async fn start_with(map: ShardMap, owns: &[String], owner: &str, how: Take) -> Result<ShardedEngine, ShardError> {
         if owns.is_empty() {
             return Err(ShardError::OwnsNothing);
         }
@@ -141,9 +149,8 @@ impl ShardedEngine {
             }
             let store = open_store(spec, OWNED_POOL).await?;
             let (url, schema, id, name) = (spec.postgres.clone(), spec.schema.clone(), spec.id.clone(), owner.to_string());
-            let lease = tokio::task::spawn_blocking(move || Lease::take(&url, &schema, &id, &name)).await.map_err(|_| ShardError::Open {
-                shard: spec.id.clone(),
-                source: poolbill_store::StoreError::Internal("taking the lease panicked"),
+            let lease = tokio::task::spawn_blocking(move || Lease::take_as(&url, &schema, &id, &name, how)).await.map_err(|_| {
+                ShardError::Open { shard: spec.id.clone(), source: poolbill_store::StoreError::Internal("taking the lease panicked") }
             })??;
             store.fence(lease.epoch()).map_err(|source| ShardError::Open { shard: spec.id.clone(), source })?;
             let engine = Engine::start(store.clone()).await.map_err(|source| ShardError::Engine { shard: spec.id.clone(), source })?;

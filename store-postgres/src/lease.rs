@@ -67,6 +67,11 @@ impl Lease {
     /// `owner`: its advisory lock on a connection of its own, then the row's epoch bumped.
     /// Refused, naming the owner, while another engine holds the lock.
     pub fn take(url: &str, schema: &str, shard: &str, owner: &str) -> Result<Lease, LeaseError> {
+        Lease::take_as(url, schema, shard, owner, Take::IfFree)
+    }
+
+    /// [`Lease::take`], or with [`Take::Over`] from a running owner too.
+    pub fn take_as(url: &str, schema: &str, shard: &str, owner: &str, how: Take) -> Result<Lease, LeaseError> {
         let store_error = |source: StoreError| LeaseError::Store { shard: shard.to_string(), source };
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| store_error(StoreError::backend("reading the PostgreSQL URL", e)))?;
         config.options(format!("-c search_path={schema}"));
@@ -101,7 +106,7 @@ impl Lease {
                         }
                     };
                     let connection = tokio::spawn(connection);
-                    let taken = acquire(&client, key, &shard_id, &schema_name, &owner_name).await;
+                    let taken = acquire(&client, key, &shard_id, &schema_name, &owner_name, how).await;
                     let held = taken.is_ok();
                     let _ = answer_tx.send(taken);
                     if held {
@@ -147,9 +152,36 @@ impl Drop for Lease {
     }
 }
 
-/// On the lease's own session: the advisory lock (without waiting), then the row's epoch
-/// bumped (or the first row written) for `owner`; the new epoch.
-async fn acquire(client: &tokio_postgres::Client, key: i64, shard: &str, schema: &str, owner: &str) -> Result<i64, LeaseError> {
+/// How a shard is taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Take {
+    /// Only if no running engine holds it.
+    IfFree,
+    /// From its running owner too: the owner's lease session is ended (`pg_terminate_backend`,
+    /// which needs a superuser or `pg_signal_backend`), and the epoch bumped, so the old owner
+    /// can write nothing more. For an owner that hangs, or a planned move.
+    Over,
+}
+
+/// How long a take-over waits for the lock once its holder's session was ended.
+const TAKE_OVER_WAIT: &str = "10s";
+
+/// The `pg_locks` condition of a session-level advisory lock on key `$1` (high 32 bits) and
+/// `$2` (low 32 bits) in this database: a bigint key shows as `classid` and `objid`.
+const ADVISORY_LOCK_ROW: &str = "locktype = 'advisory' AND granted AND objsubid = 1
+    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    AND classid = $1::bigint::oid AND objid = $2::bigint::oid";
+
+/// A lock key as its two `pg_locks` halves.
+fn key_halves(key: i64) -> (i64, i64) {
+    let bits = key as u64;
+    (big(bits >> 32), big(bits & 0xffff_ffff))
+}
+
+/// On the lease's own session: the advisory lock (without waiting, or after ending its holder's
+/// session for a take-over), then the row's epoch bumped (or the first row written) for
+/// `owner`; the new epoch.
+async fn acquire(client: &tokio_postgres::Client, key: i64, shard: &str, schema: &str, owner: &str, how: Take) -> Result<i64, LeaseError> {
     let failed = |context: &str| {
         let context = format!("{context} (shard {shard})");
         let shard = shard.to_string();
@@ -160,7 +192,16 @@ async fn acquire(client: &tokio_postgres::Client, key: i64, shard: &str, schema:
     if let Some(found) = row.as_ref().map(|r| r.get::<_, String>(0)).filter(|found| found != shard) {
         return Err(LeaseError::OtherShard { shard: shard.to_string(), schema: schema.to_string(), found });
     }
-    if !locked {
+    if !locked && how == Take::Over {
+        let (high, low) = key_halves(key);
+        let sql = format!("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE {ADVISORY_LOCK_ROW}");
+        client.query(&sql, &[&high, &low]).await.map_err(failed("ending the owner's lease session"))?;
+        client.batch_execute(&format!("SET lock_timeout = '{TAKE_OVER_WAIT}'")).await.map_err(failed("taking the shard over"))?;
+        client.execute("SELECT pg_advisory_lock($1)", &[&key]).await.map_err(failed("waiting for the shard's lock"))?;
+        client.batch_execute("SET lock_timeout = 0").await.map_err(failed("taking the shard over"))?;
+        let previous = row.as_ref().map_or_else(|| "(none)".to_string(), |r| r.get::<_, String>(1));
+        tracing::warn!(shard, from = %previous, to = owner, "shard taken over from its running owner");
+    } else if !locked {
         let (owner, epoch) = row.map_or_else(|| ("an engine that has not recorded its name yet".to_string(), 0), |r| (r.get(1), r.get(2)));
         return Err(LeaseError::Owned { shard: shard.to_string(), owner, epoch });
     }
@@ -197,20 +238,9 @@ pub(crate) async fn check_fence(client: &impl GenericClient, epoch: i64, shard: 
 /// advisory key shows in `pg_locks` as its high 32 bits (`classid`) and low ones (`objid`).
 pub(crate) async fn holder(client: &impl GenericClient, key: i64) -> Result<Option<Holder>, StoreError> {
     let context = "reading the shard's lease";
-    let bits = key as u64;
-    let (high, low) = (big(bits >> 32), big(bits & 0xffff_ffff));
-    let row = client
-        .query_opt(
-            "SELECT owner, epoch, EXISTS (
-                 SELECT 1 FROM pg_locks
-                 WHERE locktype = 'advisory' AND granted AND objsubid = 1
-                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                   AND classid = $1::bigint::oid AND objid = $2::bigint::oid)
-             FROM shard_lease",
-            &[&high, &low],
-        )
-        .await
-        .map_err(pg(context))?;
+    let (high, low) = key_halves(key);
+    let sql = format!("SELECT owner, epoch, EXISTS (SELECT 1 FROM pg_locks WHERE {ADVISORY_LOCK_ROW}) FROM shard_lease");
+    let row = client.query_opt(&sql, &[&high, &low]).await.map_err(pg(context))?;
     Ok(row.map(|r| Holder { owner: r.get(0), epoch: r.get(1), live: r.get(2) }))
 }
 

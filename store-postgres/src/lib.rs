@@ -39,7 +39,7 @@ use std::sync::Arc;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-pub use lease::{Holder, Lease, LeaseError};
+pub use lease::{Holder, Lease, LeaseError, Take};
 pub use plan::{event_id, event_id_in};
 
 /// Key of the transaction-scoped advisory lock every append takes (ASCII "poolbill").
