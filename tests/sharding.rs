@@ -303,6 +303,8 @@ async fn serve_and_export_with_a_shard_map() {
         json!({"id": "price-1", "at": at_hour(0).to_rfc3339(), "type": "set_price", "spec": poolbill_testkit::SPEC, "hourly": "3.50"}),
         json!({"id": "open-a", "at": at_hour(0).to_rfc3339(), "type": "open_account", "account": mine, "balance": "50"}),
         json!({"id": "open-x", "at": at_hour(0).to_rfc3339(), "type": "open_account", "account": theirs, "balance": "50"}),
+        json!({"id": "buy-a", "at": at_hour(0).to_rfc3339(), "type": "purchase", "account": mine, "pool": "pool-a", "spec": poolbill_testkit::SPEC,
+               "nodes": 1, "mode": "on_demand", "ready": true}),
         json!({"type": "advance", "at": at_hour(2).to_rfc3339()}),
     ];
     let mut child = std::process::Command::new(poolbill)
@@ -317,11 +319,13 @@ async fn serve_and_export_with_a_shard_map() {
     let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
     assert!(out.status.success(), "serve failed: {}", String::from_utf8_lossy(&out.stderr));
     let answers: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(answers.len(), 4, "{answers:?}");
+    assert_eq!(answers.len(), 5, "{answers:?}");
     assert_eq!((answers[0]["status"].as_str(), answers[0]["shard"].as_str()), (Some("accepted"), Some("s1")), "{}", answers[0]);
     assert_eq!((answers[1]["status"].as_str(), answers[1]["shard"].as_str()), (Some("accepted"), Some("s1")), "{}", answers[1]);
     assert_eq!(answers[2]["error"], json!(format!("account {theirs} is on shard s2, owned by engine-b")), "{}", answers[2]);
-    assert_eq!(answers[3]["shards"]["s1"], json!(answers[3]["events"]), "{}", answers[3]);
+    assert_eq!((answers[3]["status"].as_str(), answers[3]["shard"].as_str()), (Some("accepted"), Some("s1")), "{}", answers[3]);
+    assert_eq!(answers[4]["shards"]["s1"], json!(answers[4]["events"]), "{}", answers[4]);
+    assert!(answers[4]["events"].as_u64() > Some(0), "the pool's hours are billed as the clock passes: {}", answers[4]);
 
     let log = dir.path().join("merged.jsonl");
     let export = std::process::Command::new(poolbill)
@@ -337,6 +341,7 @@ async fn serve_and_export_with_a_shard_map() {
     let mut expected = vec![mine.as_str(), theirs.as_str()];
     expected.sort();
     assert_eq!(shown, expected);
+    assert!(document["bills"].as_array().unwrap().iter().any(|b| b["resource"] == "pool-a"), "{document}");
     // Nothing charged to compare with: what is audited is the log's own integrity (its commands
     // re-run give the bill lines it records).
     let charged = dir.path().join("charged.json");
