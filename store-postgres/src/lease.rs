@@ -105,13 +105,25 @@ impl Lease {
                             return;
                         }
                     };
-                    let connection = tokio::spawn(connection);
+                    let mut connection = tokio::spawn(connection);
                     let taken = acquire(&client, key, &shard_id, &schema_name, &owner_name, how).await;
                     let held = taken.is_ok();
                     let _ = answer_tx.send(taken);
                     if held {
-                        // Hold the session (and its lock) until the lease is dropped.
-                        let _ = tokio::task::spawn_blocking(move || stop_rx.recv()).await;
+                        // Hold the session (and its lock) until the lease is dropped; say so if
+                        // the session ends first (the epoch still fences this engine's writes).
+                        let stopped = tokio::task::spawn_blocking(move || stop_rx.recv());
+                        tokio::select! {
+                            _ = stopped => {}
+                            ended = &mut connection => {
+                                let why = match ended {
+                                    Ok(Err(e)) => e.to_string(),
+                                    _ => "closed by the server".to_string(),
+                                };
+                                tracing::error!(shard = %shard_id, %why, "the shard's lease session ended: another engine may now take the shard, and then this one can append nothing to it");
+                                return;
+                            }
+                        }
                     }
                     drop(client);
                     let _ = connection.await;
