@@ -374,3 +374,41 @@ async fn a_take_over_fences_the_running_owner() {
     let done = new.execute("open-new", at_hour(1), cmd::open_account(&account, OPENING), None).await.unwrap();
     assert_eq!(done[0].1.outcome, Outcome::Accepted);
 }
+
+/// Bad input to `serve --shards` and `export --shards` is refused (exit 2), naming what is
+/// wrong and where, and creates nothing.
+#[test]
+fn bad_shard_maps_and_owns_are_refused_and_create_nothing() {
+    let url = fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let poolbill = env!("CARGO_BIN_EXE_poolbill");
+    let write_map = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let duplicate = write_map(
+        "duplicate.json",
+        format!(
+            r#"{{"shards": [{{"id": "s1", "postgres": "{url}", "schema": "shard_s1"}}, {{"id": "s1", "postgres": "{url}", "schema": "shard_s2"}}]}}"#
+        ),
+    );
+    let good = write_map(
+        "good.json",
+        format!(
+            r#"{{"shards": [{{"id": "s1", "postgres": "{url}", "schema": "shard_s1"}}, {{"id": "s2", "postgres": "{url}", "schema": "shard_s2"}}]}}"#
+        ),
+    );
+    let refused = |args: &[&str], expected: &str| {
+        let out = std::process::Command::new(poolbill).args(args).stdin(std::process::Stdio::null()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr:?} lacks {expected:?}");
+    };
+    refused(&["serve", "--shards", &duplicate, "--owns", "s1", "--owner", "a"], "shards[1] (shard s1): duplicate shard id \"s1\"");
+    refused(&["serve", "--shards", &good, "--owns", "s9", "--owner", "a"], "--owns names shard \"s9\", which the shard map does not have");
+    refused(&["export", "--shards", &good], "is not a poolbill store");
+    // Nothing was created: no shard schema exists.
+    execute(&url, "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_namespace WHERE nspname LIKE 'shard_%') THEN RAISE EXCEPTION 'a shard schema was created'; END IF; END $$")
+        .unwrap();
+}
