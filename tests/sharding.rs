@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 const OPENING: &str = "1000";
-const ROUNDS: u32 = 6;
+const ROUNDS: u32 = 8;
 
 fn map_of(s1: &str, s2: &str) -> ShardMap {
     let text = format!(
@@ -174,7 +174,7 @@ async fn split_ownership_under_load(map: ShardMap) {
     let a = Arc::new(ShardedEngine::start(map.clone(), &["s1".into()], "engine-a").await.unwrap());
     let b = Arc::new(ShardedEngine::start(map.clone(), &["s2".into()], "engine-b").await.unwrap());
     let engines = [a.clone(), b.clone()];
-    let accounts = accounts_on_both(&map, 3);
+    let accounts = accounts_on_both(&map, 5);
     let acked = load(&engines, &map, &accounts).await;
 
     // A command for the other engine's account: refused naming the owner, nothing written.
