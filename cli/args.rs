@@ -162,7 +162,8 @@ pub struct RunArgs {
 /// Read one JSON command per line on stdin, or serve them over HTTP (--http); answer each once its events are on disk.
 #[derive(Debug, Args)]
 #[command(after_help = "Example:\n  echo '{\"type\": \"advance\", \"at\": \"2023-04-01T00:00:00+08:00\"}' | poolbill serve --store store/\n  \
-                  poolbill serve --store store/ --http 127.0.0.1:8080 --tokens tokens.json")]
+                  poolbill serve --store store/ --http 127.0.0.1:8080 --tokens tokens.json\n  \
+                  poolbill serve --shards shards.json --owns s1,s2 --owner engine-a")]
 pub struct ServeArgs {
     /// The store directory (created if absent, continued if present).
     #[arg(long, value_name = "DIR")]
@@ -178,6 +179,20 @@ pub struct ServeArgs {
     /// The bearer tokens of the HTTP API (`{"tokens": [{"token", "accounts", "access"}]}`).
     #[arg(long, value_name = "FILE", requires = "http")]
     pub tokens: Option<PathBuf>,
+    /// Serve as one engine of a sharded deployment on PostgreSQL: the shard map
+    /// (`{"shards": [{"id", "postgres", "schema"}], "accounts": {…}}`; stdin only, not --http).
+    #[arg(long, value_name = "MAP.json", conflicts_with_all = ["store", "postgres", "http"], requires_all = ["owns", "owner"])]
+    pub shards: Option<PathBuf>,
+    /// The shards of the map this engine owns, comma-separated (each one's lease is taken at start).
+    #[arg(long, value_name = "IDS", value_delimiter = ',', requires = "shards")]
+    pub owns: Vec<String>,
+    /// This engine's name: recorded in the leases it takes, named in other engines' refusals.
+    #[arg(long, value_name = "NAME", requires = "shards")]
+    pub owner: Option<String>,
+    /// Take the shards from their running owners too: their lease sessions are ended and the
+    /// epochs bumped, so they can write nothing more there (needs a superuser or pg_signal_backend).
+    #[arg(long, requires = "shards")]
+    pub take_over: bool,
 }
 
 /// `HOST:PORT`, or a port alone on the loopback address (never every interface by default).
@@ -208,7 +223,7 @@ pub struct LogSource {
 
 /// Write a store's log as a portable log (JSON lines, what `run --export` writes).
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  poolbill export --store store/ --out log.jsonl")]
+#[command(after_help = "Example:\n  poolbill export --store store/ --out log.jsonl\n  poolbill export --shards shards.json --out merged.jsonl")]
 pub struct ExportArgs {
     /// The store directory (not while `serve` has it open).
     #[arg(long, value_name = "DIR")]
@@ -217,6 +232,10 @@ pub struct ExportArgs {
     /// POOLBILL_POSTGRES when neither option is given).
     #[arg(long, value_name = "URL", conflicts_with = "store")]
     pub postgres: Option<String>,
+    /// Every shard of this shard map instead, merged into one portable log (instant order;
+    /// platform-wide streams renamed `stream@shard`).
+    #[arg(long, value_name = "MAP.json", conflicts_with_all = ["store", "postgres"])]
+    pub shards: Option<PathBuf>,
     /// Write the log to this file, whole or not at all; `-` or none: to stdout (a log cut
     /// short there lacks its end line, and every reader refuses it).
     #[arg(long, value_name = "LOG.jsonl")]
@@ -515,6 +534,11 @@ mod tests {
             "--force",
             "--http",
             "--tokens",
+            "--shards",
+            "--owns",
+            "--owner",
+            "--take-over",
+            "s1,s2",
             "127.0.0.1:0",
             "--size",
             "--position",
@@ -592,10 +616,14 @@ mod tests {
                         Tool::Bills(a) => prop_assert!(at_most_one(&a.source)),
                         Tool::Timeline(a) => prop_assert!(at_most_one(&a.source)),
                         Tool::Run(a) => prop_assert!(!(a.store.is_some() && a.postgres.is_some())),
-                        Tool::Serve(a) => prop_assert!(!(a.store.is_some() && a.postgres.is_some())),
+                        Tool::Serve(a) => {
+                            prop_assert!(!(a.store.is_some() && a.postgres.is_some()));
+                            prop_assert!(a.shards.is_none() || (a.store.is_none() && a.postgres.is_none() && a.http.is_none() && a.owner.is_some()));
+                        }
                         Tool::Export(a) => {
                             prop_assert!(!a.force || a.out.is_some());
                             prop_assert!(!(a.store.is_some() && a.postgres.is_some()));
+                            prop_assert!(a.shards.is_none() || (a.store.is_none() && a.postgres.is_none()));
                         }
                         Tool::Prove(a) => prop_assert!(a.position.is_some() != a.consistency.is_some()),
                         Tool::Digest(a) => prop_assert!(at_most_one(&a.source)),

@@ -334,6 +334,9 @@ pub fn export(args: ExportArgs) -> Result<(), Failure> {
             return Err(Failure::Input(format!("--out {}: the file exists (--force replaces it)", out.display()).into()));
         }
     }
+    if let Some(map) = &args.shards {
+        return export_shards(map, target.as_deref());
+    }
     let at = store_at(args.store.as_ref(), args.postgres.as_ref())
         .ok_or_else(|| Failure::Input(format!("export needs --store DIR or --postgres URL (or {POSTGRES_ENV})").into()))?;
     let store = open_store(&at)?;
@@ -351,6 +354,43 @@ pub fn export(args: ExportArgs) -> Result<(), Failure> {
     if let Err(e) = written {
         let _ = std::fs::remove_file(&partial);
         return Err(runtime(context)(e));
+    }
+    Ok(())
+}
+
+/// `export --shards MAP.json`: every shard's log (each must hold a store: nothing is created)
+/// merged into one portable log, to `out` whole or not at all, or to stdout.
+fn export_shards(map_path: &Path, out: Option<&Path>) -> Result<(), Failure> {
+    let map = poolbill_shards::ShardMap::read(map_path).map_err(|e| Failure::Input(e.into()))?;
+    let mut stores = Vec::with_capacity(map.shards.len());
+    for spec in &map.shards {
+        let options = poolbill_store_postgres::Options { pool_size: 2, schema: Some(spec.schema.clone()), shard: Some(spec.id.clone()) };
+        match poolbill_store_postgres::PostgresStore::connect_existing_options(&spec.postgres, &options) {
+            Ok(store) => stores.push(store),
+            Err(e @ poolbill_store_postgres::OpenError::NotAStore(_)) => return Err(input(format!("shard {}", spec.id))(e)),
+            Err(poolbill_store_postgres::OpenError::Store(e)) => return Err(runtime(format!("opening shard {}", spec.id))(e)),
+        }
+    }
+    let shards: Vec<(&str, &dyn EventStore)> =
+        map.shards.iter().zip(&stores).map(|(spec, store)| (spec.id.as_str(), store as &dyn EventStore)).collect();
+    let merge = |writer: &mut dyn Write| -> Result<(), crate::failure::BoxError> {
+        let mut buffered = std::io::BufWriter::new(writer);
+        let events = poolbill_shards::export::write_merged(&shards, &mut buffered)?;
+        buffered.flush()?;
+        tracing::info!(events, shards = shards.len(), "merged export");
+        Ok(())
+    };
+    let context = format!("exporting the shards of {}", map_path.display());
+    let Some(out) = out else {
+        let mut stdout = std::io::stdout().lock();
+        return merge(&mut stdout).map_err(runtime(context));
+    };
+    let partial = partial_path(out);
+    let mut file = std::fs::File::create(&partial).map_err(input(format!("--out {}: cannot create {}", out.display(), partial.display())))?;
+    let written = merge(&mut file).and_then(|()| Ok(file.sync_all()?)).and_then(|()| Ok(std::fs::rename(&partial, out)?));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&partial);
+        return Err(runtime(format!("{context} to {}", out.display()))(e));
     }
     Ok(())
 }

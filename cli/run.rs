@@ -3,7 +3,7 @@
 use crate::args::{instant, store_at, RunArgs, ServeArgs, TableFormat, POSTGRES_ENV};
 use crate::failure::{input, one_line, runtime, Failure};
 use crate::{print_out, progress, table};
-use poolbill_domain::Instant;
+use poolbill_domain::{Command, Instant};
 use poolbill_engine::{Engine, EngineError, Executed, Submitted};
 use poolbill_replay::document::write_document;
 use poolbill_replay::Upto;
@@ -74,6 +74,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
         None => None,
     };
+    if let (Some(map), Some(owner)) = (&args.shards, &args.owner) {
+        let how = if args.take_over { poolbill_shards::Take::Over } else { poolbill_shards::Take::IfFree };
+        return serve_sharded(map, &args.owns, owner, how).await;
+    }
     let at = store_at(args.store.as_ref(), args.postgres.as_ref())
         .ok_or_else(|| Failure::Input(format!("serve needs --store DIR or --postgres URL (or {POSTGRES_ENV})").into()))?;
     let engine = crate::stores::open_engine(Some(&at)).await?;
@@ -230,40 +234,138 @@ async fn print_answers(mut in_flight: tokio::sync::mpsc::Receiver<Pending>) -> R
     out.flush().map_err(written)
 }
 
-/// Read one line and hand it to the engine (in input order); bad input is answered at once and
-/// changes nothing.
-async fn submit_line(engine: &Engine, line: &str, number: u64) -> Pending {
+/// What a line of `serve` asks for.
+enum Line {
+    Advance(Instant),
+    Command { id: String, at: Instant, command: Box<Command> },
+}
+
+/// Parse one line of `serve`; bad input is its answer (naming the line and field).
+fn parse_line(line: &str, number: u64) -> Result<Line, serde_json::Value> {
     use serde_json::json;
-    let value: serde_json::Value = match serde_json::from_str(line) {
-        Ok(v) => v,
-        Err(e) => return Pending::Now(json!({"line": number, "error": format!("not valid JSON: {e}")})),
-    };
+    let value: serde_json::Value = serde_json::from_str(line).map_err(|e| json!({"line": number, "error": format!("not valid JSON: {e}")}))?;
     let path = format!("line {number}");
     if value.get("type").and_then(|t| t.as_str()) == Some("advance") {
-        let at = match value.get("at").and_then(|v| v.as_str()).map(instant) {
-            Some(Ok(at)) => at,
-            _ => return Pending::Now(json!({"line": number, "error": format!("{path}.at: an RFC 3339 instant is needed")})),
-        };
-        return match engine.submit_advance(at).await {
-            Ok(answer) => Pending::Advance { number, at, answer },
-            Err(e) => Pending::Now(json!({"line": number, "error": one_line(&e)})),
+        return match value.get("at").and_then(|v| v.as_str()).map(instant) {
+            Some(Ok(at)) => Ok(Line::Advance(at)),
+            _ => Err(json!({"line": number, "error": format!("{path}.at: an RFC 3339 instant is needed")})),
         };
     }
     let id = match value.get("id").and_then(|v| v.as_str()) {
         Some(id) if !id.is_empty() => id.to_string(),
-        _ => return Pending::Now(json!({"line": number, "error": format!("{path}.id: missing command id")})),
+        _ => return Err(json!({"line": number, "error": format!("{path}.id: missing command id")})),
     };
     let mut fields = value;
     if let Some(obj) = fields.as_object_mut() {
         obj.remove("id");
     }
-    let (at, command) = match poolbill_scenario::command(&fields, &path) {
-        Ok(parsed) => parsed,
-        Err(e) => return Pending::Now(json!({"line": number, "id": id, "error": e.to_string()})),
-    };
-    match engine.submit(id.clone(), at, command, None).await {
-        Ok(answer) => Pending::Command { number, id, answer },
-        Err(e) => Pending::Now(json!({"line": number, "id": id, "error": one_line(&e)})),
+    match poolbill_scenario::command(&fields, &path) {
+        Ok((at, command)) => Ok(Line::Command { id, at, command: Box::new(command) }),
+        Err(e) => Err(json!({"line": number, "id": id, "error": e.to_string()})),
+    }
+}
+
+/// Read one line and hand it to the engine (in input order); bad input is answered at once and
+/// changes nothing.
+async fn submit_line(engine: &Engine, line: &str, number: u64) -> Pending {
+    use serde_json::json;
+    match parse_line(line, number) {
+        Err(answer) => Pending::Now(answer),
+        Ok(Line::Advance(at)) => match engine.submit_advance(at).await {
+            Ok(answer) => Pending::Advance { number, at, answer },
+            Err(e) => Pending::Now(json!({"line": number, "error": one_line(&e)})),
+        },
+        Ok(Line::Command { id, at, command }) => match engine.submit(id.clone(), at, *command, None).await {
+            Ok(answer) => Pending::Command { number, id, answer },
+            Err(e) => Pending::Now(json!({"line": number, "id": id, "error": one_line(&e)})),
+        },
+    }
+}
+
+/// `serve --shards MAP.json --owns IDS --owner NAME`: one engine of a sharded deployment, on
+/// stdin. Each line is routed (its account's shard; a pool's or job's; every owned shard for a
+/// platform-wide command and `advance`) and answered before the next is read: no pipeline, so
+/// that lines for different shards keep their input order simply.
+pub async fn serve_sharded(map: &std::path::Path, owns: &[String], owner: &str, how: poolbill_shards::Take) -> Result<(), Failure> {
+    use std::io::Write;
+    let map = poolbill_shards::ShardMap::read(map).map_err(|e| Failure::Input(e.into()))?;
+    let engine = poolbill_shards::ShardedEngine::start_with(map, owns, owner, how).await.map_err(|e| match e {
+        e @ (poolbill_shards::ShardError::UnknownShard(_) | poolbill_shards::ShardError::OwnsNothing) => Failure::Input(e.into()),
+        e => runtime(format!("starting engine {owner}"))(e),
+    })?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Read>(64);
+    std::thread::spawn(move || read_lines(std::io::stdin().lock(), tx));
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    let mut number = 0u64;
+    while let Some(read) = rx.recv().await {
+        number += 1;
+        let answer = match read {
+            Read::Failed(e) => return Err(runtime(format!("reading line {number} of standard input"))(e)),
+            Read::Line(line) if line.trim().is_empty() => continue,
+            Read::NotUtf8(e) => serde_json::json!({"line": number, "error": format!("line {number}: not valid UTF-8: {e}")}),
+            Read::Line(line) => match parse_line(&line, number) {
+                Err(answer) => answer,
+                Ok(Line::Advance(at)) => sharded_advance(&engine, at, number).await,
+                Ok(Line::Command { id, at, command }) => sharded_command(&engine, id, at, *command, number).await,
+            },
+        };
+        writeln!(out, "{answer}").and_then(|()| out.flush()).map_err(runtime("writing the output"))?;
+    }
+    Ok(())
+}
+
+/// A sharded engine's answer to an error: `"outcome": "unknown"` as [`failed`] says.
+fn shard_failed(answer: serde_json::Value, error: &poolbill_shards::ShardError) -> serde_json::Value {
+    match error {
+        poolbill_shards::ShardError::Engine { shard, source } => {
+            let mut answer = failed(answer, source);
+            answer["shard"] = serde_json::json!(shard);
+            answer
+        }
+        other => {
+            let mut answer = answer;
+            answer["error"] = serde_json::json!(one_line(other));
+            answer
+        }
+    }
+}
+
+async fn sharded_advance(engine: &poolbill_shards::ShardedEngine, at: Instant, number: u64) -> serde_json::Value {
+    use serde_json::json;
+    match engine.advance_to(at).await {
+        Ok(per_shard) => {
+            let events: u64 = per_shard.iter().map(|(_, n)| n).sum();
+            let shards: serde_json::Map<String, serde_json::Value> = per_shard.into_iter().map(|(s, n)| (s, json!(n))).collect();
+            json!({"line": number, "advanced_to": at.to_rfc3339(), "events": events, "shards": shards})
+        }
+        Err(e) => shard_failed(json!({"line": number}), &e),
+    }
+}
+
+/// One shard's answer: the unsharded answer's fields and the shard; several shards (a
+/// platform-wide command): a list of those under `shards`.
+async fn sharded_command(engine: &poolbill_shards::ShardedEngine, id: String, at: Instant, command: Command, number: u64) -> serde_json::Value {
+    use serde_json::json;
+    match engine.execute(&id, at, command, None).await {
+        Ok(results) => {
+            let mut answers: Vec<serde_json::Value> = results
+                .iter()
+                .map(|(shard, done)| {
+                    let mut answer = poolbill_http::command_answer(&id, done);
+                    answer.insert("shard".into(), json!(shard));
+                    serde_json::Value::Object(answer)
+                })
+                .collect();
+            match answers.len() {
+                1 => {
+                    let mut answer = answers.remove(0);
+                    answer["line"] = json!(number);
+                    answer
+                }
+                _ => json!({"line": number, "id": id, "shards": answers}),
+            }
+        }
+        Err(e) => shard_failed(json!({"line": number, "id": id}), &e),
     }
 }
 

@@ -169,12 +169,17 @@ pub struct Discrepancy {
 
 /// Recompute the log's bills and compare them with `charged`.
 pub fn audit(envelopes: &[Envelope], charged: &Charged) -> Report {
-    let recorded = recorded_lines(envelopes);
+    let mut recorded = recorded_lines(envelopes);
     let until = envelopes.last().map(|e| e.at);
-    let computed: Vec<BillLine> = match until {
+    let mut computed: Vec<BillLine> = match until {
         Some(until) => rerun(&commands(envelopes), until, &WhatIf::default()).projections.bills.into_iter().map(|b| b.line).collect(),
         None => Vec::new(),
     };
+    // Compared by start and resource (a stable sort keeps each resource's own order): a merged
+    // log of shards records one instant's lines shard by shard, one re-run in its own order.
+    for lines in [&mut recorded, &mut computed] {
+        lines.sort_by(|a, b| (a.start, &a.resource).cmp(&(b.start, &b.resource)));
+    }
     let mut integrity = Vec::new();
     if recorded != computed {
         let differing = recorded.iter().zip(&computed).position(|(a, b)| a != b).unwrap_or(recorded.len().min(computed.len()));

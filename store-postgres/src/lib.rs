@@ -24,6 +24,7 @@
 //! See [`schema`] for the tables, [`plan`] for how a batch is decided and the event ids.
 
 pub mod cluster;
+pub mod lease;
 pub mod plan;
 pub mod schema;
 
@@ -38,7 +39,8 @@ use std::sync::Arc;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-pub use plan::event_id;
+pub use lease::{Holder, Lease, LeaseError, Take};
+pub use plan::{event_id, event_id_in};
 
 /// Key of the transaction-scoped advisory lock every append takes (ASCII "poolbill").
 const APPEND_LOCK: i64 = 0x706f_6f6c_6269_6c6c;
@@ -47,7 +49,7 @@ const APPEND_LOCK: i64 = 0x706f_6f6c_6269_6c6c;
 const PAGE: i64 = 1000;
 
 /// How long connecting may take when the URL does not say (`connect_timeout`).
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Connections a store keeps open at most, unless told otherwise.
 pub const DEFAULT_POOL_SIZE: usize = 8;
@@ -67,6 +69,16 @@ pub struct PostgresStore {
 
 struct Inner {
     pool: Pool,
+    /// The shard whose log this is (its event ids name it), if the store is a shard.
+    shard: Option<String>,
+    /// The schema (namespace) the store's tables are in; `None`: the session's default.
+    schema: Option<String>,
+    /// Key of the append lock: per schema, so that shards sharing a database do not queue on
+    /// one another's appends.
+    append_lock: i64,
+    /// The epoch of the lease this writer holds (a fencing token), once it holds one: every
+    /// append then checks it under the shard's lease row.
+    fence: std::sync::OnceLock<i64>,
     /// Taken on drop and shut down in the background: dropping a runtime waits for its tasks,
     /// which may not be done on an async thread.
     runtime: Option<tokio::runtime::Runtime>,
@@ -204,6 +216,24 @@ pub fn display_url(url: &str) -> String {
     url.parse::<tokio_postgres::Config>().map(|c| describe(&c)).unwrap_or_else(|_| "(not a PostgreSQL URL)".to_string())
 }
 
+/// How to open a store: its pool's size, and for a shard its schema and id.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Connections kept open at most.
+    pub pool_size: usize,
+    /// The schema (namespace) of the store's tables, created if absent; `None`: the session's
+    /// default (`public`). Lowercase letters, digits and `_` ([`schema::check_schema_name`]).
+    pub schema: Option<String>,
+    /// The shard's id, named in every event id ([`event_id_in`]); `None`: an unsharded store.
+    pub shard: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { pool_size: DEFAULT_POOL_SIZE, schema: None, shard: None }
+    }
+}
+
 /// Why an existing store could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -218,7 +248,19 @@ impl PostgresStore {
     /// Connect to a database that already holds a poolbill store (a tool that only reads never
     /// creates one), migrating it if this binary's schema is newer.
     pub fn connect_existing(url: &str) -> Result<PostgresStore, OpenError> {
-        let name = display_url(url);
+        PostgresStore::connect_existing_options(url, &Options::default())
+    }
+
+    /// [`PostgresStore::connect_existing`] as `options` say (a shard's schema must hold a store).
+    pub fn connect_existing_options(url: &str, options: &Options) -> Result<PostgresStore, OpenError> {
+        let name = match &options.schema {
+            Some(schema) => format!("{} (schema {schema})", display_url(url)),
+            None => display_url(url),
+        };
+        let table = match &options.schema {
+            Some(schema) => format!("{schema}.schema_version"),
+            None => "schema_version".to_string(),
+        };
         let mut probe: tokio_postgres::Config = url.parse().map_err(pg("reading the PostgreSQL URL (postgres://user@host:port/database)"))?;
         if probe.get_connect_timeout().is_none() {
             probe.connect_timeout(CONNECT_TIMEOUT);
@@ -230,7 +272,7 @@ impl PostgresStore {
             runtime.block_on(async {
                 let (client, connection) = probe.connect(tokio_postgres::NoTls).await.map_err(pg(&context))?;
                 let connection = tokio::spawn(connection);
-                let row = client.query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[]).await.map_err(pg(&context));
+                let row = client.query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&table]).await.map_err(pg(&context));
                 drop(client);
                 let _ = connection.await;
                 Ok(row?.get(0))
@@ -241,7 +283,7 @@ impl PostgresStore {
         if !exists {
             return Err(OpenError::NotAStore(name));
         }
-        Ok(PostgresStore::connect(url)?)
+        Ok(PostgresStore::connect_options(url, options)?)
     }
 
     /// Connect to the database at `url` (`postgres://user:password@host:port/database`), create
@@ -252,11 +294,26 @@ impl PostgresStore {
 
     /// [`PostgresStore::connect`] with at most `pool_size` connections.
     pub fn connect_with(url: &str, pool_size: usize) -> Result<PostgresStore, StoreError> {
+        PostgresStore::connect_options(url, &Options { pool_size, ..Options::default() })
+    }
+
+    /// [`PostgresStore::connect`] as `options` say: a shard's store lives in a schema of its
+    /// own (created with the tables) and names its shard in its event ids.
+    pub fn connect_options(url: &str, options: &Options) -> Result<PostgresStore, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(pg("reading the PostgreSQL URL (postgres://user@host:port/database)"))?;
-        let name = describe(&config);
+        if let Some(schema) = &options.schema {
+            schema::check_schema_name(schema).map_err(|e| StoreError::backend("opening a shard's store", std::io::Error::other(e)))?;
+        }
+        let name = match &options.schema {
+            Some(schema) => format!("{} (schema {schema})", describe(&config)),
+            None => describe(&config),
+        };
+        let pool_size = options.pool_size;
+        // The shard's tables first: every statement names tables unqualified.
+        let search_path = options.schema.as_ref().map(|s| format!(" -c search_path={s}")).unwrap_or_default();
         // A commit that returns must be on disk, whatever the server's default.
-        let options = format!("{} -c synchronous_commit=on", config.get_options().unwrap_or_default());
-        config.options(options.trim());
+        let options_line = format!("{} -c synchronous_commit=on{search_path}", config.get_options().unwrap_or_default());
+        config.options(options_line.trim());
         if config.get_application_name().is_none() {
             config.application_name("poolbill");
         }
@@ -276,13 +333,51 @@ impl PostgresStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::backend(format!("creating the connection pool for {name}"), e))?;
-        let store = PostgresStore { inner: Arc::new(Inner { pool, runtime: Some(runtime), name }) };
+        let append_lock = options.schema.as_deref().map_or(APPEND_LOCK, |s| lease::lock_key("poolbill-append", s));
+        let inner = Inner {
+            pool,
+            shard: options.shard.clone(),
+            schema: options.schema.clone(),
+            append_lock,
+            fence: std::sync::OnceLock::new(),
+            runtime: Some(runtime),
+            name,
+        };
+        let store = PostgresStore { inner: Arc::new(inner) };
         let context = format!("opening the PostgreSQL store at {}", store.inner.name);
+        let schema = store.inner.schema.clone();
         store.block_on(async {
             let mut client = store.inner.pool.get().await.map_err(pool_error(&context))?;
-            schema::migrate(&mut client).await.map_err(|e| StoreError::backend(&context, e))
+            schema::migrate(&mut client, schema.as_deref()).await.map_err(|e| StoreError::backend(&context, e))
         })?;
         Ok(store)
+    }
+
+    /// The shard this store is, if it is one.
+    pub fn shard(&self) -> Option<&str> {
+        self.inner.shard.as_deref()
+    }
+
+    /// The schema the store's tables are in, if not the session's default.
+    pub fn schema(&self) -> Option<&str> {
+        self.inner.schema.as_deref()
+    }
+
+    /// From now on every append checks that the shard's lease is still at `epoch` (taken by
+    /// [`Lease::take`]): once another engine takes the shard, this one can write nothing. Set
+    /// once; a second call with another epoch is refused.
+    pub fn fence(&self, epoch: i64) -> Result<(), StoreError> {
+        match self.inner.fence.get_or_init(|| epoch) {
+            held if *held == epoch => Ok(()),
+            _ => Err(StoreError::Internal("a store is fenced by one lease only")),
+        }
+    }
+
+    /// Who holds the shard's lease (the last engine that took it, its epoch, and whether its
+    /// lock is still held, i.e. that engine is alive); `None` if no engine ever took it.
+    pub fn lease_holder(&self) -> Result<Option<Holder>, StoreError> {
+        let key = lease::lock_key("poolbill-shard-lease", self.inner.schema.as_deref().unwrap_or("public"));
+        self.with_client("reading the shard's lease", |client| async move { lease::holder(&client, key).await })
     }
 
     /// Where the database is (host, port, database; no credentials).
@@ -361,14 +456,17 @@ impl PostgresStore {
         self.block_on(async {
             let mut client = self.inner.pool.get().await.map_err(pool_error(format!("{context}: connecting to {}", self.inner.name)))?;
             let tx = client.transaction().await.map_err(pg(&context))?;
-            tx.execute(&prepared(&tx, "SELECT pg_advisory_xact_lock($1)").await?, &[&APPEND_LOCK]).await.map_err(pg(&context))?;
+            tx.execute(&prepared(&tx, "SELECT pg_advisory_xact_lock($1)").await?, &[&self.inner.append_lock]).await.map_err(pg(&context))?;
+            if let Some(epoch) = self.inner.fence.get() {
+                lease::check_fence(&tx, *epoch, self.inner.shard.as_deref().unwrap_or("(unnamed)")).await?;
+            }
             let head = read_head(&tx).await?;
             let ids: Vec<&[u8]> = reqs.iter().filter_map(|r| r.command_id.as_deref().map(str::as_bytes)).collect();
             let known = commands_of(&tx, &ids).await?;
             let streams: HashSet<&str> =
                 reqs.iter().flat_map(|r| r.expected.iter().map(|(s, _)| s.as_str()).chain(r.events.iter().map(|e| e.stream.as_str()))).collect();
             let versions = versions_of(&tx, &streams.into_iter().collect::<Vec<_>>()).await?;
-            let Plan { results, rows, commands } = plan::plan(head, known, versions, &reqs, group);
+            let Plan { results, rows, commands } = plan::plan(self.inner.shard.as_deref(), head, known, versions, &reqs, group);
             insert_events(&tx, &rows).await?;
             insert_commands(&tx, &commands).await?;
             if let Err(e) = tx.commit().await {
@@ -879,7 +977,7 @@ impl EventStore for PostgresStore {
                 _ => 0,
             };
             run = envelope.command_id.clone().map(|id| (id, index));
-            let derived = event_id(envelope.command_id.as_deref(), index, &envelope.stream, envelope.version);
+            let derived = event_id_in(self.inner.shard.as_deref(), envelope.command_id.as_deref(), index, &envelope.stream, envelope.version);
             if id != derived {
                 return Err(corrupt(position, "the event's id is not the one derived from its command (or stream) and place"));
             }

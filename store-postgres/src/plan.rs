@@ -70,7 +70,20 @@ pub const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x7f3c_9a52_1d4e_4b8a_9c61_
 /// length, the stream and its version (8 bytes BE) instead. The same command gives the same ids
 /// on every run and every store, and lengths keep two names from ever running together.
 pub fn event_id(command_id: Option<&str>, index: u32, stream: &str, version: u64) -> Uuid {
-    let mut name = Vec::with_capacity(24 + stream.len() + command_id.map_or(0, str::len));
+    event_id_in(None, command_id, index, stream, version)
+}
+
+/// [`event_id`] of an event of shard `shard`: the name is prefixed with `h`, the shard id's
+/// length (8 bytes BE) and the shard id, so that a platform-wide command applied on several
+/// shards (one id, the same events) gives each shard's events ids of their own, and a merged log
+/// of every shard keeps them unique. Without a shard, exactly [`event_id`]'s.
+pub fn event_id_in(shard: Option<&str>, command_id: Option<&str>, index: u32, stream: &str, version: u64) -> Uuid {
+    let mut name = Vec::with_capacity(40 + stream.len() + command_id.map_or(0, str::len) + shard.map_or(0, str::len));
+    if let Some(shard) = shard {
+        name.push(b'h');
+        name.extend_from_slice(&(shard.len() as u64).to_be_bytes());
+        name.extend_from_slice(shard.as_bytes());
+    }
     match command_id {
         Some(id) => {
             name.push(b'c');
@@ -127,8 +140,10 @@ pub fn checksum(envelope: &Envelope, id: &Uuid, payload: &Stored) -> u32 {
 }
 
 /// Decide `reqs` in order on the log as `head`, `known` (the records of command ids already
-/// used) and `versions` (the current versions of the streams they name; absent: 0) describe it.
+/// used) and `versions` (the current versions of the streams they name; absent: 0) describe it;
+/// `shard` names the shard whose log this is, for the event ids ([`event_id_in`]).
 pub fn plan(
+    shard: Option<&str>,
     mut head: Head,
     mut known: HashMap<String, CommandRecord>,
     mut versions: HashMap<String, u64>,
@@ -137,7 +152,7 @@ pub fn plan(
 ) -> Plan {
     let mut plan = Plan::default();
     for req in reqs {
-        let result = decide(&head, &known, &versions, req);
+        let result = decide(shard, &head, &known, &versions, req);
         let result = result.map(|(rows, record)| {
             if let Some(last) = rows.last() {
                 head = Head { last_position: last.envelope.position, last_instant: Some(last.envelope.at) };
@@ -176,6 +191,7 @@ enum Decided {
 /// as the sled store: duplicate first (a failing check must not mask it), then the expected
 /// versions, then the instants.
 fn decide(
+    shard: Option<&str>,
     head: &Head,
     known: &HashMap<String, CommandRecord>,
     versions: &HashMap<String, u64>,
@@ -215,7 +231,7 @@ fn decide(
             payload: event.payload.clone(),
         };
         let index = u32::try_from(index).map_err(|_| Decided::Failed(StoreError::Internal("more than 2^32 events in one request")))?;
-        let id = event_id(req.command_id.as_deref(), index, &event.stream, version);
+        let id = event_id_in(shard, req.command_id.as_deref(), index, &event.stream, version);
         let payload = Stored::of(&event.payload, position).map_err(Decided::Failed)?;
         let checksum = checksum(&envelope, &id, &payload);
         rows.push(Row { envelope, id, payload, checksum });
@@ -251,13 +267,26 @@ mod tests {
     }
 
     #[test]
+    fn shard_event_ids_differ_per_shard_and_leave_unsharded_ids_alone() {
+        let plain = event_id(Some("price-1"), 0, "catalog", 1);
+        assert_eq!(event_id_in(None, Some("price-1"), 0, "catalog", 1), plain);
+        let s1 = event_id_in(Some("s1"), Some("price-1"), 0, "catalog", 1);
+        let s2 = event_id_in(Some("s2"), Some("price-1"), 0, "catalog", 1);
+        assert_ne!(s1, s2, "one platform command on two shards: two ids");
+        assert_ne!(s1, plain);
+        assert_eq!(s1, event_id_in(Some("s1"), Some("price-1"), 0, "catalog", 1));
+        // The shard's length keeps it apart from the name after it.
+        assert_ne!(event_id_in(Some("s1c"), None, 0, "x", 1), event_id_in(Some("s1"), None, 0, "cx", 1));
+    }
+
+    #[test]
     fn a_plan_gives_positions_versions_and_records_in_order() {
         let head = Head { last_position: 10, last_instant: Some(ts(T0)) };
         let versions = HashMap::from([("a".to_string(), 4)]);
         let mut conflicting = req(Some("c2"), vec![ev("a", "x", T1, json!(2))]);
         conflicting.expected = vec![("a".into(), ExpectedVersion::Exactly(4))];
         let reqs = vec![req(Some("c1"), vec![ev("a", "x", T1, json!(1)), ev("b", "x", T1, json!(1))]), conflicting, req(Some("c1"), vec![])];
-        let plan = plan(head, HashMap::new(), versions, &reqs, Group::Independent);
+        let plan = plan(None, head, HashMap::new(), versions, &reqs, Group::Independent);
         let summary: Vec<_> = plan.rows.iter().map(|r| (r.envelope.position, r.envelope.stream.as_str(), r.envelope.version)).collect();
         assert_eq!(summary, vec![(11, "a", 5), (12, "b", 1)]);
         assert!(matches!(plan.results[1], Err(StoreError::Conflict { actual: 5, .. })), "{:?}", plan.results[1]);
@@ -273,7 +302,7 @@ mod tests {
             req(None, vec![ev("a", "x", T0, json!(2))]),
             req(None, vec![ev("a", "x", T1, json!(3))]),
         ];
-        let plan = plan(Head::default(), HashMap::new(), HashMap::new(), &reqs, Group::Chain);
+        let plan = plan(None, Head::default(), HashMap::new(), HashMap::new(), &reqs, Group::Chain);
         assert_eq!(plan.results.len(), 2);
         assert_eq!(plan.rows.len(), 1);
     }
@@ -281,7 +310,7 @@ mod tests {
     #[test]
     fn the_checksum_covers_every_field() {
         let reqs = vec![req(Some("c"), vec![ev("a", "x", T0, json!({"k": 1}))])];
-        let row = plan(Head::default(), HashMap::new(), HashMap::new(), &reqs, Group::Independent).rows.remove(0);
+        let row = plan(None, Head::default(), HashMap::new(), HashMap::new(), &reqs, Group::Independent).rows.remove(0);
         let base = row.checksum;
         let mut moved = row.envelope.clone();
         moved.position += 1;

@@ -67,6 +67,15 @@ pub const MIGRATIONS: &[&str] = &[
         tail            bytea   NOT NULL
     );
     INSERT INTO merkle_state (through, tail) VALUES (0, ''::bytea);",
+    // 3: a shard's lease (issue 11): who owns the shard and its epoch, the fencing token every
+    // append of a sharded engine checks. No row until an engine first takes the shard.
+    "CREATE TABLE shard_lease (
+        singleton       boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+        shard           text    NOT NULL,
+        owner           text    NOT NULL,
+        epoch           bigint  NOT NULL CHECK (epoch > 0),
+        taken_at        timestamptz NOT NULL DEFAULT now()
+    );",
 ];
 
 /// The schema version this binary writes.
@@ -88,9 +97,15 @@ pub enum SchemaError {
 }
 
 /// Bring the database to [`latest`], applying what it lacks; the version it was at before.
-pub async fn migrate(client: &mut deadpool_postgres::Object) -> Result<u32, MigrateError> {
+/// With `schema` (a shard's namespace, already on the session's `search_path`), the schema is
+/// created first, under the same lock, so that two engines opening a new shard create it once.
+pub async fn migrate(client: &mut deadpool_postgres::Object, schema: Option<&str>) -> Result<u32, MigrateError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    if let Some(schema) = schema {
+        // A checked identifier (`check_schema_name`): quoting keeps it verbatim.
+        tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")).await?;
+    }
     tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
         .await?;
     let found = current(&tx).await?;
@@ -112,6 +127,18 @@ pub async fn current(client: &impl GenericClient) -> Result<u32, MigrateError> {
     let row = client.query_one("SELECT coalesce(max(version), 0)::bigint FROM schema_version", &[]).await?;
     let version: i64 = row.get(0);
     u32::try_from(version).map_err(|_| MigrateError::Schema(SchemaError::Invalid(version)))
+}
+
+/// Whether `name` may name a shard's schema: 1 to 63 lowercase ASCII letters, digits and
+/// underscores, not starting with a digit nor `pg_` (PostgreSQL reserves those). Kept this
+/// narrow so that it needs no quoting in `search_path` or in messages.
+pub fn check_schema_name(name: &str) -> Result<(), String> {
+    let valid_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let starts_well = name.bytes().next().is_some_and(|b| !b.is_ascii_digit());
+    if name.is_empty() || name.len() > 63 || !valid_chars || !starts_well || name.starts_with("pg_") {
+        return Err(format!("schema {name:?} is not a valid shard schema: 1 to 63 of a-z, 0-9 and _, not starting with a digit or pg_"));
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -198,6 +198,10 @@ pub enum StoreError {
     /// nothing is wrong with it.
     #[error("the store at {path} is in use by another process")]
     InUse { path: String },
+    /// The writer no longer holds the store (a shard whose lease another engine took: its
+    /// fencing token is stale). Nothing was written; this writer must stop writing here.
+    #[error("the store refuses this writer: {detail}; nothing was written")]
+    Fenced { detail: String },
     /// What cannot happen did: a bug in the store.
     #[error("internal error in the store: {0}")]
     Internal(&'static str),
