@@ -57,15 +57,7 @@ pub fn report(prefix: &str, error: &(dyn Error + 'static)) -> String {
 }
 
 /// The error and its causes on one line (`a: b: c`), for a JSON answer.
-pub fn one_line(error: &(dyn Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        out.push_str(&format!(": {e}"));
-        cause = e.source();
-    }
-    out
-}
+pub use poolbill_store::one_line;
 
 #[cfg(test)]
 mod tests {

@@ -128,7 +128,38 @@ impl JobKind {
     }
 }
 
+/// What a command acts on: whose consistency boundary decides it (an account, the owner of a
+/// pool or job), or the whole platform (the catalog, the customer levels). Scopes (the HTTP
+/// API's tokens) and routing (shards) read it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subject<'a> {
+    Platform,
+    Account(&'a str),
+    Pool(&'a str),
+    Job(&'a str),
+}
+
 impl Command {
+    /// What the command acts on.
+    pub fn subject(&self) -> Subject<'_> {
+        match self {
+            Command::SetPrice { .. } | Command::SetPolicy { .. } => Subject::Platform,
+            Command::OpenAccount { account, .. }
+            | Command::TopUp { account, .. }
+            | Command::Purchase { account, .. }
+            | Command::BuyPackage { account, .. }
+            | Command::StartJob { account, .. } => Subject::Account(account),
+            Command::Ready { pool }
+            | Command::Delete { pool }
+            | Command::Renew { pool, .. }
+            | Command::SetAutoRenew { pool, .. }
+            | Command::Convert { pool, .. }
+            | Command::Scale { pool, .. }
+            | Command::Unsubscribe { pool } => Subject::Pool(pool),
+            Command::StopJob { job } | Command::DeleteJob { job } => Subject::Job(job),
+        }
+    }
+
     /// The command's type as the scenario format names it.
     pub fn type_name(&self) -> &'static str {
         match self {

@@ -17,7 +17,7 @@ pub mod state;
 pub mod time;
 
 pub use agenda::{due_events, next_due, tick};
-pub use command::{Command, JobKind};
+pub use command::{Command, JobKind, Subject};
 pub use decide::{decide, handle, Handled};
 pub use event::{latest_version, DecodeError, Event};
 pub use model::*;

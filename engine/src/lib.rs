@@ -24,7 +24,7 @@ use poolbill_domain::{Command, Event, Instant, Rejection, Rule};
 use poolbill_ledger::snapshot::{self, Snapshot};
 use poolbill_ledger::{replay, FoldError, Ledger, Step};
 use poolbill_projections::Projections;
-use poolbill_store::{AppendOutcome, AppendRequest, CommandRecord, EventStore, ExpectedVersion, StoreError};
+use poolbill_store::{one_line, AppendOutcome, AppendRequest, CommandRecord, EventStore, ExpectedVersion, StoreError};
 use poolbill_store_sled::SledStore;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -361,17 +361,6 @@ fn fold_tail(store: &dyn EventStore, from: u64, ledger: &mut Ledger, versions: &
         folded += 1;
     }
     Ok(folded)
-}
-
-/// An error and its causes on one line.
-fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        out.push_str(&format!(": {e}"));
-        cause = e.source();
-    }
-    out
 }
 
 /// A request's answer, given once its chain is on disk.

@@ -25,7 +25,7 @@ use axum::Router;
 use chrono::DateTime;
 use poolbill_domain::money::{fmt_cents, fmt_exact};
 use poolbill_domain::time::to_beijing;
-use poolbill_domain::{Command, Instant, State as DomainState};
+use poolbill_domain::{Command, Instant, State as DomainState, Subject};
 use poolbill_engine::{Engine, Executed, Outcome, Upto};
 use poolbill_projections::{resource_views, AccountView, DetailView, Projections};
 use problem::{engine_problem, Code, Problem, ProblemBody};
@@ -232,34 +232,6 @@ impl Caller {
     }
 }
 
-/// What a command acts on, for its scope check.
-enum Target<'a> {
-    /// The catalog or the customer levels: every account's.
-    Platform,
-    Account(&'a str),
-    Pool(&'a str),
-    Job(&'a str),
-}
-
-fn target_of(command: &Command) -> Target<'_> {
-    match command {
-        Command::SetPrice { .. } | Command::SetPolicy { .. } => Target::Platform,
-        Command::OpenAccount { account, .. }
-        | Command::TopUp { account, .. }
-        | Command::Purchase { account, .. }
-        | Command::BuyPackage { account, .. }
-        | Command::StartJob { account, .. } => Target::Account(account),
-        Command::Ready { pool }
-        | Command::Delete { pool }
-        | Command::Renew { pool, .. }
-        | Command::SetAutoRenew { pool, .. }
-        | Command::Convert { pool, .. }
-        | Command::Scale { pool, .. }
-        | Command::Unsubscribe { pool } => Target::Pool(pool),
-        Command::StopJob { job } | Command::DeleteJob { job } => Target::Job(job),
-    }
-}
-
 /// The account owning a pool or job in `state`. Ids are never reused (R17: a resource, once
 /// created, stays in the state), so an owner read before submitting is still the owner when
 /// the command is decided.
@@ -275,11 +247,11 @@ fn owner(state: &DomainState, kind: &str, id: &str) -> Option<String> {
 /// pool or job that does not exist is refused as out of scope, so it learns nothing.
 async fn check_scope(caller: &Caller, engine: &Engine, command: &Command) -> Result<(), Problem> {
     caller.may_write()?;
-    let (kind, id) = match target_of(command) {
-        Target::Platform => return caller.sees_all(command.type_name()),
-        Target::Account(account) => return caller.sees(account),
-        Target::Pool(id) => ("pool", id),
-        Target::Job(id) => ("job", id),
+    let (kind, id) = match command.subject() {
+        Subject::Platform => return caller.sees_all(command.type_name()),
+        Subject::Account(account) => return caller.sees(account),
+        Subject::Pool(id) => ("pool", id),
+        Subject::Job(id) => ("job", id),
     };
     if caller.0.accounts == Accounts::All {
         return Ok(());
@@ -769,8 +741,8 @@ mod tests {
     #[test]
     fn every_command_has_a_scope_target() {
         let top_up = Command::TopUp { account: "a".into(), amount: Decimal::ONE };
-        assert!(matches!(target_of(&top_up), Target::Account("a")));
-        assert!(matches!(target_of(&Command::Delete { pool: "p".into() }), Target::Pool("p")));
-        assert!(matches!(target_of(&Command::StopJob { job: "j".into() }), Target::Job("j")));
+        assert_eq!(top_up.subject(), Subject::Account("a"));
+        assert_eq!(Command::Delete { pool: "p".into() }.subject(), Subject::Pool("p"));
+        assert_eq!(Command::StopJob { job: "j".into() }.subject(), Subject::Job("j"));
     }
 }

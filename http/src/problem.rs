@@ -6,7 +6,6 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use poolbill_engine::EngineError;
 use serde::Serialize;
-use std::error::Error;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -175,15 +174,7 @@ pub fn engine_problem(error: &EngineError) -> Problem {
 }
 
 /// An error and its causes on one line (`a: b: c`), as `poolbill serve` answers them.
-pub fn one_line(error: &(dyn Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        out.push_str(&format!(": {e}"));
-        cause = e.source();
-    }
-    out
-}
+pub use poolbill_store::one_line;
 
 #[cfg(test)]
 mod tests {

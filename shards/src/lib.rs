@@ -13,7 +13,7 @@ pub mod map;
 
 pub use map::{place, MapError, ShardMap, ShardSpec};
 
-use poolbill_domain::{Command, Instant};
+use poolbill_domain::{Command, Instant, Subject};
 use poolbill_engine::{Engine, EngineError, Executed};
 use poolbill_store::EventStore;
 use poolbill_store_postgres::{Lease, LeaseError, Options, PostgresStore};
@@ -72,21 +72,10 @@ pub enum Target {
 
 /// The routing target of `command`.
 pub fn target(command: &Command) -> Target {
-    match command {
-        Command::SetPrice { .. } | Command::SetPolicy { .. } => Target::Platform,
-        Command::OpenAccount { account, .. }
-        | Command::TopUp { account, .. }
-        | Command::Purchase { account, .. }
-        | Command::BuyPackage { account, .. }
-        | Command::StartJob { account, .. } => Target::Account(account.clone()),
-        Command::Ready { pool }
-        | Command::Delete { pool }
-        | Command::Renew { pool, .. }
-        | Command::SetAutoRenew { pool, .. }
-        | Command::Convert { pool, .. }
-        | Command::Scale { pool, .. }
-        | Command::Unsubscribe { pool } => Target::Resource(pool.clone()),
-        Command::StopJob { job } | Command::DeleteJob { job } => Target::Resource(job.clone()),
+    match command.subject() {
+        Subject::Platform => Target::Platform,
+        Subject::Account(account) => Target::Account(account.to_string()),
+        Subject::Pool(id) | Subject::Job(id) => Target::Resource(id.to_string()),
     }
 }
 

@@ -45,7 +45,7 @@
 //! without transactions, which this store depends on.
 
 use poolbill_store::{
-    merkle_chunk_root, AppendOutcome, AppendRequest, ChainOutcome, CommandRecord, Envelope, EventStore, Hash, Instant, Payload, StoreError,
+    merkle_chunk_root, one_line, AppendOutcome, AppendRequest, ChainOutcome, CommandRecord, Envelope, EventStore, Hash, Instant, Payload, StoreError,
     VerifyReport, MERKLE_CHUNK, SNAPSHOTS_KEPT,
 };
 use std::collections::HashMap;
@@ -501,17 +501,6 @@ impl SledStore {
         *slot = Some(std::sync::Arc::new(open));
         Ok(())
     }
-}
-
-/// An error and its causes on one line.
-fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        out.push_str(&format!(": {e}"));
-        cause = e.source();
-    }
-    out
 }
 
 /// sled writes as it opens (it recovers its log), and when that write fails for want of space it

@@ -191,12 +191,6 @@ fn a_cleared_index_is_rebuilt_and_a_damaged_one_is_refused() {
     assert!(matches!(store.tagged("t", 0, 10), Err(StoreError::Corrupt { .. })));
 }
 
-/// A request that checks `stream` is at `expected`.
-fn expecting(mut r: AppendRequest, stream: &str, expected: ExpectedVersion) -> AppendRequest {
-    r.expected.push((stream.to_string(), expected));
-    r
-}
-
 /// Copies a store's directory as it stands, the store still open: what a crash would leave
 /// on disk (at least; what sled has only in memory is not there).
 fn copy_dir(from: &Path, to: &Path) {
@@ -217,25 +211,8 @@ fn a_chain_stops_at_its_first_failure_and_its_prefix_is_on_disk() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log");
     let store = SledStore::open(&path).unwrap();
-    appended(store.append(req(Some("c0"), vec![ev("a", "x", T0, json!(0))])).unwrap());
-    let (applied, failed) = store
-        .append_chain(vec![
-            expecting(req(Some("c1"), vec![ev("a", "x", T0, json!(1)), ev("b", "x", T0, json!(2))]), "a", ExpectedVersion::Exactly(1)),
-            // A duplicate is no failure: the chain goes on.
-            req(Some("c0"), vec![ev("a", "x", T1, json!(99))]),
-            expecting(req(Some("c2"), vec![ev("a", "x", T1, json!(3))]), "a", ExpectedVersion::Exactly(2)),
-            expecting(req(Some("c3"), vec![ev("b", "x", T1, json!(4))]), "a", ExpectedVersion::Exactly(2)),
-            // Would pass on its own, but follows the failure.
-            req(Some("c4"), vec![ev("b", "x", T2, json!(5))]),
-        ])
-        .unwrap();
-    let (index, error) = failed.expect("c3 conflicts");
-    assert_eq!(index, 3);
-    assert_eq!(error, StoreError::Conflict { stream: "a".into(), expected: ExpectedVersion::Exactly(2), actual: 3 });
-    assert_eq!(applied.len(), 3);
-    assert_eq!(appended(applied[0].clone()).first_position, Some(2));
-    assert!(matches!(&applied[1], AppendOutcome::Duplicate(r) if r.first_position == Some(1)), "{:?}", applied[1]);
-    assert_eq!(appended(applied[2].clone()).first_position, Some(4));
+    // The conformance check, on a store on disk: c0, then a chain that stops at c3.
+    poolbill_store::conformance::a_chain_stops_at_its_first_failure_and_keeps_the_prefix(&store);
 
     // On disk by the time the chain returned: a copy taken now, the store still open, has it.
     let copy = dir.path().join("copy");

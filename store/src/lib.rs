@@ -286,6 +286,18 @@ impl StoreError {
     }
 }
 
+/// An error and its causes on one line (`a: b: c`): how every layer (the store's outage
+/// reasons, the engine's answers, `serve` and the HTTP API) words a failure in one line.
+pub fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        out.push_str(&format!(": {e}"));
+        cause = e.source();
+    }
+    out
+}
+
 /// Summary of a successful [`EventStore::verify`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifyReport {
