@@ -220,16 +220,7 @@ fn decide(
         let version = own_versions.get(event.stream.as_str()).copied().unwrap_or_else(|| version_of(&event.stream)) + 1;
         own_versions.insert(&event.stream, version);
         let position = head.last_position + 1 + index as u64;
-        let envelope = Envelope {
-            position,
-            stream: event.stream.clone(),
-            version,
-            event_type: event.event_type.clone(),
-            schema_version: event.schema_version,
-            at: event.at,
-            command_id: req.command_id.clone(),
-            payload: event.payload.clone(),
-        };
+        let envelope = event.at_position(position, version, req.command_id.as_deref());
         let index = u32::try_from(index).map_err(|_| Decided::Failed(StoreError::Internal("more than 2^32 events in one request")))?;
         let id = event_id_in(shard, req.command_id.as_deref(), index, &event.stream, version);
         let payload = Stored::of(&event.payload, position).map_err(Decided::Failed)?;

@@ -1188,16 +1188,7 @@ fn apply_in_tx(
         } + 1;
         versions.insert(&event.stream, version);
         position += 1;
-        let env = Envelope {
-            position,
-            stream: event.stream.clone(),
-            version,
-            event_type: event.event_type.clone(),
-            schema_version: event.schema_version,
-            at: event.at,
-            command_id: req.command_id.clone(),
-            payload: event.payload.clone(),
-        };
+        let env = event.at_position(position, version, req.command_id.as_deref());
         match encode_event(&env) {
             Ok(value) => staged.push((position, value, index_key(&event.stream, version))),
             Err(e) => return abort(e),

@@ -42,6 +42,23 @@ pub struct NewEvent {
     pub payload: Payload,
 }
 
+impl NewEvent {
+    /// The envelope this event becomes at `position`, as `version` of its stream, written for
+    /// `command_id`: what every backend stores.
+    pub fn at_position(&self, position: u64, version: u64, command_id: Option<&str>) -> Envelope {
+        Envelope {
+            position,
+            stream: self.stream.clone(),
+            version,
+            event_type: self.event_type.clone(),
+            schema_version: self.schema_version,
+            at: self.at,
+            command_id: command_id.map(str::to_string),
+            payload: self.payload.clone(),
+        }
+    }
+}
+
 /// An event's payload as stored. Stores keep it as given and never look inside.
 ///
 /// `Json` is the portable form (exported logs, and every event stored before the binary
