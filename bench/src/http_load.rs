@@ -6,6 +6,7 @@
 //! number of concurrent tasks, on a store of its own. Both report commands/s and latency
 //! percentiles.
 
+use crate::work::{open_engine, AppendsTo};
 use poolbill_engine::Engine;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -60,20 +61,14 @@ pub enum Stores {
     Postgres(String),
 }
 
-/// One run's store.
-enum Fresh {
-    Dir(PathBuf),
-    Url(String),
-}
-
 impl Stores {
-    fn fresh(&self, run: &str) -> Result<Fresh, String> {
+    fn fresh(&self, run: &str) -> Result<AppendsTo, String> {
         match self {
-            Stores::Sled(dir) => Ok(Fresh::Dir(dir.join(run))),
+            Stores::Sled(dir) => Ok(AppendsTo::Dir(dir.join(run))),
             Stores::Postgres(url) => {
                 let name = format!("poolbill_bench_{}_{}", run.replace('-', "_"), std::process::id());
                 poolbill_store_postgres::cluster::execute(url, &format!("CREATE DATABASE {name}"))?;
-                Ok(Fresh::Url(poolbill_store_postgres::cluster::with_database(url, &name)?))
+                Ok(AppendsTo::Postgres(poolbill_store_postgres::cluster::with_database(url, &name)?))
             }
         }
     }
@@ -98,19 +93,8 @@ pub fn http_load_on(stores: &Stores, client_counts: &[usize], budget: Duration, 
     Ok(json!({ "store": store, "runs": rows }))
 }
 
-async fn open(store: &Fresh) -> Result<Engine, String> {
-    let engine = match store {
-        Fresh::Dir(dir) => Engine::open(dir).await.map_err(|e| e.to_string())?,
-        Fresh::Url(url) => {
-            let url = url.clone();
-            // Connecting blocks: off the async threads.
-            let store = tokio::task::spawn_blocking(move || poolbill_store_postgres::PostgresStore::connect(&url))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-            Engine::start(store).await.map_err(|e| e.to_string())?
-        }
-    };
+async fn open(store: &AppendsTo) -> Result<Engine, String> {
+    let engine = open_engine(store).await?;
     let at = poolbill_domain::time::to_beijing(chrono::DateTime::parse_from_rfc3339(AT).expect("a valid instant"));
     let open = poolbill_domain::Command::OpenAccount {
         account: "bench".into(),
@@ -127,7 +111,7 @@ fn per_client(max_commands: u64, clients: usize) -> u64 {
     (max_commands / clients as u64).max(1)
 }
 
-async fn engine_load(store: &Fresh, clients: usize, budget: Duration, max_commands: u64) -> Result<Load, String> {
+async fn engine_load(store: &AppendsTo, clients: usize, budget: Duration, max_commands: u64) -> Result<Load, String> {
     let engine = open(store).await?;
     let at = poolbill_domain::time::to_beijing(chrono::DateTime::parse_from_rfc3339(AT).expect("a valid instant"));
     let (started, deadline, bound) = (Instant::now(), Instant::now() + budget, per_client(max_commands, clients));
@@ -159,7 +143,7 @@ async fn gather(clients: usize, started: Instant, tasks: Vec<tokio::task::JoinHa
     Ok(Load { clients, commands: latencies.len() as u64, seconds: started.elapsed().as_secs_f64(), latencies })
 }
 
-async fn http_run(store: &Fresh, clients: usize, budget: Duration, max_commands: u64) -> Result<Load, String> {
+async fn http_run(store: &AppendsTo, clients: usize, budget: Duration, max_commands: u64) -> Result<Load, String> {
     let engine = open(store).await?;
     let tokens = poolbill_http::auth::Tokens::parse(&json!({"tokens": [{"token": TOKEN, "accounts": "*", "access": "read-write"}]}).to_string())
         .map_err(|e| e.to_string())?;

@@ -129,18 +129,24 @@ pub fn appends(to: &AppendsTo, clients: usize, budget: Duration) -> Result<Value
     runtime.block_on(appends_on(to, clients, budget))
 }
 
-async fn appends_on(to: &AppendsTo, clients: usize, budget: Duration) -> Result<Value, String> {
-    let engine = match to {
-        AppendsTo::Dir(dir) => Engine::open(dir).await.map_err(|e| e.to_string())?,
+/// An engine on the store `to` names (every figure that drives the engine opens it so).
+pub async fn open_engine(to: &AppendsTo) -> Result<Engine, String> {
+    match to {
+        AppendsTo::Dir(dir) => Engine::open(dir).await.map_err(|e| e.to_string()),
         AppendsTo::Postgres(url) => {
             let url = url.clone();
+            // Connecting blocks: off the async threads.
             let store = tokio::task::spawn_blocking(move || poolbill_store_postgres::PostgresStore::connect(&url))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
-            Engine::start(store).await.map_err(|e| e.to_string())?
+            Engine::start(store).await.map_err(|e| e.to_string())
         }
-    };
+    }
+}
+
+async fn appends_on(to: &AppendsTo, clients: usize, budget: Duration) -> Result<Value, String> {
+    let engine = open_engine(to).await?;
     // A database may hold earlier runs: this run's account and command ids are its own.
     let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let account = format!("bench-{run}");
