@@ -44,7 +44,6 @@ fn truncated_or_flipped_store_files_are_never_silently_used() {
     let dir = tempfile::tempdir().unwrap();
     let pristine = stored(dir.path());
     let original = export(&pristine, dir.path()).unwrap();
-    let db_len = std::fs::metadata(pristine.join("db")).unwrap().len();
     let mut detected = 0;
     let mut cases = 0;
     let mut seed: u64 = 42;
@@ -55,12 +54,16 @@ fn truncated_or_flipped_store_files_are_never_silently_used() {
     for round in 0..24 {
         let copy = dir.path().join(format!("copy{round}"));
         copy_dir(&pristine, &copy);
-        let db = copy.join("db");
+        // The event log (where the events are) three rounds in four, sled's file (the indexes
+        // derived from it) the rest.
+        let name = if round % 4 == 3 { "db" } else { poolbill_store_sled::LOG_FILE };
+        let db = copy.join(name);
+        let db_len = std::fs::metadata(&db).unwrap().len();
         let what = if round % 3 == 0 {
             let cut = 1 + next(db_len - 1);
             let file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
             file.set_len(db_len - cut).unwrap();
-            format!("truncated by {cut} bytes")
+            format!("{name} truncated by {cut} bytes")
         } else {
             let mut bytes = std::fs::read(&db).unwrap();
             // Every other flip lands inside a stored event (its type name, then its payload),
@@ -73,7 +76,7 @@ fn truncated_or_flipped_store_files_are_never_silently_used() {
             };
             bytes[at] ^= 1 << next(8);
             std::fs::write(&db, bytes).unwrap();
-            format!("a bit flipped at byte {at}")
+            format!("{name}: a bit flipped at byte {at}")
         };
         cases += 1;
         let verified = run(&["verify", "--store", copy.to_str().unwrap()]);
@@ -81,7 +84,15 @@ fn truncated_or_flipped_store_files_are_never_silently_used() {
             // Used at all only if every acknowledged event is there, as it was.
             Ok(log) => {
                 assert_eq!(log, original, "{what}: a damaged store was used with other contents");
-                assert!(verified.status.success(), "{what}: verify refuses what run accepts");
+                // verify reads more than a run does (every frame of the log, command records
+                // included): it may find damage that a run never meets, and names it.
+                if !verified.status.success() {
+                    let stderr = String::from_utf8_lossy(&verified.stderr);
+                    assert!(
+                        name != "db" && stderr.contains("DAMAGED") && stderr.contains("position"),
+                        "{what}: verify refuses what run accepts: {stderr}"
+                    );
+                }
             }
             Err(message) => {
                 detected += 1;

@@ -7,11 +7,13 @@
 //!
 //! | tree           | key                                         | value                                        |
 //! |----------------|---------------------------------------------|----------------------------------------------|
-//! | `events`       | global position, `u64` big-endian           | CRC32 (4 bytes BE), then the binary envelope (see `encode_event`), or the JSON of the [`Envelope`] in stores written before it |
+//! | `events`       | global position, `u64` big-endian           | events before the log file (stores written before it): CRC32 (4 bytes BE), then the binary envelope (see `encode_event`), or the JSON of the [`Envelope`] |
+//! | `offsets`      | global position, `u64` BE                   | where its entry begins in `events.log`, `u64` BE: the log's first position and every 32nd |
 //! | `streams`      | stream id bytes                             | current stream version, `u64` BE             |
 //! | `stream_index` | stream id bytes, `0x00`, version `u64` BE   | global position, `u64` BE                    |
 //! | `commands`     | command id bytes                            | JSON of the [`CommandRecord`]                |
 //! | `meta`         | `last_position` / `last_instant`            | `u64` BE / RFC 3339 text                     |
+//! | `meta`         | `log_first` / `log_end`                     | `u64` BE: the first position the log file holds / the end of its last frame indexed here |
 //! | `tags`         | `p`, tag bytes, `0x00`, window `u32` BE     | the tag's positions in that window of 65,536: a varint count, then varint gaps |
 //! | `tags`         | `tagged_through` / `version`                | `u64` BE: every event up to it is indexed / `u32` BE: the tagging's version |
 //! | `merkle`       | `c`, chunk number `u64` BE                  | the root of that complete chunk of 256 leaves of the log's Merkle tree (32 bytes) |
@@ -29,17 +31,19 @@
 //!
 //! # Durability contract
 //!
-//! A group commit ([`EventStore::append_batch`], [`EventStore::append_chain`]) is ONE sled
-//! transaction spanning every tree its requests write, so it lands entirely or not at all
-//! (idempotency checks, concurrency checks, events, indexes, meta and command records
-//! together), then one call of sled's synchronous `Db::flush`, and only then does it return.
-//! Inside the transaction each request is still atomic on its own: all its checks, reads and
-//! encodings come before its first write, so one that fails (`Conflict`, `OutOfOrder`, …) has
-//! written nothing, and the later ones see the earlier ones' writes (sled's transactional reads
-//! see the transaction's own writes). A sled error fails the whole batch. Nothing is
-//! acknowledged before it is on disk; if the transaction or the flush fails the whole batch is
-//! unacknowledged. [`EventStore::append`] is a batch of one. `flush_async` is never used (it is
-//! known to deadlock in this sled version).
+//! Events live in an append-only file of our own beside sled's (`events.log`, see [`log`]);
+//! sled keeps what is derived from it (stream versions and index, command records, offsets,
+//! meta), the tag and Merkle indexes, and snapshots. A group commit ([`EventStore::append_batch`],
+//! [`EventStore::append_chain`]) holds the store's one writer lock: it decides every request in
+//! memory against sled's trees and the batch's own earlier requests (each request atomic on its
+//! own: all its checks and encodings come before anything of it is kept, so one that fails —
+//! `Conflict`, `OutOfOrder`, … — leaves nothing), writes the batch as ONE frame (its events and
+//! command records, under one checksum) at the log's end, waits for `fdatasync`, applies the
+//! derived writes to sled in one transaction, moves the high-water mark, and only then returns.
+//! sled is not flushed before an acknowledgement: its trees may trail the log after a crash, and
+//! opening rolls them forward from the frames past the end they record (a frame cut short was
+//! never acknowledged and is cut off). [`EventStore::append`] is a batch of one. `flush_async`
+//! is never used (it is known to deadlock in this sled version).
 //!
 //! sled is pinned to `=0.34.7`, the last stable release: 1.0 is an alpha
 //! without transactions, which this store depends on.
@@ -52,12 +56,15 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional, TransactionalTree};
+use sled::transaction::{TransactionError, Transactional};
 
+mod log;
 mod mark;
 #[cfg(test)]
 mod tests;
 mod varint;
+
+pub use log::LOG_FILE;
 
 /// How often opening a locked store is tried again, 50 ms apart, before it is called in use.
 const LOCK_RETRIES: u32 = 20;
@@ -79,6 +86,18 @@ const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 const META_LAST_POSITION: &[u8] = b"last_position";
 const META_LAST_INSTANT: &[u8] = b"last_instant";
+/// The first position the log file holds: 1 for a store created with it, the next position for
+/// a store written before it (whose earlier events stay in sled's `events` tree, never moved).
+const META_LOG_FIRST: &[u8] = b"log_first";
+/// The end of the log file's last frame that sled's trees reflect.
+const META_LOG_END: &[u8] = b"log_end";
+/// sled records where the log's first event and every this many positions' begin in the file;
+/// an event between them is found by counting the entries after the one before it.
+const OFFSET_EVERY: u64 = 32;
+/// What a reader of one event asks of the file at a time: about 32 events.
+const RANDOM_READ: usize = 8 << 10;
+/// What a sequential reader asks of the file at a time.
+const SEQUENTIAL_READ: usize = 1 << 20;
 /// In the `tags` tree: every event up to this position has its tags recorded (absent: none).
 const TAGGED_THROUGH: &[u8] = b"tagged_through";
 /// In the `tags` tree: the version of the tagging the index holds.
@@ -133,15 +152,26 @@ struct Shared {
     failed: std::sync::atomic::AtomicBool,
 }
 
-/// One opening of sled's files: the database, its trees, and what is kept beside it.
+/// One opening of a store's files: the event log, sled's database and its trees, and what is
+/// kept beside them.
 struct Opened {
     /// The high-water mark's writer (stores on disk only); its lock orders the marks. Shared by
     /// every opening of the same directory.
     mark: Option<std::sync::Arc<std::sync::Mutex<mark::Writer>>>,
     /// sled's database file: synced after each flush (see [`SledStore::flush`]).
     db_file: Option<std::sync::Arc<std::fs::File>>,
+    /// The event log's file (see [`log`]): read positionally by any reader.
+    log: std::sync::Arc<log::LogFile>,
+    /// The one writer's lock, holding where the next frame goes; `None` once a write failed
+    /// halfway (this opening then writes no more: the store recovers by reopening).
+    writer: std::sync::Mutex<Option<u64>>,
+    /// The first position the log file holds (earlier ones are in `events`).
+    log_first: u64,
     db: sled::Db,
+    /// Events of stores written before the log file, read as they are.
     events: sled::Tree,
+    /// Where the log's first event and every [`OFFSET_EVERY`]th begin in the file.
+    offsets: sled::Tree,
     streams: sled::Tree,
     stream_index: sled::Tree,
     commands: sled::Tree,
@@ -160,6 +190,144 @@ struct Opened {
     indexing: std::sync::Mutex<()>,
 }
 
+/// What a group commit, or the frames rolled forward at open, change in sled's trees: all of it
+/// derived from the log's frames, applied in one transaction.
+#[derive(Default)]
+struct IndexWrites {
+    /// Streams' new versions.
+    versions: HashMap<String, u64>,
+    /// `stream_index` keys and their positions.
+    index: Vec<(Vec<u8>, u64)>,
+    /// Positions and where their entries begin in the log.
+    offsets: Vec<(u64, u64)>,
+    /// Command ids and their records (JSON).
+    commands: Vec<(String, Vec<u8>)>,
+    /// The last event's position and instant, and its value's checksum, if there are events.
+    last: Option<(u64, Instant, u32)>,
+    /// The end of the last frame.
+    log_end: u64,
+}
+
+/// A group commit as it is decided: the frame it writes, the derived writes, and the state the
+/// batch's earlier requests leave for the later ones.
+struct Pending<'a> {
+    open: &'a Opened,
+    frame: log::Frame,
+    /// Where the frame will be written.
+    frame_at: u64,
+    writes: IndexWrites,
+    records: HashMap<String, CommandRecord>,
+    last_position: u64,
+    last_instant: Option<Instant>,
+}
+
+impl<'a> Pending<'a> {
+    fn new(open: &'a Opened, frame_at: u64) -> Result<Pending<'a>, StoreError> {
+        Ok(Pending {
+            open,
+            frame: log::Frame::default(),
+            frame_at,
+            writes: IndexWrites::default(),
+            records: HashMap::new(),
+            last_position: open.last_position()?,
+            last_instant: open.last_instant()?,
+        })
+    }
+
+    fn version(&self, stream: &str) -> Result<u64, StoreError> {
+        match self.writes.versions.get(stream) {
+            Some(v) => Ok(*v),
+            None => self.open.stream_version(stream),
+        }
+    }
+
+    /// Decides one request against the store and the batch so far. Every check and encoding
+    /// comes before anything of it is kept, so one that fails leaves the batch as it was.
+    fn decide(&mut self, req: &AppendRequest) -> Result<AppendOutcome, StoreError> {
+        if let Some(id) = &req.command_id {
+            if let Some(record) = self.records.get(id) {
+                return Ok(AppendOutcome::Duplicate(record.clone()));
+            }
+            if let Some(record) = self.open.command(id)? {
+                return Ok(AppendOutcome::Duplicate(record));
+            }
+        }
+        for (stream, expected) in &req.expected {
+            let actual = self.version(stream)?;
+            if !expected.accepts(actual) {
+                return Err(StoreError::Conflict { stream: stream.clone(), expected: *expected, actual });
+            }
+        }
+        let mut last_instant = self.last_instant;
+        for event in &req.events {
+            if let Some(last) = last_instant {
+                if event.at < last {
+                    return Err(StoreError::OutOfOrder { at: event.at, last });
+                }
+            }
+            last_instant = Some(event.at);
+        }
+        let mut position = self.last_position;
+        let mut versions: HashMap<&str, u64> = HashMap::new();
+        let mut staged = Vec::with_capacity(req.events.len());
+        for event in &req.events {
+            let version = match versions.get(event.stream.as_str()) {
+                Some(v) => *v,
+                None => self.version(&event.stream)?,
+            } + 1;
+            versions.insert(&event.stream, version);
+            position += 1;
+            let env = event.at_position(position, version, req.command_id.as_deref());
+            staged.push((position, encode_event(&env)?, index_key(&event.stream, version), event.at));
+        }
+        let (first_position, last_position) = if req.events.is_empty() { (None, None) } else { (Some(self.last_position + 1), Some(position)) };
+        let record = CommandRecord { first_position, last_position, outcome: req.outcome.clone(), fingerprint: req.fingerprint.clone() };
+        let record_json = match &req.command_id {
+            None => None,
+            Some(id) => Some((
+                id,
+                serde_json::to_vec(&record)
+                    .map_err(|e| StoreError::Encode { context: format!("serializing record of command {id:?}"), source: e.into() })?,
+            )),
+        };
+
+        // Kept from here on: nothing below fails.
+        for (position, value, key, at) in staged {
+            let offset = self.frame_at + self.frame.event(&value);
+            if position == self.open.log_first || position % OFFSET_EVERY == 0 {
+                self.writes.offsets.push((position, offset));
+            }
+            self.writes.index.push((key, position));
+            self.writes.last = Some((position, at, stored_crc(&value)));
+        }
+        for (stream, version) in versions {
+            self.writes.versions.insert(stream.to_string(), version);
+        }
+        self.last_position = position;
+        self.last_instant = last_instant;
+        if let Some((id, json)) = record_json {
+            self.frame.command(id.as_bytes(), &json);
+            self.writes.commands.push((id.clone(), json));
+            self.records.insert(id.clone(), record.clone());
+        }
+        Ok(AppendOutcome::Appended(record))
+    }
+}
+
+/// The log's frames past what sled's trees reflect (see [`Opened::scan_tail`]).
+struct Tail {
+    writes: IndexWrites,
+    /// The checksums of the events they hold, by position.
+    crcs: Vec<(u64, u32)>,
+    /// Where a frame cut short or damaged begins, how many bytes are from there to the end, why.
+    cut: Option<(u64, u64, String)>,
+}
+
+/// The checksum at the head of a stored value (which is at least that long).
+fn stored_crc(value: &[u8]) -> u32 {
+    u32::from_be_bytes([value[0], value[1], value[2], value[3]])
+}
+
 fn storage(context: impl fmt::Display) -> impl FnOnce(sled::Error) -> StoreError {
     move |source| StoreError::backend(context.to_string(), source)
 }
@@ -175,6 +343,14 @@ pub fn read_watermark(dir: &Path) -> Result<Option<(u64, u32)>, StoreError> {
 
 fn corrupt(position: u64, detail: impl Into<String>) -> StoreError {
     StoreError::Corrupt { position, detail: detail.into() }
+}
+
+/// What a reader of the event log met, for the event at `position` it was looking for.
+fn log_damage(position: u64, e: log::ReadError) -> StoreError {
+    match e {
+        log::ReadError::Io(e) => StoreError::io(format!("reading the event log for position {position}"), e),
+        log::ReadError::Bad { offset, detail } => corrupt(position, format!("the event log at byte {offset}: {detail}")),
+    }
 }
 
 fn decode_u64(bytes: &[u8]) -> Option<u64> {
@@ -368,10 +544,6 @@ fn decode_command(id: &[u8], bytes: &[u8]) -> Result<CommandRecord, StoreError> 
     serde_json::from_slice(bytes).map_err(|e| corrupt(0, format!("command record {:?} undecodable: {e}", String::from_utf8_lossy(id))))
 }
 
-/// Inside an append transaction: `Abort` is the request's own failure (a check or an encoding:
-/// it wrote nothing, and only it fails), the other errors are sled's (they fail the transaction).
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
-
 /// How the requests of one transaction relate.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Group {
@@ -379,10 +551,6 @@ enum Group {
     Independent,
     /// Each may depend on its predecessors: the first that fails stops the rest.
     Chain,
-}
-
-fn abort<T>(e: StoreError) -> TxResult<T> {
-    Err(ConflictableTransactionError::Abort(e))
 }
 
 impl SledStore {
@@ -459,10 +627,25 @@ impl SledStore {
         self.sound()?.tree_sizes()
     }
 
-    /// Test hook: raw access to the events tree, to plant corruption.
+    /// Test hook: where the stored value of the event at `position` begins in the log file.
     #[cfg(test)]
-    fn raw_events(&self) -> sled::Tree {
-        self.opened().events.clone()
+    fn value_offset(&self, position: u64) -> u64 {
+        let open = self.opened();
+        let (mut at, offset) = open.offset_before(position).unwrap();
+        let mut cursor = log::Cursor::new(open.log.clone(), offset, open.log_end().unwrap(), RANDOM_READ);
+        loop {
+            match cursor.next_entry().unwrap().expect("the position is in the log") {
+                (offset, log::Entry::Event(_)) if at == position => return offset + 5,
+                (_, log::Entry::Event(_)) => at += 1,
+                _ => {}
+            }
+        }
+    }
+
+    /// Test hook: bytes written over the log file at `offset`, to plant damage.
+    #[cfg(test)]
+    fn overwrite_log(&self, offset: u64, bytes: &[u8]) {
+        self.opened().log.write_frame(offset, bytes).unwrap();
     }
 
     /// Test hook: the open database and its trees.
@@ -561,12 +744,15 @@ impl Opened {
             Some((position, _)) => damaged(format!("sled: {e}"), position),
             None => StoreError::backend(format!("opening the sled database at {}", path.display()), e),
         })?;
-        let mut store = Opened::from_db(db)?;
+        let log = log::LogFile::open(path).map_err(|e| StoreError::io(format!("opening {}", path.join(LOG_FILE).display()), e))?;
+        let mut store = Opened::from_db(db, log)?;
         store.mark = Some(mark_writer);
         let db_file = std::fs::File::open(path.join("db")).map_err(|e| StoreError::io(format!("opening {}", path.join("db").display()), e))?;
         store.db_file = Some(std::sync::Arc::new(db_file));
+        // sled's trees may trail the log (they are not flushed before an acknowledgement).
+        let tail = store.scan_tail()?;
         if let Some((position, crc)) = mark {
-            let last = store.last_position()?;
+            let last = tail.writes.last.map_or(store.last_position()?, |(p, _, _)| p);
             if last < position {
                 return Err(corrupt(
                     last + 1,
@@ -575,29 +761,56 @@ impl Opened {
                     ),
                 ));
             }
-            match store.events.get(position.to_be_bytes()).map_err(storage("reading the acknowledged position"))? {
-                Some(value) if value.len() >= 4 && value[..4] == crc.to_be_bytes() => {}
-                _ => return Err(corrupt(position, "the acknowledged event at this position is not the one that was acknowledged")),
+            let acknowledged = match tail.crcs.iter().find(|(p, _)| *p == position) {
+                Some((_, crc)) => Some(*crc),
+                None => store.value_at(position)?.map(|v| stored_crc(&v)),
+            };
+            if acknowledged != Some(crc) {
+                return Err(corrupt(position, "the acknowledged event at this position is not the one that was acknowledged"));
             }
         }
+        store.roll_forward(tail)?;
         Ok(store)
     }
 
     fn temporary() -> Result<Opened, StoreError> {
         let db = sled::Config::new().temporary(true).cache_capacity(CACHE_BYTES).open().map_err(storage("opening temporary sled database"))?;
-        Opened::from_db(db)
+        let log = log::LogFile::temporary().map_err(|e| StoreError::io("creating a temporary event log", e))?;
+        Opened::from_db(db, log)
     }
 
-    fn from_db(db: sled::Db) -> Result<Opened, StoreError> {
+    fn from_db(db: sled::Db, log: log::LogFile) -> Result<Opened, StoreError> {
         let open = |name: &str| db.open_tree(name).map_err(storage(format_args!("opening tree {name}")));
+        let meta = open("meta")?;
+        let meta_u64 = |key: &[u8]| -> Result<Option<u64>, StoreError> {
+            match meta.get(key).map_err(storage("reading meta"))? {
+                None => Ok(None),
+                Some(v) => decode_u64(&v).map(Some).ok_or_else(|| corrupt(0, format!("meta {} is not a u64", String::from_utf8_lossy(key)))),
+            }
+        };
+        let log_first = match meta_u64(META_LOG_FIRST)? {
+            Some(first) => first,
+            None => {
+                // A new store, or one written before the log file: the log begins after its
+                // last event (recorded before anything is appended, so sled keeps it first).
+                let first = meta_u64(META_LAST_POSITION)?.unwrap_or(0) + 1;
+                meta.insert(META_LOG_FIRST, &first.to_be_bytes()[..]).map_err(storage("recording where the event log begins"))?;
+                first
+            }
+        };
+        let log_end = meta_u64(META_LOG_END)?.unwrap_or(0);
         Ok(Opened {
             mark: None,
             db_file: None,
+            log: std::sync::Arc::new(log),
+            writer: std::sync::Mutex::new(Some(log_end)),
+            log_first,
             events: open("events")?,
+            offsets: open("offsets")?,
             streams: open("streams")?,
             stream_index: open("stream_index")?,
             commands: open("commands")?,
-            meta: open("meta")?,
+            meta,
             tags: open("tags")?,
             merkle: open("merkle")?,
             snapshots: open("snapshots")?,
@@ -606,117 +819,357 @@ impl Opened {
         })
     }
 
-    /// Applies `reqs` in order in ONE sled transaction over the five log trees (a group commit
-    /// costs one transaction, not one per request), without flushing. Each request is decided on
-    /// the state the earlier ones leave: reads inside a sled 0.34.7 transaction see its own
-    /// earlier writes (`TransactionalTree::get` looks in the transaction's write set before the
-    /// tree). A request that fails its checks has written nothing (every check, read and
-    /// encoding of a request comes before its first write) and answers `Err`; the others go on,
-    /// unless this is a [`Group::Chain`], which stops at its first failure. The outer `Err` is
-    /// sled's: then nothing of the batch was written.
-    fn apply_all(&self, reqs: &[AppendRequest], group: Group) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
-        if reqs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let trees = (&self.events, &self.streams, &self.stream_index, &self.commands, &self.meta);
-        // Whether the last run of the closure decided the batch: a sled error after that came
-        // from the commit, which may have applied part of the batch in memory.
-        let decided = std::cell::Cell::new(false);
-        // The closure may run several times: it only reads and writes through the
-        // transactional views and reports through its return value.
-        let result = trees.transaction(|(events, streams, index, commands, meta)| {
-            decided.set(false);
-            let mut results = Vec::with_capacity(reqs.len());
-            for req in reqs {
-                let result = match apply_in_tx(req, events, streams, index, commands, meta) {
-                    Ok(outcome) => Ok(outcome),
-                    // This request's own failure: it wrote nothing, the transaction goes on.
-                    Err(ConflictableTransactionError::Abort(e)) => Err(e),
-                    // sled's: the whole transaction fails (or is retried).
-                    Err(other) => return Err(other),
-                };
-                let failed = result.is_err();
-                results.push(result);
-                if failed && group == Group::Chain {
-                    break;
-                }
-            }
-            decided.set(true);
-            Ok(results)
-        });
-        match result {
-            Ok(results) => Ok(results),
-            // The closure never aborts the transaction as a whole.
-            Err(TransactionError::Abort(e)) => Err(e),
-            Err(TransactionError::Storage(source)) => {
-                let failed = StoreError::backend(format!("append transaction ({} requests)", reqs.len()), source);
-                if decided.get() {
-                    Err(StoreError::OutcomeUnknown { context: "the append transaction failed while committing".into(), source: Box::new(failed) })
-                } else {
-                    // A read inside the transaction failed: nothing was applied.
-                    Err(failed)
-                }
-            }
+    fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
+        match self.meta.get(key).map_err(storage("reading meta"))? {
+            None => Ok(None),
+            Some(v) => decode_u64(&v).map(Some).ok_or_else(|| corrupt(0, format!("meta {} is not a u64", String::from_utf8_lossy(key)))),
         }
     }
 
-    /// [`Opened::flush`] after a batch was applied: a failure leaves its outcome unknown.
-    fn flush_applied(&self, requests: usize) -> Result<(), StoreError> {
-        self.flush().map_err(|e| StoreError::OutcomeUnknown {
-            context: format!("{requests} requests were applied, then the flush failed"),
-            source: Box::new(e),
+    /// The end of the log's frames that sled's trees reflect.
+    fn log_end(&self) -> Result<u64, StoreError> {
+        Ok(self.meta_u64(META_LOG_END)?.unwrap_or(0))
+    }
+
+    /// The frames past what sled's trees reflect, read and checked, and what they would add to
+    /// those trees; and where the last whole frame ends if a cut or damaged one follows it.
+    fn scan_tail(&self) -> Result<Tail, StoreError> {
+        let log_end = self.log_end()?;
+        let len = self.log.len().map_err(|e| StoreError::io("reading the event log's length", e))?;
+        let mut position = self.last_position()?;
+        if len < log_end {
+            return Err(corrupt(
+                position,
+                format!(
+                    "the event log is {len} bytes but its first {log_end} bytes had been written and indexed: the store was truncated or damaged"
+                ),
+            ));
+        }
+        let mut tail = Tail { writes: IndexWrites { log_end, ..IndexWrites::default() }, crcs: Vec::new(), cut: None };
+        let mut cursor = log::Cursor::new(self.log.clone(), log_end, len, SEQUENTIAL_READ);
+        let mut versions: HashMap<String, u64> = HashMap::new();
+        loop {
+            let (offset, body) = match cursor.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(log::ReadError::Io(e)) => return Err(StoreError::io("reading the event log's last frames", e)),
+                Err(log::ReadError::Bad { offset, detail }) => {
+                    tail.cut = Some((offset, len - offset, detail));
+                    break;
+                }
+            };
+            let entries = match log::body_entries(&body) {
+                Ok(entries) => entries,
+                Err(detail) => {
+                    tail.cut = Some((offset, len - offset, detail));
+                    break;
+                }
+            };
+            let mut at = offset + log::FRAME_HEADER as u64;
+            for entry in entries {
+                match entry {
+                    log::Entry::Event(value) => {
+                        position += 1;
+                        // The frame's checksum matched: an event that does not read is damage.
+                        let env = decode_event(position, value)?;
+                        let current = match versions.get(&env.stream) {
+                            Some(v) => *v,
+                            None => self.stream_version(&env.stream)?,
+                        };
+                        if env.version != current + 1 {
+                            return Err(corrupt(position, format!("stream {:?} version {} follows version {current}", env.stream, env.version)));
+                        }
+                        if position == self.log_first || position % OFFSET_EVERY == 0 {
+                            tail.writes.offsets.push((position, at));
+                        }
+                        tail.writes.index.push((index_key(&env.stream, env.version), position));
+                        tail.writes.last = Some((position, env.at, stored_crc(value)));
+                        tail.crcs.push((position, stored_crc(value)));
+                        versions.insert(env.stream, env.version);
+                        at += 5 + value.len() as u64;
+                    }
+                    log::Entry::Command { id, record } => {
+                        let size = 9 + id.len() + record.len();
+                        decode_command(id, record)?;
+                        let id = String::from_utf8(id.to_vec()).map_err(|_| corrupt(position, "a command id in the log is not UTF-8"))?;
+                        tail.writes.commands.push((id, record.to_vec()));
+                        at += size as u64;
+                    }
+                    log::Entry::Frame { .. } => unreachable!("body_entries refuses frame headers"),
+                }
+            }
+            tail.writes.log_end = cursor.offset();
+        }
+        tail.writes.versions = versions;
+        Ok(tail)
+    }
+
+    /// Brings sled's trees up to the log (see [`Opened::scan_tail`]), and cuts off a frame that
+    /// was cut short or damaged past the last whole one: it was never acknowledged (the mark,
+    /// checked before, does not reach it).
+    fn roll_forward(&self, tail: Tail) -> Result<(), StoreError> {
+        let frames_added = tail.writes.log_end > self.log_end()?;
+        if frames_added {
+            tracing::info!(
+                through = tail.writes.last.map(|(p, _, _)| p),
+                "the store's indexes trailed its event log: brought up to date from the log"
+            );
+            self.apply_index(&tail.writes).map_err(|e| match e {
+                StoreError::OutcomeUnknown { source, .. } => *source,
+                e => e,
+            })?;
+            *self.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(tail.writes.log_end);
+        }
+        if let Some((offset, bytes, detail)) = &tail.cut {
+            tracing::warn!(offset, bytes, detail, "the event log ends with a write that was never acknowledged: cut off");
+            self.log.truncate(*offset).map_err(|e| StoreError::io("cutting an unacknowledged write off the event log", e))?;
+        }
+        if frames_added || tail.cut.is_some() {
+            self.db.flush().map_err(storage("flushing the indexes brought up to date"))?;
+        }
+        Ok(())
+    }
+
+    /// Applies a group commit's derived writes to sled's trees, in one transaction.
+    fn apply_index(&self, w: &IndexWrites) -> Result<(), StoreError> {
+        let trees = (&self.streams, &self.stream_index, &self.commands, &self.meta, &self.offsets);
+        let result: Result<(), TransactionError<StoreError>> = trees.transaction(|(streams, index, commands, meta, offsets)| {
+            for (stream, version) in &w.versions {
+                streams.insert(stream.as_bytes(), &version.to_be_bytes()[..])?;
+            }
+            for (key, position) in &w.index {
+                index.insert(key.as_slice(), &position.to_be_bytes()[..])?;
+            }
+            for (position, offset) in &w.offsets {
+                offsets.insert(&position.to_be_bytes()[..], &offset.to_be_bytes()[..])?;
+            }
+            for (id, json) in &w.commands {
+                commands.insert(id.as_bytes(), json.as_slice())?;
+            }
+            if let Some((position, at, _)) = w.last {
+                meta.insert(META_LAST_POSITION, &position.to_be_bytes()[..])?;
+                meta.insert(META_LAST_INSTANT, at.to_rfc3339().as_bytes())?;
+            }
+            meta.insert(META_LOG_END, &w.log_end.to_be_bytes()[..])?;
+            Ok(())
+        });
+        result.map_err(|e| {
+            let source = match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(source) => StoreError::backend("indexing a group commit", source),
+            };
+            StoreError::OutcomeUnknown { context: "the events were written to the log, then indexing them failed".into(), source: Box::new(source) }
         })
     }
 
-    /// sled's synchronous flush of everything written so far, then an `fsync` of its database
-    /// file; then the high-water mark moves to the last position, so that it never claims more
-    /// than is on disk. sled 0.34.7 makes its writes durable with `sync_file_range` alone, which
-    /// flushes neither the disk's write cache nor the file's size and extents (its own `fsync`
-    /// comes only every 500 ms): the `fsync` here is what makes an acknowledgement survive a
-    /// power loss.
+    /// A group commit (see the durability contract above): `reqs` decided in order under the
+    /// writer lock, each on the state the earlier ones leave; one that fails its checks keeps
+    /// nothing and answers `Err`, and the others go on unless this is a [`Group::Chain`], which
+    /// stops at its first failure. What they append is one frame of the log, synced, then
+    /// indexed in sled, then marked. The outer `Err` is the store's: nothing of the batch is
+    /// acknowledged, and past the decisions its outcome is unknown.
+    fn append_group(&self, reqs: &[AppendRequest], group: Group) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(end) = *writer else {
+            return Err(StoreError::Unavailable { why: "an earlier write to this store's files failed halfway".into() });
+        };
+        let mut pending = Pending::new(self, end)?;
+        let mut results = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            let result = match pending.decide(req) {
+                // The store's own failure to read: the batch fails, nothing was written.
+                Err(e) if e.is_outage() => return Err(e),
+                result => result,
+            };
+            let failed = result.is_err();
+            results.push(result);
+            if failed && group == Group::Chain {
+                break;
+            }
+        }
+        if pending.frame.is_empty() {
+            // Duplicates and refusals only: what they answer from was acknowledged, so it is on
+            // disk already (every commit is, before the writer lock is let go).
+            return Ok(results);
+        }
+        let Pending { frame, mut writes, .. } = pending;
+        let frame = frame.finish();
+        // Until the frame is indexed, a failure leaves this opening unable to tell where the log
+        // ends: it writes no more (the store recovers by reopening, which reads the log).
+        *writer = None;
+        if let Err(e) = self.log.write_frame(end, &frame) {
+            // Best effort: a frame never acknowledged is cut off again, so that recovery does not
+            // roll it forward; if this fails too, recovery decides from what reached the disk.
+            let _ = self.log.truncate(end);
+            return Err(StoreError::OutcomeUnknown {
+                context: format!("writing {} requests to the event log", reqs.len()),
+                source: Box::new(StoreError::io("appending a frame to the event log", e)),
+            });
+        }
+        writes.log_end = end + frame.len() as u64;
+        self.apply_index(&writes)?;
+        *writer = Some(writes.log_end);
+        if let Some((position, _, crc)) = writes.last {
+            self.write_watermark(position, crc).map_err(|e| StoreError::OutcomeUnknown {
+                context: format!("{} requests were written, then moving the high-water mark failed", reqs.len()),
+                source: Box::new(e),
+            })?;
+        }
+        Ok(results)
+    }
+
+    /// Everything written so far made durable: the log synced (each commit syncs it already),
+    /// sled's synchronous flush, then an `fsync` of its database file; then the high-water mark
+    /// moves to the last position, so that it never claims more than is on disk. sled 0.34.7
+    /// makes its writes durable with `sync_file_range` alone, which flushes neither the disk's
+    /// write cache nor the file's size and extents (its own `fsync` comes only every 500 ms).
     pub fn flush(&self) -> Result<(), StoreError> {
         // Only what was written before the flush began is known to be on disk after it.
         let durable = self.last_position()?;
+        self.log.sync().map_err(|e| StoreError::io("syncing the event log", e))?;
         self.db.flush().map(|_| ()).map_err(storage("flushing sled database to disk"))?;
         if let Some(file) = &self.db_file {
             file.sync_all().map_err(|e| StoreError::io("syncing sled's database file", e))?;
         }
-        self.write_watermark(durable)
+        if durable == 0 {
+            return Ok(());
+        }
+        let value = self.value_at(durable)?.ok_or_else(|| corrupt(durable, "the last position has no event"))?;
+        self.write_watermark(durable, stored_crc(&value))
     }
 
     /// Record the last position and its value's checksum in the mark's file, in place (see
     /// [`mark`]): it only moves forward.
-    fn write_watermark(&self, last: u64) -> Result<(), StoreError> {
+    fn write_watermark(&self, last: u64, crc: u32) -> Result<(), StoreError> {
         let Some(mark) = &self.mark else { return Ok(()) };
         let mut writer = mark.lock().unwrap_or_else(|e| e.into_inner());
         if last == 0 || writer.position()? >= last {
             return Ok(());
         }
-        let value = self.events.get(last.to_be_bytes()).map_err(storage("reading the last position"))?;
-        let Some(value) = value.filter(|v| v.len() >= 4) else { return Err(corrupt(last, "the last position has no event")) };
-        writer.write(last, u32::from_be_bytes([value[0], value[1], value[2], value[3]]))
+        writer.write(last, crc)
+    }
+
+    /// Where the entry of the last position at or before `position` that has its offset
+    /// recorded begins, and that position (`position` is in the log file).
+    fn offset_before(&self, position: u64) -> Result<(u64, u64), StoreError> {
+        let found = self.offsets.range(..=position.to_be_bytes()).next_back().transpose().map_err(storage("reading the event log's offsets"))?;
+        let (key, value) = found.ok_or_else(|| corrupt(position, "no offset in the event log is recorded at or before this position"))?;
+        match (decode_u64(&key), decode_u64(&value)) {
+            (Some(at), Some(offset)) if at >= self.log_first => Ok((at, offset)),
+            _ => Err(corrupt(position, "a recorded offset in the event log is not a position and a u64")),
+        }
+    }
+
+    /// The stored value of the event at `position` (in sled's `events` tree before the log
+    /// file, in the file from its first position), `None` past the last position.
+    fn value_at(&self, position: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        if position == 0 {
+            return Ok(None);
+        }
+        if position < self.log_first {
+            return Ok(self
+                .events
+                .get(position.to_be_bytes())
+                .map_err(storage(format_args!("reading the event at position {position}")))?
+                .map(|v| v.to_vec()));
+        }
+        let last = self.last_position()?;
+        if position > last {
+            return Ok(None);
+        }
+        let limit = self.log_end()?;
+        let (mut at, offset) = self.offset_before(position)?;
+        let mut cursor = log::Cursor::new(self.log.clone(), offset, limit, RANDOM_READ);
+        loop {
+            match cursor.next_entry() {
+                Ok(Some((_, log::Entry::Event(value)))) if at == position => return Ok(Some(value.to_vec())),
+                Ok(Some((_, log::Entry::Event(_)))) => at += 1,
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(corrupt(position, "the event log ends before this position")),
+                Err(e) => return Err(log_damage(position, e)),
+            }
+        }
     }
 
     /// The events from `from_position` on, read lazily; the iterator owns what it reads from, so
-    /// it outlives this opening's handle.
+    /// it outlives this opening's handle. It stops at the last position when it began.
     fn read_events(&self, from_position: u64) -> Box<dyn Iterator<Item = Result<Envelope, StoreError>> + Send + 'static> {
         let start = from_position.max(1);
-        let mut inner = self.events.range(start.to_be_bytes()..);
+        // The last position before the end: a commit indexes both at once, so the end read after
+        // it reaches at least that far.
+        let bounds = self.last_position().and_then(|last| Ok((last, self.log_end()?)));
+        let (last, limit) = match bounds {
+            Ok(bounds) => bounds,
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
         let mut expected = start;
         let mut failed = false;
+        // Events of a store written before the log file, from sled's tree.
+        let mut older = (start < self.log_first).then(|| self.events.range(start.to_be_bytes()..self.log_first.to_be_bytes()));
+        let mut cursor: Option<(log::Cursor, u64)> = None;
+        let log = self.log.clone();
+        let offsets = (start.max(self.log_first) <= last).then(|| self.offset_before(start.max(self.log_first)));
+        let mut offsets = offsets.map(Some).unwrap_or(None);
         Box::new(std::iter::from_fn(move || {
-            if failed {
+            if failed || expected > last {
                 return None;
             }
-            let item = match inner.next()? {
-                Ok((key, value)) => decode_event_entry(&key, &value, expected),
-                Err(source) => Err(StoreError::backend(format!("reading events at position {expected}"), source)),
-            };
-            match item {
-                Ok(_) => expected += 1,
-                Err(_) => failed = true,
+            if let Some(range) = &mut older {
+                match range.next() {
+                    Some(entry) => {
+                        let item = match entry {
+                            Ok((key, value)) => decode_event_entry(&key, &value, expected),
+                            Err(source) => Err(StoreError::backend(format!("reading events at position {expected}"), source)),
+                        };
+                        match item {
+                            Ok(_) => expected += 1,
+                            Err(_) => failed = true,
+                        }
+                        return Some(item);
+                    }
+                    None => older = None,
+                }
             }
-            Some(item)
+            if cursor.is_none() {
+                match offsets.take() {
+                    Some(Ok((at, offset))) => cursor = Some((log::Cursor::new(log.clone(), offset, limit, SEQUENTIAL_READ), at)),
+                    Some(Err(e)) => {
+                        failed = true;
+                        return Some(Err(e));
+                    }
+                    None => {
+                        failed = true;
+                        return Some(Err(corrupt(expected, format!("gap: the events before the log file end at position {}", expected - 1))));
+                    }
+                }
+            }
+            let (reader, at) = cursor.as_mut().expect("opened above");
+            loop {
+                match reader.next_entry() {
+                    Ok(Some((_, log::Entry::Event(value)))) => {
+                        let position = *at;
+                        *at += 1;
+                        if position < expected {
+                            continue;
+                        }
+                        let item = decode_event(position, value);
+                        match item {
+                            Ok(_) => expected += 1,
+                            Err(_) => failed = true,
+                        }
+                        return Some(item);
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        failed = true;
+                        return Some(Err(corrupt(expected, "the event log ends before this position")));
+                    }
+                    Err(e) => {
+                        failed = true;
+                        return Some(Err(log_damage(expected, e)));
+                    }
+                }
+            }
         }))
     }
 
@@ -725,6 +1178,7 @@ impl Opened {
     pub fn tree_sizes(&self) -> Result<Vec<(String, u64, u64, u64)>, StoreError> {
         let trees = [
             ("events", &self.events),
+            ("offsets", &self.offsets),
             ("streams", &self.streams),
             ("stream_index", &self.stream_index),
             ("commands", &self.commands),
@@ -744,6 +1198,9 @@ impl Opened {
             }
             sizes.push((name.to_string(), entries, keys, values));
         }
+        let last = self.last_position()?;
+        let log_bytes = self.log.len().map_err(|e| StoreError::io("reading the event log's length", e))?;
+        sizes.push((LOG_FILE.to_string(), (last + 1).saturating_sub(self.log_first), 0, log_bytes));
         Ok(sizes)
     }
 }
@@ -775,11 +1232,7 @@ impl EventStore for Opened {
     /// as a Duplicate); then one flush. The outer `Err` is a failed transaction or flush: then
     /// nothing in the batch may be considered acknowledged.
     fn append_batch(&self, reqs: Vec<AppendRequest>) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
-        let results = self.apply_all(&reqs, Group::Independent)?;
-        // Flush even for duplicates: the original may have been committed by
-        // another thread that has not flushed yet.
-        self.flush_applied(reqs.len())?;
-        Ok(results)
+        self.append_group(&reqs, Group::Independent)
     }
 
     /// Group commit of a chain: requests where each was decided on the state its predecessors
@@ -790,7 +1243,7 @@ impl EventStore for Opened {
     fn append_chain(&self, reqs: Vec<AppendRequest>) -> Result<ChainOutcome, StoreError> {
         let mut applied = Vec::with_capacity(reqs.len());
         let mut failed = None;
-        for (i, result) in self.apply_all(&reqs, Group::Chain)?.into_iter().enumerate() {
+        for (i, result) in self.append_group(&reqs, Group::Chain)?.into_iter().enumerate() {
             match result {
                 Ok(outcome) => applied.push(outcome),
                 Err(e) => {
@@ -799,7 +1252,6 @@ impl EventStore for Opened {
                 }
             }
         }
-        self.flush_applied(reqs.len())?;
         tracing::debug!(requests = reqs.len(), applied = applied.len(), failed = ?failed.as_ref().map(|(i, e)| (i, e.to_string())), "chain appended and flushed");
         Ok((applied, failed))
     }
@@ -809,6 +1261,11 @@ impl EventStore for Opened {
     /// the iterator ends.
     fn read_all(&self, from_position: u64) -> Box<dyn Iterator<Item = Result<Envelope, StoreError>> + Send + '_> {
         self.read_events(from_position)
+    }
+
+    /// One event, found from the nearest recorded offset before it.
+    fn read_at(&self, position: u64) -> Result<Option<Envelope>, StoreError> {
+        self.value_at(position)?.map(|value| decode_event(position, &value)).transpose()
     }
 
     /// Events of `stream` with version >= `from_version` (0 and 1 both mean
@@ -830,11 +1287,8 @@ impl EventStore for Opened {
             if version != expected_version {
                 return Err(corrupt(position, format!("stream {stream:?} has a gap: expected version {expected_version}, found {version}")));
             }
-            let value = self
-                .events
-                .get(position.to_be_bytes())
-                .map_err(storage(format_args!("reading event at position {position}")))?
-                .ok_or_else(|| corrupt(position, format!("indexed by stream {stream:?} version {version} but missing")))?;
+            let value =
+                self.value_at(position)?.ok_or_else(|| corrupt(position, format!("indexed by stream {stream:?} version {version} but missing")))?;
             let env = decode_event(position, &value)?;
             if env.stream != stream || env.version != version {
                 return Err(corrupt(
@@ -1110,6 +1564,8 @@ impl EventStore for Opened {
             return Err(corrupt(count, "meta last_instant disagrees with the last event"));
         }
 
+        self.verify_log(count)?;
+
         let mut commands = 0u64;
         for entry in self.commands.iter() {
             let (key, value) = entry.map_err(storage("scanning commands tree"))?;
@@ -1125,111 +1581,43 @@ impl EventStore for Opened {
     }
 }
 
-fn tx_u64(tree: &TransactionalTree, key: &[u8], what: impl FnOnce() -> String) -> TxResult<u64> {
-    match tree.get(key)? {
-        None => Ok(0),
-        Some(v) => match decode_u64(&v) {
-            Some(n) => Ok(n),
-            None => abort(corrupt(0, format!("{} is not a u64", what()))),
-        },
-    }
-}
-
-fn apply_in_tx(
-    req: &AppendRequest,
-    events: &TransactionalTree,
-    streams: &TransactionalTree,
-    index: &TransactionalTree,
-    commands: &TransactionalTree,
-    meta: &TransactionalTree,
-) -> TxResult<AppendOutcome> {
-    if let Some(id) = &req.command_id {
-        if let Some(raw) = commands.get(id.as_bytes())? {
-            return match decode_command(id.as_bytes(), &raw) {
-                Ok(record) => Ok(AppendOutcome::Duplicate(record)),
-                Err(e) => abort(e),
-            };
-        }
-    }
-
-    for (stream, expected) in &req.expected {
-        let actual = tx_u64(streams, stream.as_bytes(), || format!("version of stream {stream:?}"))?;
-        if !expected.accepts(actual) {
-            return abort(StoreError::Conflict { stream: stream.clone(), expected: *expected, actual });
-        }
-    }
-
-    let mut last_instant = match meta.get(META_LAST_INSTANT)? {
-        None => None,
-        Some(raw) => match decode_instant(&raw) {
-            Ok(i) => Some(i),
-            Err(e) => return abort(e),
-        },
-    };
-    for event in &req.events {
-        if let Some(last) = last_instant {
-            if event.at < last {
-                return abort(StoreError::OutOfOrder { at: event.at, last });
+impl Opened {
+    /// The log file read frame by frame: every frame whole with its checksum, every entry in it
+    /// readable, as many events as the log should hold up to `last`, and nothing past the end of
+    /// the frames sled reflects.
+    fn verify_log(&self, last: u64) -> Result<(), StoreError> {
+        let len = self.log.len().map_err(|e| StoreError::io("reading the event log's length", e))?;
+        let log_end = self.log_end()?;
+        let mut cursor = log::Cursor::new(self.log.clone(), 0, len, SEQUENTIAL_READ);
+        let mut position = self.log_first - 1;
+        loop {
+            match cursor.next_frame() {
+                Ok(None) => break,
+                Ok(Some((offset, body))) => {
+                    let entries = log::body_entries(&body)
+                        .map_err(|detail| corrupt(position + 1, format!("the event log's frame at byte {offset}: {detail}")))?;
+                    for entry in entries {
+                        if let log::Entry::Command { id, record } = entry {
+                            decode_command(id, record)?;
+                        } else {
+                            position += 1;
+                        }
+                    }
+                }
+                Err(e) => return Err(log_damage(position + 1, e)),
             }
         }
-        last_instant = Some(event.at);
-    }
-
-    let last_position = tx_u64(meta, META_LAST_POSITION, || "meta last_position".to_string())?;
-    // Everything this request writes is read, decided and encoded before its first write, so
-    // that a request that fails (its transaction goes on with the others) has written nothing.
-    let mut position = last_position;
-    let mut versions: HashMap<&str, u64> = HashMap::new();
-    let mut staged = Vec::with_capacity(req.events.len());
-    for event in &req.events {
-        let version = match versions.get(event.stream.as_str()) {
-            Some(v) => *v,
-            None => tx_u64(streams, event.stream.as_bytes(), || format!("version of stream {:?}", event.stream))?,
-        } + 1;
-        versions.insert(&event.stream, version);
-        position += 1;
-        let env = event.at_position(position, version, req.command_id.as_deref());
-        match encode_event(&env) {
-            Ok(value) => staged.push((position, value, index_key(&event.stream, version))),
-            Err(e) => return abort(e),
+        if position != last.max(self.log_first - 1) {
+            return Err(corrupt(
+                last.min(position) + 1,
+                format!("the event log's frames hold events up to position {position}, the log ends at {last}"),
+            ));
         }
-    }
-    let record = if req.events.is_empty() {
-        CommandRecord { first_position: None, last_position: None, outcome: req.outcome.clone(), fingerprint: req.fingerprint.clone() }
-    } else {
-        CommandRecord {
-            first_position: Some(last_position + 1),
-            last_position: Some(position),
-            outcome: req.outcome.clone(),
-            fingerprint: req.fingerprint.clone(),
+        if log_end != len {
+            return Err(corrupt(last, format!("the event log is {len} bytes, its indexed frames end at byte {log_end}")));
         }
-    };
-    let record_json = match &req.command_id {
-        None => None,
-        Some(id) => match serde_json::to_vec(&record) {
-            Ok(json) => Some((id, json)),
-            Err(e) => return abort(StoreError::Encode { context: format!("serializing record of command {id:?}"), source: e.into() }),
-        },
-    };
-
-    // Writes only from here on: no error below but sled's, which fails the whole transaction.
-    for (position, value, key) in staged {
-        events.insert(&position.to_be_bytes()[..], value)?;
-        index.insert(key, &position.to_be_bytes()[..])?;
+        Ok(())
     }
-    for (stream, version) in &versions {
-        streams.insert(stream.as_bytes(), &version.to_be_bytes()[..])?;
-    }
-    if position != last_position {
-        meta.insert(META_LAST_POSITION, &position.to_be_bytes()[..])?;
-    }
-    if let (Some(instant), false) = (last_instant, req.events.is_empty()) {
-        meta.insert(META_LAST_INSTANT, instant.to_rfc3339().as_bytes())?;
-    }
-    if let Some((id, json)) = record_json {
-        commands.insert(id.as_bytes(), json)?;
-    }
-    Ok(AppendOutcome::Appended(record))
 }
 
 /// Every call goes to the open database, unless the store refuses after a failed write (see
@@ -1252,6 +1640,10 @@ impl EventStore for SledStore {
 
     fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<Envelope>, StoreError> {
         self.sound()?.read_stream(stream, from_version)
+    }
+
+    fn read_at(&self, position: u64) -> Result<Option<Envelope>, StoreError> {
+        self.sound()?.read_at(position)
     }
 
     fn stream_version(&self, stream: &str) -> Result<u64, StoreError> {

@@ -65,24 +65,31 @@ fn verify_good_store() {
     assert_eq!(store.verify().unwrap(), VerifyReport { events: 3, streams: 2, commands: 1 });
 }
 
+/// The stored value of the event at `position`, from the log file.
+fn value_of(store: &SledStore, position: u64) -> Vec<u8> {
+    store.opened().value_at(position).unwrap().expect("the event is stored")
+}
+
 #[test]
 fn garbage_value_is_reported_as_corrupt_at_its_position() {
     let store = three_events();
-    store.raw_events().insert(2u64.to_be_bytes(), &b"\x00\x01garbage"[..]).unwrap();
+    let garbage: Vec<u8> = b"\x00\x01garbage".iter().copied().cycle().take(value_of(&store, 2).len()).collect();
+    store.overwrite_log(store.value_offset(2), &garbage);
     assert_corrupt_at(&store, 2);
     match store.read_stream("a", 1) {
         Err(StoreError::Corrupt { position, .. }) => assert_eq!(position, 2),
         other => panic!("expected Corrupt from read_stream, got {other:?}"),
     }
+    assert!(matches!(store.read_at(2), Err(StoreError::Corrupt { position: 2, .. })));
 }
 
 #[test]
 fn flipped_payload_byte_fails_the_checksum() {
     let store = three_events();
-    let mut value = store.raw_events().get(3u64.to_be_bytes()).unwrap().unwrap().to_vec();
+    let mut value = value_of(&store, 3);
     let last = value.len() - 2;
     value[last] ^= 0x01;
-    store.raw_events().insert(3u64.to_be_bytes(), value).unwrap();
+    store.overwrite_log(store.value_offset(3), &value);
     assert_corrupt_at(&store, 3);
     let err = store.verify().unwrap_err();
     assert!(err.to_string().contains("checksum"), "{err}");
@@ -91,55 +98,191 @@ fn flipped_payload_byte_fails_the_checksum() {
 #[test]
 fn a_value_under_another_position_fails_the_checksum() {
     let store = three_events();
-    let first = store.raw_events().get(1u64.to_be_bytes()).unwrap().unwrap();
-    store.raw_events().insert(2u64.to_be_bytes(), first).unwrap();
+    let first = value_of(&store, 1);
+    assert_eq!(first.len(), value_of(&store, 2).len(), "the two events are stored in as many bytes");
+    store.overwrite_log(store.value_offset(2), &first);
     assert_corrupt_at(&store, 2);
 }
 
 #[test]
-fn events_stored_as_json_by_earlier_builds_read_back_beside_binary_ones() {
+fn a_damaged_frame_header_is_refused_by_verify_and_reads_stop_at_it() {
     let store = three_events();
-    let before = all(&store);
-    // The layout of builds before the binary envelope: CRC-32 of the JSON, then the JSON.
-    let json = serde_json::to_vec(&before[1]).unwrap();
-    let mut legacy = crc32fast::hash(&json).to_be_bytes().to_vec();
-    legacy.extend_from_slice(&json);
-    store.raw_events().insert(2u64.to_be_bytes(), legacy.clone()).unwrap();
+    store.append(req(Some("c2"), vec![ev("a", "x", T2, json!(4))])).unwrap();
+    // The second frame's kind byte: reads of position 4 meet no entry there.
+    let second = store.value_offset(4) - 5 - log::FRAME_HEADER as u64;
+    store.overwrite_log(second, b"Z");
+    assert_corrupt_at(&store, 4);
+}
+
+/// A store in the layout of builds before the event log: every event in sled's `events` tree
+/// (values as `encode`, by position), the other trees as they still are.
+fn old_layout(path: &Path, envelopes: &[Envelope], encode: impl Fn(&Envelope) -> Vec<u8>) {
+    let db = sled::open(path).unwrap();
+    let events = db.open_tree("events").unwrap();
+    let (streams, index, meta) = (db.open_tree("streams").unwrap(), db.open_tree("stream_index").unwrap(), db.open_tree("meta").unwrap());
+    for env in envelopes {
+        events.insert(env.position.to_be_bytes(), encode(env)).unwrap();
+        streams.insert(env.stream.as_bytes(), &env.version.to_be_bytes()[..]).unwrap();
+        index.insert(index_key(&env.stream, env.version), &env.position.to_be_bytes()[..]).unwrap();
+    }
+    let last = envelopes.last().unwrap();
+    meta.insert(META_LAST_POSITION, &last.position.to_be_bytes()[..]).unwrap();
+    meta.insert(META_LAST_INSTANT, last.at.to_rfc3339().as_bytes()).unwrap();
+    db.flush().unwrap();
+}
+
+/// The layout of builds before the binary envelope: CRC-32 of the JSON, then the JSON.
+fn json_value(env: &Envelope) -> Vec<u8> {
+    let json = serde_json::to_vec(env).unwrap();
+    let mut value = crc32fast::hash(&json).to_be_bytes().to_vec();
+    value.extend_from_slice(&json);
+    value
+}
+
+#[test]
+fn a_store_written_before_the_event_log_reads_as_it_is_and_appends_to_a_log_after_it() {
+    let before = all(&three_events());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old");
+    // Binary and JSON values side by side, as in a JSON store appended to by the binary build.
+    old_layout(&path, &before, |env| if env.position == 2 { json_value(env) } else { encode_event(env).unwrap() });
+    let store = SledStore::open(&path).unwrap();
     assert_eq!(all(&store), before);
     assert_eq!(store.verify().unwrap().events, 3);
-    // Its checksum and its position are still checked.
-    let mut flipped = legacy.clone();
-    *flipped.last_mut().unwrap() ^= 1;
-    store.raw_events().insert(2u64.to_be_bytes(), flipped).unwrap();
-    assert_corrupt_at(&store, 2);
-    store.raw_events().insert(2u64.to_be_bytes(), legacy.clone()).unwrap();
-    store.raw_events().insert(3u64.to_be_bytes(), legacy).unwrap();
-    assert_corrupt_at(&store, 3);
+    let next = appended(store.append(req(Some("c9"), vec![ev("a", "x", T2, json!(4))])).unwrap());
+    assert_eq!(next.first_position, Some(4));
+    assert_eq!(store.read_stream("a", 1).unwrap().iter().map(|e| e.position).collect::<Vec<_>>(), vec![1, 2, 4]);
+    assert_eq!(store.read_all(3).map(|e| e.unwrap().position).collect::<Vec<_>>(), vec![3, 4]);
+    assert_eq!(store.read_at(2).unwrap().as_ref(), Some(&before[1]));
+    drop(store);
+    // Nothing of the old events moved: they are still in sled's tree, the new one in the log.
+    let store = SledStore::open(&path).unwrap();
+    assert_eq!(store.opened().events.len(), 3);
+    assert_eq!(store.opened().log_first, 4);
+    assert_eq!(store.verify().unwrap().events, 4);
 }
 
 #[test]
-fn missing_event_is_a_gap() {
-    let store = three_events();
-    store.raw_events().remove(2u64.to_be_bytes()).unwrap();
-    assert_corrupt_at(&store, 2);
+fn damage_to_events_kept_in_sled_is_still_found() {
+    let before = all(&three_events());
+    let dir = tempfile::tempdir().unwrap();
+    // A flipped byte in a JSON value.
+    let path = dir.path().join("flipped");
+    old_layout(&path, &before, |env| {
+        let mut value = json_value(env);
+        if env.position == 2 {
+            *value.last_mut().unwrap() ^= 1;
+        }
+        value
+    });
+    assert_corrupt_at(&SledStore::open(&path).unwrap(), 2);
+    // Another position's value.
+    let path = dir.path().join("moved");
+    old_layout(&path, &before, |env| json_value(if env.position == 3 { &before[1] } else { env }));
+    assert_corrupt_at(&SledStore::open(&path).unwrap(), 3);
+    // A missing event is a gap.
+    let path = dir.path().join("gap");
+    old_layout(&path, &before, json_value);
+    sled::open(&path).unwrap().open_tree("events").unwrap().remove(2u64.to_be_bytes()).unwrap();
+    assert_corrupt_at(&SledStore::open(&path).unwrap(), 2);
 }
 
 #[test]
-fn corruption_written_through_raw_sled_after_reopen() {
+fn damage_written_to_the_log_file_after_it_closed_is_found_on_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("log");
-    {
+    let offset = {
         let store = SledStore::open(&path).unwrap();
         store.append(req(None, vec![ev("a", "x", T0, json!(1)), ev("a", "x", T1, json!(2))])).unwrap();
-    }
-    {
-        let db = sled::open(&path).unwrap();
-        let events = db.open_tree("events").unwrap();
-        events.insert(1u64.to_be_bytes(), &b"not a checksum nor json"[..]).unwrap();
-        db.flush().unwrap();
-    }
+        store.value_offset(1)
+    };
+    let mut bytes = std::fs::read(path.join(LOG_FILE)).unwrap();
+    bytes[offset as usize + 6] ^= 0x10;
+    std::fs::write(path.join(LOG_FILE), bytes).unwrap();
     let store = SledStore::open(&path).unwrap();
     assert_corrupt_at(&store, 1);
+}
+
+/// A crash after the log's frame was synced, before sled wrote its trees: they trail the log,
+/// and opening brings them up to it from the frames.
+#[test]
+fn indexes_that_trail_the_log_are_rolled_forward_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let early = dir.path().join("early");
+    let store = SledStore::open(&path).unwrap();
+    store.append(req(Some("c1"), vec![ev("a", "x", T0, json!(1))])).unwrap();
+    store.flush().unwrap();
+    copy_dir(&path, &early);
+    store.append(req(Some("c2"), vec![ev("a", "x", T1, json!(2)), ev("b", "x", T1, json!(3))])).unwrap();
+    store.append(req(Some("c3"), vec![])).unwrap();
+    store.append(req(Some("c4"), vec![ev("b", "x", T2, json!(4))])).unwrap();
+    let (before, records) = (all(&store), ["c2", "c3", "c4"].map(|id| store.command(id).unwrap()));
+    drop(store);
+    // sled's files as they were after c1, beside the log and the mark as they are now.
+    for entry in std::fs::read_dir(&early).unwrap() {
+        let name = entry.unwrap().file_name();
+        if name != LOG_FILE && name != WATERMARK_FILE {
+            let _ = std::fs::remove_dir_all(path.join(&name));
+            let _ = std::fs::remove_file(path.join(&name));
+        }
+    }
+    for entry in std::fs::read_dir(&early).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if name != LOG_FILE && name != WATERMARK_FILE {
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &path.join(&name));
+            } else {
+                std::fs::copy(entry.path(), path.join(&name)).unwrap();
+            }
+        }
+    }
+    let store = SledStore::open(&path).unwrap();
+    assert_eq!(all(&store), before);
+    assert_eq!(["c2", "c3", "c4"].map(|id| store.command(id).unwrap()), records);
+    assert_eq!((store.stream_version("a").unwrap(), store.stream_version("b").unwrap()), (2, 2));
+    assert_eq!(store.read_stream("b", 1).unwrap().len(), 2);
+    assert_eq!(store.verify().unwrap(), VerifyReport { events: 4, streams: 2, commands: 4 });
+    let next = appended(store.append(req(Some("c5"), vec![ev("a", "x", T2, json!(5))])).unwrap());
+    assert_eq!(next.first_position, Some(5));
+}
+
+/// A crash while a frame was being written: it was never acknowledged, and is cut off.
+#[test]
+fn a_frame_cut_short_at_the_end_of_the_log_is_cut_off_and_the_rest_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let (before, frame) = {
+        let store = SledStore::open(&path).unwrap();
+        store.append(req(Some("c1"), vec![ev("a", "x", T0, json!(1))])).unwrap();
+        let start = std::fs::metadata(path.join(LOG_FILE)).unwrap().len();
+        store.append(req(Some("c2"), vec![ev("a", "x", T1, json!(2))])).unwrap();
+        let bytes = std::fs::read(path.join(LOG_FILE)).unwrap();
+        (all(&store), bytes[start as usize..].to_vec())
+    };
+    let log_len = std::fs::metadata(path.join(LOG_FILE)).unwrap().len();
+    for cut in [1, 5, log::FRAME_HEADER, frame.len() - 1] {
+        let copy = dir.path().join(format!("cut{cut}"));
+        copy_dir(&path, &copy);
+        let mut file = std::fs::OpenOptions::new().append(true).open(copy.join(LOG_FILE)).unwrap();
+        std::io::Write::write_all(&mut file, &frame[..cut]).unwrap();
+        drop(file);
+        let store = SledStore::open(&copy).unwrap();
+        assert_eq!(all(&store), before, "cut at {cut}");
+        assert_eq!(std::fs::metadata(copy.join(LOG_FILE)).unwrap().len(), log_len, "cut at {cut}: the partial frame is gone");
+        assert_eq!(store.verify().unwrap().events, 2);
+        assert_eq!(appended(store.append(req(Some("c3"), vec![ev("a", "x", T2, json!(3))])).unwrap()).first_position, Some(3));
+    }
+    // Acknowledged events cut off the log: refused, naming the first position missing.
+    let copy = dir.path().join("lost");
+    copy_dir(&path, &copy);
+    std::fs::OpenOptions::new().write(true).open(copy.join(LOG_FILE)).unwrap().set_len(log_len - 3).unwrap();
+    match SledStore::open(&copy) {
+        Err(StoreError::Corrupt { position, detail }) => assert_eq!(position, 2, "{detail}"),
+        Err(other) => panic!("a store that lost acknowledged events is damaged, not {other}"),
+        Ok(_) => panic!("a store that lost acknowledged events is refused"),
+    }
 }
 
 #[test]
