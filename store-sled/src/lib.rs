@@ -10,7 +10,8 @@
 //! | `events`       | global position, `u64` big-endian           | events before the log file (stores written before it): CRC32 (4 bytes BE), then the binary envelope (see `encode_event`), or the JSON of the [`Envelope`] |
 //! | `offsets`      | global position, `u64` BE                   | where its entry begins in `events.log`, `u64` BE: the log's first position and every 32nd |
 //! | `streams`      | stream id bytes                             | current stream version, `u64` BE             |
-//! | `stream_index` | stream id bytes, `0x00`, version `u64` BE   | global position, `u64` BE                    |
+//! | `stream_postings` | stream id bytes, `0x00`, block `u64` BE  | the positions of the stream's versions in that block of 256 (block 0 from version 1): a varint count, then varint gaps |
+//! | `stream_index` | stream id bytes, `0x00`, version `u64` BE   | global position, `u64` BE: stores written before the postings; rewritten as postings at open, then emptied |
 //! | `commands`     | command id bytes                            | JSON of the [`CommandRecord`]                |
 //! | `meta`         | `last_position` / `last_instant`            | `u64` BE / RFC 3339 text                     |
 //! | `meta`         | `log_first` / `log_end`                     | `u64` BE: the first position the log file holds / the end of its last frame indexed here |
@@ -21,7 +22,7 @@
 //!
 //! Big-endian keys make sled's byte order equal to numeric order, so range scans
 //! return events by position and stream entries by version. Stream ids may
-//! contain any byte: `stream_index` keys are matched on their exact length, so a
+//! contain any byte: `stream_postings` keys are matched on their exact length, so a
 //! stream named `"a\0…"` can never be mistaken for stream `"a"`.
 //!
 //! Positions are 1-based and gapless across the whole log; versions are 1-based
@@ -56,7 +57,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
-use sled::transaction::{TransactionError, Transactional};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional, TransactionalTree};
 
 mod log;
 mod mark;
@@ -173,7 +174,11 @@ struct Opened {
     /// Where the log's first event and every [`OFFSET_EVERY`]th begin in the file.
     offsets: sled::Tree,
     streams: sled::Tree,
+    /// Stores written before the postings: emptied once they are rewritten as postings.
     stream_index: sled::Tree,
+    /// Each stream's positions, a block of [`STREAM_BLOCK`] versions a value: one write per
+    /// stream a group commit touches, not one per event.
+    stream_postings: sled::Tree,
     commands: sled::Tree,
     meta: sled::Tree,
     /// The tag index: posting lists and how far they reach, in one tree so that a bulk update
@@ -196,8 +201,8 @@ struct Opened {
 struct IndexWrites {
     /// Streams' new versions.
     versions: HashMap<String, u64>,
-    /// `stream_index` keys and their positions.
-    index: Vec<(Vec<u8>, u64)>,
+    /// The events' streams, versions and positions, in log order.
+    appended: Vec<(String, u64, u64)>,
     /// Positions and where their entries begin in the log.
     offsets: Vec<(u64, u64)>,
     /// Command ids and their records (JSON).
@@ -278,7 +283,7 @@ impl<'a> Pending<'a> {
             versions.insert(&event.stream, version);
             position += 1;
             let env = event.at_position(position, version, req.command_id.as_deref());
-            staged.push((position, encode_event(&env)?, index_key(&event.stream, version), event.at));
+            staged.push((position, encode_event(&env)?, (event.stream.as_str(), version), event.at));
         }
         let (first_position, last_position) = if req.events.is_empty() { (None, None) } else { (Some(self.last_position + 1), Some(position)) };
         let record = CommandRecord { first_position, last_position, outcome: req.outcome.clone(), fingerprint: req.fingerprint.clone() };
@@ -292,12 +297,12 @@ impl<'a> Pending<'a> {
         };
 
         // Kept from here on: nothing below fails.
-        for (position, value, key, at) in staged {
+        for (position, value, (stream, version), at) in staged {
             let offset = self.frame_at + self.frame.event(&value);
             if position == self.open.log_first || position % OFFSET_EVERY == 0 {
                 self.writes.offsets.push((position, offset));
             }
-            self.writes.index.push((key, position));
+            self.writes.appended.push((stream.to_string(), version, position));
             self.writes.last = Some((position, at, stored_crc(&value)));
         }
         for (stream, version) in versions {
@@ -411,6 +416,79 @@ fn index_key(stream: &str, version: u64) -> Vec<u8> {
     let mut key = index_prefix(stream);
     key.extend_from_slice(&version.to_be_bytes());
     key
+}
+
+/// A stream's versions per posting list in `stream_postings`.
+const STREAM_BLOCK: u64 = 256;
+
+/// The first version a block of a stream's postings holds (versions begin at 1).
+fn block_first(block: u64) -> u64 {
+    (block * STREAM_BLOCK).max(1)
+}
+
+/// A block of a stream's positions: how many, then each as its gap from the one before (the
+/// first from 0), all varints.
+fn encode_block(positions: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + positions.len() * 3);
+    varint::put(&mut out, positions.len() as u64);
+    let mut previous = 0;
+    for &p in positions {
+        varint::put(&mut out, p - previous);
+        previous = p;
+    }
+    out
+}
+
+fn decode_block(bytes: &[u8]) -> Result<Vec<u64>, String> {
+    let mut r = varint::Reader::new(bytes);
+    let count = r.u64()?;
+    if count > STREAM_BLOCK {
+        return Err(format!("{count} positions in a block of {STREAM_BLOCK}"));
+    }
+    let mut positions = Vec::with_capacity(count as usize);
+    let mut previous = 0u64;
+    for _ in 0..count {
+        previous = previous.checked_add(r.u64()?).ok_or("a position past the end of numbers")?;
+        positions.push(previous);
+    }
+    if !r.rest().is_empty() {
+        return Err("bytes after the last position".into());
+    }
+    Ok(positions)
+}
+
+/// Adds a stream's new versions (in order, continuing it) to its posting lists, inside an append's
+/// transaction: the last block is read, extended and written whole, later ones begun.
+fn extend_postings(postings: &TransactionalTree, stream: &str, appended: &[(u64, u64)]) -> Result<(), ConflictableTransactionError<StoreError>> {
+    let mut current: Option<(u64, Vec<u64>)> = None;
+    for &(version, position) in appended {
+        let block = version / STREAM_BLOCK;
+        if current.as_ref().map(|(b, _)| *b) != Some(block) {
+            if let Some((b, positions)) = current.take() {
+                postings.insert(index_key(stream, b), encode_block(&positions))?;
+            }
+            let positions = match postings.get(index_key(stream, block))? {
+                None => Vec::new(),
+                Some(bytes) => decode_block(&bytes).map_err(|e| {
+                    ConflictableTransactionError::Abort(corrupt(position, format!("the stream index of {stream:?}, block {block}: {e}")))
+                })?,
+            };
+            current = Some((block, positions));
+        }
+        let (_, positions) = current.as_mut().expect("set above");
+        if block_first(block) + positions.len() as u64 != version {
+            let found = block_first(block) + positions.len() as u64;
+            return Err(ConflictableTransactionError::Abort(corrupt(
+                position,
+                format!("the stream index of {stream:?} continues at version {found}, not at {version}"),
+            )));
+        }
+        positions.push(position);
+    }
+    if let Some((b, positions)) = current {
+        postings.insert(index_key(stream, b), encode_block(&positions))?;
+    }
+    Ok(())
 }
 
 /// The byte after the checksum of an event stored by this build: its layout, the binary envelope
@@ -749,6 +827,7 @@ impl Opened {
         store.mark = Some(mark_writer);
         let db_file = std::fs::File::open(path.join("db")).map_err(|e| StoreError::io(format!("opening {}", path.join("db").display()), e))?;
         store.db_file = Some(std::sync::Arc::new(db_file));
+        store.migrate_stream_index()?;
         // sled's trees may trail the log (they are not flushed before an acknowledgement).
         let tail = store.scan_tail()?;
         if let Some((position, crc)) = mark {
@@ -809,6 +888,7 @@ impl Opened {
             offsets: open("offsets")?,
             streams: open("streams")?,
             stream_index: open("stream_index")?,
+            stream_postings: open("stream_postings")?,
             commands: open("commands")?,
             meta,
             tags: open("tags")?,
@@ -882,7 +962,7 @@ impl Opened {
                         if position == self.log_first || position % OFFSET_EVERY == 0 {
                             tail.writes.offsets.push((position, at));
                         }
-                        tail.writes.index.push((index_key(&env.stream, env.version), position));
+                        tail.writes.appended.push((env.stream.clone(), env.version, position));
                         tail.writes.last = Some((position, env.at, stored_crc(value)));
                         tail.crcs.push((position, stored_crc(value)));
                         versions.insert(env.stream, env.version);
@@ -932,13 +1012,18 @@ impl Opened {
 
     /// Applies a group commit's derived writes to sled's trees, in one transaction.
     fn apply_index(&self, w: &IndexWrites) -> Result<(), StoreError> {
-        let trees = (&self.streams, &self.stream_index, &self.commands, &self.meta, &self.offsets);
-        let result: Result<(), TransactionError<StoreError>> = trees.transaction(|(streams, index, commands, meta, offsets)| {
+        // Each stream's new positions, in version order.
+        let mut by_stream: std::collections::BTreeMap<&str, Vec<(u64, u64)>> = std::collections::BTreeMap::new();
+        for (stream, version, position) in &w.appended {
+            by_stream.entry(stream).or_default().push((*version, *position));
+        }
+        let trees = (&self.streams, &self.stream_postings, &self.commands, &self.meta, &self.offsets);
+        let result: Result<(), TransactionError<StoreError>> = trees.transaction(|(streams, postings, commands, meta, offsets)| {
             for (stream, version) in &w.versions {
                 streams.insert(stream.as_bytes(), &version.to_be_bytes()[..])?;
             }
-            for (key, position) in &w.index {
-                index.insert(key.as_slice(), &position.to_be_bytes()[..])?;
+            for (stream, appended) in &by_stream {
+                extend_postings(postings, stream, appended)?;
             }
             for (position, offset) in &w.offsets {
                 offsets.insert(&position.to_be_bytes()[..], &offset.to_be_bytes()[..])?;
@@ -1181,6 +1266,7 @@ impl Opened {
             ("offsets", &self.offsets),
             ("streams", &self.streams),
             ("stream_index", &self.stream_index),
+            ("stream_postings", &self.stream_postings),
             ("commands", &self.commands),
             ("meta", &self.meta),
             ("tags", &self.tags),
@@ -1272,32 +1358,42 @@ impl EventStore for Opened {
     /// "from the start"), in version order.
     fn read_stream(&self, stream: &str, from_version: u64) -> Result<Vec<Envelope>, StoreError> {
         let start = from_version.max(1);
+        // A commit indexes its positions and the last position together: read first, this bounds
+        // what the postings may name that a reader can be shown.
+        let last = self.last_position()?;
         let key_len = stream.len() + 9;
         let mut expected_version = start;
         let mut out = Vec::new();
-        for entry in self.stream_index.range(index_key(stream, start)..=index_key(stream, u64::MAX)) {
+        for entry in self.stream_postings.range(index_key(stream, start / STREAM_BLOCK)..=index_key(stream, u64::MAX)) {
             let (key, value) = entry.map_err(storage(format_args!("scanning index of stream {stream:?}")))?;
             // Longer keys in this range belong to streams whose id extends ours with a NUL.
             if key.len() != key_len {
                 continue;
             }
-            let version = decode_u64(&key[stream.len() + 1..]).unwrap_or(0);
-            let position =
-                decode_u64(&value).ok_or_else(|| corrupt(0, format!("stream {stream:?} index entry for version {version} is not a u64")))?;
-            if version != expected_version {
-                return Err(corrupt(position, format!("stream {stream:?} has a gap: expected version {expected_version}, found {version}")));
+            let block = decode_u64(&key[stream.len() + 1..]).unwrap_or(0);
+            let positions = decode_block(&value).map_err(|e| corrupt(0, format!("the stream index of {stream:?}, block {block}: {e}")))?;
+            for (version, position) in (block_first(block)..).zip(positions) {
+                if version < start {
+                    continue;
+                }
+                if position > last {
+                    return Ok(out);
+                }
+                if version != expected_version {
+                    return Err(corrupt(position, format!("stream {stream:?} has a gap: expected version {expected_version}, found {version}")));
+                }
+                let value =
+                    self.value_at(position)?.ok_or_else(|| corrupt(position, format!("indexed by stream {stream:?} version {version} but missing")))?;
+                let env = decode_event(position, &value)?;
+                if env.stream != stream || env.version != version {
+                    return Err(corrupt(
+                        position,
+                        format!("index says stream {stream:?} version {version}, event says stream {:?} version {}", env.stream, env.version),
+                    ));
+                }
+                out.push(env);
+                expected_version += 1;
             }
-            let value =
-                self.value_at(position)?.ok_or_else(|| corrupt(position, format!("indexed by stream {stream:?} version {version} but missing")))?;
-            let env = decode_event(position, &value)?;
-            if env.stream != stream || env.version != version {
-                return Err(corrupt(
-                    position,
-                    format!("index says stream {stream:?} version {version}, event says stream {:?} version {}", env.stream, env.version),
-                ));
-            }
-            out.push(env);
-            expected_version += 1;
         }
         Ok(out)
     }
@@ -1504,12 +1600,15 @@ impl EventStore for Opened {
     }
 
     /// Full scan of the log. Checks checksums, gapless positions, gapless
-    /// per-stream versions matching `stream_index` and `streams`, non-decreasing
+    /// per-stream versions matching `stream_postings` and `streams`, non-decreasing
     /// instants, `meta`, and that command records decode and point inside the log.
     /// Fails with the first bad position.
     fn verify(&self) -> Result<VerifyReport, StoreError> {
         // stream -> (version, position of its last event)
         let mut streams: HashMap<String, (u64, u64)> = HashMap::new();
+        // stream -> the positions of its versions in its last block so far
+        let mut blocks: HashMap<String, Vec<u64>> = HashMap::new();
+        let mut checked_blocks = 0u64;
         let mut last_instant: Option<Instant> = None;
         let mut count = 0u64;
         for env in self.read_all(1) {
@@ -1530,18 +1629,23 @@ impl EventStore for Opened {
                 return Err(corrupt(position, format!("stream {:?} version {} follows version {}", env.stream, env.version, entry.0)));
             }
             *entry = (env.version, position);
-            let indexed = self
-                .stream_index
-                .get(index_key(&env.stream, env.version))
-                .map_err(storage(format_args!("reading stream index for position {position}")))?;
-            if indexed.as_deref().and_then(decode_u64) != Some(position) {
-                return Err(corrupt(position, format!("stream_index entry for {:?} version {} does not point here", env.stream, env.version)));
+            // The stream's postings, a block at a time, against what its events say.
+            let block = blocks.entry(env.stream.clone()).or_default();
+            if env.version % STREAM_BLOCK == 0 && env.version > 0 {
+                self.verify_block(&env.stream, env.version / STREAM_BLOCK - 1, block, position)?;
+                checked_blocks += 1;
+                block.clear();
             }
+            block.push(position);
         }
-
-        let index_entries = self.stream_index.len() as u64;
-        if index_entries != count {
-            return Err(corrupt(count, format!("stream_index has {index_entries} entries for {count} events")));
+        for (stream, block) in &blocks {
+            let (version, position) = streams.get(stream).copied().unwrap_or((0, 0));
+            self.verify_block(stream, version / STREAM_BLOCK, block, position)?;
+            checked_blocks += 1;
+        }
+        let stored_blocks = self.stream_postings.len() as u64;
+        if stored_blocks != checked_blocks {
+            return Err(corrupt(count, format!("the stream index has {stored_blocks} blocks, the log's events fill {checked_blocks}")));
         }
         let mut stream_count = 0u64;
         for entry in self.streams.iter() {
@@ -1582,6 +1686,61 @@ impl EventStore for Opened {
 }
 
 impl Opened {
+    /// One block of a stream's postings against the positions its events have.
+    fn verify_block(&self, stream: &str, block: u64, positions: &[u64], at: u64) -> Result<(), StoreError> {
+        let stored = self.stream_postings.get(index_key(stream, block)).map_err(storage(format_args!("reading the stream index of {stream:?}")))?;
+        let stored = stored.map(|bytes| decode_block(&bytes)).transpose().map_err(|e| corrupt(at, format!("the stream index of {stream:?}, block {block}: {e}")))?;
+        if stored.as_deref() != Some(positions) {
+            let first = positions.iter().zip(stored.iter().flatten()).find(|(a, b)| a != b).map_or(at, |(a, _)| *a);
+            return Err(corrupt(first, format!("the stream index of {stream:?}, block {block}, does not match the stream's events")));
+        }
+        Ok(())
+    }
+
+    /// A store written before the postings keeps one `stream_index` entry per event: rewritten as
+    /// postings once (they are derived from the log, as the entries were), then emptied. A crash
+    /// halfway leaves the entries: the next opening begins again.
+    fn migrate_stream_index(&self) -> Result<(), StoreError> {
+        if self.stream_index.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(entries = self.stream_index.len(), "rewriting the stream index as posting lists (once)");
+        self.stream_postings.clear().map_err(storage("clearing the stream postings"))?;
+        for entry in self.streams.iter() {
+            let (name, _) = entry.map_err(storage("scanning streams tree"))?;
+            let stream = String::from_utf8(name.to_vec()).map_err(|_| corrupt(0, "a stream id is not UTF-8"))?;
+            let mut batch = sled::Batch::default();
+            let mut block: Vec<u64> = Vec::new();
+            let mut expected = 1u64;
+            for entry in self.stream_index.range(index_key(&stream, 1)..=index_key(&stream, u64::MAX)) {
+                let (key, value) = entry.map_err(storage(format_args!("scanning index of stream {stream:?}")))?;
+                // Longer keys in this range belong to streams whose id extends ours with a NUL.
+                if key.len() != stream.len() + 9 {
+                    continue;
+                }
+                let version = decode_u64(&key[stream.len() + 1..]).unwrap_or(0);
+                let position = decode_u64(&value).ok_or_else(|| corrupt(0, format!("stream {stream:?} index entry for version {version} is not a u64")))?;
+                if version != expected {
+                    return Err(corrupt(position, format!("stream {stream:?} has a gap: expected version {expected}, found {version}")));
+                }
+                block.push(position);
+                if (version + 1) % STREAM_BLOCK == 0 {
+                    batch.insert(index_key(&stream, version / STREAM_BLOCK), encode_block(&block));
+                    block.clear();
+                }
+                expected += 1;
+            }
+            if !block.is_empty() {
+                batch.insert(index_key(&stream, (expected - 1) / STREAM_BLOCK), encode_block(&block));
+            }
+            self.stream_postings.apply_batch(batch).map_err(storage("writing the stream postings"))?;
+        }
+        self.db.flush().map_err(storage("flushing the stream postings"))?;
+        self.stream_index.clear().map_err(storage("emptying the rewritten stream index"))?;
+        self.db.flush().map_err(storage("flushing the emptied stream index"))?;
+        Ok(())
+    }
+
     /// The log file read frame by frame: every frame whole with its checksum, every entry in it
     /// readable, as many events as the log should hold up to `last`, and nothing past the end of
     /// the frames sled reflects.

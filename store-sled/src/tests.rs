@@ -462,3 +462,51 @@ fn only_failures_of_the_store_itself_are_outages() {
     assert!(!StoreError::Conflict { stream: "s".into(), expected: ExpectedVersion::NoStream, actual: 1 }.is_outage());
     assert!(!StoreError::Corrupt { position: 3, detail: "flipped".into() }.is_outage());
 }
+
+/// A stream's positions are kept a block of 256 versions a value, extended by each commit.
+#[test]
+fn streams_across_posting_blocks_read_from_any_version_and_damage_is_found() {
+    let store = SledStore::temporary().unwrap();
+    // Commits of 1, 7 and 100 events, two streams interleaved: 600 versions of "a".
+    let mut n = 0;
+    while store.stream_version("a").unwrap() < 600 {
+        let size = [1, 7, 100][n % 3];
+        let events = (0..size).flat_map(|i| [ev("a", "x", T0, json!(i)), ev("b", "y", T0, json!(i))]).collect();
+        store.append(req(None, events)).unwrap();
+        n += 1;
+    }
+    let a = store.stream_version("a").unwrap();
+    for from in [0, 1, 2, 255, 256, 257, 511, 512, a, a + 1] {
+        let read = store.read_stream("a", from).unwrap();
+        assert_eq!(read.len() as u64, (a + 1).saturating_sub(from.max(1)), "from {from}");
+        assert!(read.iter().zip(from.max(1)..).all(|(e, v)| e.version == v && e.stream == "a"), "from {from}");
+    }
+    assert_eq!(store.verify().unwrap().events, store.last_position().unwrap());
+    // A block rewritten with one position moved: verify and readers name it.
+    let key = index_key("a", 1);
+    let mut positions = decode_block(&store.opened().stream_postings.get(&key).unwrap().unwrap()).unwrap();
+    positions[3] += 1;
+    store.opened().stream_postings.insert(&key, encode_block(&positions)).unwrap();
+    assert!(matches!(store.verify(), Err(StoreError::Corrupt { detail, .. }) if detail.contains("stream index")));
+    assert!(matches!(store.read_stream("a", 1), Err(StoreError::Corrupt { .. })));
+}
+
+#[test]
+fn a_stream_index_of_an_earlier_build_is_rewritten_as_postings_once() {
+    let store = SledStore::temporary().unwrap();
+    let events: Vec<_> = (0..300).map(|i| ev(if i % 3 == 0 { "b" } else { "a" }, "x", T0, json!(i))).collect();
+    store.append(req(None, events)).unwrap();
+    let before = all(&store);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old");
+    old_layout(&path, &before, |env| encode_event(env).unwrap());
+    let store = SledStore::open(&path).unwrap();
+    assert!(store.opened().stream_index.is_empty(), "the per-event entries are gone");
+    assert_eq!(store.opened().stream_postings.len(), 2, "a: 200 versions in block 0; b: 100");
+    assert_eq!(store.read_stream("a", 150).unwrap().len(), 51);
+    assert_eq!(store.verify().unwrap().events, 300);
+    store.append(req(None, (0..60).map(|i| ev("a", "x", T0, json!(i))).collect())).unwrap();
+    assert_eq!(store.opened().stream_postings.len(), 3, "a's versions 256.. begin block 1");
+    assert_eq!(store.read_stream("a", 1).unwrap().len(), 260);
+    assert_eq!(store.verify().unwrap().events, 360);
+}
