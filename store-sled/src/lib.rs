@@ -387,9 +387,19 @@ fn window_of(key: &[u8], tag: &str) -> Option<u64> {
 /// A posting list: how many positions, then each as its gap from the one before (the first
 /// from the window's start), all varints: two or three bytes a posting.
 fn encode_postings(window: u64, positions: &[u64]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + positions.len() * 2);
+    encode_gaps(window * TAG_WINDOW, positions)
+}
+
+fn decode_postings(window: u64, bytes: &[u8]) -> Result<Vec<u64>, String> {
+    decode_gaps(window * TAG_WINDOW, bytes, TAG_WINDOW)
+}
+
+/// Ascending positions as a varint count, then each as a varint gap from the one before (the
+/// first from `base`).
+fn encode_gaps(base: u64, positions: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + positions.len() * 3);
     varint::put(&mut out, positions.len() as u64);
-    let mut previous = window * TAG_WINDOW;
+    let mut previous = base;
     for &p in positions {
         varint::put(&mut out, p - previous);
         previous = p;
@@ -397,17 +407,21 @@ fn encode_postings(window: u64, positions: &[u64]) -> Vec<u8> {
     out
 }
 
-fn decode_postings(window: u64, bytes: &[u8]) -> Result<Vec<u64>, String> {
+/// What [`encode_gaps`] wrote, at most `most` positions, every byte used.
+fn decode_gaps(base: u64, bytes: &[u8], most: u64) -> Result<Vec<u64>, String> {
     let mut r = varint::Reader::new(bytes);
     let count = r.u64()?;
-    let mut positions = Vec::with_capacity(count.min(TAG_WINDOW) as usize);
-    let mut previous = window * TAG_WINDOW;
+    if count > most {
+        return Err(format!("{count} positions where there is room for {most}"));
+    }
+    let mut positions = Vec::with_capacity(count as usize);
+    let mut previous = base;
     for _ in 0..count {
         previous = previous.checked_add(r.u64()?).ok_or("a position past the end of numbers")?;
         positions.push(previous);
     }
     if !r.rest().is_empty() {
-        return Err("bytes after the last posting".into());
+        return Err("bytes after the last position".into());
     }
     Ok(positions)
 }
@@ -426,35 +440,13 @@ fn block_first(block: u64) -> u64 {
     (block * STREAM_BLOCK).max(1)
 }
 
-/// A block of a stream's positions: how many, then each as its gap from the one before (the
-/// first from 0), all varints.
+/// A block of a stream's positions (see [`encode_gaps`]).
 fn encode_block(positions: &[u64]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + positions.len() * 3);
-    varint::put(&mut out, positions.len() as u64);
-    let mut previous = 0;
-    for &p in positions {
-        varint::put(&mut out, p - previous);
-        previous = p;
-    }
-    out
+    encode_gaps(0, positions)
 }
 
 fn decode_block(bytes: &[u8]) -> Result<Vec<u64>, String> {
-    let mut r = varint::Reader::new(bytes);
-    let count = r.u64()?;
-    if count > STREAM_BLOCK {
-        return Err(format!("{count} positions in a block of {STREAM_BLOCK}"));
-    }
-    let mut positions = Vec::with_capacity(count as usize);
-    let mut previous = 0u64;
-    for _ in 0..count {
-        previous = previous.checked_add(r.u64()?).ok_or("a position past the end of numbers")?;
-        positions.push(previous);
-    }
-    if !r.rest().is_empty() {
-        return Err("bytes after the last position".into());
-    }
-    Ok(positions)
+    decode_gaps(0, bytes, STREAM_BLOCK)
 }
 
 /// Adds a stream's new versions (in order, continuing it) to its posting lists, inside an append's
@@ -1382,8 +1374,9 @@ impl EventStore for Opened {
                 if version != expected_version {
                     return Err(corrupt(position, format!("stream {stream:?} has a gap: expected version {expected_version}, found {version}")));
                 }
-                let value =
-                    self.value_at(position)?.ok_or_else(|| corrupt(position, format!("indexed by stream {stream:?} version {version} but missing")))?;
+                let value = self
+                    .value_at(position)?
+                    .ok_or_else(|| corrupt(position, format!("indexed by stream {stream:?} version {version} but missing")))?;
                 let env = decode_event(position, &value)?;
                 if env.stream != stream || env.version != version {
                     return Err(corrupt(
@@ -1689,7 +1682,10 @@ impl Opened {
     /// One block of a stream's postings against the positions its events have.
     fn verify_block(&self, stream: &str, block: u64, positions: &[u64], at: u64) -> Result<(), StoreError> {
         let stored = self.stream_postings.get(index_key(stream, block)).map_err(storage(format_args!("reading the stream index of {stream:?}")))?;
-        let stored = stored.map(|bytes| decode_block(&bytes)).transpose().map_err(|e| corrupt(at, format!("the stream index of {stream:?}, block {block}: {e}")))?;
+        let stored = stored
+            .map(|bytes| decode_block(&bytes))
+            .transpose()
+            .map_err(|e| corrupt(at, format!("the stream index of {stream:?}, block {block}: {e}")))?;
         if stored.as_deref() != Some(positions) {
             let first = positions.iter().zip(stored.iter().flatten()).find(|(a, b)| a != b).map_or(at, |(a, _)| *a);
             return Err(corrupt(first, format!("the stream index of {stream:?}, block {block}, does not match the stream's events")));
@@ -1719,7 +1715,8 @@ impl Opened {
                     continue;
                 }
                 let version = decode_u64(&key[stream.len() + 1..]).unwrap_or(0);
-                let position = decode_u64(&value).ok_or_else(|| corrupt(0, format!("stream {stream:?} index entry for version {version} is not a u64")))?;
+                let position =
+                    decode_u64(&value).ok_or_else(|| corrupt(0, format!("stream {stream:?} index entry for version {version} is not a u64")))?;
                 if version != expected {
                     return Err(corrupt(position, format!("stream {stream:?} has a gap: expected version {expected}, found {version}")));
                 }
