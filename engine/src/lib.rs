@@ -29,6 +29,7 @@ use poolbill_store_sled::SledStore;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
@@ -103,7 +104,7 @@ pub enum EngineError {
 type Reader = Box<dyn FnOnce(&Projections) + Send>;
 
 enum Request {
-    Execute { id: String, at: Instant, command: Box<Command>, index: Option<u64>, reply: oneshot::Sender<Result<Executed, EngineError>> },
+    Execute { id: String, at: Instant, command: Box<Command>, index: Option<u64>, reply: Reply },
     Advance { to: Instant, reply: oneshot::Sender<Result<u64, EngineError>> },
     Read(Reader),
 }
@@ -213,9 +214,38 @@ impl Engine {
     /// one whose write failed at or after its commit is answered
     /// [`EngineError::OutcomeUnknown`], and submitting it again with the same id settles it.
     pub async fn submit(&self, id: impl Into<String>, at: Instant, command: Command, index: Option<u64>) -> Result<Submitted<Executed>, EngineError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Request::Execute { id: id.into(), at, command: Box::new(command), index, reply }).await?;
-        Ok(Submitted { reply: rx, stopped: self.stopped.clone() })
+        self.submit_fenced(None, id.into(), at, command, index).await
+    }
+
+    /// [`submit`](Engine::submit) as part of a [`Pipeline`]: once one of the pipeline's commands
+    /// is answered with an error, every later one is refused without being decided.
+    pub async fn submit_in(
+        &self,
+        pipeline: &Pipeline,
+        id: impl Into<String>,
+        at: Instant,
+        command: Command,
+        index: Option<u64>,
+    ) -> Result<Submitted<Executed>, EngineError> {
+        let id = id.into();
+        // Its answer is logged in a span per command, as `execute`'s is.
+        let span = tracing::info_span!("command", id = %id, r#type = command.type_name(), at = %at.to_rfc3339());
+        let mut submitted = self.submit_fenced(Some(pipeline.fence.clone()), id, at, command, index).await?;
+        submitted.span = span;
+        Ok(submitted)
+    }
+
+    async fn submit_fenced(
+        &self,
+        fence: Option<Arc<AtomicBool>>,
+        id: String,
+        at: Instant,
+        command: Command,
+        index: Option<u64>,
+    ) -> Result<Submitted<Executed>, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Request::Execute { id, at, command: Box::new(command), index, reply: Reply { tx, fence } }).await?;
+        Ok(Submitted { reply: rx, stopped: self.stopped.clone(), span: tracing::Span::none() })
     }
 
     /// [`advance_to`](Engine::advance_to) as a pipeline step, in order with
@@ -224,7 +254,7 @@ impl Engine {
     pub async fn submit_advance(&self, to: Instant) -> Result<Submitted<u64>, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.send(Request::Advance { to, reply }).await?;
-        Ok(Submitted { reply: rx, stopped: self.stopped.clone() })
+        Ok(Submitted { reply: rx, stopped: self.stopped.clone(), span: tracing::Span::none() })
     }
 
     /// Read the current (acknowledged) live projections: state and counters. Bills and
@@ -286,6 +316,8 @@ fn closed(stopped: &OnceLock<Arc<EngineError>>) -> EngineError {
 pub struct Submitted<T> {
     reply: oneshot::Receiver<Result<T, EngineError>>,
     stopped: Arc<OnceLock<Arc<EngineError>>>,
+    /// Where its answer is logged (none: not logged).
+    span: tracing::Span,
 }
 
 impl<T> Submitted<T> {
@@ -295,9 +327,17 @@ impl<T> Submitted<T> {
     }
 
     /// Wait for the answer.
-    pub async fn answer(self) -> Result<T, EngineError> {
-        let Submitted { reply, stopped } = self;
-        reply.await.map_err(|_| closed(&stopped))?
+    pub async fn answer(self) -> Result<T, EngineError>
+    where
+        T: std::fmt::Debug,
+    {
+        let Submitted { reply, stopped, span } = self;
+        let answer = reply.await.map_err(|_| closed(&stopped)).and_then(|answer| answer);
+        span.in_scope(|| match &answer {
+            Ok(done) => tracing::debug!(answer = ?done, "done"),
+            Err(e) => tracing::debug!(error = %e, "not done"),
+        });
+        answer
     }
 }
 
@@ -363,14 +403,55 @@ fn fold_tail(store: &dyn EventStore, from: u64, ledger: &mut Ledger, versions: &
     Ok(folded)
 }
 
+/// Where a command's answer goes, and the fence of the pipeline it was submitted in (if any):
+/// an error answered to one of a pipeline's commands closes the fence.
+struct Reply {
+    tx: oneshot::Sender<Result<Executed, EngineError>>,
+    fence: Option<Arc<AtomicBool>>,
+}
+
+impl Reply {
+    fn send(self, result: Result<Executed, EngineError>) -> Result<(), Result<Executed, EngineError>> {
+        if result.is_err() {
+            self.fence();
+        }
+        self.tx.send(result)
+    }
+
+    fn fence(&self) {
+        if let Some(fence) = &self.fence {
+            fence.store(true, Ordering::Release);
+        }
+    }
+
+    fn fenced(&self) -> bool {
+        self.fence.as_ref().is_some_and(|fence| fence.load(Ordering::Acquire))
+    }
+}
+
+/// Commands submitted in order by one caller that stops at the first error
+/// ([`Engine::submit_in`]): the engine decides them in order, many to a group commit, and once
+/// one of them is answered with an error it decides none of the later ones (they are answered
+/// [`EngineError::Aborted`]), so that no command after the first failure is ever done.
+#[derive(Clone, Default)]
+pub struct Pipeline {
+    fence: Arc<AtomicBool>,
+}
+
+impl Pipeline {
+    pub fn new() -> Pipeline {
+        Pipeline::default()
+    }
+}
+
 /// A request's answer, given once its chain is on disk.
 enum Waiter {
     /// A new command: its answer is the append numbered `seq`.
-    Execute { seq: u64, reply: oneshot::Sender<Result<Executed, EngineError>> },
+    Execute { seq: u64, reply: Reply },
     /// Answered at once, before anything is written (an id reused for another command).
-    Refused { error: EngineError, reply: oneshot::Sender<Result<Executed, EngineError>> },
+    Refused { error: EngineError, reply: Reply },
     /// A command id already recorded: in the log, or by the append `seq` of this batch.
-    Known { record: Result<CommandRecord, u64>, reply: oneshot::Sender<Result<Executed, EngineError>> },
+    Known { record: Result<CommandRecord, u64>, reply: Reply },
     /// The clock's steps: answered with how many events, once the last append it queued (if
     /// any) is written.
     Advance { events: Result<u64, EngineError>, last: Option<u64>, reply: oneshot::Sender<Result<u64, EngineError>> },
@@ -588,9 +669,17 @@ impl Actor {
         for write in writes {
             match write {
                 Request::Execute { id, at, command, index, reply } => {
+                    // A pipeline that had a command fail decides none of its later ones.
+                    if reply.fenced() {
+                        let error = EngineError::Aborted("an earlier command of its pipeline was not done".into());
+                        waiters.push(Waiter::Refused { error, reply });
+                        continue;
+                    }
                     let now = fingerprint(at, &command);
                     let first = known.get(&id).and_then(|r| r.fingerprint.clone()).or_else(|| seq_by_id.get(&id).map(|(_, f)| f.clone()));
                     if let Some(first) = first.filter(|first| *first != now) {
+                        // Fenced now: the pipeline's later commands in this batch are not decided.
+                        reply.fence();
                         waiters.push(Waiter::Refused { error: EngineError::IdReused { id, first, now }, reply });
                     } else if let Some(record) = known.get(&id) {
                         waiters.push(Waiter::Known { record: Ok(record.clone()), reply });

@@ -392,3 +392,58 @@ async fn after_a_failed_write_only_the_log_past_the_last_checkpoint_is_folded_ag
     assert_eq!(balance(&engine).await, d("2504.00"), "3 + 2,500 + x");
     println!("after a failed write: {folded} events folded again, of a log of {log}");
 }
+
+/// A pipeline's commands after one that failed are never decided, even once the store is back:
+/// a caller that stops at the first error finds nothing later done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_decides_nothing_after_a_command_that_failed() {
+    let (engine, store) = given_three_top_ups().await;
+    // Given a full disk, when a pipeline of top-ups is submitted
+    store.fill_disk(Fail::BeforeCommit);
+    let pipeline = poolbill_engine::Pipeline::new();
+    let mut answers = Vec::new();
+    for k in 0..20 {
+        answers.push(engine.submit_in(&pipeline, format!("p{k}"), t(AT), top_up(), None).await.unwrap());
+    }
+    // Then every one fails (the first's write, the others refused)
+    for answer in answers {
+        assert!(answer.answer().await.is_err());
+    }
+    // And once space returns and the engine writes again, the pipeline still refuses
+    store.free_space();
+    until_written(&engine, "probe").await;
+    let refused = engine.submit_in(&pipeline, "p20", t(AT), top_up(), None).await.unwrap().answer().await.unwrap_err();
+    assert!(matches!(&refused, EngineError::Aborted(why) if why.contains("pipeline")), "{refused:?}");
+    for k in 0..=20 {
+        assert_eq!(engine.store().command(&format!("p{k}")).unwrap(), None, "p{k} was not done");
+    }
+    assert_eq!(balance(&engine).await, d("4.00"), "the three top-ups and the probe");
+    // While a new pipeline is decided as usual
+    let fresh = poolbill_engine::Pipeline::new();
+    let done = engine.submit_in(&fresh, "q0", t(AT), top_up(), None).await.unwrap().answer().await.unwrap();
+    assert_eq!(done.outcome, Outcome::Accepted);
+}
+
+/// A refusal decided in the same group commit as later commands of its pipeline (an id reused
+/// for another command) fences them at once: they are not decided in that commit either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_fenced_by_a_reused_id_decides_none_of_the_commands_queued_behind_it() {
+    let (engine, _store) = given_three_top_ups().await;
+    let pipeline = poolbill_engine::Pipeline::new();
+    let mut answers = Vec::new();
+    answers.push(engine.submit_in(&pipeline, "n0", t(AT), top_up(), None).await.unwrap());
+    // "t1" was a top-up of 1.00: reused for 2.00 it is refused.
+    answers.push(engine.submit_in(&pipeline, "t1", t(AT), cmd::top_up("a", "2.00"), None).await.unwrap());
+    for k in 2..40 {
+        answers.push(engine.submit_in(&pipeline, format!("n{k}"), t(AT), top_up(), None).await.unwrap());
+    }
+    let mut answers = answers.into_iter();
+    assert_eq!(answers.next().unwrap().answer().await.unwrap().outcome, Outcome::Accepted);
+    let reused = answers.next().unwrap().answer().await.unwrap_err();
+    assert!(matches!(reused, EngineError::IdReused { .. }), "{reused:?}");
+    for answer in answers {
+        assert!(matches!(answer.answer().await, Err(EngineError::Aborted(_))));
+    }
+    assert!((2..40).all(|k| engine.store().command(&format!("n{k}")).unwrap().is_none()), "none decided after the refusal");
+    assert_eq!(balance(&engine).await, d("4.00"));
+}

@@ -6,7 +6,7 @@ mod parse;
 pub use parse::{command, parse, parse_policy_file, AccountSpec, Scenario, ScenarioError, Step};
 
 use poolbill_domain::{Command, Policy};
-use poolbill_engine::{Engine, EngineError, Executed};
+use poolbill_engine::{Engine, EngineError, Executed, Pipeline};
 
 /// Run a scenario on an engine: set up the catalog, policy and accounts at the first instant,
 /// run each command at its `at` (the clock passes it first), then let the clock pass `until`.
@@ -30,10 +30,50 @@ pub async fn run(engine: &Engine, scenario: &Scenario) -> Result<Vec<(usize, Exe
         engine.execute(format!("{name}:account:{}", account.id), start, command, None).await?;
     }
     let mut results = Vec::with_capacity(scenario.commands.len());
-    for step in &scenario.commands {
+    let done = run_pipelined(engine, scenario, &mut results).await?;
+    // After a command that was not done (a failed write), the rest one at a time, each retried as
+    // `execute` retries it: the pipeline decided nothing after it.
+    for step in &scenario.commands[done..] {
         let executed = engine.execute(format!("{name}:{}", step.index), step.at, step.command.clone(), Some(step.index as u64)).await?;
         results.push((step.index, executed));
     }
     engine.advance_to(scenario.until).await?;
     Ok(results)
+}
+
+/// How many commands are in flight at once: enough for group commits of many commands.
+const IN_FLIGHT: usize = 256;
+
+/// The scenario's commands submitted ahead in one [`Pipeline`], so that many share a group
+/// commit (the engine decides them in order, each on the state its predecessors leave, as
+/// one at a time would). Returns how many were done; on the first one answered "not written" or
+/// "outcome unknown" it stops there (the pipeline refuses every later one), for the caller to go
+/// on one at a time with retries. Any other error is the run's, as it would be one at a time.
+async fn run_pipelined(engine: &Engine, scenario: &Scenario, results: &mut Vec<(usize, Executed)>) -> Result<usize, EngineError> {
+    let pipeline = Pipeline::new();
+    let mut steps = scenario.commands.iter();
+    let mut in_flight = std::collections::VecDeque::with_capacity(IN_FLIGHT);
+    let mut stop: Option<Result<usize, EngineError>> = None;
+    loop {
+        while stop.is_none() && in_flight.len() < IN_FLIGHT {
+            let Some(step) = steps.next() else { break };
+            let submitted =
+                engine.submit_in(&pipeline, format!("{}:{}", scenario.name, step.index), step.at, step.command.clone(), Some(step.index as u64));
+            in_flight.push_back((step.index, submitted.await?));
+        }
+        let Some((index, submitted)) = in_flight.pop_front() else { break };
+        match (submitted.answer().await, &stop) {
+            (Ok(executed), None) => results.push((index, executed)),
+            // The fence makes this impossible; were it not, the run stops rather than go on
+            // from a history out of the scenario's order.
+            (Ok(_), Some(_)) => {
+                stop = Some(Err(EngineError::Aborted(format!("command {index} was done after an earlier one of its pipeline was not"))));
+            }
+            (Err(EngineError::Aborted(_) | EngineError::OutcomeUnknown(_)), None) => stop = Some(Ok(results.len())),
+            (Err(e), None) => stop = Some(Err(e)),
+            // The later commands' answers: refused by the pipeline's fence.
+            (Err(_), Some(_)) => {}
+        }
+    }
+    stop.unwrap_or(Ok(results.len()))
 }
