@@ -40,8 +40,8 @@ pub fn write(mut json: impl Read + Seek, out: impl Write) -> io::Result<()> {
         Ok(())
     })?;
 
-    // Pass 2: the rows. The document has the flow bills first and the rejections after the
-    // kept sections, as the table has them.
+    // Pass 2: the rows. The kept sections go between the flow bills and the rejections, which
+    // the document has in that order too.
     let mut out = BufWriter::with_capacity(1 << 16, out);
     out.write_all(b"BILLS (flow)\n")?;
     bills.start(&mut out)?;
