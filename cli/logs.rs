@@ -134,54 +134,50 @@ pub fn replay(args: ReplayArgs) -> Result<(), Failure> {
         (None, Some(position)) => Upto::Position(position),
         (None, None) => Upto::All,
     };
-    // The JSON document is streamed (the contract's document, bills in order, written as the log
-    // is folded): neither the store's envelopes nor its bills are all in memory at once.
-    if let (TableFormat::Json, None) = (args.format, &args.policy) {
-        let mut stdout = std::io::stdout().lock();
-        return match args.source.origin()? {
-            Origin::Store(at) => {
-                let store = open_store(&at)?;
-                let total = store.last_position().map_err(|e| unreadable(&at)(e.into()))?;
-                let bar = progress::bar(total, "replaying");
-                let written = write_document(store.read_all(1), upto, &mut stdout, |position| bar.set_position(position));
-                bar.finish_and_clear();
-                written.map(|_| ()).map_err(document_failure(&at))
-            }
-            // Checked line by line as it is folded; nothing is shown unless the whole log is sound.
-            Origin::File(path) => {
-                let name = path.display();
-                let file = std::fs::File::open(path).map_err(input(format!("cannot read {name}")))?;
-                write_log_document(std::io::BufReader::with_capacity(1 << 18, file), upto, &mut stdout).map(|_| ()).map_err(|e| match e {
-                    LogDocumentError::Log(e) => input(format!("{name} is not a sound log"))(e),
-                    LogDocumentError::Document(DocumentError::Fold(e)) => input(format!("{name} cannot be replayed"))(e),
-                    LogDocumentError::Document(DocumentError::Io(e)) => runtime("writing the document")(e),
-                })
-            }
+    // A re-run needs every command of the log first: its document is made in memory.
+    if let Some(policy) = &args.policy {
+        let what_if = what_if(policy)?;
+        let json = to_json(&fold(&rerun_under(&load(&args.source)?.envelopes, &what_if), upto)?.document())?;
+        return match args.format {
+            TableFormat::Json => print_out(&json),
+            TableFormat::Table => table::write(std::io::Cursor::new(json), std::io::stdout().lock()).map_err(runtime("writing the table")),
         };
     }
-    let projections = match (&args.policy, args.source.origin()?) {
-        // A store's log is folded as it is read (up to `upto`, no further): its envelopes are
-        // never all in memory at once.
-        (None, Origin::Store(at)) => {
+    // The document is streamed (the contract's document, bills in order, written as the log is
+    // folded): neither the log's envelopes nor its bills are all in memory at once. The table
+    // is made from it on a temporary file: its columns are as wide as their widest cell.
+    match args.format {
+        TableFormat::Json => stream_document(&args.source, upto, &mut std::io::stdout().lock()),
+        TableFormat::Table => {
+            let mut json = tempfile::tempfile().map_err(runtime("creating a temporary file for the table"))?;
+            stream_document(&args.source, upto, &mut json)?;
+            table::write(json, std::io::stdout().lock()).map_err(runtime("writing the table"))
+        }
+    }
+}
+
+/// The document of the log as of `upto`, streamed to `out`.
+fn stream_document(source: &LogSource, upto: Upto, out: &mut impl Write) -> Result<(), Failure> {
+    match source.origin()? {
+        Origin::Store(at) => {
             let store = open_store(&at)?;
             let total = store.last_position().map_err(|e| unreadable(&at)(e.into()))?;
             let bar = progress::bar(total, "replaying");
-            let projections = fold_with(store.read_all(1), upto, |position| bar.set_position(position));
+            let written = write_document(store.read_all(1), upto, out, |position| bar.set_position(position));
             bar.finish_and_clear();
-            projections.map_err(unreadable(&at))?
+            written.map(|_| ()).map_err(document_failure(&at))
         }
-        (None, Origin::File(_)) => load(&args.source)?.fold(upto)?,
-        // A re-run needs every command of the log first.
-        (Some(policy), _) => {
-            let what_if = what_if(policy)?;
-            fold(&rerun_under(&load(&args.source)?.envelopes, &what_if), upto)?
+        // Checked line by line as it is folded; nothing is shown unless the whole log is sound.
+        Origin::File(path) => {
+            let name = path.display();
+            let file = std::fs::File::open(path).map_err(input(format!("cannot read {name}")))?;
+            write_log_document(std::io::BufReader::with_capacity(1 << 18, file), upto, out).map(|_| ()).map_err(|e| match e {
+                LogDocumentError::Log(e) => input(format!("{name} is not a sound log"))(e),
+                LogDocumentError::Document(DocumentError::Fold(e)) => input(format!("{name} cannot be replayed"))(e),
+                LogDocumentError::Document(DocumentError::Io(e)) => runtime("writing the document")(e),
+            })
         }
-    };
-    let document = projections.document();
-    print_out(&match args.format {
-        TableFormat::Json => to_json(&document)?,
-        TableFormat::Table => table::render(&document),
-    })
+    }
 }
 
 pub fn audit(args: AuditArgs) -> Result<(), Failure> {

@@ -2,7 +2,7 @@
 
 use crate::args::{instant, store_at, RunArgs, ServeArgs, TableFormat, POSTGRES_ENV};
 use crate::failure::{input, one_line, runtime, Failure};
-use crate::{print_out, progress, table};
+use crate::{progress, table};
 use poolbill_domain::{Command, Instant};
 use poolbill_engine::{Engine, EngineError, Executed, Submitted};
 use poolbill_replay::document::write_document;
@@ -23,20 +23,22 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     }
     // The document is read from the log (time travel: the log as it stood then).
     let upto = args.at.map_or(Upto::All, Upto::Instant);
-    match args.format {
-        // Streamed: memory follows what is live, not the length of the history.
-        TableFormat::Json => tokio::task::block_in_place(|| {
-            let mut stdout = std::io::stdout().lock();
-            let written = write_document(engine.store().read_all(1), upto, &mut stdout, |_| {}).map_err(runtime("writing the document"))?;
-            tracing::info!(events = written.events, bills = written.bills, rejections = written.rejections, "done");
-            Ok(())
-        }),
-        TableFormat::Table => {
-            let document = engine.as_of(upto).await.map_err(runtime("reading the document"))?.document();
-            tracing::info!(events = document.events, bills = document.bills.len(), rejections = document.rejections.len(), "done");
-            print_out(&table::render(&document))
-        }
-    }
+    // Streamed: memory follows what is live, not the length of the history. The table is made
+    // from the JSON document on a temporary file: its columns are as wide as their widest cell.
+    tokio::task::block_in_place(|| {
+        let mut stdout = std::io::stdout().lock();
+        let written = match args.format {
+            TableFormat::Json => write_document(engine.store().read_all(1), upto, &mut stdout, |_| {}).map_err(runtime("writing the document"))?,
+            TableFormat::Table => {
+                let mut json = tempfile::tempfile().map_err(runtime("creating a temporary file for the table"))?;
+                let written = write_document(engine.store().read_all(1), upto, &mut json, |_| {}).map_err(runtime("writing the document"))?;
+                table::write(json, &mut stdout).map_err(runtime("writing the table"))?;
+                written
+            }
+        };
+        tracing::info!(events = written.events, bills = written.bills, rejections = written.rejections, "done");
+        Ok(())
+    })
 }
 
 /// Write the log as JSON lines, whole or not at all (a temporary file renamed into place).
