@@ -17,17 +17,25 @@ pub struct Recorded {
     pub command: Command,
 }
 
+impl Recorded {
+    /// The command an event records, if it is a `command_received` (recorded at `at`, by the
+    /// command `id`): decided at the instant it was requested for.
+    pub fn of_event(id: Option<String>, at: Instant, event: &Event) -> Option<Recorded> {
+        match event {
+            Event::CommandReceived { command, index, requested_at } => {
+                Some(Recorded { id, at: requested_at.unwrap_or(at), index: *index, command: command.clone() })
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The commands a log recorded, in order.
 pub fn commands(envelopes: &[Envelope]) -> Vec<Recorded> {
     envelopes
         .iter()
         .filter(|e| e.event_type == "command_received")
-        .filter_map(|e| match poolbill_projections::event_of(e) {
-            Ok(Event::CommandReceived { command, index, requested_at }) => {
-                Some(Recorded { id: e.command_id.clone(), at: requested_at.unwrap_or(e.at), index, command })
-            }
-            _ => None,
-        })
+        .filter_map(|e| Recorded::of_event(e.command_id.clone(), e.at, &poolbill_projections::event_of(e).ok()?))
         .collect()
 }
 
@@ -49,41 +57,70 @@ pub struct Rerun {
 /// ([`Ledger`]): what is due at a command's instant, then the command.
 pub fn rerun(commands: &[Recorded], until: Instant, what_if: &WhatIf) -> Rerun {
     let _span = tracing::info_span!("rerun", commands = commands.len(), until = %until.to_rfc3339()).entered();
-    let mut ledger = Ledger::new();
     let mut log = Vec::new();
     let mut record = |step: Step| log.extend(step.events.into_iter().map(|event| (step.at, step.command_id.clone(), event)));
-    let mut overridden = false;
+    let mut rerunner = Rerunner::new(Projections::new(), what_if);
     for recorded in commands {
-        // What the what-if replaces is not set again.
+        rerunner.command(recorded, &mut record);
+    }
+    let projections = rerunner.finish(until, &mut record);
+    Rerun { envelopes: log, projections }
+}
+
+/// A re-run fed one recorded command at a time as a log is read, in step with it: the same
+/// steps as [`rerun`] takes for the whole list (it is made of this), each handed on as it is
+/// taken. Its clock moves only at commands and at the end, as in [`rerun`]: moved on with the
+/// log's instants, it would refuse (R1) a late command that [`rerun`] accepts.
+pub struct Rerunner<'w> {
+    ledger: Ledger,
+    what_if: &'w WhatIf,
+    /// Whether the first command has come (the what-if's terms are then in force).
+    started: bool,
+}
+
+impl<'w> Rerunner<'w> {
+    /// A re-run from `projections` of an empty log: [`Projections::live`] to keep only what is
+    /// live, [`Projections::new`] to keep every bill too.
+    pub fn new(projections: Projections, what_if: &'w WhatIf) -> Rerunner<'w> {
+        Rerunner { ledger: Ledger::from_projections(projections), what_if, started: false }
+    }
+
+    /// What is due by the command's instant, then (the first time) the what-if's terms, then
+    /// the command, unless it sets what the what-if replaces.
+    pub fn command(&mut self, recorded: &Recorded, mut emit: impl FnMut(Step)) {
         let replaced = match &recorded.command {
-            Command::SetPolicy { .. } => what_if.policy.is_some(),
-            Command::SetPrice { spec, .. } => what_if.catalog.contains_key(spec),
+            Command::SetPolicy { .. } => self.what_if.policy.is_some(),
+            Command::SetPrice { spec, .. } => self.what_if.catalog.contains_key(spec),
             _ => false,
         };
-        ledger.advance(recorded.at, &mut record);
-        if !overridden {
+        self.ledger.advance(recorded.at, &mut emit);
+        if !self.started {
             // The what-if's terms are in force from the first instant, before any command.
-            overridden = true;
+            self.started = true;
             let mut set = Vec::new();
-            if let Some(policy) = &what_if.policy {
+            if let Some(policy) = &self.what_if.policy {
                 set.push(Command::SetPolicy { policy: policy.clone() });
             }
-            for (spec, price) in &what_if.catalog {
+            for (spec, price) in &self.what_if.catalog {
                 set.push(Command::SetPrice { spec: spec.clone(), price: price.clone() });
             }
             for command in set {
                 // A what-if term that changes nothing (R17) leaves no trace.
-                if let Some(step) = ledger.decide_if_accepted(Some("what-if".to_string()), recorded.at, &command) {
-                    record(step);
+                if let Some(step) = self.ledger.decide_if_accepted(Some("what-if".to_string()), recorded.at, &command) {
+                    emit(step);
                 }
             }
         }
         if !replaced {
-            ledger.execute(recorded.id.clone(), recorded.at, &recorded.command, recorded.index, &mut record);
+            self.ledger.execute(recorded.id.clone(), recorded.at, &recorded.command, recorded.index, &mut emit);
         }
     }
-    ledger.advance(until, &mut record);
-    Rerun { envelopes: log, projections: ledger.into_projections() }
+
+    /// Let the clock pass `until` (the log's last instant), and give the projections.
+    pub fn finish(mut self, until: Instant, emit: impl FnMut(Step)) -> Projections {
+        self.ledger.advance(until, emit);
+        self.ledger.into_projections()
+    }
 }
 
 /// The re-run as envelopes (streams and versions as the engine would have written them).
