@@ -5,15 +5,24 @@
 //! each charged line to the recomputed ones by the fields it gives: the resource, and the item,
 //! start and end where given (the lines of that resource and item lying within [start, end]).
 
-use crate::rerun::{commands, rerun, WhatIf};
+use crate::pipeline::fold_pipelined;
+use crate::rerun::{Recorded as RecordedCommand, Rerunner, WhatIf};
+use crate::source::{Envelopes, EventSource};
 use chrono::DateTime;
 use poolbill_domain::money::{fmt_cents, trunc2};
 use poolbill_domain::time::to_beijing;
 use poolbill_domain::{BillLine, Event, Instant, Item};
+use poolbill_ledger::{Step, Upto};
+use poolbill_projections::Projections;
 use poolbill_store::Envelope;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::Value;
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::str::FromStr;
 
 /// CHARGED.json: `{"bills": [{"resource", "item"?, "start"?, "end"?, "payable"}], "total"?}`.
@@ -167,87 +176,246 @@ pub struct Discrepancy {
     pub erratum: Option<String>,
 }
 
-/// Recompute the log's bills and compare them with `charged`.
+/// Recompute the bills of a log in memory and compare them with `charged` ([`audit_log`]).
 pub fn audit(envelopes: &[Envelope], charged: &Charged) -> Report {
-    let mut recorded = recorded_lines(envelopes);
-    let until = envelopes.last().map(|e| e.at);
-    let mut computed: Vec<BillLine> = match until {
-        Some(until) => rerun(&commands(envelopes), until, &WhatIf::default()).projections.bills.into_iter().map(|b| b.line).collect(),
-        None => Vec::new(),
-    };
-    // Compared by start and resource (a stable sort keeps each resource's own order): a merged
-    // log of shards records one instant's lines shard by shard, one re-run in its own order.
-    for lines in [&mut recorded, &mut computed] {
-        lines.sort_by(|a, b| (a.start, &a.resource).cmp(&(b.start, &b.resource)));
+    match audit_log(&Envelopes(envelopes), charged) {
+        Ok(report) => report,
+        Err(never) => match never {},
     }
+}
+
+/// Recompute the log's bills and compare them with `charged`, reading the log as a stream: its
+/// commands are re-run as they are read, in step with the lines the log recorded, so memory
+/// holds what is live (the log's state and the re-run's), one total per charged line, and the
+/// lines one side has given and the other not yet (those since the last command).
+///
+/// The re-run must give the very lines the log holds, compared in the order of start and
+/// resource (each side's own order within those: a merged log of shards records one instant's
+/// lines shard by shard, a re-run in its own order). When the two agree line by line in log
+/// order, they agree in that order too, and one read is enough; when they do not (a merged
+/// log, or a log that differs from its commands), the log is read a second time and each
+/// side's lines sorted on a temporary file, to tell whether and where they differ.
+pub fn audit_log<S: EventSource>(source: &S, charged: &Charged) -> Result<Report, S::Error> {
+    let mut tallies = Tallies::new(charged);
+    let mut lockstep = Lockstep::new();
+    walk(source, |side, line| {
+        if side == COMPUTED {
+            tallies.add(line);
+        }
+        lockstep.take(side, line);
+    })?;
     let mut integrity = Vec::new();
-    if recorded != computed {
-        let differing = recorded.iter().zip(&computed).position(|(a, b)| a != b).unwrap_or(recorded.len().min(computed.len()));
-        integrity.push(format!(
-            "the log records {} bill lines and its commands give {}; they first differ at line {} ({})",
-            recorded.len(),
-            computed.len(),
-            differing + 1,
-            recorded.get(differing).or(computed.get(differing)).map_or("-".to_string(), |l| format!(
-                "{} {}",
-                l.resource,
-                to_beijing(l.start).to_rfc3339()
-            ))
-        ));
-    }
-    let mut report = Report { matched: 0, discrepancies: Vec::new(), matches: Vec::new(), integrity };
-    for line in &charged.bills {
-        let selected: Vec<&BillLine> = computed.iter().filter(|l| selects(line, l)).collect();
-        let sum: Decimal = selected.iter().map(|l| l.amounts.payable).sum();
-        let show = |t: Option<Instant>| t.map(|t| to_beijing(t).to_rfc3339());
-        if sum == line.payable && !selected.is_empty() {
-            report.matched += 1;
-            report.matches.push(Match {
-                resource: line.resource.clone(),
-                item: line.item.clone(),
-                start: show(line.start),
-                end: show(line.end),
-                payable: fmt_cents(sum),
-                lines: selected.len(),
-            });
-        } else {
-            let (rule, reason) = why(&selected, line.payable);
-            report.discrepancies.push(Discrepancy {
-                resource: line.resource.clone(),
-                item: line.item.clone(),
-                start: show(line.start),
-                end: show(line.end),
-                charged: fmt_cents(line.payable),
-                computed: fmt_cents(sum),
-                difference: fmt_cents(line.payable - sum),
-                rule,
-                reason,
-                lines: selected.len(),
-                erratum: line.erratum.clone(),
-            });
+    if !lockstep.same() {
+        let mut sorted = [SortedLines::new(), SortedLines::new()];
+        let mut failed = None;
+        walk(source, |side, line| {
+            if failed.is_none() {
+                failed = sorted[side].push(line).err();
+            }
+        })?;
+        let [recorded, computed] = sorted;
+        let first = match failed {
+            None => first_difference(recorded, computed),
+            Some(e) => Err(e),
+        };
+        let [recorded, computed] = lockstep.counts;
+        match first {
+            Ok(None) => {}
+            Ok(Some((differing, line))) => integrity.push(format!(
+                "the log records {recorded} bill lines and its commands give {computed}; they first differ at line {} ({})",
+                differing + 1,
+                line.map_or("-".to_string(), |l| format!("{} {}", l.resource, to_beijing(l.start).to_rfc3339()))
+            )),
+            // The temporary file failed: the lines are known to differ, not where.
+            Err(e) => integrity.push(format!(
+                "the log records {recorded} bill lines and its commands give {computed}; they differ in log order, and sorting them to find where failed: {e}"
+            )),
         }
     }
-    if let Some(total) = charged.total {
-        let sum: Decimal = computed.iter().map(|l| l.amounts.payable).sum();
-        if sum == total {
-            report.matched += 1;
-        } else {
-            report.discrepancies.push(Discrepancy {
-                resource: "(total)".into(),
-                item: None,
-                start: None,
-                end: None,
-                charged: fmt_cents(total),
-                computed: fmt_cents(sum),
-                difference: fmt_cents(total - sum),
-                rule: "R5".into(),
-                reason: "the total is the sum of every flow-bill line's payable".into(),
-                lines: computed.len(),
-                erratum: None,
-            });
+    Ok(tallies.report(charged, integrity))
+}
+
+/// The two sides of an audit: the lines the log recorded, and those its commands give again.
+const RECORDED: usize = 0;
+const COMPUTED: usize = 1;
+
+/// Read the log once, handing each line it records to `take` as [`RECORDED`], and re-run its
+/// commands as they come (up to its last instant), handing each line the re-run charges as
+/// [`COMPUTED`].
+fn walk<S: EventSource>(source: &S, mut take: impl FnMut(usize, &BillLine)) -> Result<(), S::Error> {
+    let what_if = WhatIf::default();
+    let mut rerunner = Rerunner::new(Projections::live(), &what_if);
+    let mut until = None;
+    fold_pipelined(
+        Upto::All,
+        |push| source.read(push),
+        |_, _, _| {},
+        |_, at, event, _| {
+            until = Some(at.at);
+            match event {
+                Event::Charged { line } => take(RECORDED, line),
+                // The command's id is not part of any decision: it is left out.
+                Event::CommandReceived { .. } => {
+                    if let Some(command) = RecordedCommand::of_event(None, at.at, event) {
+                        rerunner.command(&command, |step| charged_lines(step, &mut take));
+                    }
+                }
+                _ => {}
+            }
+        },
+    )?;
+    if let Some(until) = until {
+        rerunner.finish(until, |step| charged_lines(step, &mut take));
+    }
+    Ok(())
+}
+
+fn charged_lines(step: Step, take: &mut impl FnMut(usize, &BillLine)) {
+    for event in &step.events {
+        if let Event::Charged { line } = event {
+            take(COMPUTED, line);
         }
     }
-    report
+}
+
+/// The log's lines and the re-run's compared in log order as both come: each side's lines wait
+/// only until the other gives its own.
+struct Lockstep {
+    /// Lines given by one side and not yet by the other, by side.
+    waiting: [VecDeque<BillLine>; 2],
+    /// Lines given, by side.
+    counts: [usize; 2],
+    /// No two lines have differed yet.
+    alike: bool,
+}
+
+impl Lockstep {
+    fn new() -> Lockstep {
+        Lockstep { waiting: [VecDeque::new(), VecDeque::new()], counts: [0, 0], alike: true }
+    }
+
+    fn take(&mut self, side: usize, line: &BillLine) {
+        self.counts[side] += 1;
+        if !self.alike {
+            return;
+        }
+        match self.waiting[1 - side].pop_front() {
+            Some(waiting) if waiting == *line => {}
+            Some(_) => {
+                // Where they differ in the order compared is found by sorting: nothing more is kept.
+                self.alike = false;
+                self.waiting = [VecDeque::new(), VecDeque::new()];
+            }
+            None => self.waiting[side].push_back(line.clone()),
+        }
+    }
+
+    /// Both sides gave the same lines in the same order.
+    fn same(&self) -> bool {
+        self.alike && self.waiting.iter().all(VecDeque::is_empty)
+    }
+}
+
+/// What a charged line (or the total) adds up to over the re-run's lines it selects.
+#[derive(Clone, Default)]
+struct Tally {
+    lines: usize,
+    payable: Decimal,
+    /// List price less discount: what the lines come to before R2 truncates each.
+    net: Decimal,
+    /// The kinds of line met, each decided by its own rule.
+    items: BTreeSet<&'static str>,
+}
+
+impl Tally {
+    fn add(&mut self, line: &BillLine) {
+        self.lines += 1;
+        self.payable += line.amounts.payable;
+        self.net += line.amounts.list_price - line.amounts.discount;
+        self.items.insert(rule_of(line.item));
+    }
+}
+
+/// A tally per charged line, found by resource, and one of every line for the total.
+struct Tallies<'c> {
+    by_resource: HashMap<&'c str, Vec<usize>>,
+    lines: Vec<Tally>,
+    total: Tally,
+    charged: &'c [ChargedLine],
+}
+
+impl<'c> Tallies<'c> {
+    fn new(charged: &'c Charged) -> Tallies<'c> {
+        let mut by_resource: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, line) in charged.bills.iter().enumerate() {
+            by_resource.entry(line.resource.as_str()).or_default().push(i);
+        }
+        Tallies { by_resource, lines: vec![Tally::default(); charged.bills.len()], total: Tally::default(), charged: &charged.bills }
+    }
+
+    fn add(&mut self, line: &BillLine) {
+        self.total.lines += 1;
+        self.total.payable += line.amounts.payable;
+        for &i in self.by_resource.get(line.resource.as_str()).into_iter().flatten() {
+            if selects(&self.charged[i], line) {
+                self.lines[i].add(line);
+            }
+        }
+    }
+
+    fn report(self, charged: &Charged, integrity: Vec<String>) -> Report {
+        let mut report = Report { matched: 0, discrepancies: Vec::new(), matches: Vec::new(), integrity };
+        for (line, tally) in charged.bills.iter().zip(&self.lines) {
+            let show = |t: Option<Instant>| t.map(|t| to_beijing(t).to_rfc3339());
+            if tally.payable == line.payable && tally.lines > 0 {
+                report.matched += 1;
+                report.matches.push(Match {
+                    resource: line.resource.clone(),
+                    item: line.item.clone(),
+                    start: show(line.start),
+                    end: show(line.end),
+                    payable: fmt_cents(tally.payable),
+                    lines: tally.lines,
+                });
+            } else {
+                let (rule, reason) = why(tally, line.payable);
+                report.discrepancies.push(Discrepancy {
+                    resource: line.resource.clone(),
+                    item: line.item.clone(),
+                    start: show(line.start),
+                    end: show(line.end),
+                    charged: fmt_cents(line.payable),
+                    computed: fmt_cents(tally.payable),
+                    difference: fmt_cents(line.payable - tally.payable),
+                    rule,
+                    reason,
+                    lines: tally.lines,
+                    erratum: line.erratum.clone(),
+                });
+            }
+        }
+        if let Some(total) = charged.total {
+            let sum = self.total.payable;
+            if sum == total {
+                report.matched += 1;
+            } else {
+                report.discrepancies.push(Discrepancy {
+                    resource: "(total)".into(),
+                    item: None,
+                    start: None,
+                    end: None,
+                    charged: fmt_cents(total),
+                    computed: fmt_cents(sum),
+                    difference: fmt_cents(total - sum),
+                    rule: "R5".into(),
+                    reason: "the total is the sum of every flow-bill line's payable".into(),
+                    lines: self.total.lines,
+                    erratum: None,
+                });
+            }
+        }
+        report
+    }
 }
 
 /// The lines a charged line stands for: its resource, its item if given, within [start, end].
@@ -258,53 +426,206 @@ fn selects(charged: &ChargedLine, line: &BillLine) -> bool {
         && charged.end.is_none_or(|e| line.end <= e)
 }
 
+/// The rule that decides a kind of line.
+fn rule_of(item: Item) -> &'static str {
+    match item {
+        Item::Compute => "R4",
+        Item::Storage => "R14",
+        Item::Purchase | Item::Renewal => "R3",
+        Item::Upgrade | Item::Downgrade => "R9",
+        Item::Conversion => "R11",
+        Item::Refund => "R15",
+        Item::Package => "R13",
+    }
+}
+
 /// The rule that decides the computed figure, and what most likely explains the difference.
-fn why(lines: &[&BillLine], charged: Decimal) -> (String, String) {
-    if lines.is_empty() {
+fn why(lines: &Tally, charged: Decimal) -> (String, String) {
+    if lines.lines == 0 {
         return ("R5".into(), "no line of the log matches: nothing of this was charged under the rules".into());
     }
     // Each kind of line is decided by its own rule; a selection of several kinds cites each.
-    let mut rules: Vec<&str> = lines
-        .iter()
-        .map(|l| match l.item {
-            Item::Compute => "R4",
-            Item::Storage => "R14",
-            Item::Purchase | Item::Renewal => "R3",
-            Item::Upgrade | Item::Downgrade => "R9",
-            Item::Conversion => "R11",
-            Item::Refund => "R15",
-            Item::Package => "R13",
-        })
-        .collect();
+    let mut rules: Vec<&str> = lines.items.iter().copied().collect();
     rules.sort_by_key(|r| r[1..].parse::<u32>().unwrap_or(0));
-    rules.dedup();
     let rule = rules.join(", ");
-    let net: Decimal = lines.iter().map(|l| l.amounts.list_price - l.amounts.discount).sum();
-    let computed: Decimal = lines.iter().map(|l| l.amounts.payable).sum();
+    let (net, computed) = (lines.net, lines.payable);
     let rounded = net.round_dp(2);
-    if lines.len() > 1 && (charged == trunc2(net) || charged == rounded) {
+    if lines.lines > 1 && (charged == trunc2(net) || charged == rounded) {
         return (
             "R2".into(),
-            format!("the charged figure prices the {} lines' sum ({}) at once; R2 truncates each line to 2 places", lines.len(), net.normalize()),
+            format!("the charged figure prices the {} lines' sum ({}) at once; R2 truncates each line to 2 places", lines.lines, net.normalize()),
         );
     }
     let diff = (charged - computed).abs();
-    if diff < Decimal::new(1, 2) * Decimal::from(lines.len() as u64) && lines.len() > 1 {
+    if diff < Decimal::new(1, 2) * Decimal::from(lines.lines as u64) && lines.lines > 1 {
         return ("R2".into(), "within the round-off of the lines: R2 truncates each line to 2 places".into());
     }
-    (rule, format!("the rules give {} over {} line(s)", fmt_cents(computed), lines.len()))
+    (rule, format!("the rules give {} over {} line(s)", fmt_cents(computed), lines.lines))
 }
 
-/// The bill lines a log recorded, in log order.
-pub fn recorded_lines(envelopes: &[Envelope]) -> Vec<BillLine> {
-    envelopes
-        .iter()
-        .filter(|e| e.event_type == "charged")
-        .filter_map(|e| match poolbill_projections::event_of(e) {
-            Ok(Event::Charged { line }) => Some(line),
-            _ => None,
-        })
-        .collect()
+/// Where two sides' lines, each in the order of start and resource (then its own order), first
+/// differ: the index and the recorded side's line there (the computed side's, past its end);
+/// none if they are the same lines.
+fn first_difference(recorded: SortedLines, computed: SortedLines) -> io::Result<Option<(usize, Option<BillLine>)>> {
+    let (mut recorded, mut computed) = (recorded.into_sorted()?, computed.into_sorted()?);
+    let mut index = 0;
+    loop {
+        match (recorded.next().transpose()?, computed.next().transpose()?) {
+            (None, None) => return Ok(None),
+            (Some(a), Some(b)) if a == b => index += 1,
+            (a, b) => return Ok(Some((index, a.or(b)))),
+        }
+    }
+}
+
+/// Lines in memory before a sorted run of them is written out.
+const RUN: usize = 100_000;
+
+/// Lines put in the order of start and resource, each side keeping its own order among equals
+/// (a stable sort), in bounded memory: runs sorted in memory and written to a temporary file
+/// (one JSON line each), merged when read back.
+struct SortedLines {
+    buffer: Vec<BillLine>,
+    file: Option<BufWriter<File>>,
+    /// Each written run's first byte and its end.
+    runs: Vec<(u64, u64)>,
+    written: u64,
+}
+
+fn order(a: &BillLine, b: &BillLine) -> Ordering {
+    (a.start, &a.resource).cmp(&(b.start, &b.resource))
+}
+
+impl SortedLines {
+    fn new() -> SortedLines {
+        SortedLines { buffer: Vec::new(), file: None, runs: Vec::new(), written: 0 }
+    }
+
+    fn push(&mut self, line: &BillLine) -> io::Result<()> {
+        self.buffer.push(line.clone());
+        if self.buffer.len() == RUN {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    fn spill(&mut self) -> io::Result<()> {
+        self.buffer.sort_by(order);
+        let file = match &mut self.file {
+            Some(file) => file,
+            None => self.file.insert(BufWriter::with_capacity(1 << 16, tempfile::tempfile()?)),
+        };
+        let from = self.written;
+        for line in self.buffer.drain(..) {
+            let mut text = serde_json::to_vec(&line).map_err(io::Error::other)?;
+            text.push(b'\n');
+            file.write_all(&text)?;
+            self.written += text.len() as u64;
+        }
+        self.runs.push((from, self.written));
+        Ok(())
+    }
+
+    /// The lines in order: the runs on file merged with the lines still in memory (the last,
+    /// which come after every run among equals).
+    fn into_sorted(mut self) -> io::Result<impl Iterator<Item = io::Result<BillLine>>> {
+        self.buffer.sort_by(order);
+        let file = match self.file {
+            Some(file) => Some(file.into_inner().map_err(|e| e.into_error())?),
+            None => None,
+        };
+        let mut runs: Vec<Run> = Vec::with_capacity(self.runs.len() + 1);
+        for (from, to) in self.runs {
+            let file = file.as_ref().expect("runs were written to the file").try_clone()?;
+            runs.push(Run::Spilled(RunReader { file, next: from, end: to, buffer: Vec::new(), at: 0 }));
+        }
+        runs.push(Run::Memory(self.buffer.into_iter()));
+        let mut merge = Merge { heads: Vec::with_capacity(runs.len()), runs };
+        for i in 0..merge.runs.len() {
+            merge.refill(i)?;
+        }
+        Ok(merge)
+    }
+}
+
+/// A run being read back.
+enum Run {
+    Spilled(RunReader),
+    Memory(std::vec::IntoIter<BillLine>),
+}
+
+/// One run of the temporary file, read with positioned reads (the runs share one file).
+struct RunReader {
+    file: File,
+    next: u64,
+    end: u64,
+    buffer: Vec<u8>,
+    at: usize,
+}
+
+impl RunReader {
+    fn next_line(&mut self) -> io::Result<Option<BillLine>> {
+        loop {
+            if let Some(newline) = self.buffer[self.at..].iter().position(|&b| b == b'\n') {
+                let line = serde_json::from_slice(&self.buffer[self.at..self.at + newline]).map_err(io::Error::other)?;
+                self.at += newline + 1;
+                return Ok(Some(line));
+            }
+            if self.next == self.end {
+                return Ok(None);
+            }
+            self.buffer.drain(..self.at);
+            self.at = 0;
+            let have = self.buffer.len();
+            let want = (self.end - self.next).min(1 << 16) as usize;
+            self.buffer.resize(have + want, 0);
+            self.file.read_exact_at(&mut self.buffer[have..], self.next)?;
+            self.next += want as u64;
+        }
+    }
+}
+
+/// A merge of sorted runs: each run's next line, the least (the earliest run among equals) first.
+struct Merge {
+    runs: Vec<Run>,
+    heads: Vec<Option<BillLine>>,
+}
+
+impl Merge {
+    fn refill(&mut self, i: usize) -> io::Result<()> {
+        let next = match &mut self.runs[i] {
+            Run::Spilled(reader) => reader.next_line()?,
+            Run::Memory(lines) => lines.next(),
+        };
+        if i == self.heads.len() {
+            self.heads.push(next);
+        } else {
+            self.heads[i] = next;
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for Merge {
+    type Item = io::Result<BillLine>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // Few runs: a scan finds the least head as fast as a heap would keep it.
+        let mut least: Option<usize> = None;
+        for (i, head) in self.heads.iter().enumerate() {
+            if let Some(line) = head {
+                if least.is_none_or(|l| order(line, self.heads[l].as_ref().expect("a head")) == Ordering::Less) {
+                    least = Some(i);
+                }
+            }
+        }
+        let i = least?;
+        let line = self.heads[i].take();
+        if let Err(e) = self.refill(i) {
+            return Some(Err(e));
+        }
+        line.map(Ok)
+    }
 }
 
 impl Report {

@@ -1,11 +1,17 @@
 //! Diff: two derivations of a log's bills, line by line — as known at an instant against as
 //! known now (what later events added or corrected), or the actual bills against a what-if.
 
+use crate::pipeline::fold_pipelined;
+use crate::rerun::{Recorded, Rerunner, WhatIf};
+use crate::source::EventSource;
 use poolbill_domain::money::fmt_cents;
+use poolbill_domain::{Event, Instant};
+use poolbill_ledger::{Step, Upto};
 use poolbill_projections::{BillView, Projections};
 use rust_decimal::Decimal;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::str::FromStr;
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -23,48 +29,176 @@ pub struct Diff {
     pub difference: String,
 }
 
-type Key = (String, &'static str, &'static str, String, String, usize);
+/// What identifies a line in both derivations: resource, item, mode, start and end as shown.
+/// A repeated one (a stretch split between packages) is told apart by its place among its
+/// equals in log order: the n-th of one side is paired with the n-th of the other.
+type Base = (String, &'static str, &'static str, String, String);
 
-/// Lines keyed by what identifies them; a repeated key (a stretch split between packages)
-/// is told apart by its place among its equals.
-fn keyed(p: &Projections) -> BTreeMap<Key, BillView> {
-    let mut seen: BTreeMap<(String, &'static str, &'static str, String, String), usize> = BTreeMap::new();
-    let mut out = BTreeMap::new();
-    for bill in p.document().bills {
-        let base = (bill.resource.clone(), bill.item, bill.mode, bill.start.clone(), bill.end.clone());
-        let n = seen.entry(base.clone()).or_insert(0);
-        out.insert((base.0, base.1, base.2, base.3, base.4, *n), bill);
-        *n += 1;
-    }
-    out
+fn base(b: &BillView) -> Base {
+    (b.resource.clone(), b.item, b.mode, b.start.clone(), b.end.clone())
 }
 
-fn total(p: &Projections) -> Decimal {
-    p.bills.iter().map(|b| b.line.amounts.payable).sum()
+/// The two derivations, [`FIRST`] and [`SECOND`].
+const FIRST: usize = 0;
+const SECOND: usize = 1;
+
+/// Lines of two derivations paired as they come, each side in its log order: a line waits only
+/// until the other side gives its pair, so lines that both give are not kept (those of the
+/// same amounts only counted); what is left at the end is what only one side has.
+#[derive(Default)]
+struct Pairing {
+    /// By what identifies them, lines one side has given and the other not yet, and which side.
+    waiting: HashMap<Base, (usize, VecDeque<BillView>)>,
+    changed: Vec<[BillView; 2]>,
+    unchanged: usize,
+    totals: [Decimal; 2],
 }
 
-pub fn diff(first: &Projections, second: &Projections) -> Diff {
-    let (a, b) = (keyed(first), keyed(second));
-    let mut d = Diff {
-        added: Vec::new(),
-        removed: Vec::new(),
-        changed: Vec::new(),
-        unchanged: 0,
-        first_total: fmt_cents(total(first)),
-        second_total: fmt_cents(total(second)),
-        difference: fmt_cents(total(second) - total(first)),
-    };
-    let same =
-        |x: &BillView, y: &BillView| (&x.list_price, &x.discount, &x.round_off, &x.payable) == (&y.list_price, &y.discount, &y.round_off, &y.payable);
-    for (key, line) in &a {
-        match b.get(key) {
-            None => d.removed.push(line.clone()),
-            Some(other) if same(line, other) => d.unchanged += 1,
-            Some(other) => d.changed.push([line.clone(), other.clone()]),
+impl Pairing {
+    fn take(&mut self, side: usize, view: BillView, payable: Decimal) {
+        self.totals[side] += payable;
+        match self.waiting.entry(base(&view)) {
+            Entry::Occupied(mut entry) if entry.get().0 != side => {
+                let other = entry.get_mut().1.pop_front().expect("a waiting queue is never empty");
+                if entry.get().1.is_empty() {
+                    entry.remove();
+                }
+                let [x, y] = if side == SECOND { [other, view] } else { [view, other] };
+                let same = (&x.list_price, &x.discount, &x.round_off, &x.payable) == (&y.list_price, &y.discount, &y.round_off, &y.payable);
+                if same {
+                    self.unchanged += 1;
+                } else {
+                    self.changed.push([x, y]);
+                }
+            }
+            Entry::Occupied(mut entry) => entry.get_mut().1.push_back(view),
+            Entry::Vacant(entry) => {
+                entry.insert((side, VecDeque::from([view])));
+            }
         }
     }
-    d.added = b.iter().filter(|(k, _)| !a.contains_key(*k)).map(|(_, v)| v.clone()).collect();
-    d
+
+    /// A line both sides have, the same: counted, not kept.
+    fn same_in_both(&mut self, payable: Decimal) {
+        self.totals[FIRST] += payable;
+        self.totals[SECOND] += payable;
+        self.unchanged += 1;
+    }
+
+    /// The lines only one side has, and those changed, each in the order of what identifies
+    /// them (the first side's line, for a changed pair), equals in log order.
+    fn finish(self) -> Diff {
+        let key = |b: &BillView| (b.resource.clone(), b.item, b.mode, b.start.clone(), b.end.clone(), b.event);
+        let (mut removed, mut added) = (Vec::new(), Vec::new());
+        for (side, views) in self.waiting.into_values() {
+            if side == FIRST { &mut removed } else { &mut added }.extend(views);
+        }
+        removed.sort_by_cached_key(key);
+        added.sort_by_cached_key(key);
+        let mut changed = self.changed;
+        changed.sort_by_cached_key(|[x, _]| key(x));
+        let [first, second] = self.totals;
+        Diff {
+            added,
+            removed,
+            changed,
+            unchanged: self.unchanged,
+            first_total: fmt_cents(first),
+            second_total: fmt_cents(second),
+            difference: fmt_cents(second - first),
+        }
+    }
+}
+
+/// Two derivations' bills compared, from their projections (each keeping every bill).
+pub fn diff(first: &Projections, second: &Projections) -> Diff {
+    let mut pairing = Pairing::default();
+    for (side, p) in [(FIRST, first), (SECOND, second)] {
+        for bill in &p.bills {
+            pairing.take(side, BillView::of(bill), bill.line.amounts.payable);
+        }
+    }
+    pairing.finish()
+}
+
+/// What a log's bills are compared with.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Against {
+    /// The bills as known at this instant (first) against as known now (second).
+    Instant(Instant),
+    /// The bills as charged (first) against a re-run of the log's commands under these terms
+    /// (second).
+    WhatIf(WhatIf),
+}
+
+/// [`diff`] of a log read as a stream, folded once (with a re-run of its commands as they
+/// come, under a what-if): memory holds what is live, the lines one side has given and the
+/// other not yet, and what the diff shows.
+///
+/// As known at T against now: what was known at T is a prefix of the log, so each of its lines
+/// is the same line now (counted, not kept), and every later line is added.
+pub fn diff_log<S: EventSource>(source: &S, against: &Against) -> Result<Diff, S::Error> {
+    let mut pairing = Pairing::default();
+    match against {
+        Against::Instant(t) => {
+            let known = Upto::Instant(*t);
+            let mut before = true;
+            fold_pipelined(
+                Upto::All,
+                |push| source.read(push),
+                |_, _, _| {},
+                |_, at, event, _| {
+                    // Instants never go back in a log: once one is past T, every later one is.
+                    before = before && known.includes(at);
+                    if let Event::Charged { line } = event {
+                        if before {
+                            pairing.same_in_both(line.amounts.payable);
+                        } else {
+                            pairing.take(SECOND, BillView::of_line(at.position, line), line.amounts.payable);
+                        }
+                    }
+                },
+            )?;
+        }
+        Against::WhatIf(what_if) => {
+            let mut rerunner = Rerunner::new(Projections::live(), what_if);
+            // The re-run's positions: its events numbered from 1, as its log would be.
+            let mut position = 0;
+            let mut until = None;
+            fold_pipelined(
+                Upto::All,
+                |push| source.read(push),
+                |_, _, _| {},
+                |_, at, event, _| {
+                    until = Some(at.at);
+                    match event {
+                        Event::Charged { line } => pairing.take(FIRST, BillView::of_line(at.position, line), line.amounts.payable),
+                        // The command's id is not part of any decision: it is left out.
+                        Event::CommandReceived { .. } => {
+                            if let Some(command) = Recorded::of_event(None, at.at, event) {
+                                rerunner.command(&command, |step| rerun_lines(step, &mut position, &mut pairing));
+                            }
+                        }
+                        _ => {}
+                    }
+                },
+            )?;
+            if let Some(until) = until {
+                rerunner.finish(until, |step| rerun_lines(step, &mut position, &mut pairing));
+            }
+        }
+    }
+    Ok(pairing.finish())
+}
+
+/// A re-run's step: its events numbered on from `position`, its lines taken as the second side.
+fn rerun_lines(step: Step, position: &mut u64, pairing: &mut Pairing) {
+    for event in &step.events {
+        *position += 1;
+        if let Event::Charged { line } = event {
+            pairing.take(SECOND, BillView::of_line(*position, line), line.amounts.payable);
+        }
+    }
 }
 
 impl Diff {
