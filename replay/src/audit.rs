@@ -18,11 +18,12 @@ use poolbill_store::Envelope;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::Value;
-use std::cmp::Ordering;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
+use std::rc::Rc;
 use std::str::FromStr;
 
 /// CHARGED.json: `{"bills": [{"resource", "item"?, "start"?, "end"?, "payable"}], "total"?}`.
@@ -540,17 +541,14 @@ impl SortedLines {
             Some(file) => Some(file.into_inner().map_err(|e| e.into_error())?),
             None => None,
         };
+        let file = file.map(Rc::new);
         let mut runs: Vec<Run> = Vec::with_capacity(self.runs.len() + 1);
         for (from, to) in self.runs {
-            let file = file.as_ref().expect("runs were written to the file").try_clone()?;
+            let file = Rc::clone(file.as_ref().expect("runs were written to the file"));
             runs.push(Run::Spilled(RunReader { file, next: from, end: to, buffer: Vec::new(), at: 0 }));
         }
         runs.push(Run::Memory(self.buffer.into_iter()));
-        let mut merge = Merge { heads: Vec::with_capacity(runs.len()), runs };
-        for i in 0..merge.runs.len() {
-            merge.refill(i)?;
-        }
-        Ok(merge)
+        Merge::new(runs)
     }
 }
 
@@ -562,7 +560,7 @@ enum Run {
 
 /// One run of the temporary file, read with positioned reads (the runs share one file).
 struct RunReader {
-    file: File,
+    file: Rc<File>,
     next: u64,
     end: u64,
     buffer: Vec<u8>,
@@ -594,20 +592,31 @@ impl RunReader {
 /// A merge of sorted runs: each run's next line, the least (the earliest run among equals) first.
 struct Merge {
     runs: Vec<Run>,
+    /// Each run's next line, by run.
     heads: Vec<Option<BillLine>>,
+    /// The runs that have a next line, least first.
+    order: BinaryHeap<Reverse<(Instant, String, usize)>>,
 }
 
 impl Merge {
+    fn new(runs: Vec<Run>) -> io::Result<Merge> {
+        let mut merge = Merge { heads: (0..runs.len()).map(|_| None).collect(), runs, order: BinaryHeap::new() };
+        for i in 0..merge.runs.len() {
+            merge.refill(i)?;
+        }
+        Ok(merge)
+    }
+
+    /// Read run `i`'s next line into its head.
     fn refill(&mut self, i: usize) -> io::Result<()> {
         let next = match &mut self.runs[i] {
             Run::Spilled(reader) => reader.next_line()?,
             Run::Memory(lines) => lines.next(),
         };
-        if i == self.heads.len() {
-            self.heads.push(next);
-        } else {
-            self.heads[i] = next;
+        if let Some(line) = &next {
+            self.order.push(Reverse((line.start, line.resource.clone(), i)));
         }
+        self.heads[i] = next;
         Ok(())
     }
 }
@@ -616,16 +625,7 @@ impl Iterator for Merge {
     type Item = io::Result<BillLine>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        // Few runs: a scan finds the least head as fast as a heap would keep it.
-        let mut least: Option<usize> = None;
-        for (i, head) in self.heads.iter().enumerate() {
-            if let Some(line) = head {
-                if least.is_none_or(|l| order(line, self.heads[l].as_ref().expect("a head")) == Ordering::Less) {
-                    least = Some(i);
-                }
-            }
-        }
-        let i = least?;
+        let Reverse((_, _, i)) = self.order.pop()?;
         let line = self.heads[i].take();
         if let Err(e) = self.refill(i) {
             return Some(Err(e));
