@@ -251,3 +251,37 @@ fn diff_against_a_plain_rerun_shows_exactly_the_planted_line() {
         .unwrap_or_else(|never| match never {})
         .is_empty());
 }
+
+/// A log whose clock moved by itself (a live clock's settlements) past the instant of a command
+/// that came after: the command is refused in the log (R1, too late), but a re-run, whose clock
+/// moves only at commands, accepts it. audit and diff must report that as the whole-log re-run
+/// does, though they let their re-run keep pace with the log (they notice it ran ahead of the
+/// command, and run again at the commands' pace).
+#[test]
+fn a_late_command_after_a_clock_that_moved_by_itself_is_audited_as_the_whole_log_re_run_does() {
+    use poolbill_ledger::{Ledger, Step};
+    use poolbill_testkit::{cmd, t};
+    let mut log = Vec::new();
+    let mut record = |step: Step| log.extend(step.events.into_iter().map(|e| (step.at, step.command_id.clone(), e)));
+    let mut ledger = Ledger::new();
+    let id = |s: &str| Some(s.to_string());
+    ledger.execute(id("price"), t("2023-04-01T08:00:00+08:00"), &cmd::seed_price(), None, &mut record);
+    ledger.execute(id("open"), t("2023-04-01T08:00:00+08:00"), &cmd::open_account("a", "100.00"), None, &mut record);
+    ledger.execute(id("buy"), t("2023-04-01T08:00:00+08:00"), &cmd::purchase("a", "p1").build(), None, &mut record);
+    ledger.advance(t("2023-04-01T14:00:00+08:00"), &mut record);
+    ledger.execute(id("late"), t("2023-04-01T10:30:00+08:00"), &cmd::top_up("a", "5.00"), None, &mut record);
+    ledger.execute(id("after"), t("2023-04-01T15:00:00+08:00"), &cmd::top_up("a", "1.00"), None, &mut record);
+    ledger.advance(t("2023-04-01T18:00:00+08:00"), &mut record);
+    let envelopes = to_envelopes(&log);
+    assert!(envelopes.iter().any(|e| e.event_type == "command_rejected"), "the late top-up is refused in the log");
+
+    let none = Charged { bills: Vec::new(), total: None };
+    let report = audit(&envelopes, &none);
+    assert_eq!(report.integrity, reference_integrity(&envelopes));
+    assert_eq!(report.integrity.len(), 1, "the re-run accepts the late top-up: every later line's balance differs");
+    for what_if in what_ifs() {
+        let against = Against::WhatIf(what_if);
+        let d = diff_log(&Envelopes(&envelopes), &against).unwrap_or_else(|never| match never {});
+        assert_eq!(d, reference_diff_against(&envelopes, &against), "{against:?}");
+    }
+}

@@ -197,19 +197,33 @@ pub fn audit(envelopes: &[Envelope], charged: &Charged) -> Report {
 /// log, or a log that differs from its commands), the log is read a second time and each
 /// side's lines sorted on a temporary file, to tell whether and where they differ.
 pub fn audit_log<S: EventSource>(source: &S, charged: &Charged) -> Result<Report, S::Error> {
+    match audit_paced(source, charged, true)? {
+        Some(report) => Ok(report),
+        // A late command after a clock that moved by itself: at the commands' pace, as `rerun`.
+        None => Ok(audit_paced(source, charged, false)?.expect("a re-run at its commands' pace is always in step")),
+    }
+}
+
+/// [`audit_log`] with the re-run keeping pace with the log or not ([`walk`]); none if it could
+/// not keep pace.
+fn audit_paced<S: EventSource>(source: &S, charged: &Charged, paced: bool) -> Result<Option<Report>, S::Error> {
     let mut tallies = Tallies::new(charged);
     let mut lockstep = Lockstep::new();
-    walk(source, |side, line| {
+    let in_step = walk(source, paced, |side, line| {
         if side == COMPUTED {
             tallies.add(line);
         }
         lockstep.take(side, line);
     })?;
+    if !in_step {
+        return Ok(None);
+    }
     let mut integrity = Vec::new();
     if !lockstep.same() {
         let mut sorted = [SortedLines::new(), SortedLines::new()];
         let mut failed = None;
-        walk(source, |side, line| {
+        // The same read and re-run again, so in step again.
+        walk(source, paced, |side, line| {
             if failed.is_none() {
                 failed = sorted[side].push(line).err();
             }
@@ -233,7 +247,7 @@ pub fn audit_log<S: EventSource>(source: &S, charged: &Charged) -> Result<Report
             )),
         }
     }
-    Ok(tallies.report(charged, integrity))
+    Ok(Some(tallies.report(charged, integrity)))
 }
 
 /// The two sides of an audit: the lines the log recorded, and those its commands give again.
@@ -242,33 +256,46 @@ const COMPUTED: usize = 1;
 
 /// Read the log once, handing each line it records to `take` as [`RECORDED`], and re-run its
 /// commands as they come (up to its last instant), handing each line the re-run charges as
-/// [`COMPUTED`].
-fn walk<S: EventSource>(source: &S, mut take: impl FnMut(usize, &BillLine)) -> Result<(), S::Error> {
+/// [`COMPUTED`]. `paced`: the re-run's clock follows the log's instants as they come
+/// ([`Rerunner::keep_pace`]), so that its settlements come with the log's and lines wait for
+/// their pair only a step; false if a command then came for an instant the re-run had passed
+/// (the rest of the log is read, and nothing more handed to `take`).
+fn walk<S: EventSource>(source: &S, paced: bool, mut take: impl FnMut(usize, &BillLine)) -> Result<bool, S::Error> {
     let what_if = WhatIf::default();
     let mut rerunner = Rerunner::new(Projections::live(), &what_if);
     let mut until = None;
+    let mut in_step = true;
     fold_pipelined(
         Upto::All,
         |push| source.read(push),
         |_, _, _| {},
         |_, at, event, _| {
+            if !in_step {
+                return;
+            }
             until = Some(at.at);
             match event {
                 Event::Charged { line } => take(RECORDED, line),
                 // The command's id is not part of any decision: it is left out.
                 Event::CommandReceived { .. } => {
                     if let Some(command) = RecordedCommand::of_event(None, at.at, event) {
-                        rerunner.command(&command, |step| charged_lines(step, &mut take));
+                        in_step = rerunner.command_in_step(&command, |step| charged_lines(step, &mut take));
                     }
                 }
                 _ => {}
             }
+            if paced && in_step {
+                rerunner.keep_pace(at.at, |step| charged_lines(step, &mut take));
+            }
         },
     )?;
+    if !in_step {
+        return Ok(false);
+    }
     if let Some(until) = until {
         rerunner.finish(until, |step| charged_lines(step, &mut take));
     }
-    Ok(())
+    Ok(true)
 }
 
 fn charged_lines(step: Step, take: &mut impl FnMut(usize, &BillLine)) {

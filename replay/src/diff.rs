@@ -138,9 +138,9 @@ pub enum Against {
 /// As known at T against now: what was known at T is a prefix of the log, so each of its lines
 /// is the same line now (counted, not kept), and every later line is added.
 pub fn diff_log<S: EventSource>(source: &S, against: &Against) -> Result<Diff, S::Error> {
-    let mut pairing = Pairing::default();
-    match against {
+    let pairing = match against {
         Against::Instant(t) => {
+            let mut pairing = Pairing::default();
             let known = Upto::Instant(*t);
             let mut before = true;
             fold_pipelined(
@@ -159,36 +159,57 @@ pub fn diff_log<S: EventSource>(source: &S, against: &Against) -> Result<Diff, S
                     }
                 },
             )?;
+            pairing
         }
-        Against::WhatIf(what_if) => {
-            let mut rerunner = Rerunner::new(Projections::live(), what_if);
-            // The re-run's positions: its events numbered from 1, as its log would be.
-            let mut position = 0;
-            let mut until = None;
-            fold_pipelined(
-                Upto::All,
-                |push| source.read(push),
-                |_, _, _| {},
-                |_, at, event, _| {
-                    until = Some(at.at);
-                    match event {
-                        Event::Charged { line } => pairing.take(FIRST, BillView::of_line(at.position, line), line.amounts.payable),
-                        // The command's id is not part of any decision: it is left out.
-                        Event::CommandReceived { .. } => {
-                            if let Some(command) = Recorded::of_event(None, at.at, event) {
-                                rerunner.command(&command, |step| rerun_lines(step, &mut position, &mut pairing));
-                            }
-                        }
-                        _ => {}
-                    }
-                },
-            )?;
-            if let Some(until) = until {
-                rerunner.finish(until, |step| rerun_lines(step, &mut position, &mut pairing));
-            }
-        }
-    }
+        Against::WhatIf(what_if) => match against_what_if(source, what_if, true)? {
+            Some(pairing) => pairing,
+            // A late command after a clock that moved by itself: at the commands' pace, as `rerun`.
+            None => against_what_if(source, what_if, false)?.expect("a re-run at its commands' pace is always in step"),
+        },
+    };
     Ok(pairing.finish())
+}
+
+/// The log's lines paired with those of a re-run of its commands under `what_if`, the re-run
+/// keeping pace with the log's instants or not (`audit`'s `walk` says why); none if it could not.
+fn against_what_if<S: EventSource>(source: &S, what_if: &WhatIf, paced: bool) -> Result<Option<Pairing>, S::Error> {
+    let mut pairing = Pairing::default();
+    let mut rerunner = Rerunner::new(Projections::live(), what_if);
+    // The re-run's positions: its events numbered from 1, as its log would be.
+    let mut position = 0;
+    let mut until = None;
+    let mut in_step = true;
+    fold_pipelined(
+        Upto::All,
+        |push| source.read(push),
+        |_, _, _| {},
+        |_, at, event, _| {
+            if !in_step {
+                return;
+            }
+            until = Some(at.at);
+            match event {
+                Event::Charged { line } => pairing.take(FIRST, BillView::of_line(at.position, line), line.amounts.payable),
+                // The command's id is not part of any decision: it is left out.
+                Event::CommandReceived { .. } => {
+                    if let Some(command) = Recorded::of_event(None, at.at, event) {
+                        in_step = rerunner.command_in_step(&command, |step| rerun_lines(step, &mut position, &mut pairing));
+                    }
+                }
+                _ => {}
+            }
+            if paced && in_step {
+                rerunner.keep_pace(at.at, |step| rerun_lines(step, &mut position, &mut pairing));
+            }
+        },
+    )?;
+    if !in_step {
+        return Ok(None);
+    }
+    if let Some(until) = until {
+        rerunner.finish(until, |step| rerun_lines(step, &mut position, &mut pairing));
+    }
+    Ok(Some(pairing))
 }
 
 /// A re-run's step: its events numbered on from `position`, its lines taken as the second side.

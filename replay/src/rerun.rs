@@ -69,20 +69,50 @@ pub fn rerun(commands: &[Recorded], until: Instant, what_if: &WhatIf) -> Rerun {
 
 /// A re-run fed one recorded command at a time as a log is read, in step with it: the same
 /// steps as [`rerun`] takes for the whole list (it is made of this), each handed on as it is
-/// taken. Its clock moves only at commands and at the end, as in [`rerun`]: moved on with the
-/// log's instants, it would refuse (R1) a late command that [`rerun`] accepts.
+/// taken. [`rerun`]'s clock moves only at commands and at the end; a re-run that keeps pace with
+/// the log ([`Rerunner::keep_pace`]) takes the same steps in the same order, as long as no
+/// command is for an instant before a step already taken.
 pub struct Rerunner<'w> {
     ledger: Ledger,
     what_if: &'w WhatIf,
     /// Whether the first command has come (the what-if's terms are then in force).
     started: bool,
+    /// The latest instant of a step [`Rerunner::keep_pace`] took since the last command.
+    ahead: Option<Instant>,
 }
 
 impl<'w> Rerunner<'w> {
     /// A re-run from `projections` of an empty log: [`Projections::live`] to keep only what is
     /// live, [`Projections::new`] to keep every bill too.
     pub fn new(projections: Projections, what_if: &'w WhatIf) -> Rerunner<'w> {
-        Rerunner { ledger: Ledger::from_projections(projections), what_if, started: false }
+        Rerunner { ledger: Ledger::from_projections(projections), what_if, started: false, ahead: None }
+    }
+
+    /// Let the clock pass `to`, an instant the log has reached, so that the re-run keeps pace
+    /// with a log read alongside it (its settlements come as the log's do, not all at the next
+    /// command). What falls due depends on the state alone, so this takes the steps the next
+    /// command's [`Rerunner::command`] would take first, sooner — unless that command is for an
+    /// earlier instant than a step taken here (a late command, after a clock that moved by
+    /// itself): [`Rerunner::command_in_step`] says so, and the re-run is then not [`rerun`]'s.
+    pub fn keep_pace(&mut self, to: Instant, mut emit: impl FnMut(Step)) {
+        if !self.started {
+            return;
+        }
+        let ahead = &mut self.ahead;
+        self.ledger.advance(to, |step| {
+            *ahead = Some(ahead.map_or(step.at, |a| a.max(step.at)));
+            emit(step);
+        });
+    }
+
+    /// [`Rerunner::command`], if the steps [`Rerunner::keep_pace`] took since the last command
+    /// are all at or before this one's instant; false (and nothing done) if not.
+    pub fn command_in_step(&mut self, recorded: &Recorded, emit: impl FnMut(Step)) -> bool {
+        if self.ahead.take().is_some_and(|ahead| ahead > recorded.at) {
+            return false;
+        }
+        self.command(recorded, emit);
+        true
     }
 
     /// What is due by the command's instant, then (the first time) the what-if's terms, then
