@@ -188,7 +188,7 @@ pub fn audit(envelopes: &[Envelope], charged: &Charged) -> Report {
 /// Recompute the log's bills and compare them with `charged`, reading the log as a stream: its
 /// commands are re-run as they are read, in step with the lines the log recorded, so memory
 /// holds what is live (the log's state and the re-run's), one total per charged line, and the
-/// lines one side has given and the other not yet (those since the last command).
+/// lines one side has given and the other not yet (about a step's: [`walk`]).
 ///
 /// The re-run must give the very lines the log holds, compared in the order of start and
 /// resource (each side's own order within those: a merged log of shards records one instant's

@@ -79,13 +79,15 @@ pub struct Rerunner<'w> {
     started: bool,
     /// The latest instant of a step [`Rerunner::keep_pace`] took since the last command.
     ahead: Option<Instant>,
+    /// The latest instant [`Rerunner::keep_pace`] let the clock pass.
+    paced_to: Option<Instant>,
 }
 
 impl<'w> Rerunner<'w> {
     /// A re-run from `projections` of an empty log: [`Projections::live`] to keep only what is
     /// live, [`Projections::new`] to keep every bill too.
     pub fn new(projections: Projections, what_if: &'w WhatIf) -> Rerunner<'w> {
-        Rerunner { ledger: Ledger::from_projections(projections), what_if, started: false, ahead: None }
+        Rerunner { ledger: Ledger::from_projections(projections), what_if, started: false, ahead: None, paced_to: None }
     }
 
     /// Let the clock pass `to`, an instant the log has reached, so that the re-run keeps pace
@@ -95,9 +97,12 @@ impl<'w> Rerunner<'w> {
     /// earlier instant than a step taken here (a late command, after a clock that moved by
     /// itself): [`Rerunner::command_in_step`] says so, and the re-run is then not [`rerun`]'s.
     pub fn keep_pace(&mut self, to: Instant, mut emit: impl FnMut(Step)) {
-        if !self.started {
+        // Finding what is due looks at every meter: once an instant (a log holds many events
+        // at each), not once an event.
+        if !self.started || self.paced_to.is_some_and(|paced| paced >= to) {
             return;
         }
+        self.paced_to = Some(to);
         let ahead = &mut self.ahead;
         self.ledger.advance(to, |step| {
             *ahead = Some(ahead.map_or(step.at, |a| a.max(step.at)));
