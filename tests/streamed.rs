@@ -285,3 +285,34 @@ fn a_late_command_after_a_clock_that_moved_by_itself_is_audited_as_the_whole_log
         assert_eq!(d, reference_diff_against(&envelopes, &against), "{against:?}");
     }
 }
+
+/// A re-run kept in pace with its log, command by command and instant by instant, takes the
+/// steps `rerun` takes for the whole list, in the same order — and is never behind the log: by
+/// each event it has given at least as many events as the log holds up to it (so the log's
+/// lines never wait long for their pair).
+#[test]
+fn a_re_run_kept_in_pace_with_its_log_takes_rerun_s_steps_and_is_never_behind() {
+    use poolbill_ledger::Step;
+    use poolbill_replay::rerun::{Recorded, Rerunner};
+    for dir in fixtures() {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let envelopes = jsonl::read_file(&dir.join("log.jsonl")).unwrap();
+        let until = envelopes.last().unwrap().at;
+        let expected = rerun(&commands(&envelopes), until, &WhatIf::default()).envelopes;
+        let what_if = WhatIf::default();
+        let mut paced = Rerunner::new(Projections::live(), &what_if);
+        let mut taken = Vec::new();
+        let record = |taken: &mut Vec<_>, step: Step| taken.extend(step.events.into_iter().map(|e| (step.at, step.command_id.clone(), e)));
+        for envelope in &envelopes {
+            let event = poolbill_projections::event_of(envelope).unwrap();
+            if let Some(command) = Recorded::of_event(envelope.command_id.clone(), envelope.at, &event) {
+                assert!(paced.command_in_step(&command, |step| record(&mut taken, step)), "{name}: position {}", envelope.position);
+            }
+            paced.keep_pace(envelope.at, |step| record(&mut taken, step));
+            let given = taken.len();
+            assert!(given as u64 >= envelope.position, "{name}: at position {} the re-run has given {given} events", envelope.position);
+        }
+        paced.finish(until, |step| record(&mut taken, step));
+        assert!(taken == expected, "{name}: the paced re-run's steps are rerun's");
+    }
+}

@@ -79,7 +79,8 @@ pub struct Rerunner<'w> {
     started: bool,
     /// The latest instant of a step [`Rerunner::keep_pace`] took since the last command.
     ahead: Option<Instant>,
-    /// The latest instant [`Rerunner::keep_pace`] let the clock pass.
+    /// The latest instant [`Rerunner::keep_pace`] let the clock pass since the last command (a
+    /// command may make something due at its own instant).
     paced_to: Option<Instant>,
 }
 
@@ -116,6 +117,7 @@ impl<'w> Rerunner<'w> {
         if self.ahead.take().is_some_and(|ahead| ahead > recorded.at) {
             return false;
         }
+        self.paced_to = None;
         self.command(recorded, emit);
         true
     }
