@@ -114,10 +114,9 @@ impl<'w> Rerunner<'w> {
     /// [`Rerunner::command`], if the steps [`Rerunner::keep_pace`] took since the last command
     /// are all at or before this one's instant; false (and nothing done) if not.
     pub fn command_in_step(&mut self, recorded: &Recorded, emit: impl FnMut(Step)) -> bool {
-        if self.ahead.take().is_some_and(|ahead| ahead > recorded.at) {
+        if self.ahead.is_some_and(|ahead| ahead > recorded.at) {
             return false;
         }
-        self.paced_to = None;
         self.command(recorded, emit);
         true
     }
@@ -125,6 +124,8 @@ impl<'w> Rerunner<'w> {
     /// What is due by the command's instant, then (the first time) the what-if's terms, then
     /// the command, unless it sets what the what-if replaces.
     pub fn command(&mut self, recorded: &Recorded, mut emit: impl FnMut(Step)) {
+        // What keep_pace took before it is behind the re-run now.
+        (self.ahead, self.paced_to) = (None, None);
         let replaced = match &recorded.command {
             Command::SetPolicy { .. } => self.what_if.policy.is_some(),
             Command::SetPrice { spec, .. } => self.what_if.catalog.contains_key(spec),
