@@ -7,6 +7,7 @@
 
 use crate::pipeline::fold_pipelined;
 use crate::rerun::{Recorded as RecordedCommand, Rerunner, WhatIf};
+use crate::sorted::{Sorted, Spill};
 use crate::source::{Envelopes, EventSource};
 use chrono::DateTime;
 use poolbill_domain::money::{fmt_cents, trunc2};
@@ -18,12 +19,9 @@ use poolbill_store::Envelope;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::Value;
-use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
-use std::fs::File;
-use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::FileExt;
-use std::rc::Rc;
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io;
 use std::str::FromStr;
 
 /// CHARGED.json: `{"bills": [{"resource", "item"?, "start"?, "end"?, "payable"}], "total"?}`.
@@ -220,12 +218,12 @@ fn audit_paced<S: EventSource>(source: &S, charged: &Charged, paced: bool) -> Re
     }
     let mut integrity = Vec::new();
     if !lockstep.same() {
-        let mut sorted = [SortedLines::new(), SortedLines::new()];
+        let mut sorted = [Sorted::new(), Sorted::new()];
         let mut failed = None;
         // The same read and re-run again, so in step again.
         walk(source, paced, |side, line| {
             if failed.is_none() {
-                failed = sorted[side].push(line).err();
+                failed = sorted[side].push(line.clone()).err();
             }
         })?;
         let [recorded, computed] = sorted;
@@ -494,7 +492,7 @@ fn why(lines: &Tally, charged: Decimal) -> (String, String) {
 /// Where two sides' lines, each in the order of start and resource (then its own order), first
 /// differ: the index and the recorded side's line there (the computed side's, past its end);
 /// none if they are the same lines.
-fn first_difference(recorded: SortedLines, computed: SortedLines) -> io::Result<Option<(usize, Option<BillLine>)>> {
+fn first_difference(recorded: Sorted<BillLine>, computed: Sorted<BillLine>) -> io::Result<Option<(usize, Option<BillLine>)>> {
     let (mut recorded, mut computed) = (recorded.into_sorted()?, computed.into_sorted()?);
     let mut index = 0;
     loop {
@@ -506,158 +504,18 @@ fn first_difference(recorded: SortedLines, computed: SortedLines) -> io::Result<
     }
 }
 
-/// Lines in memory before a sorted run of them is written out.
-const RUN: usize = 100_000;
-
-/// Lines put in the order of start and resource, each side keeping its own order among equals
-/// (a stable sort), in bounded memory: runs sorted in memory and written to a temporary file
-/// (one JSON line each), merged when read back.
-struct SortedLines {
-    /// Lines a run holds.
-    run: usize,
-    buffer: Vec<BillLine>,
-    file: Option<BufWriter<File>>,
-    /// Each written run's first byte and its end.
-    runs: Vec<(u64, u64)>,
-    written: u64,
-}
-
-fn order(a: &BillLine, b: &BillLine) -> Ordering {
-    (a.start, &a.resource).cmp(&(b.start, &b.resource))
-}
-
-impl SortedLines {
-    fn new() -> SortedLines {
-        SortedLines::with_runs_of(RUN)
+/// A bill line on the temporary file: its JSON; in the order of start and resource.
+impl Spill for BillLine {
+    fn encode(&self, out: &mut Vec<u8>) -> io::Result<()> {
+        serde_json::to_writer(out, self).map_err(io::Error::other)
     }
 
-    fn with_runs_of(run: usize) -> SortedLines {
-        SortedLines { run, buffer: Vec::new(), file: None, runs: Vec::new(), written: 0 }
+    fn decode(bytes: &[u8]) -> io::Result<BillLine> {
+        serde_json::from_slice(bytes).map_err(io::Error::other)
     }
 
-    fn push(&mut self, line: &BillLine) -> io::Result<()> {
-        self.buffer.push(line.clone());
-        if self.buffer.len() == self.run {
-            self.spill()?;
-        }
-        Ok(())
-    }
-
-    fn spill(&mut self) -> io::Result<()> {
-        self.buffer.sort_by(order);
-        let file = match &mut self.file {
-            Some(file) => file,
-            None => self.file.insert(BufWriter::with_capacity(1 << 16, tempfile::tempfile()?)),
-        };
-        let from = self.written;
-        for line in self.buffer.drain(..) {
-            let mut text = serde_json::to_vec(&line).map_err(io::Error::other)?;
-            text.push(b'\n');
-            file.write_all(&text)?;
-            self.written += text.len() as u64;
-        }
-        self.runs.push((from, self.written));
-        Ok(())
-    }
-
-    /// The lines in order: the runs on file merged with the lines still in memory (the last,
-    /// which come after every run among equals).
-    fn into_sorted(mut self) -> io::Result<impl Iterator<Item = io::Result<BillLine>>> {
-        self.buffer.sort_by(order);
-        let file = match self.file {
-            Some(file) => Some(file.into_inner().map_err(|e| e.into_error())?),
-            None => None,
-        };
-        let file = file.map(Rc::new);
-        let mut runs: Vec<Run> = Vec::with_capacity(self.runs.len() + 1);
-        for (from, to) in self.runs {
-            let file = Rc::clone(file.as_ref().expect("runs were written to the file"));
-            runs.push(Run::Spilled(RunReader { file, next: from, end: to, buffer: Vec::new(), at: 0 }));
-        }
-        runs.push(Run::Memory(self.buffer.into_iter()));
-        Merge::new(runs)
-    }
-}
-
-/// A run being read back.
-enum Run {
-    Spilled(RunReader),
-    Memory(std::vec::IntoIter<BillLine>),
-}
-
-/// One run of the temporary file, read with positioned reads (the runs share one file).
-struct RunReader {
-    file: Rc<File>,
-    next: u64,
-    end: u64,
-    buffer: Vec<u8>,
-    at: usize,
-}
-
-impl RunReader {
-    fn next_line(&mut self) -> io::Result<Option<BillLine>> {
-        loop {
-            if let Some(newline) = self.buffer[self.at..].iter().position(|&b| b == b'\n') {
-                let line = serde_json::from_slice(&self.buffer[self.at..self.at + newline]).map_err(io::Error::other)?;
-                self.at += newline + 1;
-                return Ok(Some(line));
-            }
-            if self.next == self.end {
-                return Ok(None);
-            }
-            self.buffer.drain(..self.at);
-            self.at = 0;
-            let have = self.buffer.len();
-            let want = (self.end - self.next).min(1 << 16) as usize;
-            self.buffer.resize(have + want, 0);
-            self.file.read_exact_at(&mut self.buffer[have..], self.next)?;
-            self.next += want as u64;
-        }
-    }
-}
-
-/// A merge of sorted runs: each run's next line, the least (the earliest run among equals) first.
-struct Merge {
-    runs: Vec<Run>,
-    /// Each run's next line, by run.
-    heads: Vec<Option<BillLine>>,
-    /// The runs that have a next line, least first.
-    order: BinaryHeap<Reverse<(Instant, String, usize)>>,
-}
-
-impl Merge {
-    fn new(runs: Vec<Run>) -> io::Result<Merge> {
-        let mut merge = Merge { heads: (0..runs.len()).map(|_| None).collect(), runs, order: BinaryHeap::new() };
-        for i in 0..merge.runs.len() {
-            merge.refill(i)?;
-        }
-        Ok(merge)
-    }
-
-    /// Read run `i`'s next line into its head.
-    fn refill(&mut self, i: usize) -> io::Result<()> {
-        let next = match &mut self.runs[i] {
-            Run::Spilled(reader) => reader.next_line()?,
-            Run::Memory(lines) => lines.next(),
-        };
-        if let Some(line) = &next {
-            self.order.push(Reverse((line.start, line.resource.clone(), i)));
-        }
-        self.heads[i] = next;
-        Ok(())
-    }
-}
-
-impl Iterator for Merge {
-    type Item = io::Result<BillLine>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let Reverse((_, _, i)) = self.order.pop()?;
-        let line = self.heads[i].take();
-        if let Err(e) = self.refill(i) {
-            return Some(Err(e));
-        }
-        line.map(Ok)
+    fn order(&self, other: &Self) -> Ordering {
+        (self.start, &self.resource).cmp(&(other.start, &other.resource))
     }
 }
 
@@ -732,18 +590,18 @@ mod tests {
     }
 
     proptest! {
-        /// Runs written to the file and merged give a stable sort by start and resource: equals
-        /// (same start and resource, told apart here by their amount) in the order pushed.
+        /// Lines written to the file as runs and merged come back whole, in a stable sort by
+        /// start and resource: equals (told apart here by their amount) in the order pushed.
         #[test]
         fn sorted_lines_are_a_stable_sort(lines in prop::collection::vec((0i64..6, 0u8..3, 0i64..1000), 0..60), run in 1usize..8) {
             let lines: Vec<BillLine> = lines.into_iter().map(|(s, r, p)| line(s, r, p)).collect();
-            let mut sorted = SortedLines::with_runs_of(run);
+            let mut sorted = Sorted::with_runs_of(run);
             for l in &lines {
-                sorted.push(l).unwrap();
+                sorted.push(l.clone()).unwrap();
             }
             let merged: Vec<BillLine> = sorted.into_sorted().unwrap().collect::<io::Result<_>>().unwrap();
             let mut expected = lines.clone();
-            expected.sort_by(order);
+            expected.sort_by(BillLine::order);
             prop_assert_eq!(merged, expected);
         }
     }

@@ -12,6 +12,7 @@ pub mod history;
 pub mod jsonl;
 mod pipeline;
 pub mod rerun;
+mod sorted;
 pub mod source;
 pub mod timeline;
 
