@@ -1,7 +1,8 @@
 //! `audit` and `diff` read the log as a stream (issue 8). Each is checked here against a
 //! reference model that holds the whole log, as both did before: the re-run's bills and the
 //! log's sorted and compared whole (audit), and two folds keeping every bill, keyed and compared
-//! (diff). On every fixture, from the exported log and from its envelopes, and with differences
+//! (diff). On every fixture, from the exported log and from its envelopes (and diff as written,
+//! its lists on temporary files, byte for byte the in-memory diff's), and with differences
 //! planted in the log: a line's amount changed, a line dropped or doubled, lines of one instant
 //! reordered (as a merged log of shards records them).
 
@@ -11,7 +12,7 @@ use common::*;
 use poolbill_domain::{BillLine, Event, Policy};
 use poolbill_projections::{BillView, Projections};
 use poolbill_replay::audit::{audit, audit_log, parse_charged, Charged};
-use poolbill_replay::diff::{diff_log, Against, Diff};
+use poolbill_replay::diff::{diff_log, write_diff_log, Against, Diff, DiffFormat};
 use poolbill_replay::rerun::{commands, rerun, to_envelopes, WhatIf};
 use poolbill_replay::source::{Envelopes, LogFile};
 use poolbill_replay::{fold, jsonl, Upto};
@@ -150,6 +151,16 @@ fn audit_and_diff_of_the_streamed_log_equal_the_whole_log_reference_on_every_fix
             assert_eq!(streamed, reference_diff_against(&envelopes, against), "{name}: {against:?}");
             let from_envelopes = diff_log(&Envelopes(&envelopes), against).unwrap_or_else(|never| match never {});
             assert_eq!(from_envelopes, streamed, "{name}: {against:?}");
+            // Written with its lists on temporary files: the very bytes of the in-memory diff.
+            for format in [DiffFormat::Json, DiffFormat::Text { first: "then", second: "now" }] {
+                let mut written = Vec::new();
+                write_diff_log(&LogFile::new(&log), against, format, &mut written).unwrap().unwrap();
+                let expected = match format {
+                    DiffFormat::Json => serde_json::to_string_pretty(&streamed).unwrap() + "\n",
+                    DiffFormat::Text { first, second } => streamed.to_text(first, second),
+                };
+                assert!(written == expected.as_bytes(), "{name}: {against:?}: written as {format:?}");
+            }
         }
     }
     assert!(instants_tried > 100, "the instants of every fixture's log were tried ({instants_tried})");
