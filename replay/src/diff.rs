@@ -215,6 +215,10 @@ impl Spill for Listed {
     }
 }
 
+/// Listed lines in memory before a sorted run of them is written out, for each of the three
+/// lists: a line's written form is larger than a bill line.
+const RUN: usize = 16_384;
+
 /// The lists on temporary files, each line already in the form it is written in.
 struct Spilled<'f> {
     format: DiffFormat<'f>,
@@ -227,7 +231,7 @@ struct Spilled<'f> {
 
 impl<'f> Spilled<'f> {
     fn new(format: DiffFormat<'f>) -> Spilled<'f> {
-        Spilled::with_runs_of(format, crate::sorted::RUN)
+        Spilled::with_runs_of(format, RUN)
     }
 
     fn with_runs_of(format: DiffFormat<'f>, run: usize) -> Spilled<'f> {

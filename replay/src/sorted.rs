@@ -23,6 +23,9 @@ pub(crate) trait Spill: Sized {
 /// Records in memory before a sorted run of them is written out.
 pub(crate) const RUN: usize = 100_000;
 
+/// Bytes of a run read back at a time: a merge holds this much of each run.
+const READ: usize = 16 << 10;
+
 pub(crate) struct Sorted<T> {
     /// Records a run holds.
     run: usize,
@@ -135,7 +138,7 @@ impl RunReader {
             }
             self.buffer.drain(..self.at);
             self.at = 0;
-            let want = ((self.end - self.next) as usize).min(need.max(1 << 16));
+            let want = ((self.end - self.next) as usize).min(need.max(READ));
             let filled = self.buffer.len();
             self.buffer.resize(filled + want, 0);
             self.file.read_exact_at(&mut self.buffer[filled..], self.next)?;
