@@ -13,8 +13,11 @@ use crate::{print_out, progress, table, to_json};
 use poolbill_domain::Event;
 use poolbill_ledger::Recorded;
 use poolbill_projections::Projections;
+use poolbill_replay::diff::{Against, DiffFormat};
 use poolbill_replay::document::{write_document, write_log_document, DocumentError, LogDocumentError};
+use poolbill_replay::jsonl::LogError;
 use poolbill_replay::rerun::{commands, rerun, to_envelopes, WhatIf};
+use poolbill_replay::source::{LogFile, StoreLog};
 use poolbill_replay::{
     audit as audit_log, bills as month, diff as diff_logs, explain as explain_log, fold_with, jsonl, timeline as draw, ReplayError, Upto,
 };
@@ -182,12 +185,13 @@ fn stream_document(source: &LogSource, upto: Upto, out: &mut impl Write) -> Resu
 
 pub fn audit(args: AuditArgs) -> Result<(), Failure> {
     // What was charged is checked before the log is read (or a store opened), after its source.
-    args.source.origin()?;
+    let origin = args.source.origin()?;
     let path = args.charged.display();
     let text = std::fs::read_to_string(&args.charged).map_err(input(format!("cannot read {path}")))?;
     let charged = audit_log::parse_charged(&text).map_err(input(format!("{path} is not a valid CHARGED.json")))?;
-    let log = load(&args.source)?;
-    let report = audit_log::audit(&log.envelopes, &charged);
+    // The log is read as a stream (twice if its lines and its commands' differ in log order).
+    let report =
+        streamed(&origin, "auditing", (), |source, ()| audit_log::audit_log(source, &charged), |source, ()| audit_log::audit_log(source, &charged))?;
     print_out(&match args.format {
         TableFormat::Json => to_json(&report)?,
         TableFormat::Table => report.to_text(),
@@ -196,6 +200,30 @@ pub fn audit(args: AuditArgs) -> Result<(), Failure> {
         Ok(())
     } else {
         Err(Failure::Differs)
+    }
+}
+
+/// Run a tool on a log read as a stream, handing it `with`: a file (`from_file`; what is not
+/// sound in it is bad input, exit 2) or a store (`from_store`, with progress on a terminal; what
+/// cannot be read in it is damage, exit 1).
+fn streamed<C, T>(
+    origin: &Origin<'_>,
+    doing: &'static str,
+    with: C,
+    from_file: impl FnOnce(&LogFile, C) -> Result<T, LogError>,
+    from_store: impl FnOnce(&StoreLog<'_, &(dyn Fn(u64) + Sync)>, C) -> Result<T, ReplayError>,
+) -> Result<T, Failure> {
+    match origin {
+        Origin::File(path) => from_file(&LogFile::new(path), with).map_err(input(format!("{} is not a sound log", path.display()))),
+        Origin::Store(at) => {
+            let store = open_store(at)?;
+            let total = store.last_position().map_err(|e| unreadable(at)(e.into()))?;
+            let bar = progress::bar(total, doing);
+            let show = |position: u64| bar.set_position(position);
+            let result = from_store(&StoreLog { store: store.as_ref(), progress: &show }, with);
+            bar.finish_and_clear();
+            result.map_err(unreadable(at))
+        }
     }
 }
 
@@ -248,22 +276,27 @@ pub fn explain(args: ExplainArgs) -> Result<(), Failure> {
 
 pub fn diff(args: DiffArgs) -> Result<(), Failure> {
     let what_if = args.policy.as_deref().map(what_if).transpose()?;
-    let log = load(&args.source)?;
-    let (first, second, names) = match (args.at, &args.policy, &what_if) {
-        (Some(t), _, _) => {
-            (log.fold(Upto::Instant(t))?, log.fold(Upto::All)?, (format!("as known at {}", t.to_rfc3339()), "as known now".to_string()))
-        }
-        (None, Some(policy), Some(what_if)) => {
-            let other = rerun_under(&log.envelopes, what_if);
-            (log.fold(Upto::All)?, fold(&other, Upto::All)?, ("as charged".to_string(), format!("under {}", policy.display())))
-        }
+    let origin = args.source.origin()?;
+    let (against, names) = match (args.at, &args.policy, what_if) {
+        (Some(t), _, _) => (Against::Instant(t), (format!("as known at {}", t.to_rfc3339()), "as known now".to_string())),
+        (None, Some(policy), Some(what_if)) => (Against::WhatIf(what_if), ("as charged".to_string(), format!("under {}", policy.display()))),
         _ => return Err(Failure::Input("diff needs --at INSTANT or --policy POLICY.json".into())),
     };
-    let d = diff_logs::diff(&first, &second);
-    print_out(&match args.format {
-        TableFormat::Json => to_json(&d)?,
-        TableFormat::Table => d.to_text(&names.0, &names.1),
-    })
+    let format = match args.format {
+        TableFormat::Json => DiffFormat::Json,
+        TableFormat::Table => DiffFormat::Text { first: &names.0, second: &names.1 },
+    };
+    // Written as the lists are merged back from their temporary files, never whole in memory.
+    let mut stdout = std::io::stdout().lock();
+    let written = streamed(
+        &origin,
+        "comparing",
+        &mut stdout,
+        |source, out| diff_logs::write_diff_log(source, &against, format, out),
+        |source, out| diff_logs::write_diff_log(source, &against, format, out),
+    )?;
+    // The output, or a temporary file of the lists.
+    written.map_err(runtime("writing the diff"))
 }
 
 pub fn bills(args: BillsArgs) -> Result<(), Failure> {

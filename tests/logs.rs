@@ -337,6 +337,12 @@ fn every_tool_gives_the_same_from_a_store_as_from_its_exported_log() {
         let upto = (envelopes.len() / 3).max(1).to_string();
         let last_bill = bills.len().max(1).to_string();
         let charged = dir.join("CHARGED.json");
+        let policy = out.path().join("policy.json");
+        std::fs::write(
+            &policy,
+            r#"{"levels": {"standard": {"grace_days": 2, "retention_days": 3}}, "catalog": [{"spec": "modelarts.vm.cpu.8ud", "hourly": "7.00"}]}"#,
+        )
+        .unwrap();
         let svg_of = |source: &[&str], file: &str| {
             let svg = out.path().join(file);
             let (code, stdout, stderr) = tool(&["timeline", "--resource", &resource, "--svg", svg.to_str().unwrap()], source);
@@ -350,6 +356,9 @@ fn every_tool_gives_the_same_from_a_store_as_from_its_exported_log() {
             vec!["explain", "--bill", &last_bill],
             vec!["explain", "--bill", &last_bill, "--format", "json"],
             vec!["diff", "--at", &mid, "--format", "json"],
+            vec!["diff", "--at", &mid],
+            vec!["diff", "--policy", policy.to_str().unwrap(), "--format", "json"],
+            vec!["diff", "--policy", policy.to_str().unwrap()],
             vec!["bills", "--month", &month, "--format", "json"],
             vec!["bills", "--month", &month, "--format", "csv"],
             vec!["audit", "--charged", charged.to_str().unwrap(), "--format", "json"],

@@ -62,6 +62,32 @@ fn every_fixture_and_scenario_gives_the_same_document_on_postgres_as_on_sled() {
             let explain = |flag: &str, value: &str| stdout_of(&["explain", flag, value, "--bill", "1", "--format", "json"]);
             assert_eq!(explain("--postgres", &url), explain("--store", sled), "{name}: explain");
         }
+        // audit and diff read it as a stream, as they read sled's: the same report and status.
+        let files = tempfile::tempdir().unwrap();
+        let charged = std::path::Path::new(scenario).with_file_name("CHARGED.json");
+        let charged = if charged.is_file() { charged } else { files.path().join("CHARGED.json") };
+        if !charged.is_file() {
+            std::fs::write(&charged, r#"{"bills": [], "total": "0.00"}"#).unwrap();
+        }
+        let policy = files.path().join("policy.json");
+        std::fs::write(&policy, r#"{"levels": {"standard": {"grace_days": 2, "retention_days": 3}}}"#).unwrap();
+        // As known when the first line ended, against now.
+        let known_at =
+            on_sled["bills"].as_array().unwrap().first().and_then(|b| b["end"].as_str()).unwrap_or("2023-04-20T00:00:00+08:00").to_string();
+        let tools: [Vec<&str>; 3] = [
+            vec!["audit", "--charged", charged.to_str().unwrap(), "--format", "json"],
+            vec!["diff", "--at", &known_at, "--format", "json"],
+            vec!["diff", "--policy", policy.to_str().unwrap()],
+        ];
+        for args in tools {
+            let on = |flag: &str, value: &str| {
+                let out = run(&[args.as_slice(), &[flag, value]].concat());
+                (out.status.code(), text(&out.stdout), text(&out.stderr))
+            };
+            let (from_postgres, from_sled) = (on("--postgres", &url), on("--store", sled));
+            assert!(matches!(from_sled.0, Some(0 | 1)) && !from_sled.1.is_empty(), "{name}: {args:?} on sled: {}", from_sled.2);
+            assert_eq!((from_postgres.0, &from_postgres.1), (from_sled.0, &from_sled.1), "{name}: {args:?}: {}", from_postgres.2);
+        }
     }
 }
 

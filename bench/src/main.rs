@@ -28,7 +28,7 @@ const USAGE: &str = "usage:
                   --postgres: a new database per run on that server, `throwaway`: a cluster of the machine's PostgreSQL 15, fsync on)
 
 Figures (--only): fsync, run, size, export, decode, replay, replay-store, replay-store-cli, at,
-explain, explain-store, explain-service, reopen, single, group, serve, pg-single, pg-group. Without --poolbill, `cargo build --release --bin poolbill` is run first and
+audit, diff-at, diff-policy, explain, explain-store, explain-service, reopen, single, group, serve, pg-single, pg-group. Without --poolbill, `cargo build --release --bin poolbill` is run first and
 target/release/poolbill measured. The default --out is target/bench/PRESET-SEED.";
 
 fn main() -> ExitCode {

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 /// Every figure, in the order measured; `--only` takes a comma-separated subset.
-pub const FIGURES: [&str; 18] = [
+pub const FIGURES: [&str; 21] = [
     "fsync",
     "run",
     "size",
@@ -20,6 +20,9 @@ pub const FIGURES: [&str; 18] = [
     "replay-store",
     "replay-store-cli",
     "at",
+    "audit",
+    "diff-at",
+    "diff-policy",
     "explain",
     "explain-store",
     "explain-service",
@@ -127,7 +130,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     // Every figure but the disk's and the appends' (which have stores of their own).
     let needs_store = FIGURES.iter().filter(|k| !["fsync", "single", "group", "pg-single", "pg-group"].contains(k)).any(|k| selected(k));
     // `run` and `replay` are compared with the parse of the log: they need it too.
-    let needs_log = ["run", "export", "decode", "replay", "at", "explain"].iter().any(|k| selected(k));
+    let needs_log = ["run", "export", "decode", "replay", "at", "explain", "audit", "diff-at", "diff-policy"].iter().any(|k| selected(k));
     let have_store = paths.store.join(poolbill_store_marker()).exists();
     if selected("run") || (needs_store && !have_store) {
         say(&format!("run (derive, durable); about {} events expected", grouped(p.expected_events() as f64)));
@@ -341,6 +344,71 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             json!({"events_by_then": n}),
             &facts,
         ));
+    }
+
+    // Audit and diff of the whole log, each next to a replay of the same log measured in this
+    // run: their peak memory should follow what is live, as the replay's does, not the log.
+    if ["audit", "diff-at", "diff-policy"].iter().any(|k| selected(k)) {
+        say("replay the log (the baseline of audit and diff)");
+        let mut cmd = Command::new(&opts.poolbill);
+        cmd.arg("replay").arg(&paths.log).args(["--format", "json"]);
+        let base = child(&mut cmd, b"", Output::Null, &opts.out, "audit-baseline")?;
+        let baseline = format!("replay of the same log {}, peak {}", seconds(secs(&base)), bytes(base.peak_rss));
+        let base_numbers = json!({"baseline_seconds": secs(&base), "baseline_peak_rss": base.peak_rss});
+        if selected("audit") {
+            figures.push(audit_figure(opts, &paths, &baseline, &base_numbers)?);
+        }
+        let day_before = (p.until() - chrono::Duration::days(1)).to_rfc3339();
+        let policy = opts.out.join("what-if.json");
+        std::fs::write(&policy, r#"{"levels": {"standard": {"grace_days": 5, "retention_days": 15}}}"#).map_err(|e| e.to_string())?;
+        let diffs = [
+            ("diff-at", "diff: the bills as known a day before the end against now", vec!["--at".to_string(), day_before]),
+            (
+                "diff-policy",
+                "diff: the bills as charged against a what-if policy (grace 5 days), re-running every command",
+                vec!["--policy".to_string(), policy.display().to_string()],
+            ),
+        ];
+        for (key, what, args) in diffs {
+            if !selected(key) {
+                continue;
+            }
+            say(what);
+            let out = opts.out.join(format!("{key}.json"));
+            let mut cmd = Command::new(&opts.poolbill);
+            cmd.arg("diff").arg(&paths.log).args(&args).args(["--format", "json"]);
+            let r = child(&mut cmd, b"", Output::File(&out), &opts.out, key)?;
+            let d = diff_counts(&out).map_err(|e| format!("{key}: {e}"))?;
+            if !opts.keep {
+                let _ = std::fs::remove_file(&out);
+            }
+            let (added, removed, changed, unchanged) = (d.added.len(), d.removed.len(), d.changed.len(), d.unchanged);
+            figures.push(Figure {
+                key: key.into(),
+                what: what.into(),
+                command: format!(
+                    "poolbill diff {} {} --format json",
+                    rel(&paths.log),
+                    args.iter().map(|a| rel(Path::new(a))).collect::<Vec<_>>().join(" ")
+                ),
+                value: format!(
+                    "{} ({} added, {} removed, {} changed, {} unchanged)",
+                    seconds(secs(&r)),
+                    grouped(added as f64),
+                    grouped(removed as f64),
+                    grouped(changed as f64),
+                    grouped(unchanged as f64)
+                ),
+                peak_rss: Some(r.peak_rss),
+                baseline: baseline.clone(),
+                checks: vec![Check::at_most("memory", r.peak_rss as f64, MEMORY_LIMIT, "B")],
+                numbers: numbers(
+                    &r,
+                    json!({"added": added, "removed": removed, "changed": changed, "unchanged": unchanged,
+                           "baseline_seconds": base_numbers["baseline_seconds"], "baseline_peak_rss": base_numbers["baseline_peak_rss"]}),
+                ),
+            });
+        }
     }
 
     if selected("explain") {
@@ -577,6 +645,65 @@ fn serve_input() -> String {
 
 /// A time-travel or explain figure: a point query, ≤ 50 ms (the issue's target, set for a
 /// 10M-event store) and ≤ 400 MB.
+/// What a diff's JSON report counts.
+#[derive(serde::Deserialize)]
+struct DiffCounts {
+    added: Vec<serde::de::IgnoredAny>,
+    removed: Vec<serde::de::IgnoredAny>,
+    changed: Vec<serde::de::IgnoredAny>,
+    unchanged: u64,
+}
+
+/// The counts of a diff's JSON report, read without holding its lines: this process's own pages
+/// are a floor under the peak memory of every child it starts after (see `measure`).
+fn diff_counts(path: &Path) -> Result<DiffCounts, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_reader(std::io::BufReader::new(file)).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `audit` of the whole log against a CHARGED.json that plants a discrepancy in each of its
+/// lines (two pools and the total charged at 0.00): the audit must find exactly those, and the
+/// log's own lines sound (no integrity finding); it exits 1, as bills that differ make it.
+fn audit_figure(opts: &Options, paths: &Paths, baseline: &str, base_numbers: &Value) -> Result<Figure, String> {
+    let charged = opts.out.join("charged.json");
+    let pools = [workload::pool_id(0), workload::pool_id(1)];
+    let text = json!({"bills": pools.iter().map(|p| json!({"resource": p, "payable": "0.00"})).collect::<Vec<_>>(), "total": "0.00"});
+    std::fs::write(&charged, text.to_string()).map_err(|e| e.to_string())?;
+    let out = opts.out.join("audit.json");
+    let mut cmd = Command::new(&opts.poolbill);
+    cmd.arg("audit").arg(&paths.log).arg("--charged").arg(&charged).args(["--format", "json"]);
+    let shown = format!("{cmd:?}");
+    let err = opts.out.join("audit.stderr");
+    let r = measure::run(&mut cmd, b"", Output::File(&out), &err).map_err(|e| format!("{shown}: {e}"))?;
+    if r.code != Some(1) {
+        let tail = std::fs::read_to_string(&err).unwrap_or_default();
+        return Err(format!("{shown}: expected exit 1 (the planted discrepancies), got {:?}: {}", r.code, tail.trim()));
+    }
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).map_err(|e| e.to_string())?).map_err(|e| format!("audit: {e}"))?;
+    let found = report["discrepancies"].as_array().map_or(0, Vec::len);
+    let integrity = report["integrity"].as_array().map_or(0, Vec::len);
+    if found != pools.len() + 1 || integrity != 0 {
+        return Err(format!(
+            "audit: expected {} planted discrepancies and a sound log, got {found} and {integrity} integrity findings",
+            pools.len() + 1
+        ));
+    }
+    let total = report["discrepancies"].as_array().and_then(|d| d.last()).map(|d| d["computed"].clone()).unwrap_or(Value::Null);
+    Ok(Figure {
+        key: "audit".into(),
+        what: "audit the whole log: re-run every command, match its lines with the log's, 3 planted discrepancies found".into(),
+        command: format!("poolbill audit {} --charged charged.json --format json (exit 1)", rel(&paths.log)),
+        value: format!("{} (total recomputed {})", seconds(secs(&r)), total.as_str().unwrap_or("?")),
+        peak_rss: Some(r.peak_rss),
+        baseline: baseline.to_string(),
+        checks: vec![Check::at_most("memory", r.peak_rss as f64, MEMORY_LIMIT, "B")],
+        numbers: numbers(
+            &r,
+            json!({"discrepancies": found, "total": total, "baseline_seconds": base_numbers["baseline_seconds"], "baseline_peak_rss": base_numbers["baseline_peak_rss"]}),
+        ),
+    })
+}
+
 fn point_query(key: &str, what: &str, command: String, r: &Run, extra: Value, facts: &Facts) -> Figure {
     Figure {
         key: key.into(),

@@ -370,7 +370,11 @@ impl DetailBills {
 impl BillView {
     /// How the document shows a flow-bill line.
     pub fn of(b: &FlowBill) -> BillView {
-        let l = &b.line;
+        BillView::of_line(b.position, &b.line)
+    }
+
+    /// How the document shows `l`, recorded at log position `position`.
+    pub fn of_line(position: u64, l: &BillLine) -> BillView {
         BillView {
             resource: l.resource.clone(),
             account: l.account.clone(),
@@ -382,7 +386,7 @@ impl BillView {
             discount: fmt_exact(l.amounts.discount),
             round_off: fmt_exact(l.amounts.round_off),
             payable: fmt_cents(l.amounts.payable),
-            event: b.position,
+            event: position,
         }
     }
 }

@@ -184,7 +184,7 @@ fn pretty(value: &impl serde::Serialize, indent: usize) -> io::Result<String> {
 }
 
 /// [`pretty`], appended to `out`.
-fn pretty_into(out: &mut Vec<u8>, value: &impl serde::Serialize, indent: usize) -> io::Result<()> {
+pub(crate) fn pretty_into(out: &mut Vec<u8>, value: &impl serde::Serialize, indent: usize) -> io::Result<()> {
     out.resize(out.len() + indent, b' ');
     let mut serializer = serde_json::Serializer::with_formatter(out, Indented { base: indent, depth: 0, has_value: false });
     value.serialize(&mut serializer).map_err(io::Error::other)

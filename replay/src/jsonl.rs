@@ -31,7 +31,7 @@ impl LogError {
         LogError { line, message: message.into(), source: None }
     }
 
-    fn caused_by(line: u64, message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> LogError {
+    pub(crate) fn caused_by(line: u64, message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> LogError {
         LogError { line, message: message.into(), source: Some(Box::new(source)) }
     }
 }
@@ -511,6 +511,14 @@ impl<R: BufRead> LogReader<R> {
     /// The next envelope with its leaf hash (see [`next_leaf_keeping`](LogReader::next_leaf_keeping)).
     pub fn next_with_leaf(&mut self) -> Option<Result<(Envelope, Hash), LogError>> {
         self.next_leaf_keeping(true).map(|next| next.map(|(envelope, leaf)| (envelope.expect("kept"), leaf)))
+    }
+}
+
+impl<R: BufRead> LogReader<R> {
+    /// The next event, decoded, with where and when it was recorded (the line checked as every
+    /// line is).
+    pub(crate) fn next_recorded(&mut self) -> Option<Result<(Recorded, Event), LogError>> {
+        self.next_with(|read, event| (Recorded { position: read.position(), at: read.at() }, event))
     }
 }
 

@@ -12,6 +12,8 @@ pub mod history;
 pub mod jsonl;
 mod pipeline;
 pub mod rerun;
+mod sorted;
+pub mod source;
 pub mod timeline;
 
 // Reading a log back is the ledger's one fold; these are re-exported for the tools' users.
