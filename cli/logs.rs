@@ -59,21 +59,9 @@ fn document_failure(at: &StoreAt) -> impl Fn(DocumentError) -> Failure + '_ {
     }
 }
 
-/// A whole log in memory, and the store it was read from (if it was).
+/// A whole log in memory.
 struct Log {
     envelopes: Vec<Envelope>,
-    store: Option<StoreAt>,
-}
-
-impl Log {
-    /// Fold it: an event that cannot be read is bad input in a file (exit 2), damage in a
-    /// store (exit 1).
-    fn fold(&self, upto: Upto) -> Result<Projections, Failure> {
-        match &self.store {
-            None => fold(&self.envelopes, upto),
-            Some(at) => fold_envelopes(&self.envelopes, upto).map_err(unreadable(at)),
-        }
-    }
 }
 
 /// The whole log in memory: a file read and checked whole, or every envelope of a store (the
@@ -83,7 +71,7 @@ fn load(source: &LogSource) -> Result<Log, Failure> {
         Origin::File(path) => {
             let envelopes = jsonl::read_file(path).map_err(input(format!("{} is not a sound log", path.display())))?;
             tracing::info!(events = envelopes.len(), log = %path.display(), "log read and checked");
-            Ok(Log { envelopes, store: None })
+            Ok(Log { envelopes })
         }
         Origin::Store(at) => {
             let store = open_store(&at)?;
@@ -100,7 +88,7 @@ fn load(source: &LogSource) -> Result<Log, Failure> {
             bar.finish_and_clear();
             let envelopes = read.map_err(|e| unreadable(&at)(e.into()))?;
             tracing::info!(events = envelopes.len(), store = %at.describe(), "store read");
-            Ok(Log { envelopes, store: Some(at) })
+            Ok(Log { envelopes })
         }
     }
 }
