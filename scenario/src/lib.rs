@@ -41,8 +41,9 @@ pub async fn run(engine: &Engine, scenario: &Scenario) -> Result<Vec<(usize, Exe
     Ok(results)
 }
 
-/// How many commands are in flight at once: enough for group commits of many commands.
-const IN_FLIGHT: usize = 256;
+/// How many commands are in flight at once: enough for group commits of many commands (on the
+/// region workload 64 derive as fast as 256, in half the memory: 96 MB against 201 MB).
+const IN_FLIGHT: usize = 64;
 
 /// The scenario's commands submitted ahead in one [`Pipeline`], so that many share a group
 /// commit (the engine decides them in order, each on the state its predecessors leave, as
