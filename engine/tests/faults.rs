@@ -30,6 +30,8 @@ enum Fail {
 #[derive(Default)]
 struct Faults {
     next: Mutex<Option<Fail>>,
+    /// Appends to let through before `next` applies.
+    skip: AtomicU64,
     /// While set, `recover` fails: the disk is still full.
     full: AtomicBool,
     /// Set by a failed write, cleared by `recover`: every call is refused meanwhile.
@@ -89,6 +91,11 @@ impl EventStore for Faulty {
     fn append_chain(&self, reqs: Vec<AppendRequest>) -> Result<ChainOutcome, StoreError> {
         self.refused()?;
         self.faults.appends.fetch_add(1, Ordering::SeqCst);
+        let skip = self.faults.skip.load(Ordering::SeqCst);
+        if skip > 0 {
+            self.faults.skip.store(skip - 1, Ordering::SeqCst);
+            return self.inner.append_chain(reqs);
+        }
         let Some(fail) = self.faults.next.lock().unwrap().take() else { return self.inner.append_chain(reqs) };
         self.faults.failed.store(true, Ordering::SeqCst);
         let unknown = || StoreError::OutcomeUnknown { context: "the flush failed".into(), source: Box::new(full_disk()) };
@@ -446,4 +453,48 @@ async fn a_pipeline_fenced_by_a_reused_id_decides_none_of_the_commands_queued_be
     }
     assert!((2..40).all(|k| engine.store().command(&format!("n{k}")).unwrap().is_none()), "none decided after the refusal");
     assert_eq!(balance(&engine).await, d("4.00"));
+}
+
+/// A scenario's run submits its commands ahead in a pipeline. When a write fails mid-run the
+/// run stops with the error (`execute`'s retries are refused while the store is failing), having
+/// done no command after the one that failed; run again once the store is back, it ends with
+/// the document of a run that never failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scenario_run_whose_write_fails_midway_ends_as_a_run_that_never_failed_when_run_again() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/scenarios/mixed-two-accounts.json");
+    let scenario = poolbill_scenario::parse(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let counted = Faulty::new();
+    let clean = Engine::start(counted.clone()).await.unwrap();
+    let expected = poolbill_scenario::run(&clean, &scenario).await.unwrap();
+    let expected_document = clean.document().await.unwrap();
+    let appends = counted.count(&counted.faults.appends);
+    let outcomes = |r: &[(usize, Executed)]| r.iter().map(|(i, e)| (*i, e.outcome.clone())).collect::<Vec<_>>();
+    let mut stopped = 0;
+    // Each of the run's appends fails in turn.
+    for skip in 0..appends {
+        let fail = [Fail::BeforeCommit, Fail::AfterCommitWritten, Fail::AfterCommitLost][skip as usize % 3];
+        let store = Faulty::new();
+        let engine = Engine::start(store.clone()).await.unwrap();
+        store.faults.skip.store(skip, Ordering::SeqCst);
+        *store.faults.next.lock().unwrap() = Some(fail);
+        // A failure in the setup (one command at a time) may be retried through; one in the
+        // pipeline stops the run.
+        if let Err(failed) = poolbill_scenario::run(&engine, &scenario).await {
+            assert!(matches!(failed, EngineError::Aborted(_) | EngineError::OutcomeUnknown(_)), "{fail:?} after {skip}: {failed:?}");
+            stopped += 1;
+        }
+        let started = Instant::now();
+        let results = loop {
+            match poolbill_scenario::run(&engine, &scenario).await {
+                Ok(results) => break results,
+                Err(e) => assert!(started.elapsed() < Duration::from_secs(5), "{fail:?} after {skip}: still failing: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(store.count(&store.faults.recovers) > 0, "{fail:?} after {skip}: the write failed");
+        assert_eq!(outcomes(&results), outcomes(&expected), "{fail:?} after {skip}");
+        assert_eq!(engine.document().await.unwrap(), expected_document, "{fail:?} after {skip}");
+        engine.store().verify().unwrap();
+    }
+    assert!(stopped > 0, "some failures hit the pipeline and stopped the run");
 }
