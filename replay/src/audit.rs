@@ -5,16 +5,14 @@
 //! each charged line to the recomputed ones by the fields it gives: the resource, and the item,
 //! start and end where given (the lines of that resource and item lying within [start, end]).
 
-use crate::pipeline::fold_pipelined;
-use crate::rerun::{Recorded as RecordedCommand, Rerunner, WhatIf};
+use crate::rerun::{rerun_beside, Beside, WhatIf};
 use crate::sorted::{Sorted, Spill};
 use crate::source::{Envelopes, EventSource};
 use chrono::DateTime;
 use poolbill_domain::money::{fmt_cents, trunc2};
 use poolbill_domain::time::to_beijing;
 use poolbill_domain::{BillLine, Event, Instant, Item};
-use poolbill_ledger::{Step, Upto};
-use poolbill_projections::Projections;
+use poolbill_ledger::Step;
 use poolbill_store::Envelope;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -252,48 +250,14 @@ fn audit_paced<S: EventSource>(source: &S, charged: &Charged, paced: bool) -> Re
 const RECORDED: usize = 0;
 const COMPUTED: usize = 1;
 
-/// Read the log once, handing each line it records to `take` as [`RECORDED`], and re-run its
-/// commands as they come (up to its last instant), handing each line the re-run charges as
-/// [`COMPUTED`]. `paced`: the re-run's clock follows the log's instants as they come
-/// ([`Rerunner::keep_pace`]), so that its settlements come with the log's and lines wait for
-/// their pair only a step; false if a command then came for an instant the re-run had passed
-/// (the rest of the log is read, and nothing more handed to `take`).
+/// Read the log once, handing each line it records to `take` as [`RECORDED`], and each line a
+/// re-run of its commands charges as [`COMPUTED`] ([`rerun_beside`]); false if the re-run could
+/// not keep pace with the log.
 fn walk<S: EventSource>(source: &S, paced: bool, mut take: impl FnMut(usize, &BillLine)) -> Result<bool, S::Error> {
-    let what_if = WhatIf::default();
-    let mut rerunner = Rerunner::new(Projections::live(), &what_if);
-    let mut until = None;
-    let mut in_step = true;
-    fold_pipelined(
-        Upto::All,
-        |push| source.read(push),
-        |_, _, _| {},
-        |_, at, event, _| {
-            if !in_step {
-                return;
-            }
-            until = Some(at.at);
-            match event {
-                Event::Charged { line } => take(RECORDED, line),
-                // The command's id is not part of any decision: it is left out.
-                Event::CommandReceived { .. } => {
-                    if let Some(command) = RecordedCommand::of_event(None, at.at, event) {
-                        in_step = rerunner.command_in_step(&command, |step| charged_lines(step, &mut take));
-                    }
-                }
-                _ => {}
-            }
-            if paced && in_step {
-                rerunner.keep_pace(at.at, |step| charged_lines(step, &mut take));
-            }
-        },
-    )?;
-    if !in_step {
-        return Ok(false);
-    }
-    if let Some(until) = until {
-        rerunner.finish(until, |step| charged_lines(step, &mut take));
-    }
-    Ok(true)
+    rerun_beside(source, &WhatIf::default(), paced, |seen| match seen {
+        Beside::Recorded(_, line) => take(RECORDED, line),
+        Beside::Rerun(step) => charged_lines(step, &mut take),
+    })
 }
 
 fn charged_lines(step: Step, take: &mut impl FnMut(usize, &BillLine)) {

@@ -3,7 +3,7 @@
 
 use crate::document::pretty_into;
 use crate::pipeline::fold_pipelined;
-use crate::rerun::{Recorded, Rerunner, WhatIf};
+use crate::rerun::{rerun_beside, Beside, WhatIf};
 use crate::sorted::{Sorted, Spill};
 use crate::source::EventSource;
 use poolbill_domain::money::fmt_cents;
@@ -413,42 +413,13 @@ fn pair_log<S: EventSource, L: Lists>(source: &S, against: &Against, lists: impl
 /// keeping pace with the log's instants or not (`audit`'s `walk` says why); none if it could not.
 fn against_what_if<S: EventSource, L: Lists>(source: &S, what_if: &WhatIf, paced: bool, lists: L) -> Result<Option<Pairing<L>>, S::Error> {
     let mut pairing = Pairing::new(lists);
-    let mut rerunner = Rerunner::new(Projections::live(), what_if);
     // The re-run's positions: its events numbered from 1, as its log would be.
     let mut position = 0;
-    let mut until = None;
-    let mut in_step = true;
-    fold_pipelined(
-        Upto::All,
-        |push| source.read(push),
-        |_, _, _| {},
-        |_, at, event, _| {
-            if !in_step {
-                return;
-            }
-            until = Some(at.at);
-            match event {
-                Event::Charged { line } => pairing.take(FIRST, BillView::of_line(at.position, line), line.amounts.payable),
-                // The command's id is not part of any decision: it is left out.
-                Event::CommandReceived { .. } => {
-                    if let Some(command) = Recorded::of_event(None, at.at, event) {
-                        in_step = rerunner.command_in_step(&command, |step| rerun_lines(step, &mut position, &mut pairing));
-                    }
-                }
-                _ => {}
-            }
-            if paced && in_step {
-                rerunner.keep_pace(at.at, |step| rerun_lines(step, &mut position, &mut pairing));
-            }
-        },
-    )?;
-    if !in_step {
-        return Ok(None);
-    }
-    if let Some(until) = until {
-        rerunner.finish(until, |step| rerun_lines(step, &mut position, &mut pairing));
-    }
-    Ok(Some(pairing))
+    let in_step = rerun_beside(source, what_if, paced, |seen| match seen {
+        Beside::Recorded(at, line) => pairing.take(FIRST, BillView::of_line(at, line), line.amounts.payable),
+        Beside::Rerun(step) => rerun_lines(step, &mut position, &mut pairing),
+    })?;
+    Ok(in_step.then_some(pairing))
 }
 
 /// A re-run's step: its events numbered on from `position`, its lines taken as the second side.

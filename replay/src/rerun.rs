@@ -185,3 +185,58 @@ pub fn to_envelopes(log: &[(Instant, Option<String>, Event)]) -> Vec<Envelope> {
         })
         .collect()
 }
+
+/// What [`rerun_beside`] hands on: a line the log records (at its position), or a step of the
+/// re-run.
+pub enum Beside<'a> {
+    Recorded(u64, &'a poolbill_domain::BillLine),
+    Rerun(Step),
+}
+
+/// Read the log once, handing on each line it records, and re-run its commands under
+/// `what_if` as they come (up to its last instant), handing on each step of the re-run (audit
+/// and diff compare the two as both come). `paced`: the re-run's clock follows the log's
+/// instants as they come ([`Rerunner::keep_pace`]), so that its settlements come with the log's
+/// and lines wait for their pair only a step; false if a command then came for an instant the
+/// re-run had passed (the rest of the log is read, and nothing more handed on).
+pub fn rerun_beside<S: crate::source::EventSource>(
+    source: &S,
+    what_if: &WhatIf,
+    paced: bool,
+    mut take: impl FnMut(Beside),
+) -> Result<bool, S::Error> {
+    let mut rerunner = Rerunner::new(Projections::live(), what_if);
+    let mut until = None;
+    let mut in_step = true;
+    crate::pipeline::fold_pipelined(
+        poolbill_ledger::Upto::All,
+        |push| source.read(push),
+        |_, _, _| {},
+        |_, at, event, _| {
+            if !in_step {
+                return;
+            }
+            until = Some(at.at);
+            match event {
+                Event::Charged { line } => take(Beside::Recorded(at.position, line)),
+                // The command's id is not part of any decision: it is left out.
+                Event::CommandReceived { .. } => {
+                    if let Some(command) = Recorded::of_event(None, at.at, event) {
+                        in_step = rerunner.command_in_step(&command, |step| take(Beside::Rerun(step)));
+                    }
+                }
+                _ => {}
+            }
+            if paced && in_step {
+                rerunner.keep_pace(at.at, |step| take(Beside::Rerun(step)));
+            }
+        },
+    )?;
+    if !in_step {
+        return Ok(false);
+    }
+    if let Some(until) = until {
+        rerunner.finish(until, |step| take(Beside::Rerun(step)));
+    }
+    Ok(true)
+}
