@@ -510,3 +510,99 @@ fn a_stream_index_of_an_earlier_build_is_rewritten_as_postings_once() {
     assert_eq!(store.read_stream("a", 1).unwrap().len(), 260);
     assert_eq!(store.verify().unwrap().events, 360);
 }
+
+/// Seeded crash states: sled's files as of some commit, the log synced through a later commit
+/// and part of the next frame, the mark at some commit. Opening keeps exactly the commits the
+/// log holds whole (indexing them again where sled trails), cuts the partial frame, and refuses
+/// as damaged, naming the first missing position, a store whose mark reaches past its log.
+#[test]
+fn seeded_crash_states_keep_every_whole_commit_and_refuse_a_lost_acknowledged_one() {
+    const COMMITS: usize = 24;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log");
+    let mut seed: u64 = 20261207;
+    let mut next = move |n: u64| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) % n.max(1)
+    };
+    let store = SledStore::open(&path).unwrap();
+    // Per commit (0: none yet): sled's files, the log's length, the last position, its checksum.
+    let copy_sled = |n: usize| {
+        let copy = dir.path().join(format!("sled{n}"));
+        copy_dir(&path, &copy);
+        for own in [LOG_FILE, WATERMARK_FILE] {
+            let _ = std::fs::remove_file(copy.join(own));
+        }
+        copy
+    };
+    store.flush().unwrap();
+    let mut sled_at = vec![copy_sled(0)];
+    let mut ends = vec![0u64];
+    let mut lasts = vec![(0u64, 0u32)];
+    let mut ids: Vec<Vec<String>> = vec![Vec::new()];
+    for c in 1..=COMMITS {
+        let mut requests = Vec::new();
+        let mut made = Vec::new();
+        for r in 0..1 + next(3) {
+            let id = format!("c{c}-{r}");
+            let events = (0..next(4)).map(|e| ev(["a", "b", "c"][next(3) as usize], "x", T0, json!([c, r, e]))).collect();
+            requests.push(req(Some(&id), events));
+            made.push(id);
+        }
+        store.append_batch(requests).unwrap();
+        store.flush().unwrap();
+        sled_at.push(copy_sled(c));
+        ends.push(std::fs::metadata(path.join(LOG_FILE)).unwrap().len());
+        let last = store.last_position().unwrap();
+        lasts.push((last, if last == 0 { 0 } else { stored_crc(&value_of(&store, last)) }));
+        ids.push(made);
+    }
+    let reference = all(&store);
+    let records: Vec<Vec<Option<CommandRecord>>> = ids.iter().map(|made| made.iter().map(|id| store.command(id).unwrap()).collect()).collect();
+    drop(store);
+    let log = std::fs::read(path.join(LOG_FILE)).unwrap();
+
+    let (mut kept, mut refused) = (0, 0);
+    for trial in 0..40 {
+        // The log whole through commit `k`, and `cut` bytes of the next frame; sled as of `j`.
+        let k = next(COMMITS as u64 + 1) as usize;
+        let j = next(k as u64 + 1) as usize;
+        let cut = if k < COMMITS { next(ends[k + 1] - ends[k]) } else { 0 };
+        // The mark at a commit the log holds, or now and then one past it.
+        let m = if k < COMMITS && next(4) == 0 { k + 1 + next((COMMITS - k) as u64) as usize } else { next(k as u64 + 1) as usize };
+        let what = format!("trial {trial}: log through commit {k} and {cut} bytes, sled as of {j}, mark at {m}");
+        let crashed = dir.path().join(format!("crash{trial}"));
+        copy_dir(&sled_at[j], &crashed);
+        std::fs::write(crashed.join(LOG_FILE), &log[..(ends[k] + cut) as usize]).unwrap();
+        let (position, crc) = lasts[m];
+        if position > 0 {
+            mark::Writer::new(crashed.join(WATERMARK_FILE)).write(position, crc).unwrap();
+        }
+        let durable = lasts[k].0;
+        match SledStore::open(&crashed) {
+            Ok(store) => {
+                assert!(position <= durable, "{what}: a mark past the log is damage");
+                assert_eq!(all(&store), reference[..durable as usize], "{what}");
+                for (c, made) in ids.iter().enumerate() {
+                    for (id, record) in made.iter().zip(&records[c]) {
+                        let expected = if c <= k { record.clone() } else { None };
+                        assert_eq!(store.command(id).unwrap(), expected, "{what}: {id}");
+                    }
+                }
+                assert_eq!(store.verify().unwrap().events, durable, "{what}");
+                assert_eq!(std::fs::metadata(crashed.join(LOG_FILE)).unwrap().len(), ends[k], "{what}: the partial frame is cut off");
+                let next_one = appended(store.append(req(Some("after"), vec![ev("a", "x", T1, json!("after"))])).unwrap());
+                assert_eq!(next_one.first_position, Some(durable + 1), "{what}");
+                kept += 1;
+            }
+            Err(StoreError::Corrupt { position: first_missing, .. }) => {
+                assert!(position > durable, "{what}: refused a sound store");
+                assert_eq!(first_missing, durable + 1, "{what}");
+                assert_eq!(std::fs::read(crashed.join(LOG_FILE)).unwrap().len() as u64, ends[k] + cut, "{what}: nothing cut from a damaged store");
+                refused += 1;
+            }
+            Err(other) => panic!("{what}: {other}"),
+        }
+    }
+    assert!(kept > 0 && refused > 0, "both kinds of crash state met: {kept} kept, {refused} refused");
+}
