@@ -491,7 +491,11 @@ async fn a_scenario_run_whose_write_fails_midway_ends_as_a_run_that_never_failed
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        assert!(store.count(&store.faults.recovers) > 0, "{fail:?} after {skip}: the write failed");
+        // How many appends a run takes depends on how commands fall into group commits: a late
+        // `skip` may find none left to fail.
+        if store.faults.next.lock().unwrap().is_none() {
+            assert!(store.count(&store.faults.recovers) > 0, "{fail:?} after {skip}: the write failed, the store recovered");
+        }
         assert_eq!(outcomes(&results), outcomes(&expected), "{fail:?} after {skip}");
         assert_eq!(engine.document().await.unwrap(), expected_document, "{fail:?} after {skip}");
         engine.store().verify().unwrap();
