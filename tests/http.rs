@@ -435,6 +435,11 @@ fn health_needs_no_token_and_the_openapi_document_lists_every_route() {
 fn the_document_is_streamed_and_shutdown_finishes_a_command_in_flight() {
     let mut server = Server::start();
     set_up(&server, 2);
+    // Money for three years of the four pools, so that the advance below runs that long.
+    for (token, account) in [(ONE, "acct-1"), (TWO, "acct-2")] {
+        let top_up = json!({"type": "top_up", "at": at(2), "account": account, "amount": "1000000.00"});
+        assert_eq!(server.command(token, &format!("fund-{account}"), &top_up).json()["status"], "accepted");
+    }
     let document = server.get("/v1/document", ADMIN);
     assert_eq!(document.status, 200, "{}", document.text());
     assert_eq!(document.header("transfer-encoding"), Some("chunked"));
@@ -444,11 +449,11 @@ fn the_document_is_streamed_and_shutdown_finishes_a_command_in_flight() {
     let earlier = server.get(&format!("/v1/document?at={}", at(1).replace('+', "%2B")), ADMIN).json();
     assert!(earlier["bills"].as_array().unwrap().len() < doc["bills"].as_array().unwrap().len());
 
-    // A long advance (two years of hourly settlement on four pools) is in flight when SIGTERM
+    // A long advance (three years of hourly settlement on four pools) is in flight when SIGTERM
     // comes: it is answered, durable, and serve exits 0.
     let addr = server.addr;
     let in_flight =
-        std::thread::spawn(move || request(addr, "POST", "/v1/advance", Some(ADMIN), &[], Some(json!({"at": at(2 * 8760)}).to_string().as_bytes())));
+        std::thread::spawn(move || request(addr, "POST", "/v1/advance", Some(ADMIN), &[], Some(json!({"at": at(3 * 8760)}).to_string().as_bytes())));
     std::thread::sleep(Duration::from_millis(300));
     // The premise: the advance has not been answered yet.
     assert!(!in_flight.is_finished(), "the advance was answered before the signal: make it longer");
@@ -458,7 +463,7 @@ fn the_document_is_streamed_and_shutdown_finishes_a_command_in_flight() {
     let reply = in_flight.join().unwrap();
     assert_eq!(reply.status, 200, "{}", reply.text());
     let events = reply.json()["events"].as_u64().unwrap();
-    assert!(events > 4 * 8760, "{events}");
+    assert!(events > 4 * 3 * 8760, "{events}");
     assert!(status.success(), "{status:?}");
     // After the shutdown: the store holds the advance, and its document is the one served
     // (the same log, replayed by the CLI) up to that advance.
