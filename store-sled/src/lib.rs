@@ -322,8 +322,6 @@ impl<'a> Pending<'a> {
 /// The log's frames past what sled's trees reflect (see [`Opened::scan_tail`]).
 struct Tail {
     writes: IndexWrites,
-    /// The checksums of the events they hold, by position.
-    crcs: Vec<(u64, u32)>,
     /// Where a frame cut short or damaged begins, how many bytes are from there to the end, why.
     cut: Option<(u64, u64, String)>,
 }
@@ -822,8 +820,12 @@ impl Opened {
         store.migrate_stream_index()?;
         // sled's trees may trail the log (they are not flushed before an acknowledgement).
         let tail = store.scan_tail()?;
+        // The whole frames past sled's trees are indexed (derived from the log: never lost by
+        // doing it), then the mark is checked against the log, and only then is a frame cut
+        // short cut off: a store that lost acknowledged events keeps every byte it has.
+        store.index_tail(&tail.writes)?;
         if let Some((position, crc)) = mark {
-            let last = tail.writes.last.map_or(store.last_position()?, |(p, _, _)| p);
+            let last = store.last_position()?;
             if last < position {
                 return Err(corrupt(
                     last + 1,
@@ -832,15 +834,11 @@ impl Opened {
                     ),
                 ));
             }
-            let acknowledged = match tail.crcs.iter().find(|(p, _)| *p == position) {
-                Some((_, crc)) => Some(*crc),
-                None => store.value_at(position)?.map(|v| stored_crc(&v)),
-            };
-            if acknowledged != Some(crc) {
+            if store.value_at(position)?.map(|v| stored_crc(&v)) != Some(crc) {
                 return Err(corrupt(position, "the acknowledged event at this position is not the one that was acknowledged"));
             }
         }
-        store.roll_forward(tail)?;
+        store.cut_tail(&tail)?;
         Ok(store)
     }
 
@@ -917,7 +915,7 @@ impl Opened {
                 ),
             ));
         }
-        let mut tail = Tail { writes: IndexWrites { log_end, ..IndexWrites::default() }, crcs: Vec::new(), cut: None };
+        let mut tail = Tail { writes: IndexWrites { log_end, ..IndexWrites::default() }, cut: None };
         let mut cursor = log::Cursor::new(self.log.clone(), log_end, len, SEQUENTIAL_READ);
         let mut versions: HashMap<String, u64> = HashMap::new();
         loop {
@@ -956,7 +954,6 @@ impl Opened {
                         }
                         tail.writes.appended.push((env.stream.clone(), env.version, position));
                         tail.writes.last = Some((position, env.at, stored_crc(value)));
-                        tail.crcs.push((position, stored_crc(value)));
                         versions.insert(env.stream, env.version);
                         at += 5 + value.len() as u64;
                     }
@@ -976,28 +973,26 @@ impl Opened {
         Ok(tail)
     }
 
-    /// Brings sled's trees up to the log (see [`Opened::scan_tail`]), and cuts off a frame that
-    /// was cut short or damaged past the last whole one: it was never acknowledged (the mark,
-    /// checked before, does not reach it).
-    fn roll_forward(&self, tail: Tail) -> Result<(), StoreError> {
-        let frames_added = tail.writes.log_end > self.log_end()?;
-        if frames_added {
-            tracing::info!(
-                through = tail.writes.last.map(|(p, _, _)| p),
-                "the store's indexes trailed its event log: brought up to date from the log"
-            );
-            self.apply_index(&tail.writes).map_err(|e| match e {
-                StoreError::OutcomeUnknown { source, .. } => *source,
-                e => e,
-            })?;
-            *self.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(tail.writes.log_end);
+    /// Brings sled's trees up to the log: the whole frames [`Opened::scan_tail`] found past them.
+    fn index_tail(&self, writes: &IndexWrites) -> Result<(), StoreError> {
+        if writes.log_end <= self.log_end()? {
+            return Ok(());
         }
+        tracing::info!(through = writes.last.map(|(p, _, _)| p), "the store's indexes trailed its event log: brought up to date from the log");
+        self.apply_index(writes).map_err(|e| match e {
+            StoreError::OutcomeUnknown { source, .. } => *source,
+            e => e,
+        })?;
+        *self.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(writes.log_end);
+        self.db.flush().map(|_| ()).map_err(storage("flushing the indexes brought up to date"))
+    }
+
+    /// Cuts off a frame cut short or damaged past the last whole one: it was never acknowledged
+    /// (the mark, checked before, does not reach it).
+    fn cut_tail(&self, tail: &Tail) -> Result<(), StoreError> {
         if let Some((offset, bytes, detail)) = &tail.cut {
             tracing::warn!(offset, bytes, detail, "the event log ends with a write that was never acknowledged: cut off");
             self.log.truncate(*offset).map_err(|e| StoreError::io("cutting an unacknowledged write off the event log", e))?;
-        }
-        if frames_added || tail.cut.is_some() {
-            self.db.flush().map_err(storage("flushing the indexes brought up to date"))?;
         }
         Ok(())
     }
@@ -1185,8 +1180,8 @@ impl Opened {
         let mut older = (start < self.log_first).then(|| self.events.range(start.to_be_bytes()..self.log_first.to_be_bytes()));
         let mut cursor: Option<(log::Cursor, u64)> = None;
         let log = self.log.clone();
-        let offsets = (start.max(self.log_first) <= last).then(|| self.offset_before(start.max(self.log_first)));
-        let mut offsets = offsets.map(Some).unwrap_or(None);
+        // Where the log file's part begins (none: the part in sled's tree reaches the end).
+        let mut offsets = (start.max(self.log_first) <= last).then(|| self.offset_before(start.max(self.log_first)));
         Box::new(std::iter::from_fn(move || {
             if failed || expected > last {
                 return None;
