@@ -160,7 +160,7 @@ impl Engine {
     /// [`EngineError::OutcomeUnknown`] unless a retry settles it.
     pub async fn execute(&self, id: impl Into<String>, at: Instant, command: Command, index: Option<u64>) -> Result<Executed, EngineError> {
         let id = id.into();
-        let span = tracing::info_span!("command", id = %id, r#type = command.type_name(), at = %at.to_rfc3339());
+        let span = command_span(&id, at, &command);
         self.execute_in(id, at, command, index).instrument(span).await
     }
 
@@ -229,7 +229,7 @@ impl Engine {
     ) -> Result<Submitted<Executed>, EngineError> {
         let id = id.into();
         // Its answer is logged in a span per command, as `execute`'s is.
-        let span = tracing::info_span!("command", id = %id, r#type = command.type_name(), at = %at.to_rfc3339());
+        let span = command_span(&id, at, &command);
         let mut submitted = self.submit_fenced(Some(pipeline.fence.clone()), id, at, command, index).await?;
         submitted.span = span;
         Ok(submitted)
@@ -401,6 +401,11 @@ fn fold_tail(store: &dyn EventStore, from: u64, ledger: &mut Ledger, versions: &
         folded += 1;
     }
     Ok(folded)
+}
+
+/// The span a command's work and answer are logged in.
+fn command_span(id: &str, at: Instant, command: &Command) -> tracing::Span {
+    tracing::info_span!("command", id = %id, r#type = command.type_name(), at = %at.to_rfc3339())
 }
 
 /// Where a command's answer goes, and the fence of the pipeline it was submitted in (if any):

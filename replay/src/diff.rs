@@ -244,18 +244,20 @@ impl<'f> Spilled<'f> {
             self.failed = Some(e);
         }
     }
+
+    /// An element of the report's top-level arrays: indented two levels.
+    fn json_element(&mut self, value: &impl Serialize) -> Vec<u8> {
+        let mut text = Vec::new();
+        let result = pretty_into(&mut text, value, 4);
+        self.keep(result);
+        text
+    }
 }
 
 impl Lists for Spilled<'_> {
     fn only(&mut self, side: usize, view: BillView) {
         let text = match self.format {
-            // An element of the report's top-level arrays: indented two levels.
-            DiffFormat::Json => {
-                let mut text = Vec::new();
-                let result = pretty_into(&mut text, &view, 4);
-                self.keep(result);
-                text
-            }
+            DiffFormat::Json => self.json_element(&view),
             DiffFormat::Text { .. } => only_line(if side == FIRST { "-" } else { "+" }, &view).into_bytes(),
         };
         let list = if side == FIRST { &mut self.removed } else { &mut self.added };
@@ -265,12 +267,7 @@ impl Lists for Spilled<'_> {
 
     fn changed(&mut self, pair: [BillView; 2]) {
         let text = match self.format {
-            DiffFormat::Json => {
-                let mut text = Vec::new();
-                let result = pretty_into(&mut text, &pair, 4);
-                self.keep(result);
-                text
-            }
+            DiffFormat::Json => self.json_element(&pair),
             DiffFormat::Text { .. } => changed_line(&pair[0], &pair[1]).into_bytes(),
         };
         let result = self.changed.push(Listed::of(&pair[0], text));

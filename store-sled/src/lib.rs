@@ -612,7 +612,7 @@ fn decode_command(id: &[u8], bytes: &[u8]) -> Result<CommandRecord, StoreError> 
     serde_json::from_slice(bytes).map_err(|e| corrupt(0, format!("command record {:?} undecodable: {e}", String::from_utf8_lossy(id))))
 }
 
-/// How the requests of one transaction relate.
+/// How the requests of one group commit relate.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Group {
     /// Each stands alone: one that fails does not stop the others.
@@ -1300,19 +1300,19 @@ impl EventStore for Opened {
         self.snapshots.iter().keys().map(|k| k.map_err(storage("listing snapshots")).map(|k| decode_u64(&k).unwrap_or(0))).collect()
     }
 
-    /// Group commit: one sled transaction applies the requests in order, each atomic on its
-    /// own and independent of the others' failures (a later request sees the earlier ones, e.g.
-    /// as a Duplicate); then one flush. The outer `Err` is a failed transaction or flush: then
-    /// nothing in the batch may be considered acknowledged.
+    /// Group commit ([`Opened::append_group`]): the requests in order, each atomic on its own and
+    /// independent of the others' failures (a later request sees the earlier ones, e.g. as a
+    /// Duplicate), in one frame of the log. The outer `Err` is the store's: then nothing in the
+    /// batch may be considered acknowledged.
     fn append_batch(&self, reqs: Vec<AppendRequest>) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
         self.append_group(&reqs, Group::Independent)
     }
 
     /// Group commit of a chain: requests where each was decided on the state its predecessors
-    /// leave. Applied in order, in one sled transaction, until the first one that fails; the
-    /// rest are not applied, since they may depend on it. One flush either way, so the applied
-    /// prefix is durable. Returns the outcomes of the applied prefix and, if one failed, its
-    /// index and error.
+    /// leave. Applied in order, in one frame of the log, until the first one that fails; the
+    /// rest are not applied, since they may depend on it. The applied prefix is durable when
+    /// this returns. Returns the outcomes of the applied prefix and, if one failed, its index
+    /// and error.
     fn append_chain(&self, reqs: Vec<AppendRequest>) -> Result<ChainOutcome, StoreError> {
         let mut applied = Vec::with_capacity(reqs.len());
         let mut failed = None;
