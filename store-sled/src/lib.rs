@@ -40,7 +40,8 @@
 //! own: all its checks and encodings come before anything of it is kept, so one that fails —
 //! `Conflict`, `OutOfOrder`, … — leaves nothing), writes the batch as ONE frame (its events and
 //! command records, under one checksum) at the log's end, waits for `fdatasync`, applies the
-//! derived writes to sled in one transaction, moves the high-water mark, and only then returns.
+//! derived writes to sled in one transaction, moves the high-water mark (synced by a thread of
+//! its own within 100 ms, see [`mark`]), and only then returns.
 //! sled is not flushed before an acknowledgement: its trees may trail the log after a crash, and
 //! opening rolls them forward from the frames past the end they record (a frame cut short was
 //! never acknowledged and is cut off). [`EventStore::append`] is a batch of one. `flush_async`
@@ -1092,7 +1093,8 @@ impl Opened {
 
     /// Everything written so far made durable: the log synced (each commit syncs it already),
     /// sled's synchronous flush, then an `fsync` of its database file; then the high-water mark
-    /// moves to the last position, so that it never claims more than is on disk. sled 0.34.7
+    /// moves to the last position, so that it never claims more than is on disk, and is synced
+    /// (commits leave that to its thread, see [`mark`]). sled 0.34.7
     /// makes its writes durable with `sync_file_range` alone, which flushes neither the disk's
     /// write cache nor the file's size and extents (its own `fsync` comes only every 500 ms).
     pub fn flush(&self) -> Result<(), StoreError> {
@@ -1107,11 +1109,15 @@ impl Opened {
             return Ok(());
         }
         let value = self.value_at(durable)?.ok_or_else(|| corrupt(durable, "the last position has no event"))?;
-        self.write_watermark(durable, stored_crc(&value))
+        self.write_watermark(durable, stored_crc(&value))?;
+        match &self.mark {
+            Some(mark) => mark.lock().unwrap_or_else(|e| e.into_inner()).sync(),
+            None => Ok(()),
+        }
     }
 
-    /// Record the last position and its value's checksum in the mark's file, in place (see
-    /// [`mark`]): it only moves forward.
+    /// Record the last position and its value's checksum in the mark's file, in place, synced
+    /// within [`mark::SYNC_EVERY`] (see [`mark`]): it only moves forward.
     fn write_watermark(&self, last: u64, crc: u32) -> Result<(), StoreError> {
         let Some(mark) = &self.mark else { return Ok(()) };
         let mut writer = mark.lock().unwrap_or_else(|e| e.into_inner());

@@ -2,10 +2,18 @@
 //! small file beside sled's, so that a store that lost acknowledged events is refused naming
 //! the position it should reach, never silently used.
 //!
-//! The file holds two slots of 32 bytes, written alternately in place and synced with
-//! `fdatasync`: a write torn by a crash damages only the slot being written, and the other
-//! still holds the previous mark, which only ever lags (what the torn write was marking had not
-//! been acknowledged yet). Each slot: `PBWM`, a sequence number, the position (`u64` BE), the
+//! The file holds two slots of 32 bytes, written alternately in place: a write torn by a crash
+//! damages only the slot being written, and the other still holds the previous mark, which
+//! only ever lags (what the torn write was marking had not been acknowledged yet).
+//!
+//! A mark is written only once what it claims is synced, so it never leads the log. It is not
+//! synced before the acknowledgement (a second `fdatasync` on every commit, a third of a single
+//! append's time): a thread of the writer's syncs it at most [`SYNC_EVERY`] after it moved,
+//! and [`Writer::sync`] (a store's flush, its closing) at once. A killed process loses nothing
+//! of it (the page cache keeps it); after a crash of the machine it may lag by what was
+//! acknowledged in the last [`SYNC_EVERY`], which the log's synced frames still hold: the mark
+//! is there to catch a log that lost what it once held (cut short, an older copy put back),
+//! and it catches that for everything older. Each slot: `PBWM`, a sequence number, the position (`u64` BE), the
 //! checksum (`u32` BE), and a CRC-32 of those 24 bytes; four zero bytes pad it. Stores written
 //! before kept the mark as text (`"<position> <crc hex>\n"`, replaced by a rename on every
 //! commit, which cost a synchronous discard of the old file's blocks on each acknowledgement);
@@ -16,6 +24,11 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// How long a moved mark may wait for its `fdatasync` (see the module's comment).
+pub const SYNC_EVERY: Duration = Duration::from_millis(100);
 
 const MAGIC: &[u8; 4] = b"PBWM";
 const SLOT: usize = 32;
@@ -78,8 +91,8 @@ fn encode_slot(seq: u64, position: u64, crc: u32) -> [u8; SLOT] {
 pub struct Writer {
     path: PathBuf,
     /// The file in its two-slot form, once it is (stores written before hold text until the
-    /// first write).
-    file: Option<File>,
+    /// first write), and the thread that syncs it.
+    file: Option<(Arc<File>, Syncer)>,
     seq: u64,
     position: u64,
 }
@@ -97,15 +110,18 @@ impl Writer {
         Ok(self.position)
     }
 
-    /// Mark `position` (with its value's checksum) as acknowledged, durably, before returning.
+    /// Mark `position` (with its value's checksum) as acknowledged: written before returning,
+    /// synced within [`SYNC_EVERY`]. Err if an earlier sync failed (reported once, here or by
+    /// [`Writer::sync`]).
     pub fn write(&mut self, position: u64, crc: u32) -> Result<(), StoreError> {
         let io = |what: &str, path: &Path, e: std::io::Error| StoreError::io(format!("{what} {}", path.display()), e);
         match &self.file {
-            Some(file) => {
+            Some((file, syncer)) => {
+                syncer.take_failure(&self.path)?;
                 self.seq += 1;
                 let offset = (self.seq % 2) * SLOT as u64;
                 file.write_all_at(&encode_slot(self.seq, position, crc), offset).map_err(|e| io("writing", &self.path, e))?;
-                file.sync_data().map_err(|e| io("syncing", &self.path, e))?;
+                syncer.moved();
             }
             None => {
                 // The first write of this process: the file in its two-slot form, written aside
@@ -125,12 +141,108 @@ impl Writer {
                 if let Some(dir) = self.path.parent() {
                     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing the directory of", &self.path, e))?;
                 }
-                self.file = Some(File::options().write(true).open(&self.path).map_err(|e| io("opening", &self.path, e))?);
+                let file = Arc::new(File::options().write(true).open(&self.path).map_err(|e| io("opening", &self.path, e))?);
+                let syncer = Syncer::start(file.clone()).map_err(|e| io("starting the thread that syncs", &self.path, e))?;
+                self.file = Some((file, syncer));
                 self.seq = seq;
             }
         }
         self.position = position;
         Ok(())
+    }
+
+    /// The mark as written so far, synced before returning.
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        let Some((file, syncer)) = &self.file else { return Ok(()) };
+        syncer.take_failure(&self.path)?;
+        file.sync_data().map_err(|e| StoreError::io(format!("syncing {}", self.path.display()), e))
+    }
+}
+
+/// The thread that syncs a moved mark, at most [`SYNC_EVERY`] after it moved; on drop it syncs
+/// what is left and stops.
+struct Syncer {
+    shared: Arc<(Mutex<SyncState>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// How many times the mark moved, and how many of those moves the last good sync covers.
+    moved: u64,
+    synced: u64,
+    closing: bool,
+    /// A sync that failed, until reported.
+    failure: Option<std::io::Error>,
+    /// Test hook: the next sync fails.
+    #[cfg(test)]
+    fail_next: bool,
+}
+
+impl Syncer {
+    fn start(file: Arc<File>) -> std::io::Result<Syncer> {
+        let shared = Arc::new((Mutex::new(SyncState::default()), Condvar::new()));
+        let theirs = shared.clone();
+        let thread = std::thread::Builder::new().name("poolbill-mark".into()).spawn(move || Syncer::run(&file, &theirs))?;
+        Ok(Syncer { shared, thread: Some(thread) })
+    }
+
+    fn run(file: &File, shared: &(Mutex<SyncState>, Condvar)) {
+        let (state, wake) = shared;
+        let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            guard = wake.wait_while(guard, |s| s.moved == s.synced && !s.closing).unwrap_or_else(|e| e.into_inner());
+            if guard.moved == guard.synced {
+                return;
+            }
+            let target = guard.moved;
+            #[cfg(test)]
+            let injected = std::mem::take(&mut guard.fail_next);
+            drop(guard);
+            let synced = file.sync_data();
+            #[cfg(test)]
+            let synced = synced.and_then(|()| if injected { Err(std::io::Error::other("injected failure")) } else { Ok(()) });
+            guard = state.lock().unwrap_or_else(|e| e.into_inner());
+            match synced {
+                Ok(()) => guard.synced = target,
+                // Reported by the next write; the moves stay unsynced, so the next sync retries.
+                Err(e) => drop(guard.failure.get_or_insert(e)),
+            }
+            wake.notify_all();
+            // Marks that move meanwhile wait for the next sync (a closing one does not wait).
+            guard = wake.wait_timeout_while(guard, SYNC_EVERY, |s| !s.closing).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    fn moved(&self) {
+        let (state, wake) = &*self.shared;
+        state.lock().unwrap_or_else(|e| e.into_inner()).moved += 1;
+        wake.notify_all();
+    }
+
+    fn take_failure(&self, path: &Path) -> Result<(), StoreError> {
+        let failure = self.shared.0.lock().unwrap_or_else(|e| e.into_inner()).failure.take();
+        failure.map_or(Ok(()), |e| Err(StoreError::io(format!("syncing {}", path.display()), e)))
+    }
+
+    /// Test hook: wait until the thread has tried to sync every move so far (it succeeded, or
+    /// it failed and kept the failure to report).
+    #[cfg(test)]
+    fn settle(&self) {
+        let (state, wake) = &*self.shared;
+        let guard = state.lock().unwrap_or_else(|e| e.into_inner());
+        drop(wake.wait_while(guard, |s| s.moved != s.synced && s.failure.is_none()).unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        let (state, wake) = &*self.shared;
+        state.lock().unwrap_or_else(|e| e.into_inner()).closing = true;
+        wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -165,5 +277,39 @@ mod tests {
         assert!(matches!(read(&path), Err(StoreError::Corrupt { .. })));
         std::fs::write(&path, "12 zz").unwrap();
         assert!(read(&path).is_err(), "text that is not a mark");
+    }
+
+    #[test]
+    fn a_moved_mark_is_synced_by_its_thread_and_a_failed_sync_is_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mark");
+        let mut writer = Writer::new(path.clone());
+        writer.write(1, 1).unwrap();
+        for position in 2..50 {
+            writer.write(position, position as u32).unwrap();
+        }
+        fn syncer(writer: &Writer) -> &Syncer {
+            &writer.file.as_ref().expect("the slots are written").1
+        }
+        syncer(&writer).settle();
+        {
+            let state = syncer(&writer).shared.0.lock().unwrap();
+            assert_eq!((state.moved, state.synced), (48, 48), "every move synced");
+        }
+        // A sync that fails: the next write says so, naming the file, and the one after goes on
+        // (its move is synced again).
+        syncer(&writer).shared.0.lock().unwrap().fail_next = true;
+        writer.write(50, 50).unwrap();
+        syncer(&writer).settle();
+        let failed = writer.write(51, 51).unwrap_err();
+        assert!(failed.to_string().contains(&path.display().to_string()), "{failed}");
+        assert_eq!(read(&path).unwrap(), Some((50, 50)), "the failed write moved nothing");
+        writer.write(51, 51).unwrap();
+        syncer(&writer).settle();
+        assert_eq!(read(&path).unwrap(), Some((51, 51)));
+        writer.sync().unwrap();
+        // The thread stops with the writer.
+        drop(writer);
+        assert_eq!(read(&path).unwrap(), Some((51, 51)));
     }
 }
