@@ -367,12 +367,15 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, EngineError> 
 /// only a later catch-up.
 fn catch_up_merkle_aside(store: &Arc<dyn EventStore>, hashing: &Arc<std::sync::Mutex<()>>) {
     let (store, hashing) = (store.clone(), hashing.clone());
-    std::thread::spawn(move || {
+    let spawned = std::thread::Builder::new().name("poolbill-merkle".into()).spawn(move || {
         let Ok(_only_one) = hashing.try_lock() else { return };
         if let Err(e) = poolbill_ledger::catch_up_merkle(store.as_ref()) {
             tracing::warn!(error = %e, "the Merkle index could not be brought up to date");
         }
     });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "the Merkle index's catch-up could not start");
+    }
 }
 
 /// Rebuild the ledger and stream versions: the newest snapshot, then the log after it. What is

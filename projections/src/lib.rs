@@ -11,6 +11,9 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
+mod sorted_json;
+pub use sorted_json::write_sorted;
+
 /// The event an envelope carries, however its payload is stored: the compact binary encoding
 /// of events written since, or the JSON of older stores and of portable logs (older schema
 /// versions upcast either way).
@@ -38,13 +41,54 @@ pub fn portable(envelope: &Envelope) -> Result<std::borrow::Cow<'_, Envelope>, D
 /// is computed over exactly this text, and it is the data of the envelope's leaf in the log's
 /// Merkle tree: so a log line and the store agree, whatever keeps the store.
 pub fn canonical_text(envelope: &Envelope) -> Result<String, DecodeError> {
-    Ok(serde_json::to_string(&*portable(envelope)?).expect("portable envelopes serialise"))
+    let mut text = Vec::new();
+    canonical_into(envelope, &mut text)?;
+    Ok(String::from_utf8(text).expect("serde_json writes UTF-8"))
+}
+
+/// [`canonical_text`], appended to `out`; returns where in `out` the payload's text begins (it
+/// ends before the last byte, the envelope's closing brace). A binary payload's event is
+/// written as JSON straight from the event ([`write_sorted`]: the text its `serde_json::Value`
+/// gives, without building it).
+pub fn canonical_into(envelope: &Envelope, out: &mut Vec<u8>) -> Result<usize, DecodeError> {
+    let event = match &envelope.payload {
+        Payload::Binary(_) => Some(event_of(envelope)?),
+        Payload::Json(_) => None,
+    };
+    let Envelope { position, stream, version, event_type, schema_version, at, command_id, payload } = envelope;
+    // The envelope's fields in their declaration order, as its derived `Serialize` writes them.
+    serde_json::to_writer(&mut *out, &EnvelopeFields { position, stream, version, event_type, schema_version, at, command_id })
+        .expect("envelopes serialise");
+    out.pop(); // its closing brace: the payload follows
+    out.extend_from_slice(b",\"payload\":");
+    let payload_at = out.len();
+    match (event, payload) {
+        (Some(event), _) => write_sorted(&event, out).expect("events serialise"),
+        (None, Payload::Json(value)) => serde_json::to_writer(&mut *out, value).expect("JSON serialises"),
+        (None, Payload::Binary(_)) => unreachable!("a binary payload is decoded above"),
+    }
+    out.push(b'}');
+    Ok(payload_at)
+}
+
+/// An [`Envelope`]'s fields but its payload, in the same order under the same names.
+#[derive(Serialize)]
+struct EnvelopeFields<'a> {
+    position: &'a u64,
+    stream: &'a String,
+    version: &'a u64,
+    event_type: &'a String,
+    schema_version: &'a u32,
+    at: &'a Instant,
+    command_id: &'a Option<String>,
 }
 
 /// The envelope's leaf hash in the log's Merkle tree (RFC 6962: SHA-256 of 0x00 and its
 /// [`canonical_text`]).
 pub fn leaf_hash(envelope: &Envelope) -> Result<poolbill_merkle::Hash, DecodeError> {
-    Ok(poolbill_merkle::leaf_hash(canonical_text(envelope)?.as_bytes()))
+    let mut text = Vec::with_capacity(512);
+    canonical_into(envelope, &mut text)?;
+    Ok(poolbill_merkle::leaf_hash(&text))
 }
 
 /// An event to append at `at`, in the compact binary encoding of its type's latest schema.

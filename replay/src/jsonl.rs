@@ -10,7 +10,7 @@ use poolbill_domain::time::instant_as_written;
 use poolbill_domain::{latest_version, DecodeError, Event, Instant};
 use poolbill_ledger::{FoldError, Recorded, Upto};
 use poolbill_merkle::{Frontier, Hash};
-use poolbill_projections::{canonical_text, event_of, portable, Projections};
+use poolbill_projections::{canonical_into, canonical_text, event_of, portable, Projections};
 use poolbill_store::{Envelope, EventStore, Payload, StoreError};
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -48,11 +48,29 @@ pub fn to_line(envelope: &Envelope) -> Result<String, DecodeError> {
 
 /// The envelope's line and its leaf hash in the log's Merkle tree, from one canonical text.
 pub fn line_and_leaf(envelope: &Envelope) -> Result<(String, Hash), DecodeError> {
-    let envelope = portable(envelope)?;
-    let canonical = canonical_text(&envelope)?;
-    let mut value = serde_json::to_value(&*envelope).expect("portable envelopes serialise");
-    value["checksum"] = serde_json::Value::String(format!("{:08x}", crc32fast::hash(canonical.as_bytes())));
-    Ok((value.to_string(), poolbill_merkle::leaf_hash(canonical.as_bytes())))
+    let mut canonical = Vec::with_capacity(512);
+    let payload_at = canonical_into(envelope, &mut canonical)?;
+    let payload = &canonical[payload_at..canonical.len() - 1];
+    // The portable envelope and its checksum as one JSON object with its keys sorted (what its
+    // `serde_json::Value` gives), written field by field.
+    let Envelope { position, stream, version, event_type, schema_version, at, command_id, .. } = envelope;
+    fn json(out: &mut Vec<u8>, value: &impl serde::Serialize) {
+        serde_json::to_writer(out, value).expect("writing to memory does not fail");
+    }
+    let mut line = Vec::with_capacity(canonical.len() + 32);
+    line.extend_from_slice(b"{\"at\":");
+    json(&mut line, at);
+    write!(line, ",\"checksum\":\"{:08x}\",\"command_id\":", crc32fast::hash(&canonical)).expect("writing to memory");
+    json(&mut line, command_id);
+    line.extend_from_slice(b",\"event_type\":");
+    json(&mut line, event_type);
+    line.extend_from_slice(b",\"payload\":");
+    line.extend_from_slice(payload);
+    write!(line, ",\"position\":{position},\"schema_version\":{schema_version},\"stream\":").expect("writing to memory");
+    json(&mut line, stream);
+    write!(line, ",\"version\":{version}}}").expect("writing to memory");
+    let line = String::from_utf8(line).expect("serde_json writes UTF-8");
+    Ok((line, poolbill_merkle::leaf_hash(&canonical)))
 }
 
 /// The end line after `count` envelopes, the last of which is `last`, whose Merkle tree has
