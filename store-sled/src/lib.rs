@@ -12,7 +12,7 @@
 //! | `streams`      | stream id bytes                             | current stream version, `u64` BE             |
 //! | `stream_postings` | stream id bytes, `0x00`, block `u64` BE  | the positions of the stream's versions in that block of 256 (block 0 from version 1): a varint count, then varint gaps |
 //! | `stream_index` | stream id bytes, `0x00`, version `u64` BE   | global position, `u64` BE: stores written before the postings; rewritten as postings at open, then emptied |
-//! | `commands`     | command id bytes                            | JSON of the [`CommandRecord`]                |
+//! | `commands`     | command id bytes                            | where the [`CommandRecord`]'s JSON is in `events.log`: `0x01`, offset `u64` BE, length and CRC-32 `u32` BE; or the JSON itself (stores written before) |
 //! | `meta`         | `last_position` / `last_instant`            | `u64` BE / RFC 3339 text                     |
 //! | `meta`         | `log_first` / `log_end`                     | `u64` BE: the first position the log file holds / the end of its last frame indexed here |
 //! | `tags`         | `p`, tag bytes, `0x00`, window `u32` BE     | the tag's positions in that window of 65,536: a varint count, then varint gaps |
@@ -312,8 +312,8 @@ impl<'a> Pending<'a> {
         self.last_position = position;
         self.last_instant = last_instant;
         if let Some((id, json)) = record_json {
-            self.frame.command(id.as_bytes(), &json);
-            self.writes.commands.push((id.clone(), json));
+            let at = self.frame_at + self.frame.command(id.as_bytes(), &json);
+            self.writes.commands.push((id.clone(), record_pointer(at, &json)));
             self.records.insert(id.clone(), record.clone());
         }
         Ok(AppendOutcome::Appended(record))
@@ -611,6 +611,21 @@ fn decode_instant(bytes: &[u8]) -> Result<Instant, StoreError> {
 
 fn decode_command(id: &[u8], bytes: &[u8]) -> Result<CommandRecord, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| corrupt(0, format!("command record {:?} undecodable: {e}", String::from_utf8_lossy(id))))
+}
+
+/// A `commands` value that points at a record in the log (see the tree layout above): sled
+/// keeps 17 bytes a command instead of its record's JSON, whose copies into sled's nodes (a
+/// leaf holds 16 entries, copied on every insert) were a tenth of a group commit's time.
+const RECORD_IN_LOG: u8 = 0x01;
+const RECORD_POINTER: usize = 17;
+
+fn record_pointer(offset: u64, record: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(RECORD_POINTER);
+    value.push(RECORD_IN_LOG);
+    value.extend_from_slice(&offset.to_be_bytes());
+    value.extend_from_slice(&u32::try_from(record.len()).expect("a record under 4 GiB").to_be_bytes());
+    value.extend_from_slice(&crc32fast::hash(record).to_be_bytes());
+    value
 }
 
 /// How the requests of one group commit relate.
@@ -959,11 +974,11 @@ impl Opened {
                         at += 5 + value.len() as u64;
                     }
                     log::Entry::Command { id, record } => {
-                        let size = 9 + id.len() + record.len();
                         decode_command(id, record)?;
+                        let record_at = at + 9 + id.len() as u64;
                         let id = String::from_utf8(id.to_vec()).map_err(|_| corrupt(position, "a command id in the log is not UTF-8"))?;
-                        tail.writes.commands.push((id, record.to_vec()));
-                        at += size as u64;
+                        tail.writes.commands.push((id, record_pointer(record_at, record)));
+                        at = record_at + record.len() as u64;
                     }
                     log::Entry::Frame { .. } => unreachable!("body_entries refuses frame headers"),
                 }
@@ -1113,6 +1128,22 @@ impl Opened {
         match &self.mark {
             Some(mark) => mark.lock().unwrap_or_else(|e| e.into_inner()).sync(),
             None => Ok(()),
+        }
+    }
+
+    /// The record a `commands` value holds or points at in the log, checked against its CRC.
+    fn record(&self, id: &[u8], value: &[u8]) -> Result<CommandRecord, StoreError> {
+        if value.len() != RECORD_POINTER || value[0] != RECORD_IN_LOG {
+            return decode_command(id, value);
+        }
+        let field = |from: usize, to: usize| -> u64 { value[from..to].iter().fold(0, |n, b| n << 8 | u64::from(*b)) };
+        let (offset, len, crc) = (field(1, 9), field(9, 13), field(13, 17) as u32);
+        let named = || String::from_utf8_lossy(id).into_owned();
+        let mut record = vec![0; len as usize];
+        match self.log.read_at(&mut record, offset) {
+            Ok(()) if crc32fast::hash(&record) == crc => decode_command(id, &record),
+            Ok(()) => Err(corrupt(0, format!("command record {:?} at byte {offset} of the event log does not match its checksum", named()))),
+            Err(e) => Err(corrupt(0, format!("command record {:?} at byte {offset} of the event log cannot be read: {e}", named()))),
         }
     }
 
@@ -1590,7 +1621,7 @@ impl EventStore for Opened {
     /// The record stored under `command_id`, if any.
     fn command(&self, command_id: &str) -> Result<Option<CommandRecord>, StoreError> {
         let raw = self.commands.get(command_id.as_bytes()).map_err(storage(format_args!("reading command {command_id:?}")))?;
-        raw.map(|v| decode_command(command_id.as_bytes(), &v)).transpose()
+        raw.map(|v| self.record(command_id.as_bytes(), &v)).transpose()
     }
 
     /// Full scan of the log. Checks checksums, gapless positions, gapless
@@ -1667,7 +1698,7 @@ impl EventStore for Opened {
         let mut commands = 0u64;
         for entry in self.commands.iter() {
             let (key, value) = entry.map_err(storage("scanning commands tree"))?;
-            let record = decode_command(&key, &value)?;
+            let record = self.record(&key, &value)?;
             for p in [record.first_position, record.last_position].into_iter().flatten() {
                 if p == 0 || p > count {
                     return Err(corrupt(0, format!("command {:?} points at position {p}, outside the log", String::from_utf8_lossy(&key))));

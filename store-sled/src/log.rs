@@ -67,7 +67,7 @@ impl LogFile {
         self.file.sync_all()
     }
 
-    fn read_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
+    pub fn read_at(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
         self.file.read_exact_at(buf, at)
     }
 }
@@ -97,12 +97,15 @@ impl Frame {
         offset
     }
 
-    pub fn command(&mut self, id: &[u8], record: &[u8]) {
+    /// Adds a command's record; returns the record's offset within the frame.
+    pub fn command(&mut self, id: &[u8], record: &[u8]) -> u64 {
         self.bytes.push(COMMAND);
         self.bytes.extend_from_slice(&len32(id.len()).to_le_bytes());
         self.bytes.extend_from_slice(id);
         self.bytes.extend_from_slice(&len32(record.len()).to_le_bytes());
+        let offset = self.bytes.len() as u64;
         self.bytes.extend_from_slice(record);
+        offset
     }
 
     /// The frame's bytes, header included.

@@ -606,3 +606,28 @@ fn seeded_crash_states_keep_every_whole_commit_and_refuse_a_lost_acknowledged_on
     }
     assert!(kept > 0 && refused > 0, "both kinds of crash state met: {kept} kept, {refused} refused");
 }
+
+#[test]
+fn command_records_are_kept_in_the_log_and_older_stores_json_records_still_read() {
+    let store = three_events();
+    let open = store.opened();
+    let pointer = open.commands.get(b"c1").unwrap().expect("c1 is recorded");
+    assert_eq!((pointer.len(), pointer[0]), (RECORD_POINTER, RECORD_IN_LOG), "sled keeps where the record is, not the record");
+    let record = store.command("c1").unwrap().expect("c1 reads back");
+    assert_eq!((record.first_position, record.last_position), (Some(1), Some(3)));
+
+    // A store written before keeps each record's JSON in sled: read as it is, and verified.
+    open.commands.insert(b"c0", serde_json::to_vec(&CommandRecord { last_position: Some(2), ..record.clone() }).unwrap()).unwrap();
+    assert_eq!(store.command("c0").unwrap().unwrap().last_position, Some(2));
+    assert_eq!(store.verify().unwrap().commands, 2);
+
+    // A record damaged in the log is refused, naming the command and where it is.
+    let offset = u64::from_be_bytes(pointer[1..9].try_into().unwrap());
+    store.overwrite_log(offset + 2, b"#");
+    let err = store.command("c1").unwrap_err();
+    assert!(
+        matches!(err, StoreError::Corrupt { .. }) && err.to_string().contains("\"c1\"") && err.to_string().contains(&offset.to_string()),
+        "{err}"
+    );
+    assert!(store.verify().is_err());
+}
