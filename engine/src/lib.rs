@@ -1071,7 +1071,16 @@ impl Actor {
 /// What a command id stands for: the command and the instant it was given for, as canonical
 /// JSON (amounts keep their scale, instants their offset). A retry must repeat both.
 pub fn fingerprint(at: Instant, command: &Command) -> String {
-    serde_json::json!({ "at": at.to_rfc3339(), "command": command }).to_string()
+    /// `{"at": …, "command": …}` with every object's keys sorted (as a `serde_json::Value`
+    /// writes it, which is how fingerprints were always made: records keep them).
+    #[derive(Serialize)]
+    struct Fingerprinted<'a> {
+        at: String,
+        command: &'a Command,
+    }
+    let mut text = Vec::with_capacity(256);
+    poolbill_projections::write_sorted(&Fingerprinted { at: at.to_rfc3339(), command }, &mut text).expect("commands serialise");
+    String::from_utf8(text).expect("serde_json writes UTF-8")
 }
 
 fn outcome_json(outcome: &Outcome) -> serde_json::Value {

@@ -331,3 +331,22 @@ async fn the_merkle_index_follows_the_log_aside() {
     let expected = poolbill_merkle::root(&mut poolbill_merkle::Leaves(&leaves), through).unwrap();
     assert_eq!(poolbill_ledger::merkle::digest(&store, Some(through)).unwrap(), (through, expected));
 }
+
+/// Fingerprints are kept in command records: the sorted-key JSON written straight from the
+/// command must be the text a `serde_json::Value` of it gave, for every command of every seed
+/// fixture.
+#[test]
+fn fingerprints_are_the_text_a_json_value_of_the_command_gives() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+    let mut checked = 0;
+    for dir in std::fs::read_dir(&fixtures).unwrap() {
+        let scenario = dir.unwrap().path().join("scenario.json");
+        let Ok(text) = std::fs::read_to_string(&scenario) else { continue };
+        for step in poolbill_scenario::parse(&text).unwrap().commands {
+            let through_value = serde_json::json!({ "at": step.at.to_rfc3339(), "command": step.command }).to_string();
+            assert_eq!(poolbill_engine::fingerprint(step.at, &step.command), through_value, "{}", scenario.display());
+            checked += 1;
+        }
+    }
+    assert!(checked > 50, "{checked} commands");
+}
