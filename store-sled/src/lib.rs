@@ -194,7 +194,16 @@ struct Opened {
     /// writes past it, and two catch-ups at once (the engine's and a reader's) must not both
     /// add the same events.
     indexing: std::sync::Mutex<()>,
+    /// How many times sled's derived trees were written (each group commit, each roll forward)
+    /// and the command ids found absent since the last: a group commit does not look up again
+    /// what the engine looked up just before it (a tenth of its time under load). An id found
+    /// absent before a write may have been recorded by it, so a write makes the set stale.
+    index_writes: std::sync::atomic::AtomicU64,
+    absent: std::sync::Mutex<(u64, std::collections::HashSet<String>)>,
 }
+
+/// Command ids remembered absent at most (the set is emptied when full).
+const ABSENT_KEPT: usize = 65_536;
 
 /// What a group commit, or the frames rolled forward at open, change in sled's trees: all of it
 /// derived from the log's frames, applied in one transaction.
@@ -254,8 +263,10 @@ impl<'a> Pending<'a> {
             if let Some(record) = self.records.get(id) {
                 return Ok(AppendOutcome::Duplicate(record.clone()));
             }
-            if let Some(record) = self.open.command(id)? {
-                return Ok(AppendOutcome::Duplicate(record));
+            if !self.open.known_absent(id) {
+                if let Some(record) = self.open.command(id)? {
+                    return Ok(AppendOutcome::Duplicate(record));
+                }
             }
         }
         for (stream, expected) in &req.expected {
@@ -901,6 +912,8 @@ impl Opened {
             merkle: open("merkle")?,
             snapshots: open("snapshots")?,
             indexing: std::sync::Mutex::new(()),
+            index_writes: std::sync::atomic::AtomicU64::new(0),
+            absent: std::sync::Mutex::new((0, std::collections::HashSet::new())),
             db,
         })
     }
@@ -1041,6 +1054,8 @@ impl Opened {
             meta.insert(META_LOG_END, &w.log_end.to_be_bytes()[..])?;
             Ok(())
         });
+        // Done or failed, what was found absent before may be there now.
+        self.index_writes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         result.map_err(|e| {
             let source = match e {
                 TransactionError::Abort(e) => e,
@@ -1129,6 +1144,25 @@ impl Opened {
             Some(mark) => mark.lock().unwrap_or_else(|e| e.into_inner()).sync(),
             None => Ok(()),
         }
+    }
+
+    /// Remember that `id` was not recorded when sled's trees had been written `writes` times.
+    fn found_absent(&self, writes: u64, id: &str) {
+        let mut absent = self.absent.lock().unwrap_or_else(|e| e.into_inner());
+        if absent.0 != writes || absent.1.len() >= ABSENT_KEPT {
+            if absent.0 > writes {
+                return;
+            }
+            *absent = (writes, std::collections::HashSet::new());
+        }
+        absent.1.insert(id.to_string());
+    }
+
+    /// Whether `id` was found absent since sled's trees were last written (so it still is).
+    fn known_absent(&self, id: &str) -> bool {
+        let writes = self.index_writes.load(std::sync::atomic::Ordering::Acquire);
+        let absent = self.absent.lock().unwrap_or_else(|e| e.into_inner());
+        absent.0 == writes && absent.1.contains(id)
     }
 
     /// The record a `commands` value holds or points at in the log, checked against its CRC.
@@ -1620,7 +1654,12 @@ impl EventStore for Opened {
 
     /// The record stored under `command_id`, if any.
     fn command(&self, command_id: &str) -> Result<Option<CommandRecord>, StoreError> {
+        // Read before the lookup: a write after it makes what is found absent stale.
+        let writes = self.index_writes.load(std::sync::atomic::Ordering::Acquire);
         let raw = self.commands.get(command_id.as_bytes()).map_err(storage(format_args!("reading command {command_id:?}")))?;
+        if raw.is_none() {
+            self.found_absent(writes, command_id);
+        }
         raw.map(|v| self.record(command_id.as_bytes(), &v)).transpose()
     }
 

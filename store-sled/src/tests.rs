@@ -631,3 +631,19 @@ fn command_records_are_kept_in_the_log_and_older_stores_json_records_still_read(
     );
     assert!(store.verify().is_err());
 }
+
+#[test]
+fn an_id_looked_up_as_absent_is_still_a_duplicate_once_written() {
+    let store = SledStore::temporary().unwrap();
+    // Looked up (absent, as the engine does before it decides), then written, then sent again:
+    // the write makes the lookup stale, and the resend is a duplicate.
+    assert_eq!(store.command("c1").unwrap(), None);
+    appended(store.append(req(Some("c1"), vec![ev("a", "x", T0, json!(1))])).unwrap());
+    assert!(matches!(store.append(req(Some("c1"), vec![ev("a", "x", T1, json!(2))])).unwrap(), AppendOutcome::Duplicate(_)));
+    // The same within one group commit, and after a lookup of the whole batch.
+    assert_eq!(store.commands(&["c2".to_string()]).unwrap().len(), 0);
+    let outcomes =
+        store.append_batch(vec![req(Some("c2"), vec![ev("b", "x", T1, json!(3))]), req(Some("c2"), vec![ev("b", "x", T2, json!(4))])]).unwrap();
+    assert!(matches!(outcomes[0], Ok(AppendOutcome::Appended(_))) && matches!(outcomes[1], Ok(AppendOutcome::Duplicate(_))), "{outcomes:?}");
+    assert_eq!(store.last_position().unwrap(), 2);
+}
