@@ -1,13 +1,10 @@
 //! The engine: runs commands and the clock against a sled-backed event log, for embedding in an
 //! async (tokio) service.
 //!
-//! One actor owns the state, on a thread of its own. It takes every request queued at the
-//! moment, decides them in order against the state its predecessors leave (applying their
-//! events speculatively), and writes the lot as one chain with one flush (group commit). Only
-//! then does it answer: an acknowledged command is on disk. Being a thread rather than an
-//! async task, it calls the store directly: a command costs two handoffs between threads (the
-//! request in, the answer out) instead of six, which is most of a single append's time beside
-//! its `fdatasync` on a machine whose idle CPUs wake slowly.
+//! One actor task owns the state. It takes every request queued at the moment, decides them in
+//! order against the state its predecessors leave (applying their events speculatively), and
+//! writes the lot as one chain with one flush (group commit). Only then does it answer: an
+//! acknowledged command is on disk.
 //!
 //! If a write fails, the speculative state is dropped: the actor goes back to its checkpoint (a
 //! copy of acknowledged state, taken again every [`CHECKPOINT_EVERY`] events) and, once the
@@ -147,10 +144,7 @@ impl Engine {
         let mut actor = Actor::new(store.clone(), ledger, versions, rx, stopped.clone());
         actor.snapshot_every = snapshot_every.max(1);
         catch_up_merkle_aside(&actor.store, &actor.hashing);
-        std::thread::Builder::new()
-            .name("poolbill-engine".into())
-            .spawn(move || actor.run())
-            .map_err(|e| EngineError::Aborted(format!("starting the engine's thread: {e}")))?;
+        tokio::spawn(actor.run());
         Ok(Engine { tx, store, stopped })
     }
 
@@ -345,15 +339,6 @@ impl<T> Submitted<T> {
         });
         answer
     }
-}
-
-/// Run a store call on the actor's thread; a panic in it becomes an error, as it would from a
-/// blocking task, so that the actor goes on.
-fn guarded<T>(f: impl FnOnce() -> Result<T, EngineError>) -> Result<T, EngineError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
-        Err(EngineError::Aborted(format!("a store call panicked: {what}")))
-    })
 }
 
 /// Run blocking store work off the async threads.
@@ -620,8 +605,8 @@ impl Actor {
         }
     }
 
-    fn run(mut self) {
-        while let Some(first) = self.rx.blocking_recv() {
+    async fn run(mut self) {
+        while let Some(first) = self.rx.recv().await {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
                 match self.rx.try_recv() {
@@ -629,7 +614,7 @@ impl Actor {
                     Err(_) => break,
                 }
             }
-            self.process(batch);
+            self.process(batch).await;
             if self.stopped.get().is_some() {
                 // Dropping the queue answers every waiting request with the reason.
                 return;
@@ -637,7 +622,7 @@ impl Actor {
         }
     }
 
-    fn process(&mut self, batch: Vec<Request>) {
+    async fn process(&mut self, batch: Vec<Request>) {
         let mut writes = Vec::new();
         let mut reads = Vec::new();
         for request in batch {
@@ -647,7 +632,7 @@ impl Actor {
             }
         }
         if !writes.is_empty() {
-            self.write(writes);
+            self.write(writes).await;
         }
         // Reads come after the batch is on disk: they never see unacknowledged state, nor the
         // speculative state of an engine that could not rebuild it (they are dropped unanswered).
@@ -659,8 +644,8 @@ impl Actor {
         }
     }
 
-    fn write(&mut self, writes: Vec<Request>) {
-        if let Err(refusal) = self.ready() {
+    async fn write(&mut self, writes: Vec<Request>) {
+        if let Err(refusal) = self.ready().await {
             self.refuse(writes, refusal);
             return;
         }
@@ -671,7 +656,8 @@ impl Actor {
                 _ => None,
             })
             .collect();
-        let known = guarded(|| Ok(self.store.commands(&ids)?));
+        let store = self.store.clone();
+        let known = blocking(move || Ok(store.commands(&ids)?)).await;
         let known = match known {
             Ok(k) => k,
             Err(e) => {
@@ -709,7 +695,7 @@ impl Actor {
                         waiters.push(Waiter::Known { record: Err(*seq), reply });
                     } else if self.broken.is_none() {
                         // The ledger's order (R1): what is due by `at`, then the command.
-                        let _ = self.advance(at);
+                        let _ = self.advance(at).await;
                         let seq = self.decide(at, &command, index, id.clone(), now.clone());
                         seq_by_id.insert(id, (seq, now));
                         waiters.push(Waiter::Execute { seq, reply });
@@ -719,18 +705,18 @@ impl Actor {
                 }
                 Request::Advance { to, reply } => {
                     let queued = self.next_seq;
-                    let events = self.advance(to);
+                    let events = self.advance(to).await;
                     let last = (self.next_seq > queued).then(|| self.next_seq - 1);
                     waiters.push(Waiter::Advance { events, last, reply });
                 }
                 Request::Read(_) => unreachable!("reads are split off"),
             }
         }
-        self.flush_pending();
+        self.flush_pending().await;
         self.answer(waiters);
         self.written.clear();
         if self.broken.is_none() {
-            self.maybe_snapshot();
+            self.maybe_snapshot().await;
         }
         self.broken = None;
     }
@@ -738,7 +724,7 @@ impl Actor {
     /// Queue every time-driven event due by `to`, writing long runs as they grow; returns how
     /// many events that was.
     #[tracing::instrument(name = "settlement", level = "debug", skip(self), fields(to = %to.to_rfc3339()))]
-    fn advance(&mut self, to: Instant) -> Result<u64, EngineError> {
+    async fn advance(&mut self, to: Instant) -> Result<u64, EngineError> {
         let mut count = 0;
         while self.broken.is_none() {
             let Some(step) = self.ledger.tick(to) else { break };
@@ -746,7 +732,7 @@ impl Actor {
             count += step.events.len() as u64;
             self.queue(step, serde_json::Value::Null, None);
             if self.pending.len() >= MAX_CHAIN {
-                self.flush_pending();
+                self.flush_pending().await;
             }
         }
         match &self.broken {
@@ -783,13 +769,14 @@ impl Actor {
     /// Whether requests can be decided and written: not while the store is failing (until
     /// the next recovery attempt is due, and then only if it recovers), and only once the
     /// ledger has caught up with the log after a failed write. Err: why the batch is refused.
-    fn ready(&mut self) -> Result<(), Option<String>> {
+    async fn ready(&mut self) -> Result<(), Option<String>> {
         if let Some(outage) = &self.outage {
             if std::time::Instant::now() < outage.retry_at {
                 return Err(None);
             }
             let started = std::time::Instant::now();
-            let recovered = guarded(|| self.store.recover().map_err(EngineError::from));
+            let store = self.store.clone();
+            let recovered = blocking(move || store.recover().map_err(EngineError::from)).await;
             let took = started.elapsed();
             match recovered {
                 Ok(()) => {
@@ -811,7 +798,7 @@ impl Actor {
             }
         }
         if self.behind {
-            match self.catch_up() {
+            match self.catch_up().await {
                 Ok(folded) => {
                     self.behind = false;
                     // What was folded is not among the steps written since the checkpoint.
@@ -863,9 +850,19 @@ impl Actor {
     }
 
     /// Fold what the log holds past the ledger (read from the store): returns how many events.
-    fn catch_up(&mut self) -> Result<u64, EngineError> {
+    async fn catch_up(&mut self) -> Result<u64, EngineError> {
+        let store = self.store.clone();
         let from = self.ledger.projections().last_position + 1;
-        guarded(|| fold_tail(self.store.as_ref(), from, &mut self.ledger, &mut self.versions))
+        let mut ledger = std::mem::take(&mut self.ledger);
+        let mut versions = std::mem::take(&mut self.versions);
+        let (ledger, versions, result) = blocking(move || {
+            let result = fold_tail(store.as_ref(), from, &mut ledger, &mut versions);
+            Ok((ledger, versions, result))
+        })
+        .await?;
+        self.ledger = ledger;
+        self.versions = versions;
+        result
     }
 
     /// Append a step the ledger has applied (speculatively: a failed write goes back to the
@@ -897,7 +894,7 @@ impl Actor {
 
     /// Write the pending chain with one flush and note what became of each append. A failure
     /// rebuilds the state from the log and refuses the rest of the batch.
-    fn flush_pending(&mut self) {
+    async fn flush_pending(&mut self) {
         let chain = std::mem::take(&mut self.pending);
         let chain_tags = std::mem::take(&mut self.pending_tags);
         let chain_steps = std::mem::take(&mut self.pending_steps);
@@ -907,7 +904,8 @@ impl Actor {
         let seqs: Vec<(u64, Option<String>, Option<String>)> =
             chain.iter().map(|(seq, r)| (*seq, r.command_id.clone(), r.fingerprint.clone())).collect();
         let requests: Vec<AppendRequest> = chain.into_iter().map(|(_, r)| r).collect();
-        let result = guarded(|| self.store.append_chain(requests).map_err(EngineError::from));
+        let store = self.store.clone();
+        let result = blocking(move || store.append_chain(requests).map_err(EngineError::from)).await;
         // What failed, if anything: the store (at the chain's `at`-th append), or the blocking
         // task itself (then nothing is known to be written).
         let (outcomes, failure, task) = match result {
@@ -1042,16 +1040,16 @@ impl Actor {
 
     /// Every `snapshot_every` events, a snapshot of the acknowledged state (nothing is
     /// pending after a group commit), so that opening the store replays only the tail.
-    fn maybe_snapshot(&mut self) {
+    async fn maybe_snapshot(&mut self) {
         let projections = self.ledger.projections();
         if projections.last_position < self.snapshot_at + self.snapshot_every {
             return;
         }
         self.snapshot_at = projections.last_position;
-        let (store, versions) = (self.store.as_ref(), &self.versions);
+        let (store, projections, versions) = (self.store.clone(), projections.clone(), self.versions.clone());
         let untagged = std::mem::take(&mut self.untagged);
-        let _ = guarded(|| {
-            save_snapshot(store, projections, versions);
+        let _ = blocking(move || {
+            save_snapshot(store.as_ref(), &projections, &versions);
             // The tag index follows the log in bulk, at the same pace: what this engine wrote
             // from the tags it computed then; anything else read back from the log (a failure
             // here costs only a later catch-up).
@@ -1059,11 +1057,12 @@ impl Actor {
                 (Some((first, _)), Ok(through)) if *first == through + 1 => store.tag_existing(&untagged).map_err(EngineError::from),
                 _ => Ok(()),
             };
-            if let Err(e) = indexed.and_then(|()| poolbill_ledger::catch_up_tags(store).map(|_| ()).map_err(EngineError::from)) {
+            if let Err(e) = indexed.and_then(|()| poolbill_ledger::catch_up_tags(store.as_ref()).map(|_| ()).map_err(EngineError::from)) {
                 tracing::warn!(error = %e, "the tag index could not be brought up to date");
             }
             Ok(())
-        });
+        })
+        .await;
         catch_up_merkle_aside(&self.store, &self.hashing);
     }
 }
