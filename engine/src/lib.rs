@@ -1,10 +1,13 @@
 //! The engine: runs commands and the clock against a sled-backed event log, for embedding in an
 //! async (tokio) service.
 //!
-//! One actor task owns the state. It takes every request queued at the moment, decides them in
-//! order against the state its predecessors leave (applying their events speculatively), and
-//! writes the lot as one chain with one flush (group commit). Only then does it answer: an
-//! acknowledged command is on disk.
+//! One actor task owns the state. It takes every request queued at the moment and hands the
+//! batch, with its state, to a blocking thread, which decides them in order against the state
+//! their predecessors leave (applying their events speculatively), writes the lot as one chain
+//! with one flush (group commit), and gives the state back. Only then does it answer: an
+//! acknowledged command is on disk. The store is called directly on that thread: a batch costs
+//! one hand-off to it and back, where a store call each (the command ids' lookup, the append)
+//! cost one each, a wake-up of an idle CPU on a virtual machine whose CPUs wake slowly.
 //!
 //! If a write fails, the speculative state is dropped: the actor goes back to its checkpoint (a
 //! copy of acknowledged state, taken again every [`CHECKPOINT_EVERY`] events) and, once the
@@ -141,10 +144,10 @@ impl Engine {
         .await?;
         let (tx, rx) = mpsc::channel(1024);
         let stopped = Arc::new(OnceLock::new());
-        let mut actor = Actor::new(store.clone(), ledger, versions, rx, stopped.clone());
+        let mut actor = Actor::new(store.clone(), ledger, versions, stopped.clone());
         actor.snapshot_every = snapshot_every.max(1);
         catch_up_merkle_aside(&actor.store, &actor.hashing);
-        tokio::spawn(actor.run());
+        tokio::spawn(actor.run(rx));
         Ok(Engine { tx, store, stopped })
     }
 
@@ -341,6 +344,15 @@ impl<T> Submitted<T> {
     }
 }
 
+/// Run a store call on the actor's thread; a panic in it becomes an error, as it would from a
+/// blocking task, so that the actor goes on.
+fn guarded<T>(f: impl FnOnce() -> Result<T, EngineError>) -> Result<T, EngineError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+        Err(EngineError::Aborted(format!("a store call panicked: {what}")))
+    })
+}
+
 /// Run blocking store work off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, EngineError> + Send + 'static) -> Result<T, EngineError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| EngineError::Aborted(format!("blocking task failed: {e}")))?
@@ -534,7 +546,6 @@ struct Actor {
     ledger: Ledger,
     /// Each stream's version as the pending chain leaves it.
     versions: HashMap<String, u64>,
-    rx: mpsc::Receiver<Request>,
     /// Appends decided but not yet written, numbered.
     pending: Vec<(u64, AppendRequest)>,
     /// The tags of each pending request's events, in order (`projections::tags_of`).
@@ -572,20 +583,13 @@ struct Actor {
 }
 
 impl Actor {
-    fn new(
-        store: Arc<dyn EventStore>,
-        ledger: Ledger,
-        versions: HashMap<String, u64>,
-        rx: mpsc::Receiver<Request>,
-        stopped: Arc<OnceLock<Arc<EngineError>>>,
-    ) -> Actor {
+    fn new(store: Arc<dyn EventStore>, ledger: Ledger, versions: HashMap<String, u64>, stopped: Arc<OnceLock<Arc<EngineError>>>) -> Actor {
         let snapshot_at = ledger.projections().last_position;
         let checkpoint = Checkpoint { ledger: ledger.clone(), versions: versions.clone() };
         Actor {
             store,
             ledger,
             versions,
-            rx,
             pending: Vec::new(),
             pending_tags: Vec::new(),
             pending_steps: Vec::new(),
@@ -605,16 +609,30 @@ impl Actor {
         }
     }
 
-    async fn run(mut self) {
-        while let Some(first) = self.rx.recv().await {
+    /// Take every request queued at the moment and process them on a blocking thread, the
+    /// actor's state moved there and back: one hand-off a batch, the store called directly.
+    async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
-                match self.rx.try_recv() {
+                match rx.try_recv() {
                     Ok(r) => batch.push(r),
                     Err(_) => break,
                 }
             }
-            self.process(batch).await;
+            self = match tokio::task::spawn_blocking(move || {
+                self.process(batch);
+                self
+            })
+            .await
+            {
+                Ok(actor) => actor,
+                // A panic outside the store's calls: the waiting requests are answered as closed.
+                Err(e) => {
+                    tracing::error!(error = %e, "the engine's batch panicked: the engine stops");
+                    return;
+                }
+            };
             if self.stopped.get().is_some() {
                 // Dropping the queue answers every waiting request with the reason.
                 return;
@@ -622,7 +640,7 @@ impl Actor {
         }
     }
 
-    async fn process(&mut self, batch: Vec<Request>) {
+    fn process(&mut self, batch: Vec<Request>) {
         let mut writes = Vec::new();
         let mut reads = Vec::new();
         for request in batch {
@@ -632,7 +650,7 @@ impl Actor {
             }
         }
         if !writes.is_empty() {
-            self.write(writes).await;
+            self.write(writes);
         }
         // Reads come after the batch is on disk: they never see unacknowledged state, nor the
         // speculative state of an engine that could not rebuild it (they are dropped unanswered).
@@ -644,8 +662,8 @@ impl Actor {
         }
     }
 
-    async fn write(&mut self, writes: Vec<Request>) {
-        if let Err(refusal) = self.ready().await {
+    fn write(&mut self, writes: Vec<Request>) {
+        if let Err(refusal) = self.ready() {
             self.refuse(writes, refusal);
             return;
         }
@@ -656,8 +674,7 @@ impl Actor {
                 _ => None,
             })
             .collect();
-        let store = self.store.clone();
-        let known = blocking(move || Ok(store.commands(&ids)?)).await;
+        let known = guarded(|| Ok(self.store.commands(&ids)?));
         let known = match known {
             Ok(k) => k,
             Err(e) => {
@@ -695,7 +712,7 @@ impl Actor {
                         waiters.push(Waiter::Known { record: Err(*seq), reply });
                     } else if self.broken.is_none() {
                         // The ledger's order (R1): what is due by `at`, then the command.
-                        let _ = self.advance(at).await;
+                        let _ = self.advance(at);
                         let seq = self.decide(at, &command, index, id.clone(), now.clone());
                         seq_by_id.insert(id, (seq, now));
                         waiters.push(Waiter::Execute { seq, reply });
@@ -705,18 +722,18 @@ impl Actor {
                 }
                 Request::Advance { to, reply } => {
                     let queued = self.next_seq;
-                    let events = self.advance(to).await;
+                    let events = self.advance(to);
                     let last = (self.next_seq > queued).then(|| self.next_seq - 1);
                     waiters.push(Waiter::Advance { events, last, reply });
                 }
                 Request::Read(_) => unreachable!("reads are split off"),
             }
         }
-        self.flush_pending().await;
+        self.flush_pending();
         self.answer(waiters);
         self.written.clear();
         if self.broken.is_none() {
-            self.maybe_snapshot().await;
+            self.maybe_snapshot();
         }
         self.broken = None;
     }
@@ -724,7 +741,7 @@ impl Actor {
     /// Queue every time-driven event due by `to`, writing long runs as they grow; returns how
     /// many events that was.
     #[tracing::instrument(name = "settlement", level = "debug", skip(self), fields(to = %to.to_rfc3339()))]
-    async fn advance(&mut self, to: Instant) -> Result<u64, EngineError> {
+    fn advance(&mut self, to: Instant) -> Result<u64, EngineError> {
         let mut count = 0;
         while self.broken.is_none() {
             let Some(step) = self.ledger.tick(to) else { break };
@@ -732,7 +749,7 @@ impl Actor {
             count += step.events.len() as u64;
             self.queue(step, serde_json::Value::Null, None);
             if self.pending.len() >= MAX_CHAIN {
-                self.flush_pending().await;
+                self.flush_pending();
             }
         }
         match &self.broken {
@@ -769,14 +786,13 @@ impl Actor {
     /// Whether requests can be decided and written: not while the store is failing (until
     /// the next recovery attempt is due, and then only if it recovers), and only once the
     /// ledger has caught up with the log after a failed write. Err: why the batch is refused.
-    async fn ready(&mut self) -> Result<(), Option<String>> {
+    fn ready(&mut self) -> Result<(), Option<String>> {
         if let Some(outage) = &self.outage {
             if std::time::Instant::now() < outage.retry_at {
                 return Err(None);
             }
             let started = std::time::Instant::now();
-            let store = self.store.clone();
-            let recovered = blocking(move || store.recover().map_err(EngineError::from)).await;
+            let recovered = guarded(|| self.store.recover().map_err(EngineError::from));
             let took = started.elapsed();
             match recovered {
                 Ok(()) => {
@@ -798,7 +814,7 @@ impl Actor {
             }
         }
         if self.behind {
-            match self.catch_up().await {
+            match self.catch_up() {
                 Ok(folded) => {
                     self.behind = false;
                     // What was folded is not among the steps written since the checkpoint.
@@ -850,19 +866,9 @@ impl Actor {
     }
 
     /// Fold what the log holds past the ledger (read from the store): returns how many events.
-    async fn catch_up(&mut self) -> Result<u64, EngineError> {
-        let store = self.store.clone();
+    fn catch_up(&mut self) -> Result<u64, EngineError> {
         let from = self.ledger.projections().last_position + 1;
-        let mut ledger = std::mem::take(&mut self.ledger);
-        let mut versions = std::mem::take(&mut self.versions);
-        let (ledger, versions, result) = blocking(move || {
-            let result = fold_tail(store.as_ref(), from, &mut ledger, &mut versions);
-            Ok((ledger, versions, result))
-        })
-        .await?;
-        self.ledger = ledger;
-        self.versions = versions;
-        result
+        guarded(|| fold_tail(self.store.as_ref(), from, &mut self.ledger, &mut self.versions))
     }
 
     /// Append a step the ledger has applied (speculatively: a failed write goes back to the
@@ -894,7 +900,7 @@ impl Actor {
 
     /// Write the pending chain with one flush and note what became of each append. A failure
     /// rebuilds the state from the log and refuses the rest of the batch.
-    async fn flush_pending(&mut self) {
+    fn flush_pending(&mut self) {
         let chain = std::mem::take(&mut self.pending);
         let chain_tags = std::mem::take(&mut self.pending_tags);
         let chain_steps = std::mem::take(&mut self.pending_steps);
@@ -904,8 +910,7 @@ impl Actor {
         let seqs: Vec<(u64, Option<String>, Option<String>)> =
             chain.iter().map(|(seq, r)| (*seq, r.command_id.clone(), r.fingerprint.clone())).collect();
         let requests: Vec<AppendRequest> = chain.into_iter().map(|(_, r)| r).collect();
-        let store = self.store.clone();
-        let result = blocking(move || store.append_chain(requests).map_err(EngineError::from)).await;
+        let result = guarded(|| self.store.append_chain(requests).map_err(EngineError::from));
         // What failed, if anything: the store (at the chain's `at`-th append), or the blocking
         // task itself (then nothing is known to be written).
         let (outcomes, failure, task) = match result {
@@ -1040,16 +1045,16 @@ impl Actor {
 
     /// Every `snapshot_every` events, a snapshot of the acknowledged state (nothing is
     /// pending after a group commit), so that opening the store replays only the tail.
-    async fn maybe_snapshot(&mut self) {
+    fn maybe_snapshot(&mut self) {
         let projections = self.ledger.projections();
         if projections.last_position < self.snapshot_at + self.snapshot_every {
             return;
         }
         self.snapshot_at = projections.last_position;
-        let (store, projections, versions) = (self.store.clone(), projections.clone(), self.versions.clone());
+        let (store, versions) = (self.store.as_ref(), &self.versions);
         let untagged = std::mem::take(&mut self.untagged);
-        let _ = blocking(move || {
-            save_snapshot(store.as_ref(), &projections, &versions);
+        let _ = guarded(|| {
+            save_snapshot(store, projections, versions);
             // The tag index follows the log in bulk, at the same pace: what this engine wrote
             // from the tags it computed then; anything else read back from the log (a failure
             // here costs only a later catch-up).
@@ -1057,12 +1062,11 @@ impl Actor {
                 (Some((first, _)), Ok(through)) if *first == through + 1 => store.tag_existing(&untagged).map_err(EngineError::from),
                 _ => Ok(()),
             };
-            if let Err(e) = indexed.and_then(|()| poolbill_ledger::catch_up_tags(store.as_ref()).map(|_| ()).map_err(EngineError::from)) {
+            if let Err(e) = indexed.and_then(|()| poolbill_ledger::catch_up_tags(store).map(|_| ()).map_err(EngineError::from)) {
                 tracing::warn!(error = %e, "the tag index could not be brought up to date");
             }
             Ok(())
-        })
-        .await;
+        });
         catch_up_merkle_aside(&self.store, &self.hashing);
     }
 }
