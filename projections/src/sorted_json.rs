@@ -185,6 +185,8 @@ impl<'a> ser::Serializer for Sorted<'a> {
             Err(_) => Err(ser::Error::custom("number out of range")),
         }
     }
+    // No event or command carries a float (money and quantities are `Decimal`, R2); serde's
+    // trait asks for these, and they are written as a `Value` writes them.
     fn serialize_f32(self, v: f32) -> Result<(), Error> {
         // A `Value` keeps an `f32` as the `f64` it widens to.
         self.serialize_f64(f64::from(v))
