@@ -237,10 +237,11 @@ struct Pending<'a> {
 }
 
 impl<'a> Pending<'a> {
-    fn new(open: &'a Opened, frame_at: u64) -> Result<Pending<'a>, StoreError> {
+    /// `expected_bytes`: about how large the frame will be, so that it is allocated once.
+    fn new(open: &'a Opened, frame_at: u64, expected_bytes: usize) -> Result<Pending<'a>, StoreError> {
         Ok(Pending {
             open,
-            frame: log::Frame::default(),
+            frame: log::Frame::with_capacity(expected_bytes),
             frame_at,
             writes: IndexWrites::default(),
             records: HashMap::new(),
@@ -1076,7 +1077,15 @@ impl Opened {
         let Some(end) = *writer else {
             return Err(StoreError::Unavailable { why: "an earlier write to this store's files failed halfway".into() });
         };
-        let mut pending = Pending::new(self, end)?;
+        // A frame of a long chain runs to hundreds of KB: grown by doubling, it was copied again
+        // at every step. An entry is its payload and about 64 bytes of envelope, a command's
+        // record about 300.
+        let payload = |e: &poolbill_store::NewEvent| match &e.payload {
+            Payload::Binary(bytes) => bytes.len(),
+            Payload::Json(_) => 256,
+        };
+        let expected: usize = reqs.iter().map(|r| 300 + r.events.iter().map(|e| 64 + payload(e)).sum::<usize>()).sum();
+        let mut pending = Pending::new(self, end, expected)?;
         let mut results = Vec::with_capacity(reqs.len());
         for req in reqs {
             let result = match pending.decide(req) {

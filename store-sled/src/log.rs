@@ -84,6 +84,13 @@ impl Default for Frame {
 }
 
 impl Frame {
+    /// A frame whose entries will take about `bytes`.
+    pub fn with_capacity(bytes: usize) -> Frame {
+        let mut frame = Vec::with_capacity(FRAME_HEADER + bytes);
+        frame.resize(FRAME_HEADER, 0);
+        Frame { bytes: frame }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.bytes.len() == FRAME_HEADER
     }
