@@ -5,9 +5,9 @@
 //! batch, with its state, to a blocking thread, which decides them in order against the state
 //! their predecessors leave (applying their events speculatively), writes the lot as one chain
 //! with one flush (group commit), and gives the state back. Only then does it answer: an
-//! acknowledged command is on disk. The store is called directly on that thread: a batch costs
-//! one hand-off to it and back, where a store call each (the command ids' lookup, the append)
-//! cost one each, a wake-up of an idle CPU on a virtual machine whose CPUs wake slowly.
+//! acknowledged command is on disk. The store is called directly on that thread, so a batch
+//! costs one hand-off there and back rather than one per store call (the command ids' lookup,
+//! the append): each is a wake-up of an idle CPU, slow on a virtual machine.
 //!
 //! If a write fails, the speculative state is dropped: the actor goes back to its checkpoint (a
 //! copy of acknowledged state, taken again every [`CHECKPOINT_EVERY`] events) and, once the
@@ -344,8 +344,8 @@ impl<T> Submitted<T> {
     }
 }
 
-/// Run a store call on the actor's thread; a panic in it becomes an error, as it would from a
-/// blocking task, so that the actor goes on.
+/// Run a store call on the batch's thread; a panic in it becomes an error, as it did from a
+/// blocking task of its own, so that the actor goes on.
 fn guarded<T>(f: impl FnOnce() -> Result<T, EngineError>) -> Result<T, EngineError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
         let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
