@@ -8,6 +8,7 @@ use crate::args::{
     TimelineArgs, VerifyArgs, POSTGRES_ENV,
 };
 use crate::failure::{damaged, input, runtime, Failure};
+use crate::stores::leave_at_exit;
 pub(crate) use crate::stores::open_existing as open_store;
 use crate::{print_out, progress, table, to_json};
 use poolbill_domain::Event;
@@ -156,6 +157,7 @@ fn stream_document(source: &LogSource, upto: Upto, out: &mut impl Write) -> Resu
             let bar = progress::bar(total, "replaying");
             let written = write_document(store.read_all(1), upto, out, |position| bar.set_position(position));
             bar.finish_and_clear();
+            leave_at_exit(store, &at);
             written.map(|_| ()).map_err(document_failure(&at))
         }
         // Checked line by line as it is folded; nothing is shown unless the whole log is sound.
@@ -225,11 +227,13 @@ pub fn explain(args: ExplainArgs) -> Result<(), Failure> {
                 explain_log::ExplainError::NoSuchBill(_) => Failure::Input(e.into()),
                 e => damaged(format!("explaining from {}", store_at.describe()))(e),
             };
-            match (args.bill, args.resource, args.at) {
+            let explained = match (args.bill, args.resource, args.at) {
                 (Some(n), _, _) => vec![explain_log::explain_bill_in(store.as_ref(), n).map_err(failed)?],
                 (None, Some(resource), Some(at)) => explain_log::explain_at_in(store.as_ref(), &resource, at).map_err(failed)?,
                 _ => return Err(Failure::Input("explain needs --bill N, or --resource ID with --at INSTANT".into())),
-            }
+            };
+            leave_at_exit(store, &store_at);
+            explained
         }
         Origin::File(_) => {
             let log = load(&args.source)?;
@@ -294,10 +298,12 @@ pub fn bills(args: BillsArgs) -> Result<(), Failure> {
         // A store reads the month's lines only, through its tag index.
         Origin::Store(at) => {
             let store = open_store(&at)?;
-            month::month_in(store.as_ref(), &args.month).map_err(|e| match e {
+            let bills = month::month_in(store.as_ref(), &args.month).map_err(|e| match e {
                 month::MonthInError::Month(e) => input("--month")(e),
                 e => damaged(format!("reading {}", at.describe()))(e),
-            })?
+            })?;
+            leave_at_exit(store, &at);
+            bills
         }
         // A log is folded as it is read, keeping only the month's rows.
         Origin::File(path) => {
@@ -327,10 +333,12 @@ pub fn timeline(args: TimelineArgs) -> Result<(), Failure> {
         // A store answers from its tag index: only the resource's history is read.
         Origin::Store(at) => {
             let store = open_store(&at)?;
-            draw::timeline_in(store.as_ref(), &args.resource).map_err(|e| match e {
+            let picture = draw::timeline_in(store.as_ref(), &args.resource).map_err(|e| match e {
                 draw::TimelineError::NoSuchResource(_) => Failure::Input(e.into()),
                 e => damaged(format!("reading {}", at.describe()))(e),
-            })?
+            })?;
+            leave_at_exit(store, &at);
+            picture
         }
         Origin::File(_) => {
             let log = load(&args.source)?;

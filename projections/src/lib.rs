@@ -133,6 +133,15 @@ pub fn bill_month_tag(month: &str) -> String {
     format!("{BILL_MONTH}{month}")
 }
 
+/// The `bill-hour:` tags between which the lines of the Beijing month `YYYY-MM` fall: its
+/// first hour's, and the next month's first hour's (excluded).
+pub fn bill_hours_of_month(month: &str) -> Option<(String, String)> {
+    let first = chrono::NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d").ok()?;
+    let next = poolbill_domain::time::add_months_clamped(first, 1);
+    let hour = |date| bill_hour_tag(poolbill_domain::time::beijing_at(date, 0, 0, 0));
+    Some((hour(first), hour(next)))
+}
+
 /// The Beijing month (`YYYY-MM`) an instant falls in.
 pub fn month_of(t: Instant) -> String {
     let date = beijing_date(t);

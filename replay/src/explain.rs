@@ -8,7 +8,7 @@ use poolbill_domain::money::{fmt_cents, fmt_exact, remaining_factor, trunc2, tru
 use poolbill_domain::time::{align_to_day, beijing_date, days_in_month, hour_floor, period_end, to_beijing};
 use poolbill_domain::{remaining_value, Alignment, Amounts, Basis, BillLine, DecodeError, Event, Instant, Item, Rule, Term, UnusedPart};
 use poolbill_ledger::{fold_visit, FoldError, Upto};
-use poolbill_projections::{bill_hour_tag, event_of, BillView, FlowBill, BILL_HOUR};
+use poolbill_projections::{bill_hour_tag, bill_hours_of_month, event_of, month_of, BillView, FlowBill, BILL_MONTH};
 use poolbill_store::{Envelope, EventStore, StoreError};
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -209,13 +209,14 @@ impl Numbers<'_> {
 /// Where a line sorts in the bills list: its start, resource and position.
 type LineKey = (Instant, String, u64);
 
-/// Lines counted by the hour they start in (`bill-hour:` tags): a line's place is the lines of
-/// earlier hours plus those of its own hour that sort before it, so only one hour's lines are
-/// read.
+/// Lines counted by the month, then the hour, they start in (`bill-month:` and `bill-hour:`
+/// tags): a line's place is the lines of earlier months, plus those of its month's earlier
+/// hours, plus those of its own hour that sort before it. So a question reads a few dozen
+/// months' counts, one month's hours' counts and one hour's lines, however long the log.
 struct BillRanks<'a> {
     store: &'a dyn EventStore,
-    /// Each hour's tag and the lines of the hours before it, in order.
-    hours: Vec<(String, usize)>,
+    /// Each month (`YYYY-MM`) and the lines of the months before it, in order.
+    months: Vec<(String, usize)>,
     count: usize,
     /// An hour's lines in bills-list order (start, resource, position), read once.
     lines: RefCell<HashMap<String, Vec<LineKey>>>,
@@ -229,13 +230,35 @@ impl<'a> BillRanks<'a> {
             FoldError::Projection(p) => ExplainError::Decode { position: p.position, source: p.source },
             FoldError::Store(e) => store_error(e),
         })?;
-        let mut hours = Vec::new();
+        let mut months = Vec::new();
         let mut count = 0;
-        for (tag, n) in store.tag_counts(BILL_HOUR).map_err(store_error)? {
-            hours.push((tag, count));
+        for (tag, n) in store.tag_counts(BILL_MONTH).map_err(store_error)? {
+            months.push((tag[BILL_MONTH.len()..].to_string(), count));
             count += n as usize;
         }
-        Ok(BillRanks { store, hours, count, lines: RefCell::new(HashMap::new()) })
+        Ok(BillRanks { store, months, count, lines: RefCell::new(HashMap::new()) })
+    }
+
+    /// The lines of the months before `month`.
+    fn before_month(&self, month: &str) -> Result<usize, ExplainError> {
+        self.months
+            .iter()
+            .find(|(m, _)| m == month)
+            .map(|(_, before)| *before)
+            .ok_or_else(|| ExplainError::Log(format!("no lines are counted for {BILL_MONTH}{month}")))
+    }
+
+    /// The hours of `month` that have lines, up to the hour tagged `until` (excluded) if
+    /// given: each hour's tag with the lines of the month's hours before it, and their total.
+    fn hours_of(&self, month: &str, until: Option<&str>) -> Result<(Vec<(String, usize)>, usize), ExplainError> {
+        let (first, next) = bill_hours_of_month(month).ok_or_else(|| ExplainError::Log(format!("{BILL_MONTH}{month} is not a month")))?;
+        let mut hours = Vec::new();
+        let mut total = 0;
+        for (tag, n) in self.store.tag_counts_between(&first, until.unwrap_or(&next)).map_err(store_error)? {
+            hours.push((tag, total));
+            total += n as usize;
+        }
+        Ok((hours, total))
     }
 
     fn count(&self) -> usize {
@@ -284,22 +307,24 @@ impl<'a> BillRanks<'a> {
     }
 
     fn nth(&self, number: usize) -> Result<u64, ExplainError> {
-        let hour = self.hours.partition_point(|(_, before)| *before < number) - 1;
-        let (tag, before) = &self.hours[hour];
+        let disagree = |what: &str| ExplainError::Log(format!("the count of {what} disagrees with its lines"));
+        let (month, before_month) = &self.months[self.months.partition_point(|(_, before)| *before < number) - 1];
+        let within = number - before_month;
+        let (hours, total) = self.hours_of(month, None)?;
+        let hour = hours.partition_point(|(_, before)| *before < within).checked_sub(1);
+        let Some((tag, before_hour)) = hour.filter(|_| within <= total).map(|h| &hours[h]) else {
+            return Err(disagree(&format!("{BILL_MONTH}{month}")));
+        };
         let lines = self.lines_of(tag)?;
-        lines.get(number - before - 1).map(|(_, _, p)| *p).ok_or_else(|| ExplainError::Log(format!("the count of {tag} disagrees with its lines")))
+        lines.get(within - before_hour - 1).map(|(_, _, p)| *p).ok_or_else(|| disagree(tag))
     }
 
     fn place(&self, position: u64, line: &BillLine) -> Result<usize, ExplainError> {
+        let month = month_of(line.start);
         let tag = bill_hour_tag(line.start);
-        let before = self
-            .hours
-            .iter()
-            .find(|(t, _)| *t == tag)
-            .map(|(_, b)| *b)
-            .ok_or_else(|| ExplainError::Log(format!("no lines are counted for {tag}")))?;
+        let (_, earlier_hours) = self.hours_of(&month, Some(&tag))?;
         let key = (line.start, line.resource.clone(), position);
-        Ok(before + self.lines_of(&tag)?.partition_point(|l| *l < key) + 1)
+        Ok(self.before_month(&month)? + earlier_hours + self.lines_of(&tag)?.partition_point(|l| *l < key) + 1)
     }
 }
 

@@ -733,6 +733,17 @@ impl EventStore for PostgresStore {
         })
     }
 
+    fn tag_counts_between(&self, from: &str, to: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let context = format!("counting tags from {from:?} to {to:?}");
+        self.with_client(&context.clone(), |client| async move {
+            let rows = client
+                .query("SELECT tag, count(*) FROM tags WHERE tag >= $1 AND tag < $2 GROUP BY tag ORDER BY tag", &[&from.as_bytes(), &to.as_bytes()])
+                .await
+                .map_err(pg(&context))?;
+            rows.iter().map(|r| Ok((text(r.get(0), 0, "a tag")?, unsigned(r.get(1), 0, "a tag's count")?))).collect()
+        })
+    }
+
     fn tagged_through(&self) -> Result<u64, StoreError> {
         Ok(self.tag_state()?.0)
     }

@@ -16,7 +16,9 @@
 //! | `meta`         | `last_position` / `last_instant`            | `u64` BE / RFC 3339 text                     |
 //! | `meta`         | `log_first` / `log_end`                     | `u64` BE: the first position the log file holds / the end of its last frame indexed here |
 //! | `tags`         | `p`, tag bytes, `0x00`, window `u32` BE     | the tag's positions in that window of 65,536: a varint count, then varint gaps |
+//! | `tags`         | `n`, tag bytes                              | how many events carry the tag, `u64` BE (so that counting a tag's events reads one entry, not its postings) |
 //! | `tags`         | `tagged_through` / `version`                | `u64` BE: every event up to it is indexed / `u32` BE: the tagging's version |
+//! | `tags`         | `counted_through`                           | `u64` BE: the counts hold every posting up to it; behind `tagged_through` (a store indexed before counts), they are counted again from the postings at open |
 //! | `merkle`       | `c`, chunk number `u64` BE                  | the root of that complete chunk of 256 leaves of the log's Merkle tree (32 bytes) |
 //! | `merkle`       | `tail` / `through`                          | the leaf hashes after the last complete chunk (32 bytes each) / `u64` BE: every event up to it is in the tree |
 //!
@@ -104,6 +106,8 @@ const SEQUENTIAL_READ: usize = 1 << 20;
 const TAGGED_THROUGH: &[u8] = b"tagged_through";
 /// In the `tags` tree: the version of the tagging the index holds.
 const TAGS_VERSION: &[u8] = b"version";
+/// How far the per-tag counts reach (`n` keys of the `tags` tree).
+const COUNTED_THROUGH: &[u8] = b"counted_through";
 /// Posting lists hold the positions of one window of the log, so that a list stays small and a
 /// bulk update rewrites few of them.
 const TAG_WINDOW: u64 = 1 << 16;
@@ -387,6 +391,14 @@ fn posting_key(tag: &str, window: u64) -> Vec<u8> {
     key.extend_from_slice(tag.as_bytes());
     key.push(0);
     key.extend_from_slice(&u32::try_from(window).unwrap_or(u32::MAX).to_be_bytes());
+    key
+}
+
+/// The key of how many events carry `tag`.
+fn count_key(tag: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(tag.len() + 1);
+    key.push(b'n');
+    key.extend_from_slice(tag);
     key
 }
 
@@ -846,6 +858,7 @@ impl Opened {
         let db_file = std::fs::File::open(path.join("db")).map_err(|e| StoreError::io(format!("opening {}", path.join("db").display()), e))?;
         store.db_file = Some(std::sync::Arc::new(db_file));
         store.migrate_stream_index()?;
+        store.count_tags_if_behind()?;
         // sled's trees may trail the log (they are not flushed before an acknowledgement).
         let tail = store.scan_tail()?;
         // The whole frames past sled's trees are indexed (derived from the log: never lost by
@@ -873,7 +886,9 @@ impl Opened {
     fn temporary() -> Result<Opened, StoreError> {
         let db = sled::Config::new().temporary(true).cache_capacity(CACHE_BYTES).open().map_err(storage("opening temporary sled database"))?;
         let log = log::LogFile::temporary().map_err(|e| StoreError::io("creating a temporary event log", e))?;
-        Opened::from_db(db, log)
+        let store = Opened::from_db(db, log)?;
+        store.count_tags_if_behind()?;
+        Ok(store)
     }
 
     fn from_db(db: sled::Db, log: log::LogFile) -> Result<Opened, StoreError> {
@@ -892,6 +907,8 @@ impl Opened {
                 // last event (recorded before anything is appended, so sled keeps it first).
                 let first = meta_u64(META_LAST_POSITION)?.unwrap_or(0) + 1;
                 meta.insert(META_LOG_FIRST, &first.to_be_bytes()[..]).map_err(storage("recording where the event log begins"))?;
+                // Flushed at once, as every write a reader makes is (see `leave_at_exit` in the CLI).
+                db.flush().map_err(storage("flushing where the event log begins"))?;
                 first
             }
         };
@@ -1485,24 +1502,23 @@ impl EventStore for Opened {
     }
 
     fn tag_counts(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        let mut counts: Vec<(String, u64)> = Vec::new();
-        let mut start = vec![b'p'];
-        start.extend_from_slice(prefix.as_bytes());
-        for entry in self.tags.scan_prefix(&start) {
-            let (key, list) = entry.map_err(storage(format_args!("scanning tags starting with {prefix:?}")))?;
-            if key.len() < 6 {
-                return Err(corrupt(0, "a tag index key too short for its window"));
-            }
-            let tag = String::from_utf8_lossy(&key[1..key.len() - 5]).into_owned();
-            let count = varint::Reader::new(&list).u64().map_err(|e| corrupt(0, format!("the index of tag {tag:?}: {e}")))?;
-            match counts.last_mut() {
-                Some((last, n)) if *last == tag => *n += count,
-                _ => counts.push((tag, count)),
-            }
+        if !self.counts_current()? {
+            return self.count_postings(prefix);
         }
-        Ok(counts)
+        self.read_counts(self.tags.scan_prefix(count_key(prefix.as_bytes())))
     }
 
+    fn tag_counts_between(&self, from: &str, to: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        if !self.counts_current()? {
+            let shared = from.bytes().zip(to.bytes()).take_while(|(a, b)| a == b).count();
+            let counts = self.count_postings(&String::from_utf8_lossy(&from.as_bytes()[..shared]))?;
+            return Ok(counts.into_iter().filter(|(tag, _)| from <= tag.as_str() && tag.as_str() < to).collect());
+        }
+        self.read_counts(self.tags.range(count_key(from.as_bytes())..count_key(to.as_bytes())))
+    }
     fn tags_version(&self) -> Result<u32, StoreError> {
         match self.tags.get(TAGS_VERSION).map_err(storage("reading the tag index's version"))? {
             None => Ok(0),
@@ -1514,6 +1530,7 @@ impl EventStore for Opened {
     fn reset_tags(&self, version: u32) -> Result<(), StoreError> {
         self.tags.clear().map_err(storage("dropping the tag index"))?;
         self.tags.insert(TAGS_VERSION, &version.to_be_bytes()[..]).map_err(storage("recording the tag index's version"))?;
+        self.tags.insert(COUNTED_THROUGH, &0u64.to_be_bytes()[..]).map_err(storage("recording how far tags are counted"))?;
         self.db.flush().map(|_| ()).map_err(storage("flushing the dropped tag index"))
     }
 
@@ -1531,6 +1548,7 @@ impl EventStore for Opened {
         let mut through = self.tagged_through()?;
         let last = self.last_position()?;
         let mut additions: std::collections::BTreeMap<Vec<u8>, Vec<u64>> = std::collections::BTreeMap::new();
+        let mut added: HashMap<&str, u64> = HashMap::new();
         // Events another catch-up indexed meanwhile are skipped (their tags are the same).
         let fresh = tagged.iter().position(|(p, _)| *p > through).unwrap_or(tagged.len());
         if fresh == tagged.len() {
@@ -1545,6 +1563,7 @@ impl EventStore for Opened {
                 // A tag given twice for one event is one posting.
                 if list.last() != Some(position) {
                     list.push(*position);
+                    *added.entry(tag).or_default() += 1;
                 }
             }
             through = *position;
@@ -1558,6 +1577,19 @@ impl EventStore for Opened {
             };
             positions.extend(added);
             batch.insert(key, encode_postings(window, &positions));
+        }
+        // The counts move with the postings, in the same batch, where they are current (a store
+        // indexed before them is counted at open).
+        if self.counts_current()? {
+            for (tag, n) in added {
+                let key = count_key(tag.as_bytes());
+                let kept = match self.tags.get(&key).map_err(storage("reading a tag's count"))? {
+                    Some(v) => decode_u64(&v).ok_or_else(|| corrupt(0, format!("the count of tag {tag:?} is not a u64")))?,
+                    None => 0,
+                };
+                batch.insert(key, &(kept + n).to_be_bytes()[..]);
+            }
+            batch.insert(COUNTED_THROUGH, &through.to_be_bytes()[..]);
         }
         batch.insert(TAGGED_THROUGH, &through.to_be_bytes()[..]);
         self.tags.apply_batch(batch).map_err(storage("writing the tag index"))?;
@@ -1773,6 +1805,75 @@ impl Opened {
         Ok(())
     }
 
+    fn counted_through(&self) -> Result<Option<u64>, StoreError> {
+        match self.tags.get(COUNTED_THROUGH).map_err(storage("reading how far tags are counted"))? {
+            None => Ok(None),
+            Some(v) => decode_u64(&v).map(Some).ok_or_else(|| corrupt(0, "tags' counted_through is not a u64")),
+        }
+    }
+
+    /// Whether the per-tag counts hold every posting: not in a store indexed before them, nor
+    /// in one a version without them indexed further.
+    fn counts_current(&self) -> Result<bool, StoreError> {
+        Ok(self.counted_through()? == Some(self.tagged_through()?))
+    }
+
+    /// The tags' counts a scan of `n` keys finds, in tag order.
+    fn read_counts(&self, entries: sled::Iter) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut counts = Vec::new();
+        for entry in entries {
+            let (key, value) = entry.map_err(storage("reading the counts of tags"))?;
+            let tag = String::from_utf8_lossy(&key[1..]).into_owned();
+            let count = decode_u64(&value).ok_or_else(|| corrupt(0, format!("the count of tag {tag:?} is not a u64")))?;
+            counts.push((tag, count));
+        }
+        Ok(counts)
+    }
+
+    /// Each tag starting with `prefix` and its events, added up from its posting lists (each
+    /// begins with its count): what the counts say, read the long way.
+    fn count_postings(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut counts: Vec<(String, u64)> = Vec::new();
+        let mut start = vec![b'p'];
+        start.extend_from_slice(prefix.as_bytes());
+        for entry in self.tags.scan_prefix(&start) {
+            let (key, list) = entry.map_err(storage(format_args!("scanning tags starting with {prefix:?}")))?;
+            if key.len() < 6 {
+                return Err(corrupt(0, "a tag index key too short for its window"));
+            }
+            let tag = String::from_utf8_lossy(&key[1..key.len() - 5]).into_owned();
+            let count = varint::Reader::new(&list).u64().map_err(|e| corrupt(0, format!("the index of tag {tag:?}: {e}")))?;
+            match counts.last_mut() {
+                Some((last, n)) if *last == tag => *n += count,
+                _ => counts.push((tag, count)),
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Counts every tag's events from its postings, once, where the counts are missing or
+    /// behind (see [`Opened::counts_current`]); derived from the index, as the index is from
+    /// the log, so rewriting them loses nothing.
+    fn count_tags_if_behind(&self) -> Result<(), StoreError> {
+        let _only_one = self.indexing.lock().unwrap_or_else(|e| e.into_inner());
+        if self.counts_current()? {
+            return Ok(());
+        }
+        let through = self.tagged_through()?;
+        tracing::info!(through, "counting each tag's events from the tag index (once)");
+        let mut batch = sled::Batch::default();
+        for entry in self.tags.scan_prefix([b'n']) {
+            let (key, _) = entry.map_err(storage("scanning the tags' counts"))?;
+            batch.remove(key);
+        }
+        for (tag, count) in self.count_postings("")? {
+            batch.insert(count_key(tag.as_bytes()), &count.to_be_bytes()[..]);
+        }
+        batch.insert(COUNTED_THROUGH, &through.to_be_bytes()[..]);
+        self.tags.apply_batch(batch).map_err(storage("writing the tags' counts"))?;
+        self.db.flush().map(|_| ()).map_err(storage("flushing the tags' counts"))
+    }
+
     /// A store written before the postings keeps one `stream_index` entry per event: rewritten as
     /// postings once (they are derived from the log, as the entries were), then emptied. A crash
     /// halfway leaves the entries: the next opening begins again.
@@ -1892,6 +1993,10 @@ impl EventStore for SledStore {
 
     fn tag_counts(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
         self.sound()?.tag_counts(prefix)
+    }
+
+    fn tag_counts_between(&self, from: &str, to: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        self.sound()?.tag_counts_between(from, to)
     }
 
     fn tagged_through(&self) -> Result<u64, StoreError> {

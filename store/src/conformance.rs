@@ -291,6 +291,10 @@ pub fn tags_list_their_events_in_log_order(store: &dyn EventStore) {
     assert!(store.tagged("resource:p", 0, 100).unwrap().is_empty());
     assert_eq!(store.tag_counts("hour:").unwrap(), vec![("hour:07".to_string(), 1), ("hour:08".to_string(), 1)], "a tag given twice counts once");
     assert_eq!(store.tag_counts("resource:").unwrap(), vec![(p1.to_string(), 3), (nul.to_string(), 1)]);
+    assert_eq!(store.tag_counts_between("hour:07", "hour:08").unwrap(), vec![("hour:07".to_string(), 1)], "to is left out");
+    assert_eq!(store.tag_counts_between("hour:", "resource:p1\0").unwrap().len(), 3, "tags of different prefixes");
+    assert_eq!(store.tag_counts_between("hour:07", "resource:p1\0x").unwrap(), store.tag_counts("").unwrap()[..3].to_vec());
+    assert!(store.tag_counts_between("hour:08", "hour:08").unwrap().is_empty() && store.tag_counts_between("z", "a").unwrap().is_empty());
     assert_eq!(store.tagged_through().unwrap(), 5);
     assert_eq!(store.read_at(2).unwrap().map(|e| e.payload), Some(Payload::Json(json!(1))));
     assert_eq!(store.read_at(0).unwrap(), None);

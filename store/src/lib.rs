@@ -395,6 +395,18 @@ pub trait EventStore: Send + Sync {
     /// How many events carry each tag that starts with `prefix`, in tag order.
     fn tag_counts(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError>;
 
+    /// How many events carry each tag from `from` (included) to `to` (excluded), in tag order:
+    /// a stretch of tags that share no prefix of their own (the hours of a month). This default
+    /// filters the counts of the prefix `from` and `to` share; a store that keeps its counts in
+    /// tag order reads the stretch alone.
+    fn tag_counts_between(&self, from: &str, to: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut shared = from.bytes().zip(to.bytes()).take_while(|(a, b)| a == b).count();
+        while !from.is_char_boundary(shared) {
+            shared -= 1;
+        }
+        Ok(self.tag_counts(&from[..shared])?.into_iter().filter(|(tag, _)| from <= tag.as_str() && tag.as_str() < to).collect())
+    }
+
     /// The last position whose tags are recorded: every event up to it is indexed.
     fn tagged_through(&self) -> Result<u64, StoreError>;
 
