@@ -232,7 +232,12 @@ pub fn explain(args: ExplainArgs) -> Result<(), Failure> {
                 (None, Some(resource), Some(at)) => explain_log::explain_at_in(store.as_ref(), &resource, at).map_err(failed)?,
                 _ => return Err(Failure::Input("explain needs --bill N, or --resource ID with --at INSTANT".into())),
             };
-            leave_at_exit(store, &store_at);
+            // A proof opens the store again (below): closed first, then.
+            if args.proof {
+                drop(store);
+            } else {
+                leave_at_exit(store, &store_at);
+            }
             explained
         }
         Origin::File(_) => {

@@ -8,7 +8,7 @@
 //! | tree           | key                                         | value                                        |
 //! |----------------|---------------------------------------------|----------------------------------------------|
 //! | `events`       | global position, `u64` big-endian           | events before the log file (stores written before it): CRC32 (4 bytes BE), then the binary envelope (see `encode_event`), or the JSON of the [`Envelope`] |
-//! | `offsets`      | global position, `u64` BE                   | where its entry begins in `events.log`, `u64` BE: the log's first position and every 32nd |
+//! | `offsets`      | `b`, block `u64` BE (positions 4,096 × block on) | where the entries of the log's first position and every 32nd in the block begin in `events.log`: a varint count, then each position and offset as varint gaps from the one before (the first from the block's start and from 0) |
 //! | `streams`      | stream id bytes                             | current stream version, `u64` BE             |
 //! | `stream_postings` | stream id bytes, `0x00`, block `u64` BE  | the positions of the stream's versions in that block of 256 (block 0 from version 1): a varint count, then varint gaps |
 //! | `stream_index` | stream id bytes, `0x00`, version `u64` BE   | global position, `u64` BE: stores written before the postings; rewritten as postings at open, then emptied |
@@ -98,6 +98,9 @@ const META_LOG_END: &[u8] = b"log_end";
 /// sled records where the log's first event and every this many positions' begin in the file;
 /// an event between them is found by counting the entries after the one before it.
 const OFFSET_EVERY: u64 = 32;
+/// Offsets are kept a block of positions to a sled entry (128 of them): sled's leaves hold at
+/// most 16 entries, and its page table, read whole at every open, grows with their number.
+const OFFSET_BLOCK: u64 = OFFSET_EVERY * 128;
 /// What a reader of one event asks of the file at a time: about 32 events.
 const RANDOM_READ: usize = 8 << 10;
 /// What a sequential reader asks of the file at a time.
@@ -447,6 +450,46 @@ fn decode_gaps(base: u64, bytes: &[u8], most: u64) -> Result<Vec<u64>, String> {
         return Err("bytes after the last position".into());
     }
     Ok(positions)
+}
+
+/// The key of the offsets of positions `block * OFFSET_BLOCK ..` (stores written before the
+/// blocks keyed each position's offset by the position alone: 8 bytes, sorting before these).
+fn offset_block_key(block: u64) -> [u8; 9] {
+    let mut key = [b'b'; 9];
+    key[1..].copy_from_slice(&block.to_be_bytes());
+    key
+}
+
+fn encode_offsets(block: u64, entries: &[(u64, u64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + entries.len() * 4);
+    varint::put(&mut out, entries.len() as u64);
+    let (mut position, mut offset) = (block * OFFSET_BLOCK, 0);
+    for &(p, o) in entries {
+        varint::put(&mut out, p - position);
+        varint::put(&mut out, o - offset);
+        (position, offset) = (p, o);
+    }
+    out
+}
+
+/// What [`encode_offsets`] wrote: positions within the block and offsets, both ascending.
+fn decode_offsets(block: u64, bytes: &[u8]) -> Result<Vec<(u64, u64)>, String> {
+    let mut r = varint::Reader::new(bytes);
+    let count = r.u64()?;
+    if count > OFFSET_BLOCK {
+        return Err(format!("{count} offsets where a block has room for {OFFSET_BLOCK}"));
+    }
+    let mut entries = Vec::with_capacity(count as usize);
+    let (mut position, mut offset) = (block * OFFSET_BLOCK, 0u64);
+    for _ in 0..count {
+        position = position.checked_add(r.u64()?).filter(|p| p / OFFSET_BLOCK == block).ok_or("a position outside its block")?;
+        offset = offset.checked_add(r.u64()?).ok_or("an offset past the end of numbers")?;
+        entries.push((position, offset));
+    }
+    if !r.rest().is_empty() {
+        return Err("bytes after the last offset".into());
+    }
+    Ok(entries)
 }
 
 fn index_key(stream: &str, version: u64) -> Vec<u8> {
@@ -858,6 +901,7 @@ impl Opened {
         let db_file = std::fs::File::open(path.join("db")).map_err(|e| StoreError::io(format!("opening {}", path.join("db").display()), e))?;
         store.db_file = Some(std::sync::Arc::new(db_file));
         store.migrate_stream_index()?;
+        store.migrate_offsets()?;
         store.count_tags_if_behind()?;
         // sled's trees may trail the log (they are not flushed before an acknowledgement).
         let tail = store.scan_tail()?;
@@ -1059,8 +1103,18 @@ impl Opened {
             for (stream, appended) in &by_stream {
                 extend_postings(postings, stream, appended)?;
             }
-            for (position, offset) in &w.offsets {
-                offsets.insert(&position.to_be_bytes()[..], &offset.to_be_bytes()[..])?;
+            for block in w.offsets.chunk_by(|a, b| a.0 / OFFSET_BLOCK == b.0 / OFFSET_BLOCK) {
+                let number = block[0].0 / OFFSET_BLOCK;
+                let key = offset_block_key(number);
+                let mut entries = match offsets.get(key)? {
+                    Some(kept) => decode_offsets(number, &kept)
+                        .map_err(|e| ConflictableTransactionError::Abort(corrupt(block[0].0, format!("the offsets of block {number}: {e}"))))?,
+                    None => Vec::new(),
+                };
+                // Positions are recorded once; a later one never precedes a kept one.
+                entries.retain(|(position, _)| *position < block[0].0);
+                entries.extend_from_slice(block);
+                offsets.insert(&key[..], encode_offsets(number, &entries))?;
             }
             for (id, json) in &w.commands {
                 commands.insert(id.as_bytes(), json.as_slice())?;
@@ -1221,14 +1275,21 @@ impl Opened {
     /// Where the entry of the last position at or before `position` that has its offset
     /// recorded begins, and that position (`position` is in the log file).
     fn offset_before(&self, position: u64) -> Result<(u64, u64), StoreError> {
-        let found = self.offsets.range(..=position.to_be_bytes()).next_back().transpose().map_err(storage("reading the event log's offsets"))?;
-        let (key, value) = found.ok_or_else(|| corrupt(position, "no offset in the event log is recorded at or before this position"))?;
-        match (decode_u64(&key), decode_u64(&value)) {
-            (Some(at), Some(offset)) if at >= self.log_first => Ok((at, offset)),
-            _ => Err(corrupt(position, "a recorded offset in the event log is not a position and a u64")),
+        let block = position / OFFSET_BLOCK;
+        // The position's block, or (before its first entry) the nearest block before it.
+        for entry in self.offsets.range(offset_block_key(0)..=offset_block_key(block)).rev() {
+            let (key, value) = entry.map_err(storage("reading the event log's offsets"))?;
+            let number = decode_u64(&key[1..]).ok_or_else(|| corrupt(position, "a block of offsets in the event log has a key of another form"))?;
+            let entries = decode_offsets(number, &value).map_err(|e| corrupt(position, format!("the event log's offsets of block {number}: {e}")))?;
+            if let Some(&(at, offset)) = entries.iter().rev().find(|(at, _)| *at <= position) {
+                if at < self.log_first {
+                    return Err(corrupt(position, format!("an offset is recorded for position {at}, before the event log begins")));
+                }
+                return Ok((at, offset));
+            }
         }
+        Err(corrupt(position, "no offset in the event log is recorded at or before this position"))
     }
-
     /// The stored value of the event at `position` (in sled's `events` tree before the log
     /// file, in the file from its first position), `None` past the last position.
     fn value_at(&self, position: u64) -> Result<Option<Vec<u8>>, StoreError> {
@@ -1872,6 +1933,31 @@ impl Opened {
         batch.insert(COUNTED_THROUGH, &through.to_be_bytes()[..]);
         self.tags.apply_batch(batch).map_err(storage("writing the tags' counts"))?;
         self.db.flush().map(|_| ()).map_err(storage("flushing the tags' counts"))
+    }
+
+    /// A store written before offsets were kept in blocks keys each recorded offset by its
+    /// position: rewritten as blocks once, in one batch (they are derived from the log).
+    fn migrate_offsets(&self) -> Result<(), StoreError> {
+        let Some(first) = self.offsets.first().map_err(storage("reading the event log's offsets"))? else { return Ok(()) };
+        if first.0.len() != 8 {
+            return Ok(());
+        }
+        tracing::info!(entries = self.offsets.len(), "keeping the event log's offsets in blocks (once)");
+        let mut batch = sled::Batch::default();
+        let mut blocks: std::collections::BTreeMap<u64, Vec<(u64, u64)>> = std::collections::BTreeMap::new();
+        for entry in self.offsets.range(..offset_block_key(0)) {
+            let (key, value) = entry.map_err(storage("reading the event log's offsets"))?;
+            let (Some(position), Some(offset)) = (decode_u64(&key), decode_u64(&value)) else {
+                return Err(corrupt(0, "a recorded offset in the event log is not a position and a u64"));
+            };
+            blocks.entry(position / OFFSET_BLOCK).or_default().push((position, offset));
+            batch.remove(key);
+        }
+        for (number, entries) in blocks {
+            batch.insert(&offset_block_key(number)[..], encode_offsets(number, &entries));
+        }
+        self.offsets.apply_batch(batch).map_err(storage("writing the event log's offsets in blocks"))?;
+        self.db.flush().map(|_| ()).map_err(storage("flushing the event log's offsets"))
     }
 
     /// A store written before the postings keeps one `stream_index` entry per event: rewritten as

@@ -316,6 +316,59 @@ fn posting_lists_round_trip_across_windows_and_refuse_damage() {
     assert_eq!(window_of(&posting_key("t\0u", 3), "t"), None, "another tag's key");
 }
 
+#[test]
+fn offset_blocks_round_trip_and_refuse_damage() {
+    for (block, entries) in
+        [(0u64, vec![(1u64, 0u64), (32, 4_000), (4_064, 900_000)]), (3, vec![(12_288, 1 << 40), (12_320, (1 << 40) + 7)]), (5, vec![])]
+    {
+        let bytes = encode_offsets(block, &entries);
+        assert_eq!(decode_offsets(block, &bytes).unwrap(), entries);
+        if !entries.is_empty() {
+            assert!(decode_offsets(block, &bytes[..bytes.len() - 1]).is_err(), "cut short");
+        }
+
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_offsets(block, &longer).is_err(), "trailing bytes");
+    }
+    assert!(decode_offsets(0, &encode_offsets(0, &[(4_095, 1), (4_096, 2)])).is_err(), "a position of the next block");
+}
+
+/// A store written before offsets were kept in blocks (one sled entry per recorded offset,
+/// keyed by its position) has them rewritten as blocks at open, and reads every event as before.
+#[test]
+fn offsets_kept_one_per_entry_are_rewritten_as_blocks_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let before = {
+        let store = SledStore::open(&path).unwrap();
+        for i in 0..40 {
+            store.append(req(None, (0..250).map(|k| ev("a", "x", T0, json!({"i": i, "k": k}))).collect())).unwrap();
+        }
+        let before = all(&store);
+        let opened = store.opened();
+        let blocks: Vec<_> = opened.offsets.iter().map(|e| e.unwrap()).collect();
+        assert_eq!(blocks.len(), 3, "10,000 events, 4,096 positions a block");
+        // As an earlier build kept them.
+        for (key, value) in blocks {
+            let number = decode_u64(&key[1..]).unwrap();
+            for (position, offset) in decode_offsets(number, &value).unwrap() {
+                opened.offsets.insert(position.to_be_bytes(), &offset.to_be_bytes()[..]).unwrap();
+            }
+            opened.offsets.remove(key).unwrap();
+        }
+        assert_eq!(opened.offsets.len(), 1 + 10_000 / 32);
+        before
+    };
+    let store = SledStore::open(&path).unwrap();
+    assert_eq!(store.opened().offsets.len(), 3);
+    assert_eq!(all(&store), before);
+    for position in [1, 31, 32, 33, 4_095, 4_096, 4_097, 9_999, 10_000] {
+        assert_eq!(store.read_at(position).unwrap().as_ref(), before.get(position as usize - 1), "position {position}");
+    }
+    store.verify().unwrap();
+}
+
 /// A store's tag index can be rebuilt from scratch (as for a store written before tags), and a
 /// damaged posting list is reported, never read as fewer events.
 #[test]
