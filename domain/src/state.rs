@@ -540,8 +540,10 @@ impl State {
                         p.used_node_seconds += node_seconds;
                     }
                 }
-                // What a subscription has been paid, for R15 refunds.
-                if let Some(p) = self.pools.get_mut(&line.resource) {
+                // What a subscription has been paid, for R15 refunds (the pool is looked up for
+                // those lines only: nearly every line is metered usage).
+                let paid = matches!(line.item, Item::Purchase | Item::Conversion | Item::Renewal | Item::Upgrade | Item::Downgrade);
+                if let Some(p) = if paid { self.pools.get_mut(&line.resource) } else { None } {
                     match line.item {
                         Item::Purchase | Item::Conversion => {
                             p.subscribed_at = Some(line.start);
@@ -552,17 +554,19 @@ impl State {
                             p.terms.push(PaidTerm { start: line.start, end: line.end, list: line.amounts.list_price });
                             p.paid += line.amounts.payable;
                         }
-                        Item::Upgrade | Item::Downgrade => p.paid += line.amounts.payable,
-                        _ => {}
+                        _ => p.paid += line.amounts.payable,
                     }
                 }
             }
             Event::CycleSettled { account, end, .. } => {
-                for meter in self.meters.values_mut().filter(|m| &m.account == account) {
-                    meter.settle(*end);
-                }
-                // A meter with nothing left to bill is forgotten, so state stays small.
-                self.meters.retain(|_, m| !m.is_idle());
+                // The account's meters settle; a meter with nothing left to bill is forgotten,
+                // so state stays small (one pass over the meters).
+                self.meters.retain(|_, m| {
+                    if m.account == *account {
+                        m.settle(*end);
+                    }
+                    !m.is_idle()
+                });
             }
             Event::CommandRejected { .. } | Event::CommandReceived { .. } => {}
         }
