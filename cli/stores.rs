@@ -58,6 +58,7 @@ pub fn open_existing(at: &StoreAt) -> Result<Box<dyn EventStore>, Failure> {
                 StoreError::InUse { .. } => {
                     runtime(format!("the store at {name} is in use by another process (a running `poolbill serve`?): stop it first"))(e)
                 }
+                e @ StoreError::Newer { .. } => Failure::Input(e.into()),
                 // The disk failing (e.g. too full to open the store safely) is not damage.
                 e if e.is_outage() => runtime(format!("opening the store at {name}"))(e),
                 e => damaged(format!("opening the store at {name}"))(e),

@@ -93,6 +93,11 @@ const META_LAST_INSTANT: &[u8] = b"last_instant";
 /// The first position the log file holds: 1 for a store created with it, the next position for
 /// a store written before it (whose earlier events stay in sled's `events` tree, never moved).
 const META_LOG_FIRST: &[u8] = b"log_first";
+/// The layout of sled's trees, `u32` BE (none: 1, the layout before it was recorded). 2: the
+/// log's offsets in blocks and each tag's count. A build refuses a store of a later layout
+/// rather than misread it; an earlier one is brought up to this one at open.
+const META_LAYOUT: &[u8] = b"layout";
+const LAYOUT: u32 = 2;
 /// The end of the log file's last frame that sled's trees reflect.
 const META_LOG_END: &[u8] = b"log_end";
 /// sled records where the log's first event and every this many positions' begin in the file;
@@ -900,9 +905,20 @@ impl Opened {
         store.mark = Some(mark_writer);
         let db_file = std::fs::File::open(path.join("db")).map_err(|e| StoreError::io(format!("opening {}", path.join("db").display()), e))?;
         store.db_file = Some(std::sync::Arc::new(db_file));
+        let layout = match store.meta.get(META_LAYOUT).map_err(storage("reading the store's layout"))? {
+            None => 1,
+            Some(v) => v.as_ref().try_into().map(u32::from_be_bytes).map_err(|_| corrupt(0, "the store's layout is not a u32"))?,
+        };
+        if layout > LAYOUT {
+            return Err(StoreError::Newer { path: path.display().to_string(), layout, known: LAYOUT });
+        }
         store.migrate_stream_index()?;
         store.migrate_offsets()?;
         store.count_tags_if_behind()?;
+        if layout < LAYOUT {
+            store.meta.insert(META_LAYOUT, &LAYOUT.to_be_bytes()[..]).map_err(storage("recording the store's layout"))?;
+            store.db.flush().map_err(storage("flushing the store's layout"))?;
+        }
         // sled's trees may trail the log (they are not flushed before an acknowledgement).
         let tail = store.scan_tail()?;
         // The whole frames past sled's trees are indexed (derived from the log: never lost by

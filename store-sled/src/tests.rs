@@ -334,6 +334,26 @@ fn offset_blocks_round_trip_and_refuse_damage() {
     assert!(decode_offsets(0, &encode_offsets(0, &[(4_095, 1), (4_096, 2)])).is_err(), "a position of the next block");
 }
 
+/// A store records its layout; a build refuses one of a later layout, unchanged, saying so.
+#[test]
+fn a_store_of_a_later_layout_is_refused_not_misread() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    {
+        let store = SledStore::open(&path).unwrap();
+        store.append(req(Some("c1"), vec![ev("a", "x", T0, json!(1))])).unwrap();
+        assert_eq!(store.opened().meta.get(META_LAYOUT).unwrap().as_deref(), Some(&LAYOUT.to_be_bytes()[..]));
+        store.opened().meta.insert(META_LAYOUT, &(LAYOUT + 1).to_be_bytes()[..]).unwrap();
+        store.flush().unwrap();
+    }
+    match SledStore::open(&path) {
+        Err(e @ StoreError::Newer { .. }) => {
+            assert!(e.to_string().contains("newer poolbill") && e.to_string().contains(&format!("layout {}", LAYOUT + 1)), "{e}")
+        }
+        other => panic!("expected Newer, got {:?}", other.map(|_| ())),
+    }
+}
+
 /// A store written before offsets were kept in blocks (one sled entry per recorded offset,
 /// keyed by its position) has them rewritten as blocks at open, and reads every event as before.
 #[test]

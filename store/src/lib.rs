@@ -219,6 +219,12 @@ pub enum StoreError {
     /// fencing token is stale). Nothing was written; this writer must stop writing here.
     #[error("the store refuses this writer: {detail}; nothing was written")]
     Fenced { detail: String },
+    /// The store was written by a newer build, in a layout this one does not know: nothing
+    /// was read or changed.
+    #[error(
+        "the store at {path} was written by a newer poolbill (layout {layout}; this build reads layouts up to {known}): open it with that version"
+    )]
+    Newer { path: String, layout: u32, known: u32 },
     /// What cannot happen did: a bug in the store.
     #[error("internal error in the store: {0}")]
     Internal(&'static str),
