@@ -9,6 +9,7 @@
 //! |----------------|---------------------------------------------|----------------------------------------------|
 //! | `events`       | global position, `u64` big-endian           | events before the log file (stores written before it): CRC32 (4 bytes BE), then the binary envelope (see `encode_event`), or the JSON of the [`Envelope`] |
 //! | `offsets`      | `b`, block `u64` BE (positions 4,096 × block on) | where the entries of the log's first position and every 32nd in the block begin in `events.log`: a varint count, then each position and offset as varint gaps from the one before (the first from the block's start and from 0) |
+//! | `offsets`      | global position, `u64` BE                   | the same, one entry per offset, as builds before the blocks recorded them (read as they are; new offsets go to blocks) |
 //! | `streams`      | stream id bytes                             | current stream version, `u64` BE             |
 //! | `stream_postings` | stream id bytes, `0x00`, block `u64` BE  | the positions of the stream's versions in that block of 256 (block 0 from version 1): a varint count, then varint gaps |
 //! | `stream_index` | stream id bytes, `0x00`, version `u64` BE   | global position, `u64` BE: stores written before the postings; rewritten as postings at open, then emptied |
@@ -93,9 +94,9 @@ const META_LAST_INSTANT: &[u8] = b"last_instant";
 /// The first position the log file holds: 1 for a store created with it, the next position for
 /// a store written before it (whose earlier events stay in sled's `events` tree, never moved).
 const META_LOG_FIRST: &[u8] = b"log_first";
-/// The layout of sled's trees, `u32` BE (none: 1, the layout before it was recorded). 2: the
-/// log's offsets in blocks and each tag's count. A build refuses a store of a later layout
-/// rather than misread it; an earlier one is brought up to this one at open.
+/// The layout of sled's trees, `u32` BE (none: 1, the layout before it was recorded). 2: new
+/// offsets of the log in blocks, and each tag's count. A build refuses a store of a later
+/// layout rather than misread it; an earlier one is brought up to this one at open.
 const META_LAYOUT: &[u8] = b"layout";
 const LAYOUT: u32 = 2;
 /// The end of the log file's last frame that sled's trees reflect.
@@ -913,7 +914,6 @@ impl Opened {
             return Err(StoreError::Newer { path: path.display().to_string(), layout, known: LAYOUT });
         }
         store.migrate_stream_index()?;
-        store.migrate_offsets()?;
         store.count_tags_if_behind()?;
         if layout < LAYOUT {
             store.meta.insert(META_LAYOUT, &LAYOUT.to_be_bytes()[..]).map_err(storage("recording the store's layout"))?;
@@ -1304,7 +1304,15 @@ impl Opened {
                 return Ok((at, offset));
             }
         }
-        Err(corrupt(position, "no offset in the event log is recorded at or before this position"))
+        // Before any block: an offset an earlier build recorded in an entry of its own, keyed by
+        // its position (kept as it is: rewriting them frees sled segments that sled then zeroes
+        // at every open until new writes take them).
+        let found = self.offsets.range(..=position.to_be_bytes()).next_back().transpose().map_err(storage("reading the event log's offsets"))?;
+        let (key, value) = found.ok_or_else(|| corrupt(position, "no offset in the event log is recorded at or before this position"))?;
+        match (decode_u64(&key), decode_u64(&value)) {
+            (Some(at), Some(offset)) if at >= self.log_first => Ok((at, offset)),
+            _ => Err(corrupt(position, "a recorded offset in the event log is not a position and a u64")),
+        }
     }
     /// The stored value of the event at `position` (in sled's `events` tree before the log
     /// file, in the file from its first position), `None` past the last position.
@@ -1949,31 +1957,6 @@ impl Opened {
         batch.insert(COUNTED_THROUGH, &through.to_be_bytes()[..]);
         self.tags.apply_batch(batch).map_err(storage("writing the tags' counts"))?;
         self.db.flush().map(|_| ()).map_err(storage("flushing the tags' counts"))
-    }
-
-    /// A store written before offsets were kept in blocks keys each recorded offset by its
-    /// position: rewritten as blocks once, in one batch (they are derived from the log).
-    fn migrate_offsets(&self) -> Result<(), StoreError> {
-        let Some(first) = self.offsets.first().map_err(storage("reading the event log's offsets"))? else { return Ok(()) };
-        if first.0.len() != 8 {
-            return Ok(());
-        }
-        tracing::info!(entries = self.offsets.len(), "keeping the event log's offsets in blocks (once)");
-        let mut batch = sled::Batch::default();
-        let mut blocks: std::collections::BTreeMap<u64, Vec<(u64, u64)>> = std::collections::BTreeMap::new();
-        for entry in self.offsets.range(..offset_block_key(0)) {
-            let (key, value) = entry.map_err(storage("reading the event log's offsets"))?;
-            let (Some(position), Some(offset)) = (decode_u64(&key), decode_u64(&value)) else {
-                return Err(corrupt(0, "a recorded offset in the event log is not a position and a u64"));
-            };
-            blocks.entry(position / OFFSET_BLOCK).or_default().push((position, offset));
-            batch.remove(key);
-        }
-        for (number, entries) in blocks {
-            batch.insert(&offset_block_key(number)[..], encode_offsets(number, &entries));
-        }
-        self.offsets.apply_batch(batch).map_err(storage("writing the event log's offsets in blocks"))?;
-        self.db.flush().map(|_| ()).map_err(storage("flushing the event log's offsets"))
     }
 
     /// A store written before the postings keeps one `stream_index` entry per event: rewritten as
