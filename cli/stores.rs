@@ -24,10 +24,6 @@ fn checked_url(url: &str) -> Result<(), Failure> {
     poolbill_store_postgres::check_url(url).map_err(|e| Failure::Input(format!("--postgres (or {POSTGRES_ENV}): {e}").into()))
 }
 
-/// Open an existing store for reading: a tool never creates one. A missing directory, one
-/// without a store in it, or a database without poolbill's schema is bad input (exit 2); a
-/// store another process has open (a running `serve` on sled), a disk too full to open it
-/// safely, or a store that cannot be opened is a failure (exit 1), damage saying so.
 /// A reader is done with `store` and the process ends right after: the store is left for the
 /// exit to free. Dropping a sled store walks its whole page cache (sled builds a map of every
 /// page for its own event log), about 10 ms at ten million events, to free memory the exit
@@ -41,6 +37,11 @@ pub fn leave_at_exit(store: Box<dyn EventStore>, at: &StoreAt) {
     }
 }
 
+/// Open an existing store for reading: a tool never creates one. A missing directory, one
+/// without a store in it, or a database without poolbill's schema is bad input (exit 2); a
+/// store another process has open (a running `serve` on sled), a disk too full to open it
+/// safely, or a store that cannot be opened is a failure (exit 1), damage saying so; a store of a
+/// later layout than this build reads is bad input too.
 pub fn open_existing(at: &StoreAt) -> Result<Box<dyn EventStore>, Failure> {
     match at {
         StoreAt::Dir(dir) => {
