@@ -396,6 +396,24 @@ fn offsets_kept_one_per_entry_still_read_and_new_ones_go_to_blocks() {
     store.verify().unwrap();
 }
 
+/// A store's tag index can be rebuilt from scratch (as for a store written before tags), and a
+/// damaged posting list is reported, never read as fewer events.
+#[test]
+fn a_cleared_index_is_rebuilt_and_a_damaged_one_is_refused() {
+    let store = three_events();
+    store.tag_existing(&[(1, vec!["t".into()]), (2, vec![]), (3, vec!["t".into(), "u".into()])]).unwrap();
+    assert_eq!(store.tagged("t", 0, 10).unwrap(), vec![1, 3]);
+    store.opened().tags.clear().unwrap();
+    assert_eq!(store.tagged_through().unwrap(), 0);
+    assert!(store.tagged("t", 0, 10).unwrap().is_empty());
+    store.tag_existing(&[(1, vec!["t".into()]), (2, vec!["t".into()])]).unwrap();
+    store.tag_existing(&[(3, vec!["u".into()])]).unwrap();
+    assert_eq!(store.tagged("t", 0, 10).unwrap(), vec![1, 2]);
+    assert_eq!(store.tag_counts("").unwrap(), vec![("t".to_string(), 2), ("u".to_string(), 1)]);
+    store.opened().tags.insert(posting_key("t", 0), &[9u8, 1][..]).unwrap();
+    assert!(matches!(store.tagged("t", 0, 10), Err(StoreError::Corrupt { .. })));
+}
+
 /// Each tag's count is kept beside its postings and answers as they do; a store indexed
 /// before counts (or further by a build without them) is answered from its postings and
 /// counted again when it opens.
