@@ -1598,9 +1598,7 @@ impl EventStore for Opened {
             return Ok(Vec::new());
         }
         if !self.counts_current()? {
-            let shared = from.bytes().zip(to.bytes()).take_while(|(a, b)| a == b).count();
-            let counts = self.count_postings(&String::from_utf8_lossy(&from.as_bytes()[..shared]))?;
-            return Ok(counts.into_iter().filter(|(tag, _)| from <= tag.as_str() && tag.as_str() < to).collect());
+            return poolbill_store::counts_between_by_prefix(from, to, |prefix| self.count_postings(prefix));
         }
         self.read_counts(self.tags.range(count_key(from.as_bytes())..count_key(to.as_bytes())))
     }

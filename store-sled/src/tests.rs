@@ -439,6 +439,7 @@ fn tag_counts_follow_the_postings_and_a_store_indexed_without_them_is_counted_at
         }
         opened.tags.remove(COUNTED_THROUGH).unwrap();
         assert_eq!(store.tag_counts("").unwrap(), counted, "read from the postings meanwhile");
+        assert_eq!(store.tag_counts_between("t", "u").unwrap(), counted[..2].to_vec());
     }
     {
         let store = SledStore::open(&path).unwrap();

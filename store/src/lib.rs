@@ -259,6 +259,20 @@ impl StoreError {
     }
 }
 
+/// The counts of the tags from `from` (included) to `to` (excluded), taken from `counts_of`
+/// the prefix the two share (cut back to a character's boundary).
+pub fn counts_between_by_prefix(
+    from: &str,
+    to: &str,
+    counts_of: impl FnOnce(&str) -> Result<Vec<(String, u64)>, StoreError>,
+) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut shared = from.bytes().zip(to.bytes()).take_while(|(a, b)| a == b).count();
+    while !from.is_char_boundary(shared) {
+        shared -= 1;
+    }
+    Ok(counts_of(&from[..shared])?.into_iter().filter(|(tag, _)| from <= tag.as_str() && tag.as_str() < to).collect())
+}
+
 /// A cause kept inside a [`StoreError`]: shared, so that the error stays `Clone` (a failed
 /// write answers every request of its batch), and compared by kind of error and message.
 #[derive(Debug)]
@@ -406,11 +420,7 @@ pub trait EventStore: Send + Sync {
     /// filters the counts of the prefix `from` and `to` share; a store that keeps its counts in
     /// tag order reads the stretch alone.
     fn tag_counts_between(&self, from: &str, to: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        let mut shared = from.bytes().zip(to.bytes()).take_while(|(a, b)| a == b).count();
-        while !from.is_char_boundary(shared) {
-            shared -= 1;
-        }
-        Ok(self.tag_counts(&from[..shared])?.into_iter().filter(|(tag, _)| from <= tag.as_str() && tag.as_str() < to).collect())
+        counts_between_by_prefix(from, to, |prefix| self.tag_counts(prefix))
     }
 
     /// The last position whose tags are recorded: every event up to it is indexed.
