@@ -357,8 +357,10 @@ pub struct DetailBills {
     usage_hours: Option<((u32, i64, i64), Decimal)>,
 }
 
-/// A month's rows by account, then resource, then mode.
-type Accounts = BTreeMap<String, BTreeMap<String, BTreeMap<&'static str, DetailBill>>>;
+/// A month's rows by account, then resource; a resource's few rows (one a mode) in a list, put
+/// in the modes' order by [`DetailBills::into_rows`]: a map of one row each took a whole B-tree
+/// node, eleven rows' room (2 KB a resource and month).
+type Accounts = BTreeMap<String, BTreeMap<String, Vec<DetailBill>>>;
 
 /// The value under `key`, made (with `make`) if there is none yet.
 fn slot<'m, V>(map: &'m mut BTreeMap<String, V>, key: &str, make: impl FnOnce() -> V) -> &'m mut V {
@@ -381,17 +383,24 @@ impl DetailBills {
         let month = &self.month;
         let accounts = slot(&mut self.groups, month, BTreeMap::new);
         let resources = slot(accounts, &line.account, BTreeMap::new);
-        let modes = slot(resources, &line.resource, BTreeMap::new);
+        let modes = slot(resources, &line.resource, Vec::new);
         let mode = line.mode.as_str();
-        let entry = modes.entry(mode).or_insert_with(|| DetailBill {
-            month: month.clone(),
-            account: line.account.clone(),
-            resource: line.resource.clone(),
-            mode,
-            usage_hours: Decimal::ZERO,
-            amounts: Amounts::zero(),
-            lines: 0,
-        });
+        let at = match modes.iter().position(|row| row.mode == mode) {
+            Some(at) => at,
+            None => {
+                modes.push(DetailBill {
+                    month: month.clone(),
+                    account: line.account.clone(),
+                    resource: line.resource.clone(),
+                    mode,
+                    usage_hours: Decimal::ZERO,
+                    amounts: Amounts::zero(),
+                    lines: 0,
+                });
+                modes.len() - 1
+            }
+        };
+        let entry = &mut modes[at];
         match &line.basis {
             // Node-hours billed on demand, and those a package covered (mode `package`).
             Basis::Usage { nodes, seconds, covered_node_seconds, .. } => {
@@ -416,7 +425,11 @@ impl DetailBills {
 
     /// The rows, by month, account, resource and mode.
     pub fn into_rows(self) -> Vec<DetailBill> {
-        self.groups.into_values().flat_map(BTreeMap::into_values).flat_map(BTreeMap::into_values).flat_map(BTreeMap::into_values).collect()
+        let by_mode = |mut rows: Vec<DetailBill>| {
+            rows.sort_unstable_by_key(|row| row.mode);
+            rows
+        };
+        self.groups.into_values().flat_map(BTreeMap::into_values).flat_map(BTreeMap::into_values).flat_map(by_mode).collect()
     }
 }
 
@@ -692,4 +705,56 @@ pub struct DetailView {
     pub round_off: String,
     pub payable: String,
     pub lines: u64,
+}
+
+#[cfg(test)]
+mod detail_tests {
+    use super::*;
+    use poolbill_domain::time::parse_instant;
+    use poolbill_domain::{BillingMode, Item};
+
+    fn line(resource: &str, mode: BillingMode, start: &str, payable: i64) -> BillLine {
+        let start = parse_instant(start).expect("an instant");
+        let amount = Decimal::from(payable);
+        BillLine {
+            resource: resource.into(),
+            account: "acct-1".into(),
+            mode,
+            item: Item::Package,
+            start,
+            end: start,
+            amounts: Amounts { list_price: amount, discount: Decimal::ZERO, round_off: Decimal::ZERO, payable: amount },
+            basis: Basis::PackagePrice { spec: "s".into(), quantity: 1, hours: 1, price: amount },
+            balance: Decimal::ZERO,
+        }
+    }
+
+    /// R5: one row per month, account, resource and mode, in that order whatever order the
+    /// lines came in (a resource's modes are kept in a list, put in order at the end).
+    #[test]
+    fn detail_rows_are_summed_per_mode_and_ordered_by_month_account_resource_mode() {
+        let mut details = DetailBills::default();
+        for l in [
+            line("pool-2", BillingMode::Package, "2023-04-02T00:00:00+08:00", 5),
+            line("pool-2", BillingMode::OnDemand, "2023-04-02T01:00:00+08:00", 1),
+            line("pool-1", BillingMode::Monthly, "2023-04-03T00:00:00+08:00", 30),
+            line("pool-2", BillingMode::Package, "2023-04-04T00:00:00+08:00", 7),
+            line("pool-2", BillingMode::Monthly, "2023-04-05T00:00:00+08:00", 2),
+            line("pool-2", BillingMode::OnDemand, "2023-05-01T00:00:00+08:00", 3),
+        ] {
+            details.add(&l);
+        }
+        let rows: Vec<(String, String, &str, Decimal, u64)> =
+            details.into_rows().into_iter().map(|d| (d.month, d.resource, d.mode, d.amounts.payable, d.lines)).collect();
+        let expected = [
+            ("2023-04", "pool-1", "monthly", 30, 1),
+            ("2023-04", "pool-2", "monthly", 2, 1),
+            ("2023-04", "pool-2", "on_demand", 1, 1),
+            ("2023-04", "pool-2", "package", 12, 2),
+            ("2023-05", "pool-2", "on_demand", 3, 1),
+        ];
+        let expected: Vec<(String, String, &str, Decimal, u64)> =
+            expected.iter().map(|(m, r, mode, p, n)| (m.to_string(), r.to_string(), *mode, Decimal::from(*p), *n)).collect();
+        assert_eq!(rows, expected);
+    }
 }
