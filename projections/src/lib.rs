@@ -357,9 +357,9 @@ pub struct DetailBills {
     usage_hours: Option<((u32, i64, i64), Decimal)>,
 }
 
-/// A month's rows by account, then resource; a resource's few rows (one a mode) in a list, put
-/// in the modes' order by [`DetailBills::into_rows`]: a map of one row each took a whole B-tree
-/// node, eleven rows' room (2 KB a resource and month).
+/// A month's rows by account, then resource; a resource's rows (one a mode, nearly always one)
+/// in a list made with room for one, put in the modes' order by [`DetailBills::into_rows`]: a map
+/// of one row took a whole B-tree node, eleven rows' room (2 KB a resource and month).
 type Accounts = BTreeMap<String, BTreeMap<String, Vec<DetailBill>>>;
 
 /// The value under `key`, made (with `make`) if there is none yet.
@@ -383,7 +383,7 @@ impl DetailBills {
         let month = &self.month;
         let accounts = slot(&mut self.groups, month, BTreeMap::new);
         let resources = slot(accounts, &line.account, BTreeMap::new);
-        let modes = slot(resources, &line.resource, Vec::new);
+        let modes = slot(resources, &line.resource, || Vec::with_capacity(1));
         let mode = line.mode.as_str();
         let at = match modes.iter().position(|row| row.mode == mode) {
             Some(at) => at,
