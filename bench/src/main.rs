@@ -5,6 +5,11 @@
 //! The subcommands `decode`, `replay-store` and `appends` are the in-process steps the bench runs
 //! as children of its own; `generate` only writes a workload.
 
+// The allocator `poolbill` uses, so that the in-process figures are the binary's.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use poolbill_bench::suite::{self, Options, FIGURES};
 use poolbill_bench::workload::{self, Params};
 use poolbill_bench::{report, work};
