@@ -4,11 +4,9 @@
 //! Exit status: 0 done; 1 the store or engine failed (audit: bills differ); 2 the input or
 //! arguments are invalid (then nothing was written).
 
-// jemalloc: glibc's allocator fragmented over long runs (its arenas kept freed memory) and spent
-// a quarter of the group commit's samples in `malloc` and `free` (README, Performance).
-#[cfg(not(target_env = "msvc"))]
+// jemalloc, zeroing large blocks in place (why: the `alloc` crate).
 #[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static ALLOCATOR: poolbill_alloc::Allocator = poolbill_alloc::Allocator;
 
 mod args;
 mod failure;

@@ -6,9 +6,8 @@
 //! as children of its own; `generate` only writes a workload.
 
 // The allocator `poolbill` uses, so that the in-process figures are the binary's.
-#[cfg(not(target_env = "msvc"))]
 #[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static ALLOCATOR: poolbill_alloc::Allocator = poolbill_alloc::Allocator;
 
 use poolbill_bench::suite::{self, Options, FIGURES};
 use poolbill_bench::workload::{self, Params};
