@@ -150,8 +150,8 @@ fn id_is_free(state: &State, id: &str) -> Result<(), Rejection> {
         "job"
     } else if state.packages.contains_key(id) {
         "package"
-    } else if let Some(job) = state.jobs.values().find(|j| j.billed_as == id) {
-        return Err(Rejection::new(Rule::R5, format!("{id:?} is the bill id of job {:?}", job.id)));
+    } else if let Some(job) = state.bill_ids.get(id) {
+        return Err(Rejection::new(Rule::R5, format!("{id:?} is the bill id of job {job:?}")));
     } else {
         return Ok(());
     };

@@ -21,6 +21,10 @@ pub struct State {
     /// Pay-per-use usage not yet settled, by (billed resource id, item) (R4).
     #[serde(with = "meters_as_list")]
     pub meters: BTreeMap<(String, Item), Meter>,
+    /// The jobs billed under another id than their own (R5: `training_<job>`,
+    /// `<service>-<model>`), by that id: a new id is checked against them in one lookup, not a
+    /// pass over every job ever started.
+    pub bill_ids: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -313,6 +317,12 @@ struct MeterFor<'a> {
 }
 
 impl State {
+    /// How many records the state holds (accounts, pools, jobs, packages, meters): what a copy
+    /// or a snapshot of it costs in proportion to.
+    pub fn records(&self) -> usize {
+        self.accounts.len() + self.pools.len() + self.jobs.len() + self.packages.len() + self.meters.len()
+    }
+
     pub fn apply(&mut self, event: &Event, at: Instant) {
         self.clock = Some(self.clock.map_or(at, |c| c.max(at)));
         match event {
@@ -471,6 +481,13 @@ impl State {
                     hold: None,
                 };
                 self.jobs.insert(job.clone(), j);
+                if billed_as != job {
+                    // Of two jobs under one bill id (never decided so), the first by id answers.
+                    let owner = self.bill_ids.entry(billed_as.clone()).or_insert_with(|| job.clone());
+                    if *job < *owner {
+                        owner.clone_from(job);
+                    }
+                }
                 if let Some(hourly) = hourly {
                     let meter = MeterFor { account, resource: billed_as.clone(), item: Item::Compute, public: true, region: region.clone() };
                     self.open_meter(meter, at, spec.clone(), *nodes, *hourly);
