@@ -37,7 +37,8 @@
 //!
 //! Events live in an append-only file of our own beside sled's (`events.log`, see [`log`]);
 //! sled keeps what is derived from it (stream versions and index, command records, offsets,
-//! meta), the tag and Merkle indexes, and snapshots. A group commit ([`EventStore::append_batch`],
+//! meta) and the tag and Merkle indexes; snapshots are files of their own (`snapshots/`, see
+//! [`snapshots`]). A group commit ([`EventStore::append_batch`],
 //! [`EventStore::append_chain`]) holds the store's one writer lock: it decides every request in
 //! memory against sled's trees and the batch's own earlier requests (each request atomic on its
 //! own: all its checks and encodings come before anything of it is kept, so one that fails —
@@ -55,7 +56,7 @@
 
 use poolbill_store::{
     merkle_chunk_root, one_line, AppendOutcome, AppendRequest, ChainOutcome, CommandRecord, Envelope, EventStore, Hash, Instant, Payload, StoreError,
-    VerifyReport, MERKLE_CHUNK, SNAPSHOTS_KEPT,
+    VerifyReport, MERKLE_CHUNK,
 };
 use std::collections::HashMap;
 use std::fmt;
@@ -65,6 +66,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 mod log;
 mod mark;
+mod snapshots;
 #[cfg(test)]
 mod tests;
 mod varint;
@@ -202,8 +204,9 @@ struct Opened {
     /// The Merkle index: roots of complete chunks, the tail's leaf hashes, how far it reaches;
     /// one tree, so that an extension is one atomic batch.
     merkle: sled::Tree,
-    /// Snapshots of projections by position (opaque bytes): an optimisation, outside the log.
-    snapshots: sled::Tree,
+    /// Snapshots of projections by position (opaque bytes): an optimisation, outside the log,
+    /// in files of their own (`snapshots`).
+    snapshots: snapshots::SnapshotFiles,
     /// Serialises the index writers (tags, Merkle): each reads how far its index reaches, then
     /// writes past it, and two catch-ups at once (the engine's and a reader's) must not both
     /// add the same events.
@@ -903,7 +906,8 @@ impl Opened {
             None => StoreError::backend(format!("opening the sled database at {}", path.display()), e),
         })?;
         let log = log::LogFile::open(path).map_err(|e| StoreError::io(format!("opening {}", path.join(LOG_FILE).display()), e))?;
-        let mut store = Opened::from_db(db, log)?;
+        let mut store = Opened::from_db(db, log, snapshots::SnapshotFiles::open(path))?;
+        store.drop_snapshots_tree()?;
         store.mark = Some(mark_writer);
         let db_file = std::fs::File::open(path.join("db")).map_err(|e| StoreError::io(format!("opening {}", path.join("db").display()), e))?;
         store.db_file = Some(std::sync::Arc::new(db_file));
@@ -947,12 +951,13 @@ impl Opened {
     fn temporary() -> Result<Opened, StoreError> {
         let db = sled::Config::new().temporary(true).cache_capacity(CACHE_BYTES).open().map_err(storage("opening temporary sled database"))?;
         let log = log::LogFile::temporary().map_err(|e| StoreError::io("creating a temporary event log", e))?;
-        let store = Opened::from_db(db, log)?;
+        let snapshots = snapshots::SnapshotFiles::temporary().map_err(|e| StoreError::io("creating a temporary store's snapshot directory", e))?;
+        let store = Opened::from_db(db, log, snapshots)?;
         store.count_tags_if_behind()?;
         Ok(store)
     }
 
-    fn from_db(db: sled::Db, log: log::LogFile) -> Result<Opened, StoreError> {
+    fn from_db(db: sled::Db, log: log::LogFile, snapshots: snapshots::SnapshotFiles) -> Result<Opened, StoreError> {
         let open = |name: &str| db.open_tree(name).map_err(storage(format_args!("opening tree {name}")));
         let meta = open("meta")?;
         let meta_u64 = |key: &[u8]| -> Result<Option<u64>, StoreError> {
@@ -989,12 +994,25 @@ impl Opened {
             meta,
             tags: open("tags")?,
             merkle: open("merkle")?,
-            snapshots: open("snapshots")?,
+            snapshots,
             indexing: std::sync::Mutex::new(()),
             index_writes: std::sync::atomic::AtomicU64::new(0),
             absent: std::sync::Mutex::new((0, std::collections::HashSet::new())),
             db,
         })
+    }
+
+    /// Stores written before snapshots were files kept them in a sled tree. They are an
+    /// optimisation made again from the log (and in an older format than this build reads):
+    /// the tree is dropped, once, rather than left to take space unread.
+    fn drop_snapshots_tree(&self) -> Result<(), StoreError> {
+        const TREE: &[u8] = b"snapshots";
+        if self.db.tree_names().iter().any(|name| name.as_ref() == TREE) {
+            self.db.drop_tree(TREE).map_err(storage("dropping the snapshots of an older layout"))?;
+            self.db.flush().map_err(storage("flushing the dropped snapshots"))?;
+            tracing::info!("snapshots kept in sled by an older build were dropped: they are files now, made again from the log");
+        }
+        Ok(())
     }
 
     fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>, StoreError> {
@@ -1441,7 +1459,6 @@ impl Opened {
             ("meta", &self.meta),
             ("tags", &self.tags),
             ("merkle", &self.merkle),
-            ("snapshots", &self.snapshots),
         ];
         let mut sizes = Vec::new();
         for (name, tree) in trees {
@@ -1457,30 +1474,23 @@ impl Opened {
         let last = self.last_position()?;
         let log_bytes = self.log.len().map_err(|e| StoreError::io("reading the event log's length", e))?;
         sizes.push((LOG_FILE.to_string(), (last + 1).saturating_sub(self.log_first), 0, log_bytes));
+        let (snapshot_bytes, snapshots) = self.snapshots.size()?;
+        sizes.push((format!("{}/", snapshots::SNAPSHOTS_DIR), snapshots, 0, snapshot_bytes));
         Ok(sizes)
     }
 }
 
 impl EventStore for Opened {
     fn put_snapshot(&self, position: u64, bytes: &[u8]) -> Result<(), StoreError> {
-        self.snapshots.insert(position.to_be_bytes(), bytes).map_err(storage(format_args!("writing the snapshot at position {position}")))?;
-        // Only the newest are kept: older ones cost space and would rarely be read.
-        let positions = self.snapshot_positions()?;
-        for old in positions.iter().take(positions.len().saturating_sub(SNAPSHOTS_KEPT)) {
-            self.snapshots.remove(old.to_be_bytes()).map_err(storage("dropping an old snapshot"))?;
-        }
-        // A snapshot is only an optimisation: it is not flushed on its own (a lost one costs a
-        // longer replay), and it lands with the next group commit's flush.
-        Ok(())
+        self.snapshots.put(position, bytes)
     }
 
     fn snapshot_at_or_before(&self, position: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        let found = self.snapshots.range(..=position.to_be_bytes()).next_back().transpose().map_err(storage("reading snapshots"))?;
-        Ok(found.and_then(|(key, value)| decode_u64(&key).map(|p| (p, value.to_vec()))))
+        self.snapshots.at_or_before(position)
     }
 
     fn snapshot_positions(&self) -> Result<Vec<u64>, StoreError> {
-        self.snapshots.iter().keys().map(|k| k.map_err(storage("listing snapshots")).map(|k| decode_u64(&k).unwrap_or(0))).collect()
+        self.snapshots.positions()
     }
 
     /// Group commit ([`Opened::append_group`]): the requests in order, each atomic on its own and
