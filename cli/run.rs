@@ -16,7 +16,7 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     // The whole file is checked before anything is opened or written.
     let scenario = poolbill_scenario::parse(&text).map_err(input(format!("{path} is not a valid scenario")))?;
     let engine = crate::stores::open_engine(store_at(args.store.as_ref(), args.postgres.as_ref()).as_ref()).await?;
-    tracing::info!(commands = scenario.commands.len(), until = %scenario.until.to_rfc3339(), "scenario checked");
+    tracing::info!(commands = scenario.len(), until = %scenario.until.to_rfc3339(), "scenario checked");
     poolbill_scenario::run(&engine, &scenario).await.map_err(runtime(format!("running {path}")))?;
     if let Some(out) = &args.export {
         export(&engine, out)?;

@@ -871,7 +871,7 @@ fn check_parse(text: &str, target: Option<&Target>) -> Result<Option<Scenario>, 
 }
 
 fn span_days(s: &Scenario) -> i64 {
-    let start = s.commands.first().map_or(s.until, |c| c.at.min(s.until));
+    let start = s.first_at().map_or(s.until, |at| at.min(s.until));
     (s.until - start).num_days()
 }
 
@@ -904,10 +904,11 @@ fn run_and_reconcile(s: &Scenario) -> Result<Ran, String> {
     rt.shutdown_background();
     let (results, document, verified) = outcome?;
     verified?;
+    let steps: Vec<_> = s.steps().collect();
     let mut top_ups: BTreeMap<&str, Decimal> = BTreeMap::new();
     for (index, executed) in &results {
         check_executed(executed).map_err(|e| format!("commands[{index}]: {e}"))?;
-        let step = s.commands.iter().find(|c| c.index == *index).expect("a result per command");
+        let step = steps.iter().find(|c| c.index == *index).expect("a result per command");
         if let (Command::TopUp { account, amount }, Outcome::Accepted) = (&step.command, &executed.outcome) {
             *top_ups.entry(account.as_str()).or_default() += *amount;
         }

@@ -370,8 +370,8 @@ mod tests {
         assert_eq!(scenario.catalog.len(), 3);
         assert_eq!(scenario.until, p.until());
         // The file is already in order of `at`: parsing (a stable sort) keeps every index in place.
-        assert!(scenario.commands.iter().enumerate().all(|(i, s)| s.index == i));
-        let count = |f: fn(&Command) -> bool| scenario.commands.iter().filter(|s| f(&s.command)).count();
+        assert!(scenario.steps().enumerate().all(|(i, s)| s.index == i));
+        let count = |f: fn(&Command) -> bool| scenario.steps().filter(|s| f(&s.command)).count();
         assert_eq!(count(|c| matches!(c, Command::Purchase { .. })), 24);
         // Pools 0, 3, … 21 scale on days 1 and 2.
         assert_eq!(count(|c| matches!(c, Command::Scale { .. })), 8 * 2);

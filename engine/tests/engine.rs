@@ -342,7 +342,7 @@ fn fingerprints_are_the_text_a_json_value_of_the_command_gives() {
     for dir in std::fs::read_dir(&fixtures).unwrap() {
         let scenario = dir.unwrap().path().join("scenario.json");
         let Ok(text) = std::fs::read_to_string(&scenario) else { continue };
-        for step in poolbill_scenario::parse(&text).unwrap().commands {
+        for step in poolbill_scenario::parse(&text).unwrap().steps() {
             let through_value = serde_json::json!({ "at": step.at.to_rfc3339(), "command": step.command }).to_string();
             assert_eq!(poolbill_engine::fingerprint(step.at, &step.command), through_value, "{}", scenario.display());
             checked += 1;

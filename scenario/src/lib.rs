@@ -14,7 +14,7 @@ use poolbill_engine::{Engine, EngineError, Executed, Pipeline};
 /// Every command has a stable id (`<name>:<index>`, setup `<name>:account:<id>` …), so running
 /// the same scenario again on a kept store appends nothing twice.
 pub async fn run(engine: &Engine, scenario: &Scenario) -> Result<Vec<(usize, Executed)>, EngineError> {
-    let start = scenario.commands.first().map_or(scenario.until, |s| s.at.min(scenario.until));
+    let start = scenario.first_at().map_or(scenario.until, |at| at.min(scenario.until));
     let name = &scenario.name;
     // The default policy is in force already: setting it again would be refused (R17).
     if let Some(policy) = scenario.policy.as_ref().filter(|p| **p != Policy::default()) {
@@ -29,12 +29,12 @@ pub async fn run(engine: &Engine, scenario: &Scenario) -> Result<Vec<(usize, Exe
             Command::OpenAccount { account: account.id.clone(), balance: account.balance, level: account.level.clone(), discount: account.discount };
         engine.execute(format!("{name}:account:{}", account.id), start, command, None).await?;
     }
-    let mut results = Vec::with_capacity(scenario.commands.len());
+    let mut results = Vec::with_capacity(scenario.len());
     let done = run_pipelined(engine, scenario, &mut results).await?;
     // After a command that was not done (a failed write), the rest one at a time, each retried as
     // `execute` retries it: the pipeline decided nothing after it.
-    for step in &scenario.commands[done..] {
-        let executed = engine.execute(format!("{name}:{}", step.index), step.at, step.command.clone(), Some(step.index as u64)).await?;
+    for step in scenario.steps_from(done) {
+        let executed = engine.execute(format!("{name}:{}", step.index), step.at, step.command, Some(step.index as u64)).await?;
         results.push((step.index, executed));
     }
     engine.advance_to(scenario.until).await?;
@@ -52,14 +52,13 @@ const IN_FLIGHT: usize = 64;
 /// on one at a time with retries. Any other error is the run's, as it would be one at a time.
 async fn run_pipelined(engine: &Engine, scenario: &Scenario, results: &mut Vec<(usize, Executed)>) -> Result<usize, EngineError> {
     let pipeline = Pipeline::new();
-    let mut steps = scenario.commands.iter();
+    let mut steps = scenario.steps();
     let mut in_flight = std::collections::VecDeque::with_capacity(IN_FLIGHT);
     let mut stop: Option<Result<usize, EngineError>> = None;
     loop {
         while stop.is_none() && in_flight.len() < IN_FLIGHT {
             let Some(step) = steps.next() else { break };
-            let submitted =
-                engine.submit_in(&pipeline, format!("{}:{}", scenario.name, step.index), step.at, step.command.clone(), Some(step.index as u64));
+            let submitted = engine.submit_in(&pipeline, format!("{}:{}", scenario.name, step.index), step.at, step.command, Some(step.index as u64));
             in_flight.push_back((step.index, submitted.await?));
         }
         let Some((index, submitted)) = in_flight.pop_front() else { break };

@@ -10,14 +10,61 @@ use std::collections::BTreeSet;
 use std::str::FromStr;
 
 /// A valid scenario, commands in the order they run (by `at`, ties in file order).
+///
+/// The commands are kept as their place in the file's text, checked once when it was read and
+/// read again as each runs ([`Scenario::steps`]): parsed, a command took about 400 bytes (a
+/// 14 MB file of 127,000 commands held over 100 MB through the whole run), its place 40.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Scenario {
     pub name: String,
     pub catalog: Vec<(String, Price)>,
     pub policy: Option<Policy>,
     pub accounts: Vec<AccountSpec>,
-    pub commands: Vec<Step>,
     pub until: Instant,
+    text: std::sync::Arc<str>,
+    order: Vec<Placed>,
+}
+
+/// Where a checked command is: its index in `commands`, its instant, its bytes in the text.
+#[derive(Clone, Debug, PartialEq)]
+struct Placed {
+    index: usize,
+    at: Instant,
+    span: std::ops::Range<usize>,
+}
+
+impl Scenario {
+    /// How many commands it has.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// The instant of its first command.
+    pub fn first_at(&self) -> Option<Instant> {
+        self.order.first().map(|p| p.at)
+    }
+
+    /// Its commands in the order they run, from the `from`th on, each read again from the text.
+    pub fn steps_from(&self, from: usize) -> impl ExactSizeIterator<Item = Step> + '_ {
+        self.order[from.min(self.order.len())..].iter().map(|placed| self.step(placed))
+    }
+
+    /// Its commands in the order they run.
+    pub fn steps(&self) -> impl ExactSizeIterator<Item = Step> + '_ {
+        self.steps_from(0)
+    }
+
+    fn step(&self, placed: &Placed) -> Step {
+        // Checked when the scenario was read: reading it again gives the same command.
+        let entry: Value = serde_json::from_str(&self.text[placed.span.clone()]).expect("a command checked when the scenario was read is JSON");
+        let (at, command) = command(&entry, &format!("commands[{}]", placed.index)).expect("a command checked when the scenario was read is valid");
+        debug_assert_eq!(at, placed.at);
+        Step { index: placed.index, at, command }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -62,8 +109,11 @@ const MAX_YEAR: i32 = 2999;
 const REMARKS: [&str; 2] = ["note", "comment"];
 
 pub fn parse(text: &str) -> Result<Scenario> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| ScenarioError { path: "(file)".into(), message: format!("not valid JSON at line {} column {}: {e}", e.line(), e.column()) })?;
+    scenario_of(text, read_top(text)?)
+}
+
+fn scenario_of(text: &str, read: ReadTop) -> Result<Scenario> {
+    let value = read.top;
     let top = object(&value, "(file)")?;
     allow_only(top, "", &["name", "catalog", "accounts", "commands", "until", "policy"])?;
     let name = match top.get("name") {
@@ -113,12 +163,17 @@ pub fn parse(text: &str) -> Result<Scenario> {
         accounts.push(AccountSpec { id: account, balance, level, discount });
     }
 
-    let mut commands = Vec::new();
-    for (i, entry) in array(top, "commands", "")?.iter().enumerate() {
-        let path = format!("commands[{i}]");
-        let (at, command) = command(entry, &path)?;
-        commands.push(Step { index: i, at, command });
-    }
+    let entries = array(top, "commands", "")?;
+    let mut commands = match read.commands {
+        Some(streamed) => streamed?,
+        None => {
+            // Read whole only when it could not be read as a stream: to name what is wrong.
+            for (index, entry) in entries.iter().enumerate() {
+                step_at(index, entry)?;
+            }
+            return err("commands", "could not be read one command at a time");
+        }
+    };
     // Commands run in order of `at`; a stable sort keeps ties in file order.
     commands.sort_by_key(|s| s.at);
 
@@ -138,7 +193,119 @@ pub fn parse(text: &str) -> Result<Scenario> {
             );
         }
     }
-    Ok(Scenario { name, catalog, policy, accounts, commands, until })
+    Ok(Scenario { name, catalog, policy, accounts, until, text: text.into(), order: commands })
+}
+
+/// A scenario's top level as read: `top` holds every field as JSON but an array `commands`
+/// (there an empty array, so that the checks of the fields see it), whose elements were each
+/// turned into a step as they were read: a year of a region's commands is never one JSON tree
+/// (it took eight times the file's size).
+struct ReadTop {
+    top: Value,
+    /// Where each command of `commands` is, when it was read as an array, or the first command
+    /// at fault.
+    commands: Option<Result<Vec<Placed>>>,
+}
+
+fn read_top(text: &str) -> Result<ReadTop> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let streamed = serde::Deserializer::deserialize_map(&mut de, TopVisitor { text }).and_then(|read| de.end().map(|()| read));
+    match streamed {
+        Ok(read) => Ok(read),
+        // Not JSON, or not an object with an array of commands: read whole, as before, so that
+        // the error is the same (named by serde, or by `parse`'s checks).
+        Err(_) => read_whole(text),
+    }
+}
+
+/// The file read as one JSON tree.
+fn read_whole(text: &str) -> Result<ReadTop> {
+    let top: Value = serde_json::from_str(text)
+        .map_err(|e| ScenarioError { path: "(file)".into(), message: format!("not valid JSON at line {} column {}: {e}", e.line(), e.column()) })?;
+    Ok(ReadTop { top, commands: None })
+}
+
+/// `commands[index]` as a step.
+fn step_at(index: usize, entry: &Value) -> Result<Step> {
+    let (at, command) = command(entry, &format!("commands[{index}]"))?;
+    Ok(Step { index, at, command })
+}
+
+struct TopVisitor<'t> {
+    text: &'t str,
+}
+
+impl<'de> serde::de::Visitor<'de> for TopVisitor<'de> {
+    type Value = ReadTop;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a scenario object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<ReadTop, A::Error> {
+        let mut fields = Map::new();
+        let mut commands = None;
+        // A key given twice: the last one counts, as in a JSON object read whole.
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "commands" {
+                commands = Some(map.next_value_seed(CommandsSeed { text: self.text })?);
+                fields.insert(key, Value::Array(Vec::new()));
+            } else {
+                fields.insert(key, map.next_value::<Value>()?);
+            }
+        }
+        Ok(ReadTop { top: Value::Object(fields), commands })
+    }
+}
+
+/// An array of commands read element by element (anything else fails, and the file is read
+/// whole instead).
+struct CommandsSeed<'t> {
+    text: &'t str,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for CommandsSeed<'de> {
+    type Value = Result<Vec<Placed>>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> std::result::Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(CommandsVisitor { text: self.text })
+    }
+}
+
+struct CommandsVisitor<'t> {
+    text: &'t str,
+}
+
+impl<'de> serde::de::Visitor<'de> for CommandsVisitor<'de> {
+    type Value = Result<Vec<Placed>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of commands")
+    }
+
+    /// After a command at fault the rest are only read through: the whole file must still be
+    /// JSON, and that is reported first, as when it was read whole.
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Self::Value, A::Error> {
+        let mut steps = Vec::new();
+        let mut fault = None;
+        while let Some(raw) = seq.next_element::<&'de serde_json::value::RawValue>()? {
+            if fault.is_some() {
+                continue;
+            }
+            let checked = serde_json::from_str::<Value>(raw.get()).map_err(serde::de::Error::custom)?;
+            match step_at(steps.len(), &checked) {
+                Ok(step) => {
+                    // The raw value borrows from the text: its place is where its bytes begin.
+                    let start = raw.get().as_ptr() as usize - self.text.as_ptr() as usize;
+                    steps.push(Placed { index: step.index, at: step.at, span: start..start + raw.get().len() });
+                }
+                Err(e) => fault = Some(e),
+            }
+        }
+        Ok(match fault {
+            Some(e) => Err(e),
+            None => Ok(steps),
+        })
+    }
 }
 
 /// What a policy file sets: the policy (if `levels` is given) and prices by spec.
@@ -428,75 +595,79 @@ enum Sign {
 /// Money is a JSON string of a plain decimal (`"1750.00"`): not a number, no exponent, no
 /// letters, at most `places` decimal places.
 fn money(obj: &Map<String, Value>, key: &str, path: &str, sign: Sign, places: u32) -> Result<Decimal> {
-    let at = join(path, key);
+    // The path is made only for an error: a valid file reads many fields.
+    let at = || join(path, key);
     let text = match obj.get(key) {
-        None => return Err(missing(&at)),
+        None => return Err(missing(&at())),
         Some(Value::String(s)) => s,
-        Some(Value::Number(n)) => return err(at, format!("money is written as a string (\"{n}\"), not a JSON number")),
-        Some(other) => return err(at, format!("expected a decimal string, found {}", kind_of(other))),
+        Some(Value::Number(n)) => return err(at(), format!("money is written as a string (\"{n}\"), not a JSON number")),
+        Some(other) => return err(at(), format!("expected a decimal string, found {}", kind_of(other))),
     };
     let digits = text.strip_prefix('-').unwrap_or(text);
     let plain = !digits.is_empty()
         && digits.split('.').count() <= 2
         && digits.split('.').all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()));
     if !plain {
-        return err(at, format!("{text:?} is not a decimal amount like \"1750.00\""));
+        return err(at(), format!("{text:?} is not a decimal amount like \"1750.00\""));
     }
-    let value = Decimal::from_str(text).map_err(|e| ScenarioError { path: at.clone(), message: format!("{text:?}: {e}") })?;
+    let value = Decimal::from_str(text).map_err(|e| ScenarioError { path: at(), message: format!("{text:?}: {e}") })?;
     if value.abs() > Decimal::from(MAX_MONEY) {
-        return err(at, format!("{text} is out of range (at most {MAX_MONEY} in magnitude)"));
+        return err(at(), format!("{text} is out of range (at most {MAX_MONEY} in magnitude)"));
     }
     if value.normalize().scale() > places {
-        return err(at, format!("{text} has more than {places} decimal places"));
+        return err(at(), format!("{text} has more than {places} decimal places"));
     }
     match sign {
-        Sign::Positive if value <= Decimal::ZERO => err(at, format!("must be positive, not {text}")),
-        Sign::NonNegative if value < Decimal::ZERO => err(at, format!("must not be negative, not {text}")),
+        Sign::Positive if value <= Decimal::ZERO => err(at(), format!("must be positive, not {text}")),
+        Sign::NonNegative if value < Decimal::ZERO => err(at(), format!("must not be negative, not {text}")),
         _ => Ok(value),
     }
 }
 
 /// An RFC 3339 instant with an offset, to the second (R1), kept in Beijing time.
 fn instant(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Instant> {
-    let at = join(path, key);
+    // The path is made only for an error: a valid file reads many fields.
+    let at = || join(path, key);
     let text = string(obj, key, path)?;
     let t = DateTime::parse_from_rfc3339(&text).map_err(|e| ScenarioError {
-        path: at.clone(),
+        path: at(),
         message: format!("{text:?} is not an RFC 3339 instant with an offset, like 2023-04-08T10:00:00+08:00 ({e})"),
     })?;
     if t.nanosecond() >= 1_000_000_000 {
-        return err(at, format!("{text:?} is a leap second; instants are whole seconds 00..59 (R1)"));
+        return err(at(), format!("{text:?} is a leap second; instants are whole seconds 00..59 (R1)"));
     }
     if t.nanosecond() != 0 {
-        return err(at, format!("{text:?} has a fraction of a second; instants are whole seconds (R1)"));
+        return err(at(), format!("{text:?} has a fraction of a second; instants are whole seconds (R1)"));
     }
     // Periods and retention run years past an instant: keep every date they reach printable.
     if !(MIN_YEAR..=MAX_YEAR).contains(&to_beijing(t).year()) {
-        return err(at, format!("{text:?} is outside the years {MIN_YEAR}..={MAX_YEAR} this billing engine accepts"));
+        return err(at(), format!("{text:?} is outside the years {MIN_YEAR}..={MAX_YEAR} this billing engine accepts"));
     }
     Ok(to_beijing(t))
 }
 
 fn integer(obj: &Map<String, Value>, key: &str, path: &str, min: u64, max: u64) -> Result<u64> {
-    let at = join(path, key);
+    // The path is made only for an error: a valid file reads many fields.
+    let at = || join(path, key);
     match obj.get(key) {
-        None => Err(missing(&at)),
+        None => Err(missing(&at())),
         Some(Value::Number(n)) => match n.as_u64() {
             Some(v) if (min..=max).contains(&v) => Ok(v),
-            Some(v) => err(at, format!("{v} is out of range {min}..={max}")),
-            None if n.as_i64().is_some() => err(at, format!("{n} is negative; expected {min}..={max}")),
-            None => err(at, format!("{n} is not a whole number")),
+            Some(v) => err(at(), format!("{v} is out of range {min}..={max}")),
+            None if n.as_i64().is_some() => err(at(), format!("{n} is negative; expected {min}..={max}")),
+            None => err(at(), format!("{n} is not a whole number")),
         },
-        Some(other) => err(at, format!("expected a whole number, found {}", kind_of(other))),
+        Some(other) => err(at(), format!("expected a whole number, found {}", kind_of(other))),
     }
 }
 
 fn string(obj: &Map<String, Value>, key: &str, path: &str) -> Result<String> {
-    let at = join(path, key);
+    // The path is made only for an error: a valid file reads many fields.
+    let at = || join(path, key);
     match obj.get(key) {
-        None => Err(missing(&at)),
+        None => Err(missing(&at())),
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(other) => err(at, format!("expected a string, found {}", kind_of(other))),
+        Some(other) => err(at(), format!("expected a string, found {}", kind_of(other))),
     }
 }
 
@@ -510,15 +681,16 @@ fn opt_string(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Option<
 /// An identifier: a non-empty string of printable characters.
 fn id(obj: &Map<String, Value>, key: &str, path: &str) -> Result<String> {
     let text = string(obj, key, path)?;
-    let at = join(path, key);
+    // The path is made only for an error: a valid file reads many fields.
+    let at = || join(path, key);
     if text.trim().is_empty() {
-        return err(at, "must not be empty");
+        return err(at(), "must not be empty");
     }
     if text.chars().count() > MAX_ID_LEN {
-        return err(at, format!("longer than {MAX_ID_LEN} characters"));
+        return err(at(), format!("longer than {MAX_ID_LEN} characters"));
     }
     if text.chars().any(char::is_control) {
-        return err(at, "contains a control character");
+        return err(at(), "contains a control character");
     }
     Ok(text)
 }
@@ -553,11 +725,12 @@ fn object<'a>(value: &'a Value, path: &str) -> Result<&'a Map<String, Value>> {
 }
 
 fn array<'a>(obj: &'a Map<String, Value>, key: &str, path: &str) -> Result<&'a Vec<Value>> {
-    let at = join(path, key);
+    // The path is made only for an error: a valid file reads many fields.
+    let at = || join(path, key);
     match obj.get(key) {
-        None => Err(missing(&at)),
+        None => Err(missing(&at())),
         Some(Value::Array(items)) => Ok(items),
-        Some(other) => err(at, format!("expected an array, found {}", kind_of(other))),
+        Some(other) => err(at(), format!("expected an array, found {}", kind_of(other))),
     }
 }
 
@@ -601,5 +774,69 @@ fn kind_of(value: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file read as a stream gives what it gave read whole: the same scenario, or the same
+    /// first error (JSON first, then the fields in their order, then the commands in theirs).
+    #[test]
+    fn a_scenario_read_as_a_stream_is_the_scenario_read_whole() {
+        let account = r#"{"id": "a", "balance": "10"}"#;
+        let buy = |at: &str, pool: &str| {
+            format!(r#"{{"at": "{at}", "type": "purchase", "account": "a", "pool": "{pool}", "spec": "s", "nodes": 1, "mode": "on_demand"}}"#)
+        };
+        let catalog = r#"[{"spec": "s", "hourly": "1"}]"#;
+        let good = [buy("2023-04-01T01:00:00+08:00", "p2"), buy("2023-04-01T00:00:00+08:00", "p1")].join(", ");
+        let bad_command = buy("2023-04-01T00:00:00+08:00", "p1").replace(r#""nodes": 1"#, r#""nodes": -1"#);
+        let texts = [
+            format!(r#"{{"catalog": {catalog}, "accounts": [{account}], "commands": [{good}]}}"#),
+            // Commands first, out of order: sorted by `at`, ties in file order.
+            format!(r#"{{"commands": [{good}, {good}], "catalog": {catalog}, "accounts": [{account}], "until": "2023-04-02T00:00:00+08:00"}}"#),
+            // A key given twice: the last counts.
+            format!(r#"{{"commands": [{bad_command}], "catalog": {catalog}, "accounts": [{account}], "commands": [{good}]}}"#),
+            format!(r#"{{"commands": [{good}], "catalog": {catalog}, "accounts": [{account}], "commands": [{bad_command}]}}"#),
+            // A command at fault, and an account at fault after it in the file: the account is named.
+            format!(r#"{{"commands": [{good}, {bad_command}], "catalog": {catalog}, "accounts": [{{"id": "a", "balance": "x"}}]}}"#),
+            format!(r#"{{"commands": [{good}, {bad_command}, {bad_command}], "catalog": {catalog}, "accounts": [{account}]}}"#),
+            // A command at fault, then the file stops being JSON: the JSON is named.
+            format!(r#"{{"commands": [{bad_command}, {good}], "catalog": {catalog}, "accounts": [{account}] "#),
+            format!(r#"{{"commands": [{good}]}} trailing"#),
+            format!(r#"{{"commands": {{"at": 1}}, "catalog": {catalog}}}"#),
+            r#"{"commands": "none"}"#.to_string(),
+            r#"{"commands": null}"#.to_string(),
+            r#"{"catalog": []}"#.to_string(),
+            r#"{"commands": [], "colour": "red"}"#.to_string(),
+            r#"{"commands": [1, [2], {"at": 3}]}"#.to_string(),
+            r#"[{"commands": []}]"#.to_string(),
+            "42".to_string(),
+            String::new(),
+        ];
+        let mut valid = 0;
+        for text in &texts {
+            let streamed = parse(text);
+            match read_whole(text).and_then(|read| scenario_of(text, read)) {
+                // Valid: read whole, it is refused (it must be read as a stream), and its steps
+                // are those of its JSON tree, in order of `at`, ties in file order.
+                Err(e) if e.message == "could not be read one command at a time" => {
+                    let tree: Value = serde_json::from_str(text).unwrap();
+                    let mut expected: Vec<Step> =
+                        tree["commands"].as_array().unwrap().iter().enumerate().map(|(i, e)| step_at(i, e).unwrap()).collect();
+                    expected.sort_by_key(|s| s.at);
+                    assert_eq!(streamed.unwrap().steps().collect::<Vec<_>>(), expected, "{text}");
+                    valid += 1;
+                }
+                whole => assert_eq!(streamed.map(|_| ()), whole.map(|_| ()), "{text}"),
+            }
+        }
+        assert_eq!(valid, 3);
+        // The table covers both outcomes, and the fault of a command names its place.
+        assert_eq!(parse(&texts[1]).unwrap().steps().map(|s| s.index).collect::<Vec<_>>(), [1, 3, 0, 2]);
+        assert_eq!(parse(&texts[1]).unwrap().steps_from(3).map(|s| s.index).collect::<Vec<_>>(), [2]);
+        assert!(parse(&texts[5]).unwrap_err().path.starts_with("commands[2]"), "{:?}", parse(&texts[5]));
+        assert_eq!(parse(&texts[4]).unwrap_err().path, "accounts[0].balance");
     }
 }
