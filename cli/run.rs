@@ -15,23 +15,28 @@ pub async fn run(args: RunArgs) -> Result<(), Failure> {
     let text = std::fs::read_to_string(&args.scenario).map_err(input(format!("cannot read {path}")))?;
     // The whole file is checked before anything is opened or written.
     let scenario = poolbill_scenario::parse(&text).map_err(input(format!("{path} is not a valid scenario")))?;
+    // The scenario keeps its own copy of the text.
+    drop(text);
     let engine = crate::stores::open_engine(store_at(args.store.as_ref(), args.postgres.as_ref()).as_ref()).await?;
     tracing::info!(commands = scenario.len(), until = %scenario.until.to_rfc3339(), "scenario checked");
-    poolbill_scenario::run(&engine, &scenario).await.map_err(runtime(format!("running {path}")))?;
+    // Each command's result is in the log (and its document): none is kept here.
+    poolbill_scenario::run_with(&engine, &scenario, |_, _| {}).await.map_err(runtime(format!("running {path}")))?;
     if let Some(out) = &args.export {
         export(&engine, out)?;
     }
-    // The document is read from the log (time travel: the log as it stood then).
+    // The document is read from the log (time travel: the log as it stood then): the engine's
+    // state is let go first, as the fold builds its own.
+    let store = engine.into_store();
     let upto = args.at.map_or(Upto::All, Upto::Instant);
     // Streamed: memory follows what is live, not the length of the history. The table is made
     // from the JSON document on a temporary file: its columns are as wide as their widest cell.
     tokio::task::block_in_place(|| {
         let mut stdout = std::io::stdout().lock();
         let written = match args.format {
-            TableFormat::Json => write_document(engine.store().read_all(1), upto, &mut stdout, |_| {}).map_err(runtime("writing the document"))?,
+            TableFormat::Json => write_document(store.read_all(1), upto, &mut stdout, |_| {}).map_err(runtime("writing the document"))?,
             TableFormat::Table => {
                 let mut json = tempfile::tempfile().map_err(runtime("creating a temporary file for the table"))?;
-                let written = write_document(engine.store().read_all(1), upto, &mut json, |_| {}).map_err(runtime("writing the document"))?;
+                let written = write_document(store.read_all(1), upto, &mut json, |_| {}).map_err(runtime("writing the document"))?;
                 table::write(json, &mut stdout).map_err(runtime("writing the table"))?;
                 written
             }

@@ -297,6 +297,14 @@ impl Engine {
         self.store.as_ref()
     }
 
+    /// Hand back the store and let the engine go: its actor ends once every request sent
+    /// before is answered, and drops its state (all live resources, the copy it can go back to)
+    /// with it. For a caller that only reads the log from here on, as `poolbill run` does to
+    /// write its document, so that two states are not held at once.
+    pub fn into_store(self) -> Arc<dyn EventStore> {
+        self.store
+    }
+
     async fn send(&self, request: Request) -> Result<(), EngineError> {
         self.tx.send(request).await.map_err(|_| self.closed())
     }
@@ -390,7 +398,7 @@ fn load(store: &dyn EventStore, snapshot_every: u64) -> Result<(Ledger, HashMap<
 /// an error.
 fn save_snapshot(store: &dyn EventStore, projections: &Projections, versions: &HashMap<String, u64>) {
     let position = projections.last_position;
-    match store.put_snapshot(position, &Snapshot::of(projections, versions).encode()) {
+    match store.put_snapshot(position, &Snapshot::encode_live(projections, versions)) {
         Ok(()) => tracing::debug!(position, "snapshot kept"),
         Err(e) => tracing::warn!(position, error = %e, "a snapshot could not be kept"),
     }

@@ -27,7 +27,7 @@ use poolbill_domain::money::{fmt_cents, fmt_exact};
 use poolbill_domain::time::to_beijing;
 use poolbill_domain::{Command, Instant, State as DomainState, Subject};
 use poolbill_engine::{Engine, Executed, Outcome, Upto};
-use poolbill_projections::{resource_views, AccountView, DetailView, Projections};
+use poolbill_projections::{resource_view, AccountView, DetailView, Projections};
 use problem::{engine_problem, Code, Problem, ProblemBody};
 use rust_decimal::Decimal;
 use serde_json::{json, Map, Value};
@@ -515,7 +515,7 @@ async fn get_resource(
     let params = query(params, &["at"])?;
     let at = at_param(&params)?;
     let key = id.clone();
-    let find = move |state: &DomainState| resource_views(state).into_iter().find(|r| r.id == key);
+    let find = move |state: &DomainState| resource_view(state, &key);
     let view = match at {
         None => app.engine.read(move |p| find(&p.state)).await.map_err(|e| engine_problem(&e))?,
         Some(at) => {

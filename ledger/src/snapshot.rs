@@ -78,10 +78,31 @@ impl Snapshot {
 
     /// CRC-32 of the JSON, then the JSON.
     pub fn encode(&self) -> Vec<u8> {
-        let json = serde_json::to_vec(self).expect("snapshots serialise");
-        let mut bytes = crc32fast::hash(&json).to_be_bytes().to_vec();
-        bytes.extend_from_slice(&json);
-        bytes
+        framed(self)
+    }
+
+    /// The bytes [`Snapshot::of`]`(projections, versions).encode()` gives, made from the
+    /// projections as they are: the state is not copied, and the text is made once, in place
+    /// (a state with a year of deleted jobs took 150 MB to snapshot the other way).
+    pub fn encode_live(projections: &Projections, versions: &HashMap<String, u64>) -> Vec<u8> {
+        /// [`Snapshot`]'s fields, in its order, borrowed.
+        #[derive(Serialize)]
+        struct Live<'a> {
+            format: u32,
+            position: u64,
+            instant: Option<Instant>,
+            events: u64,
+            state: &'a State,
+            versions: BTreeMap<&'a str, u64>,
+        }
+        framed(&Live {
+            format: FORMAT,
+            position: projections.last_position,
+            instant: projections.last_instant,
+            events: projections.events,
+            state: &projections.state,
+            versions: versions.iter().map(|(k, v)| (k.as_str(), *v)).collect(),
+        })
     }
 
     /// Read a snapshot kept under `position`, checking its checksum, format and position.
@@ -110,6 +131,15 @@ impl Snapshot {
     }
 }
 
+/// CRC-32 (BE) of `value`'s JSON, then the JSON, in one buffer.
+fn framed(value: &impl Serialize) -> Vec<u8> {
+    let mut bytes = vec![0; 4];
+    serde_json::to_writer(&mut bytes, value).expect("snapshots serialise");
+    let crc = crc32fast::hash(&bytes[4..]);
+    bytes[..4].copy_from_slice(&crc.to_be_bytes());
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +150,34 @@ mod tests {
         projections.events = 7;
         let versions = HashMap::from([("account-a".to_string(), 3), ("commands".to_string(), 4)]);
         Snapshot::of(&projections, &versions)
+    }
+
+    #[test]
+    fn a_snapshot_of_the_live_projections_is_the_snapshot_of_their_copy() {
+        let mut projections = Projections::live();
+        let at = chrono::DateTime::parse_from_rfc3339("2023-04-01T00:00:00+08:00").unwrap();
+        for (k, event) in [
+            poolbill_domain::Event::AccountOpened {
+                account: "a".into(),
+                balance: rust_decimal::Decimal::new(1000, 2),
+                level: "standard".into(),
+                discount: rust_decimal::Decimal::ZERO,
+            },
+            poolbill_domain::Event::ToppedUp {
+                account: "a".into(),
+                amount: rust_decimal::Decimal::new(5, 0),
+                balance_after: rust_decimal::Decimal::new(1500, 2),
+            },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            projections.apply_event(k as u64 + 1, at, &event);
+        }
+        let versions = HashMap::from([("account-a".to_string(), 2), ("commands".to_string(), 4), ("z".to_string(), 1)]);
+        let live = Snapshot::encode_live(&projections, &versions);
+        assert_eq!(live, Snapshot::of(&projections, &versions).encode());
+        assert_eq!(Snapshot::decode(2, &live).unwrap().state, projections.state);
     }
 
     #[test]

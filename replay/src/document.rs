@@ -17,7 +17,7 @@ use chrono::Duration;
 use poolbill_domain::{BillLine, Event, Instant};
 use poolbill_ledger::{FoldError, Recorded, Upto};
 use poolbill_projections::{
-    account_views, event_of, resource_views, BillJson, DetailBills, DetailView, ProjectionError, Projections, RejectionRecord, RejectionView,
+    account_views, event_of, resource_views_by_id, BillJson, DetailBills, DetailView, ProjectionError, Projections, RejectionRecord, RejectionView,
 };
 use poolbill_store::{Envelope, StoreError};
 use std::cmp::{Ordering, Reverse};
@@ -135,13 +135,17 @@ impl DocumentWriter {
         let mut w = BufWriter::with_capacity(SPILL_BUFFER, out);
         w.write_all(b"{\n  \"bills\": ")?;
         bills.finish(&mut w)?;
-        write!(w, ",\n  \"resources\": {}", pretty(&resource_views(&projections.state), 2)?.trim_start())?;
+        // Resources and detail rows grow with the resources a log has seen: written one at a
+        // time, never held as one text.
+        w.write_all(b",\n  \"resources\": ")?;
+        pretty_seq(&mut w, resource_views_by_id(&projections.state), 2)?;
         write!(w, ",\n  \"accounts\": {}", pretty(&account_views(&projections.state), 2)?.trim_start())?;
         w.write_all(b",\n  \"rejections\": ")?;
         rejections.finish(&mut w)?;
         write!(w, ",\n  \"events\": {}", projections.events)?;
-        let details: Vec<DetailView> = self.details.into_rows().into_iter().map(DetailView::of).collect();
-        write!(w, ",\n  \"detail_bills\": {}\n}}\n", pretty(&details, 2)?.trim_start())?;
+        w.write_all(b",\n  \"detail_bills\": ")?;
+        pretty_seq(&mut w, self.details.into_rows().into_iter().map(DetailView::of), 2)?;
+        w.write_all(b"\n}\n")?;
         w.flush()?;
         Ok(counts)
     }
@@ -181,6 +185,13 @@ fn pretty(value: &impl serde::Serialize, indent: usize) -> io::Result<String> {
     let mut out = Vec::new();
     pretty_into(&mut out, value, indent)?;
     String::from_utf8(out).map_err(io::Error::other)
+}
+
+/// The items as the pretty JSON array [`pretty`] makes of them, but for its first line's
+/// indent (the array's place in the document is after its key), written as they come.
+fn pretty_seq<T: serde::Serialize>(out: &mut impl Write, items: impl Iterator<Item = T>, indent: usize) -> io::Result<()> {
+    let mut serializer = serde_json::Serializer::with_formatter(out, Indented { base: indent, depth: 0, has_value: false });
+    serde::Serializer::collect_seq(&mut serializer, items).map_err(io::Error::other)
 }
 
 /// [`pretty`], appended to `out`.

@@ -14,6 +14,14 @@ use poolbill_engine::{Engine, EngineError, Executed, Pipeline};
 /// Every command has a stable id (`<name>:<index>`, setup `<name>:account:<id>` …), so running
 /// the same scenario again on a kept store appends nothing twice.
 pub async fn run(engine: &Engine, scenario: &Scenario) -> Result<Vec<(usize, Executed)>, EngineError> {
+    let mut results = Vec::with_capacity(scenario.len());
+    run_with(engine, scenario, |index, executed| results.push((index, executed))).await?;
+    Ok(results)
+}
+
+/// [`run`], handing each command's result to `done` (its index in `commands`, in the order
+/// they run) rather than collecting them: a long scenario's results are not kept.
+pub async fn run_with(engine: &Engine, scenario: &Scenario, mut done: impl FnMut(usize, Executed)) -> Result<(), EngineError> {
     let start = scenario.first_at().map_or(scenario.until, |at| at.min(scenario.until));
     let name = &scenario.name;
     // The default policy is in force already: setting it again would be refused (R17).
@@ -29,16 +37,15 @@ pub async fn run(engine: &Engine, scenario: &Scenario) -> Result<Vec<(usize, Exe
             Command::OpenAccount { account: account.id.clone(), balance: account.balance, level: account.level.clone(), discount: account.discount };
         engine.execute(format!("{name}:account:{}", account.id), start, command, None).await?;
     }
-    let mut results = Vec::with_capacity(scenario.len());
-    let done = run_pipelined(engine, scenario, &mut results).await?;
+    let pipelined = run_pipelined(engine, scenario, &mut done).await?;
     // After a command that was not done (a failed write), the rest one at a time, each retried as
     // `execute` retries it: the pipeline decided nothing after it.
-    for step in scenario.steps_from(done) {
+    for step in scenario.steps_from(pipelined) {
         let executed = engine.execute(format!("{name}:{}", step.index), step.at, step.command, Some(step.index as u64)).await?;
-        results.push((step.index, executed));
+        done(step.index, executed);
     }
     engine.advance_to(scenario.until).await?;
-    Ok(results)
+    Ok(())
 }
 
 /// How many commands are in flight at once: enough for group commits of many commands (on the
@@ -50,7 +57,8 @@ const IN_FLIGHT: usize = 64;
 /// one at a time would). Returns how many were done; on the first one answered "not written" or
 /// "outcome unknown" it stops there (the pipeline refuses every later one), for the caller to go
 /// on one at a time with retries. Any other error is the run's, as it would be one at a time.
-async fn run_pipelined(engine: &Engine, scenario: &Scenario, results: &mut Vec<(usize, Executed)>) -> Result<usize, EngineError> {
+async fn run_pipelined(engine: &Engine, scenario: &Scenario, done: &mut impl FnMut(usize, Executed)) -> Result<usize, EngineError> {
+    let mut answered = 0;
     let pipeline = Pipeline::new();
     let mut steps = scenario.steps();
     let mut in_flight = std::collections::VecDeque::with_capacity(IN_FLIGHT);
@@ -63,17 +71,20 @@ async fn run_pipelined(engine: &Engine, scenario: &Scenario, results: &mut Vec<(
         }
         let Some((index, submitted)) = in_flight.pop_front() else { break };
         match (submitted.answer().await, &stop) {
-            (Ok(executed), None) => results.push((index, executed)),
+            (Ok(executed), None) => {
+                done(index, executed);
+                answered += 1;
+            }
             // The fence makes this impossible; were it not, the run stops rather than go on
             // from a history out of the scenario's order.
             (Ok(_), Some(_)) => {
                 stop = Some(Err(EngineError::Aborted(format!("command {index} was done after an earlier one of its pipeline was not"))));
             }
-            (Err(EngineError::Aborted(_) | EngineError::OutcomeUnknown(_)), None) => stop = Some(Ok(results.len())),
+            (Err(EngineError::Aborted(_) | EngineError::OutcomeUnknown(_)), None) => stop = Some(Ok(answered)),
             (Err(e), None) => stop = Some(Err(e)),
             // The later commands' answers: refused by the pipeline's fence.
             (Err(_), Some(_)) => {}
         }
     }
-    stop.unwrap_or(Ok(results.len()))
+    stop.unwrap_or(Ok(answered))
 }
