@@ -45,6 +45,16 @@ fn main() -> ExitCode {
         Some("appends") => appends(&args[1..]),
         Some("http") => http(&args[1..]),
         Some("generate") => parse(&args[1..]).map(|(p, _)| print!("{}", workload::to_text(&workload::generate(&p.params)))),
+        // The bench's own step: the workload of parameters given as JSON, made in a process of
+        // its own so that the bench stays small (a child's peak memory starts from the bench's).
+        Some("generate-params") => match args.get(1).map(|json| serde_json::from_str::<workload::Params>(json)) {
+            Some(Ok(params)) => {
+                print!("{}", workload::to_text(&workload::generate(&params)));
+                Ok(())
+            }
+            Some(Err(e)) => Err(format!("generate-params: {e}")),
+            None => Err("generate-params needs the parameters as JSON".to_string()),
+        },
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             Ok(())

@@ -91,13 +91,25 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     let p = &opts.params;
     std::fs::create_dir_all(&opts.out).map_err(|e| format!("{}: {e}", opts.out.display()))?;
     let paths = Paths { scenario: opts.out.join("workload.json"), store: opts.out.join("store"), log: opts.out.join("log.jsonl") };
-    let text = workload::to_text(&workload::generate(p));
+    // Made by a child: a year's workload as one JSON tree takes hundreds of megabytes, and every
+    // child's peak memory (`ru_maxrss`) starts from the peak of the process it was spawned from.
+    let fresh = opts.out.join("workload.json.new");
+    let params = serde_json::to_string(p).map_err(|e| e.to_string())?;
+    let made = Command::new(&opts.bench)
+        .arg("generate-params")
+        .arg(&params)
+        .stdout(std::fs::File::create(&fresh).map_err(|e| format!("{}: {e}", fresh.display()))?)
+        .status()
+        .map_err(|e| format!("{} generate-params: {e}", opts.bench.display()))?;
+    if !made.success() {
+        return Err(format!("{} generate-params failed ({made})", opts.bench.display()));
+    }
     // A store or log left by another workload is not this one's.
-    if std::fs::read_to_string(&paths.scenario).ok().as_deref() != Some(text.as_str()) {
+    if !same_bytes(&paths.scenario, &fresh).unwrap_or(false) {
         let _ = std::fs::remove_dir_all(&paths.store);
         let _ = std::fs::remove_file(&paths.log);
-        std::fs::write(&paths.scenario, &text).map_err(|e| e.to_string())?;
     }
+    std::fs::rename(&fresh, &paths.scenario).map_err(|e| format!("{}: {e}", paths.scenario.display()))?;
     let selected = |key: &str| opts.only.is_empty() || opts.only.iter().any(|k| k == key);
     let mut facts = Facts::default();
     let mut figures = Vec::new();

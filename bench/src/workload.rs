@@ -40,7 +40,7 @@ impl Rng {
 }
 
 /// What a workload holds. Pool `i` belongs to account `i % accounts`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Params {
     pub name: String,
     pub seed: u64,
