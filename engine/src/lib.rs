@@ -10,7 +10,8 @@
 //! the append): each is a wake-up of an idle CPU, slow on a virtual machine.
 //!
 //! If a write fails, the speculative state is dropped: the actor goes back to its checkpoint (a
-//! copy of acknowledged state, taken again every [`CHECKPOINT_EVERY`] events) and, once the
+//! copy of acknowledged state, taken again every [`CHECKPOINT_EVERY`] events, or as many as the
+//! state has records once it has more) and, once the
 //! store can be read, folds only what the log holds beyond it. A failure of the store itself
 //! (a full disk) starts an outage: requests are refused at once, without touching the store,
 //! and the store is asked to recover now and then (a backoff that grows with the failures and
