@@ -1108,3 +1108,31 @@ fn a_v1_job_start_is_upcast_with_the_bill_id_it_was_billed_under() {
     let v1 = serde_json::json!({"type": "job_started", "account": "a", "job": "svc", "kind": "service", "model": "m", "spec": "s", "nodes": 1});
     assert!(matches!(Event::decode("job_started", 1, &v1).unwrap(), Event::JobStarted { billed_as, .. } if billed_as == "svc-m"));
 }
+
+#[test]
+fn an_id_that_is_a_jobs_bill_id_is_refused_for_good_r5() {
+    let mut w = World::new(dec!(10000));
+    let at = t("2023-04-01T10:00:00+08:00");
+    // Given training job t1, billed as training_t1 (R5), and a service billed as svc-b9c9.
+    w.ok(at, training("t1", None));
+    let mut service = training("svc", None);
+    if let Command::StartJob { kind, model, .. } = &mut service {
+        *kind = JobKind::Service;
+        *model = Some("b9c9".into());
+    }
+    w.ok(at, service);
+    assert_eq!(w.state.bill_ids.get("training_t1").map(String::as_str), Some("t1"));
+    assert_eq!(w.state.bill_ids.get("svc-b9c9").map(String::as_str), Some("svc"));
+    // When a pool or a job takes one of those ids, then it is refused, naming the job.
+    let refused = w.refused(at, on_demand("training_t1", 1, true), Rule::R5);
+    assert_eq!(refused.reason, "\"training_t1\" is the bill id of job \"t1\"");
+    w.refused(at, training("svc-b9c9", None), Rule::R5);
+    // A training job whose own bill id is taken is refused too: t0's would be training_t0.
+    w.ok(at, on_demand("training_t0", 1, true));
+    w.refused(at, training("t0", None), Rule::R17);
+    // Deleted, the job keeps its bill id (R17: ids are unique for good).
+    w.ok(t("2023-04-01T12:00:00+08:00"), Command::DeleteJob { job: "t1".into() });
+    w.refused(t("2023-04-01T12:00:00+08:00"), on_demand("training_t1", 1, true), Rule::R5);
+    // An id that is no job's bill id is free.
+    w.ok(t("2023-04-01T12:00:00+08:00"), on_demand("training_t2", 1, true));
+}

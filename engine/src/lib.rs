@@ -1124,3 +1124,18 @@ fn executed(record: CommandRecord, duplicate: bool) -> Executed {
         .unwrap_or(Outcome::Rejected { rule: Rule::R17, reason: format!("unreadable recorded outcome {}", record.outcome) });
     Executed { outcome, first_position: record.first_position, last_position: record.last_position, duplicate }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_is_copied_every_1000_events_or_as_many_as_it_has_records() {
+        // (events since the last copy, records in the state, due?)
+        let table =
+            [(999, 50, false), (1_000, 50, true), (1_000, 1_000, true), (1_000, 72_000, false), (71_999, 72_000, false), (72_000, 72_000, true)];
+        for (since, records, expected) in table {
+            assert_eq!(checkpoint_due(since, records), expected, "{since} events since, {records} records");
+        }
+    }
+}

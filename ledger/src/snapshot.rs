@@ -153,6 +153,22 @@ mod tests {
     }
 
     #[test]
+    fn snapshots_come_every_20000_events_or_as_many_as_the_state_has_records() {
+        // (events since the last, records in the state, due?)
+        let table = [
+            (19_999, 10, false),
+            (20_000, 10, true),
+            (20_000, 20_000, true),
+            (20_000, 36_000, false),
+            (35_999, 36_000, false),
+            (36_000, 36_000, true),
+        ];
+        for (since, records, expected) in table {
+            assert_eq!(due(since, EVERY, records), expected, "{since} events since, {records} records");
+        }
+    }
+
+    #[test]
     fn a_snapshot_of_the_live_projections_is_the_snapshot_of_their_copy() {
         let mut projections = Projections::live();
         let at = chrono::DateTime::parse_from_rfc3339("2023-04-01T00:00:00+08:00").unwrap();

@@ -773,3 +773,27 @@ fn an_id_looked_up_as_absent_is_still_a_duplicate_once_written() {
     assert!(matches!(outcomes[0], Ok(AppendOutcome::Appended(_))) && matches!(outcomes[1], Ok(AppendOutcome::Duplicate(_))), "{outcomes:?}");
     assert_eq!(store.last_position().unwrap(), 2);
 }
+
+#[test]
+fn snapshots_are_files_and_an_older_builds_snapshot_tree_is_dropped_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    {
+        let store = SledStore::open(&path).unwrap();
+        store.append(req(Some("c1"), vec![ev("a", "x", T1, json!(1))])).unwrap();
+        store.put_snapshot(1, b"state at 1").unwrap();
+    }
+    assert!(path.join("snapshots").join("00000000000000000001.snap").exists());
+    // An older build kept its snapshots in a sled tree.
+    {
+        let db = sled::open(&path).unwrap();
+        db.open_tree("snapshots").unwrap().insert(7u64.to_be_bytes(), &b"an older build's"[..]).unwrap();
+        db.flush().unwrap();
+    }
+    let store = SledStore::open(&path).unwrap();
+    assert_eq!(store.snapshot_positions().unwrap(), vec![1]);
+    assert_eq!(store.snapshot_at_or_before(9).unwrap(), Some((1, b"state at 1".to_vec())));
+    drop(store);
+    let db = sled::open(&path).unwrap();
+    assert!(!db.tree_names().iter().any(|name| name.as_ref() == b"snapshots"), "the tree is dropped");
+}
