@@ -1136,3 +1136,24 @@ fn an_id_that_is_a_jobs_bill_id_is_refused_for_good_r5() {
     // An id that is no job's bill id is free.
     w.ok(t("2023-04-01T12:00:00+08:00"), on_demand("training_t2", 1, true));
 }
+
+#[test]
+fn a_state_leaves_absent_fields_out_of_its_json_and_reads_them_back_written_either_way() {
+    let mut w = World::new(dec!(10000));
+    let at = t("2023-04-01T10:00:00+08:00");
+    w.ok(at, on_demand("pool-1", 1, true));
+    w.ok(at, training("t1", None));
+    let json = serde_json::to_value(&w.state).unwrap();
+    assert_eq!(json["jobs"]["t1"].get("pool"), None, "an absent field is left out");
+    assert_eq!(json["pools"]["pool-1"].get("period"), None);
+    // As snapshots written before it hold them: every absent field as null.
+    let mut with_nulls = json.clone();
+    for field in ["pool", "model", "disk_gb", "disk_hourly", "region", "hold"] {
+        with_nulls["jobs"]["t1"][field] = serde_json::Value::Null;
+    }
+    for field in ["region", "hold", "period", "subscribed_at", "warned_for", "auto_renew"] {
+        with_nulls["pools"]["pool-1"][field] = serde_json::Value::Null;
+    }
+    assert_eq!(serde_json::from_value::<State>(json).unwrap(), w.state);
+    assert_eq!(serde_json::from_value::<State>(with_nulls).unwrap(), w.state);
+}
