@@ -4,7 +4,8 @@
 //! It is jemalloc (glibc's allocator kept what long runs freed in its per-thread arenas and
 //! spent a quarter of the group commit's samples in `malloc` and `free`: README, Performance),
 //! with one change: a large zeroed block asked for right after a block of its size was freed is
-//! taken like any other block and zeroed in place.
+//! taken like any other block and zeroed in place. Its options are compiled in from the
+//! workspace's `.cargo/config.toml` (freed pages go back to the kernel after 1 s, not 10).
 //!
 //! Why: jemalloc zeroes a reused large block by handing its pages back to the kernel
 //! (`MADV_DONTNEED`), so that each page faults again at its first touch. sled 0.34.7, at each
