@@ -40,12 +40,17 @@ struct Server {
     child: Child,
     addr: SocketAddr,
     store: PathBuf,
-    _dir: tempfile::TempDir,
+    /// Where the store and tokens are: taken by [`Server::into_dir`] to start another server on them.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
     fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
+        Server::start_in(tempfile::tempdir().unwrap())
+    }
+
+    /// A server on the store (and tokens) of `dir`, new or kept from an earlier server.
+    fn start_in(dir: tempfile::TempDir) -> Server {
         let store = dir.path().join("store");
         let tokens = tokens_file(dir.path());
         let mut child = poolbill()
@@ -66,7 +71,7 @@ impl Server {
         };
         // Keep draining stderr so the server never blocks on it.
         std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Server { child, addr, store, _dir: dir }
+        Server { child, addr, store, dir: Some(dir) }
     }
 
     fn call(&self, method: &str, path: &str, token: Option<&str>, headers: &[(&str, &str)], body: Option<&[u8]>) -> Reply {
@@ -86,6 +91,11 @@ impl Server {
         let health = self.call("GET", "/healthz", None, &[], None);
         assert_eq!(health.status, 200, "{}", health.text());
         health.json()["last_position"].as_u64().unwrap()
+    }
+
+    /// The directory of a stopped server's store, kept for another.
+    fn into_dir(mut self) -> tempfile::TempDir {
+        self.dir.take().expect("a server has its directory")
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
@@ -536,4 +546,26 @@ fn concurrent_clients_and_their_retries_each_get_one_durable_answer() {
     assert_eq!(server.last_position(), before + 2 * 160);
     let end_balance: Decimal = balance(&server, "acct-1").parse().unwrap();
     assert_eq!(end_balance - start_balance, Decimal::from(160));
+}
+
+/// An engine forgets gone resources (at its open, at the latest): a scoped token still owns its
+/// deleted pool — the command is refused by the rules (R17), not as another account's — and
+/// the pool is still shown.
+#[test]
+fn a_gone_pool_forgotten_by_the_engine_is_still_its_accounts_own() {
+    let mut server = Server::start();
+    set_up(&server, 1);
+    let delete = json!({"type": "delete", "at": at(1), "pool": "pool-0"});
+    assert_eq!(server.command(ONE, "delete", &delete).json()["status"], "accepted");
+    let advanced = server.call("POST", "/v1/advance", Some(ADMIN), &[], Some(json!({"at": at(3)}).to_string().as_bytes()));
+    assert_eq!(advanced.status, 200, "{}", advanced.text());
+    assert!(server.terminate().success());
+    let server = Server::start_in(server.into_dir());
+    let again = server.command(ONE, "delete-again", &json!({"type": "delete", "at": at(4), "pool": "pool-0"})).json();
+    assert_eq!((again["status"].as_str(), again["rule"].as_str()), (Some("rejected"), Some("R17")), "{again}");
+    assert_eq!(again["reason"], "pool \"pool-0\" is already deleted");
+    server.command(TWO, "not-theirs", &json!({"type": "delete", "at": at(4), "pool": "pool-0"})).problem(403, "forbidden");
+    let shown = server.get("/v1/resources/pool-0", ONE);
+    assert_eq!(shown.status, 200, "{}", shown.text());
+    assert_eq!(shown.json()["state"], "deleted");
 }

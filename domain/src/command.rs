@@ -160,6 +160,34 @@ impl Command {
         }
     }
 
+    /// The ids its decision looks up among pools, jobs, packages and bill ids: its subject,
+    /// the id it creates, a job's pool and the id its bills would carry (R5, R17). A live
+    /// engine recalls the gone resources among them before deciding (`State::recall`).
+    pub fn resource_ids(&self) -> Vec<String> {
+        match self {
+            Command::SetPrice { .. } | Command::SetPolicy { .. } | Command::OpenAccount { .. } | Command::TopUp { .. } => Vec::new(),
+            Command::Purchase { pool, .. }
+            | Command::Ready { pool }
+            | Command::Delete { pool }
+            | Command::Renew { pool, .. }
+            | Command::SetAutoRenew { pool, .. }
+            | Command::Convert { pool, .. }
+            | Command::Scale { pool, .. }
+            | Command::Unsubscribe { pool } => vec![pool.clone()],
+            Command::BuyPackage { package, .. } => vec![package.clone()],
+            Command::StartJob { job, kind, pool, model, .. } => {
+                let mut ids = vec![job.clone()];
+                ids.extend(pool.iter().cloned());
+                let billed_as = crate::state::billing_id(*kind, job, model.as_deref());
+                if billed_as != *job {
+                    ids.push(billed_as);
+                }
+                ids
+            }
+            Command::StopJob { job } | Command::DeleteJob { job } => vec![job.clone()],
+        }
+    }
+
     /// The command's type as the scenario format names it.
     pub fn type_name(&self) -> &'static str {
         match self {

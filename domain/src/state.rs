@@ -211,6 +211,11 @@ impl Job {
             _ => self.status.as_str(),
         }
     }
+
+    /// Deleted (R16) or released (R12): nothing more happens to it.
+    pub fn is_gone(&self) -> bool {
+        matches!(self.status, JobStatus::Deleted | JobStatus::Released)
+    }
 }
 
 /// R5 resource ids: `training_<job id>` for training jobs, and for workflows and auto-learning
@@ -335,6 +340,61 @@ impl State {
     /// or a snapshot of it costs in proportion to.
     pub fn records(&self) -> usize {
         self.accounts.len() + self.pools.len() + self.jobs.len() + self.packages.len() + self.meters.len()
+    }
+
+    /// Forget the pools and jobs that are gone — deleted (R16) or released (R6, R12, R15) —
+    /// with nothing left to settle. No event changes them again: every command about them is
+    /// refused and the clock has no step for them. A live engine keeps what is live only and
+    /// recalls one of these from the log when a command names it again (R17's refusals word
+    /// for word: see [`State::recall`]). Returns how many records were forgotten.
+    pub fn forget_gone(&mut self) -> usize {
+        let before = self.pools.len() + self.jobs.len();
+        let metered: std::collections::BTreeSet<&str> = self.meters.keys().map(|(resource, _)| resource.as_str()).collect();
+        self.pools.retain(|id, p| !p.status.is_gone() || metered.contains(id.as_str()));
+        let mut forgotten_bill_ids = Vec::new();
+        self.jobs.retain(|id, j| {
+            let keep = !j.is_gone() || metered.contains(id.as_str()) || metered.contains(j.billed_as.as_str());
+            if !keep && j.billed_as != *id {
+                forgotten_bill_ids.push(j.billed_as.clone());
+            }
+            keep
+        });
+        for bill_id in forgotten_bill_ids {
+            // Only the job it names goes with it (R5: one job per bill id).
+            if self.bill_ids.get(&bill_id).is_some_and(|job| !self.jobs.contains_key(job)) {
+                self.bill_ids.remove(&bill_id);
+            }
+        }
+        before - self.pools.len() - self.jobs.len()
+    }
+
+    /// Take back from `recalled` — a fold of a forgotten resource's own history (its events
+    /// and its account's) — the gone pools and jobs this state does not hold, with their bill
+    /// ids: a fold of its own history gives a gone resource's record as the whole log's fold
+    /// does. Live records are never taken: this state has them. Returns how many were taken.
+    pub fn recall(&mut self, recalled: State) -> usize {
+        let mut taken = 0;
+        for (id, pool) in recalled.pools {
+            if pool.status.is_gone() && !self.pools.contains_key(&id) {
+                self.pools.insert(id, pool);
+                taken += 1;
+            }
+        }
+        for (id, job) in recalled.jobs {
+            if job.is_gone() && !self.jobs.contains_key(&id) {
+                if job.billed_as != id {
+                    self.bill_ids.entry(job.billed_as.clone()).or_insert_with(|| id.clone());
+                }
+                self.jobs.insert(id, job);
+                taken += 1;
+            }
+        }
+        taken
+    }
+
+    /// Whether the state holds a pool, job or package of this id, or a job billed under it.
+    pub fn knows(&self, id: &str) -> bool {
+        self.pools.contains_key(id) || self.jobs.contains_key(id) || self.packages.contains_key(id) || self.bill_ids.contains_key(id)
     }
 
     pub fn apply(&mut self, event: &Event, at: Instant) {

@@ -1157,3 +1157,99 @@ fn a_state_leaves_absent_fields_out_of_its_json_and_reads_them_back_written_eith
     assert_eq!(serde_json::from_value::<State>(json).unwrap(), w.state);
     assert_eq!(serde_json::from_value::<State>(with_nulls).unwrap(), w.state);
 }
+
+#[test]
+fn gone_resources_are_forgotten_once_settled_and_recalled_as_they_were_r16_r17() {
+    let mut w = World::new(dec!(10000));
+    let at = t("2023-04-01T10:00:00+08:00");
+    // Given an on-demand pool, a training job (billed as training_t1, R5) and a notebook whose
+    // disk is billed until it is deleted (R14), all running; and a monthly subscription.
+    w.ok(at, on_demand("p", 1, true));
+    w.ok(at, training("t1", None));
+    let mut notebook = training("nb", None);
+    if let Command::StartJob { kind, disk_hourly, .. } = &mut notebook {
+        *kind = JobKind::Notebook;
+        *disk_hourly = Some(dec!(0.0014));
+    }
+    w.ok(at, notebook);
+    w.ok(at, monthly("sub", 1));
+    assert_eq!(w.state.forget_gone(), 0, "nothing is gone");
+    // When they are deleted (R16) and the subscription unsubscribed (R15) at 10:30,
+    let gone_at = t("2023-04-01T10:30:00+08:00");
+    for command in [
+        Command::Delete { pool: "p".into() },
+        Command::DeleteJob { job: "t1".into() },
+        Command::DeleteJob { job: "nb".into() },
+        Command::Unsubscribe { pool: "sub".into() },
+    ] {
+        w.ok(gone_at, command);
+    }
+    // then until their last cycle is settled at 11:00 only the subscription, which has no
+    // usage left to bill, is forgotten;
+    assert_eq!(w.state.forget_gone(), 1);
+    assert!(!w.state.pools.contains_key("sub"));
+    assert!(w.state.pools.contains_key("p") && w.state.jobs.contains_key("t1") && w.state.jobs.contains_key("nb"));
+    let before_settlement = w.state.clone();
+    w.advance(t("2023-04-01T11:00:00+08:00"));
+    let mut whole = w.state.clone();
+    whole.recall(before_settlement.clone());
+    // after it, the rest, and the job's bill id with it.
+    assert_eq!(w.state.forget_gone(), 3);
+    assert!(w.state.pools.is_empty() && w.state.jobs.is_empty() && w.state.bill_ids.is_empty());
+    assert_eq!(w.state.forget_gone(), 0, "forgetting twice forgets nothing more");
+    // Recalled from a state that has them, they come back as they were, and live records are
+    // never replaced.
+    let mut live = w.state.clone();
+    w.state.recall(whole.clone());
+    assert_eq!(w.state.pools, whole.pools.iter().filter(|(id, _)| *id != "sub").map(|(k, v)| (k.clone(), v.clone())).collect());
+    assert_eq!((&w.state.jobs, &w.state.bill_ids), (&whole.jobs, &whole.bill_ids));
+    // Refusals read them as before: R17 for the ids, R5 for the bill id.
+    let refused = w.refused(gone_at + chrono::Duration::hours(1), Command::Delete { pool: "p".into() }, Rule::R17);
+    assert_eq!(refused.reason, "pool \"p\" is already deleted");
+    w.refused(gone_at + chrono::Duration::hours(1), on_demand("training_t1", 1, true), Rule::R5);
+    // A live record of the same id stays as it is.
+    w.ok(gone_at + chrono::Duration::hours(1), on_demand("q", 1, true));
+    live.pools.insert("p".into(), w.state.pools["q"].clone());
+    let kept = live.pools["p"].clone();
+    live.recall(whole);
+    assert_eq!(live.pools["p"], kept);
+}
+
+#[test]
+fn released_by_arrears_resources_are_gone_too_r12() {
+    let mut w = World::new(dec!(10));
+    w.ok(t("2023-04-01T10:00:00+08:00"), on_demand("p", 1, true));
+    w.ok(t("2023-04-01T10:00:00+08:00"), training("t1", None));
+    w.advance(t("2023-04-01T14:00:00+08:00"));
+    let since = w.state.accounts["acct-1"].arrears.expect("in arrears").since;
+    w.advance(since + chrono::Duration::days(30));
+    assert_eq!((w.pool("p").shown_state(), w.state.jobs["t1"].shown_state()), ("released", "released"));
+    assert_eq!(w.state.forget_gone(), 2, "released (R12), with nothing left to settle");
+}
+
+#[test]
+fn a_command_names_the_ids_its_decision_looks_up() {
+    let service = Command::StartJob {
+        account: "a".into(),
+        job: "svc".into(),
+        kind: JobKind::Service,
+        spec: SPEC.into(),
+        nodes: 1,
+        pool: Some("p".into()),
+        model: Some("m".into()),
+        disk_gb: None,
+        disk_hourly: None,
+        region: None,
+    };
+    let table: [(Command, &[&str]); 6] = [
+        (service, &["svc", "p", "svc-m"]),
+        (training("t1", None), &["t1", "training_t1"]),
+        (Command::DeleteJob { job: "t1".into() }, &["t1"]),
+        (on_demand("p", 1, true), &["p"]),
+        (Command::Unsubscribe { pool: "p".into() }, &["p"]),
+        (Command::TopUp { account: "a".into(), amount: dec!(1) }, &[]),
+    ];
+    for (command, ids) in table {
+        assert_eq!(command.resource_ids(), ids, "{command:?}");
+    }
+}

@@ -18,6 +18,12 @@
 //! with what a recovery attempt costs), so the engine resumes by itself when space returns.
 //! Answers keep their promises: "not written" ([`EngineError::Aborted`]) only for what never
 //! reached the store, [`EngineError::OutcomeUnknown`] for what failed at or after its commit.
+//!
+//! Memory follows what is live: once the tag index covers the log (every snapshot interval),
+//! the pools and jobs that are gone with nothing left to settle are forgotten
+//! (`State::forget_gone`). A command, or a read ([`Engine::read_about`]), that names one again
+//! recalls it from the log through the index first (`poolbill_ledger::recall`), so that it is
+//! refused word for word as if it had been kept (R5, R17).
 
 mod clock;
 
@@ -108,9 +114,19 @@ pub enum EngineError {
 type Reader = Box<dyn FnOnce(&Projections) + Send>;
 
 enum Request {
-    Execute { id: String, at: Instant, command: Box<Command>, index: Option<u64>, reply: Reply },
-    Advance { to: Instant, reply: oneshot::Sender<Result<u64, EngineError>> },
-    Read(Reader),
+    Execute {
+        id: String,
+        at: Instant,
+        command: Box<Command>,
+        index: Option<u64>,
+        reply: Reply,
+    },
+    Advance {
+        to: Instant,
+        reply: oneshot::Sender<Result<u64, EngineError>>,
+    },
+    /// A read, after the resources of these ids that are gone have been recalled.
+    Read(Vec<String>, Reader),
 }
 
 impl Engine {
@@ -262,12 +278,27 @@ impl Engine {
     }
 
     /// Read the current (acknowledged) live projections: state and counters. Bills and
-    /// refusals are history, kept in the log: read them with [`Engine::as_of`].
+    /// refusals are history, kept in the log: read them with [`Engine::as_of`]. What is live
+    /// only: gone pools and jobs with nothing left to settle may have been forgotten (read
+    /// them with [`Engine::read_about`]).
     pub async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Projections) -> T + Send + 'static) -> Result<T, EngineError> {
+        self.read_about(Vec::new(), f).await
+    }
+
+    /// [`Engine::read`], with the pools and jobs of `ids` in the state even if they are gone
+    /// and were forgotten: recalled from the log first, as a decision recalls them.
+    pub async fn read_about<T: Send + 'static>(
+        &self,
+        ids: Vec<String>,
+        f: impl FnOnce(&Projections) -> T + Send + 'static,
+    ) -> Result<T, EngineError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Request::Read(Box::new(move |p| {
-            let _ = reply.send(f(p));
-        })))
+        self.send(Request::Read(
+            ids,
+            Box::new(move |p| {
+                let _ = reply.send(f(p));
+            }),
+        ))
         .await?;
         rx.await.map_err(|_| self.closed())
     }
@@ -389,17 +420,24 @@ fn catch_up_merkle_aside(store: &Arc<dyn EventStore>, hashing: &Arc<std::sync::M
 /// by a snapshot, so that the next open is short.
 fn load(store: &dyn EventStore, snapshot_every: u64) -> Result<(Ledger, HashMap<String, u64>), EngineError> {
     let loaded = poolbill_ledger::load_live(store)?;
+    let mut ledger = Ledger::from_projections(loaded.projections);
+    // The tag index covers the log (caught up before loading): what is gone can be recalled.
+    ledger.forget_gone();
     if loaded.folded >= snapshot_every.max(1) {
-        save_snapshot(store, &loaded.projections, &loaded.versions);
+        save_snapshot(store, ledger.projections(), &loaded.versions);
     }
-    Ok((Ledger::from_projections(loaded.projections), loaded.versions))
+    Ok((ledger, loaded.versions))
 }
 
 /// Keep a snapshot of acknowledged state. It is only an optimisation: a failure is logged, not
 /// an error.
+/// The projections' state must have forgotten what is gone (`Ledger::forget_gone`).
 fn save_snapshot(store: &dyn EventStore, projections: &Projections, versions: &HashMap<String, u64>) {
-    let position = projections.last_position;
-    match store.put_snapshot(position, &Snapshot::encode_live(projections, versions)) {
+    keep_snapshot(store, projections.last_position, Snapshot::encode_live(projections, versions));
+}
+
+fn keep_snapshot(store: &dyn EventStore, position: u64, bytes: Vec<u8>) {
+    match store.put_snapshot(position, &bytes) {
         Ok(()) => tracing::debug!(position, "snapshot kept"),
         Err(e) => tracing::warn!(position, error = %e, "a snapshot could not be kept"),
     }
@@ -666,7 +704,7 @@ impl Actor {
         let mut reads = Vec::new();
         for request in batch {
             match request {
-                Request::Read(f) => reads.push(f),
+                Request::Read(ids, f) => reads.push((ids, f)),
                 other => writes.push(other),
             }
         }
@@ -678,7 +716,11 @@ impl Actor {
         if self.stopped.get().is_some() {
             return;
         }
-        for read in reads {
+        for (ids, read) in reads {
+            // A recall that fails leaves the gone out: the reader sees the live state.
+            if let Err(e) = self.recall(&ids) {
+                tracing::warn!(error = %e, "gone resources could not be recalled for a read");
+            }
             read(self.ledger.projections());
         }
     }
@@ -732,8 +774,15 @@ impl Actor {
                     } else if let Some((seq, _)) = seq_by_id.get(&id) {
                         waiters.push(Waiter::Known { record: Err(*seq), reply });
                     } else if self.broken.is_none() {
-                        // The ledger's order (R1): what is due by `at`, then the command.
+                        // The ledger's order (R1): what is due by `at`, then the command, on
+                        // the records of what it names (gone ones recalled: R17's refusals).
                         let _ = self.advance(at);
+                        let recalled = if self.broken.is_none() { self.recall(&command.resource_ids()) } else { Ok(()) };
+                        if let Err(e) = recalled {
+                            self.broken = Some(one_line(&e));
+                            waiters.push(Waiter::Execute { seq: u64::MAX, reply });
+                            continue;
+                        }
                         let seq = self.decide(at, &command, index, id.clone(), now.clone());
                         seq_by_id.insert(id, (seq, now));
                         waiters.push(Waiter::Execute { seq, reply });
@@ -747,7 +796,7 @@ impl Actor {
                     let last = (self.next_seq > queued).then(|| self.next_seq - 1);
                     waiters.push(Waiter::Advance { events, last, reply });
                 }
-                Request::Read(_) => unreachable!("reads are split off"),
+                Request::Read(..) => unreachable!("reads are split off"),
             }
         }
         self.flush_pending();
@@ -788,6 +837,25 @@ impl Actor {
             Some(Rejection { rule, reason }) => Outcome::Rejected { rule: *rule, reason: reason.clone() },
         };
         self.queue(step, outcome_json(&outcome), Some(fingerprint))
+    }
+
+    /// Bring back the gone pools and jobs among `ids` that were forgotten, from the log.
+    fn recall(&mut self, ids: &[String]) -> Result<(), EngineError> {
+        if ids.iter().all(|id| self.ledger.projections().state.knows(id)) {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let recalled = guarded(|| self.ledger.recall(store.as_ref(), ids).map_err(EngineError::from));
+        if let Err(EngineError::Store(e)) = &recalled {
+            if e.is_outage() && self.outage.is_none() {
+                self.outage = Some(Outage::new(one_line(e)));
+            }
+        }
+        let recalled = recalled?;
+        if recalled > 0 {
+            tracing::debug!(recalled, "gone resources recalled from the log");
+        }
+        Ok(())
     }
 
     /// Where the ledger holds acknowledged state only (after a write went through): copy it
@@ -875,7 +943,7 @@ impl Actor {
                 Request::Advance { reply, .. } => {
                     let _ = reply.send(Err(refusal(None)));
                 }
-                Request::Read(_) => unreachable!("reads are split off"),
+                Request::Read(..) => unreachable!("reads are split off"),
             }
         }
     }
@@ -1064,38 +1132,56 @@ impl Actor {
         })
     }
 
-    /// Every `snapshot_every` events, the tag index brought up to date and, when one is due
-    /// (`snapshot::due`: at least as many events as the state has records), a snapshot of the
-    /// acknowledged state (nothing is pending after a group commit), so that opening the store
-    /// replays only the tail.
+    /// Every `snapshot_every` events: the tag index brought up to date; once it covers the
+    /// whole log, the gone resources with nothing left to settle forgotten (a command that
+    /// names one again recalls it through the index), so that memory follows what is live;
+    /// and when one is due (`snapshot::due`: at least as many events as the state has
+    /// records), a snapshot of the acknowledged state (nothing is pending after a group
+    /// commit), so that opening the store replays only the tail.
     fn maybe_snapshot(&mut self) {
-        let projections = self.ledger.projections();
-        if projections.last_position < self.snapshot_at + self.snapshot_every {
+        let last = self.ledger.projections().last_position;
+        if last < self.snapshot_at + self.snapshot_every {
             return;
         }
-        self.snapshot_at = projections.last_position;
-        let keep = snapshot::due(projections.last_position - self.kept_at, self.snapshot_every, projections.state.records());
-        if keep {
-            self.kept_at = projections.last_position;
-        }
-        let (store, versions) = (self.store.as_ref(), &self.versions);
+        self.snapshot_at = last;
+        let store = self.store.as_ref();
         let untagged = std::mem::take(&mut self.untagged);
-        let _ = guarded(|| {
-            if keep {
-                save_snapshot(store, projections, versions);
+        let indexed = guarded(|| {
+            // What this engine wrote, from the tags it computed then; anything else read back
+            // from the log (a failure here costs only a later catch-up).
+            if let (Some((first, _)), Ok(through)) = (untagged.first(), store.tagged_through()) {
+                if *first == through + 1 {
+                    store.tag_existing(&untagged)?;
+                }
             }
-            // The tag index follows the log in bulk, at the same pace: what this engine wrote
-            // from the tags it computed then; anything else read back from the log (a failure
-            // here costs only a later catch-up).
-            let indexed = match (untagged.first(), store.tagged_through()) {
-                (Some((first, _)), Ok(through)) if *first == through + 1 => store.tag_existing(&untagged).map_err(EngineError::from),
-                _ => Ok(()),
-            };
-            if let Err(e) = indexed.and_then(|()| poolbill_ledger::catch_up_tags(store).map(|_| ()).map_err(EngineError::from)) {
-                tracing::warn!(error = %e, "the tag index could not be brought up to date");
-            }
-            Ok(())
+            poolbill_ledger::catch_up_tags(store)?;
+            Ok(store.tagged_through()? >= last)
         });
+        let indexed = indexed.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the tag index could not be brought up to date");
+            false
+        });
+        if indexed {
+            let forgotten = self.ledger.forget_gone();
+            if forgotten > 0 {
+                tracing::debug!(forgotten, "gone resources forgotten");
+                // The copy to go back to after a failed write forgets them too.
+                self.take_checkpoint();
+            }
+        }
+        let projections = self.ledger.projections();
+        if snapshot::due(last - self.kept_at, self.snapshot_every, projections.state.records()) {
+            self.kept_at = last;
+            let (store, versions) = (self.store.as_ref(), &self.versions);
+            let _ = guarded(|| {
+                match indexed {
+                    true => save_snapshot(store, projections, versions),
+                    // Not forgotten here: the snapshot forgets them in a copy.
+                    false => keep_snapshot(store, last, Snapshot::of(projections, versions).encode()),
+                }
+                Ok(())
+            });
+        }
         catch_up_merkle_aside(&self.store, &self.hashing);
     }
 }

@@ -350,3 +350,79 @@ fn fingerprints_are_the_text_a_json_value_of_the_command_gives() {
     }
     assert!(checked > 50, "{checked} commands");
 }
+
+fn training(job: &str) -> Command {
+    Command::StartJob {
+        account: "a".into(),
+        job: job.into(),
+        kind: poolbill_domain::JobKind::Training,
+        spec: "cpu".into(),
+        nodes: 1,
+        pool: None,
+        model: None,
+        disk_gb: None,
+        disk_hourly: None,
+        region: None,
+    }
+}
+
+/// What a command's outcome was, as its rule and words.
+async fn refusal(engine: &Engine, id: &str, at: poolbill_domain::Instant, command: Command) -> (Rule, String) {
+    match engine.execute(id, at, command, None).await.unwrap().outcome {
+        Outcome::Rejected { rule, reason } => (rule, reason),
+        Outcome::Accepted => panic!("{id} was accepted"),
+    }
+}
+
+/// Memory follows what is live: a deleted pool and job are forgotten once their last cycle is
+/// settled, and a command that names one again is refused as if it had been kept (R5, R17),
+/// before and after the store is opened again (its snapshot leaves them out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_resources_are_forgotten_and_recalled_for_the_commands_that_name_them_r5_r17() {
+    use poolbill_store_sled::SledStore;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let at = |minutes: i64| t("2023-04-18T10:00:00+08:00") + chrono::Duration::minutes(minutes);
+    // Given an engine that indexes, forgets and keeps a snapshot after every group commit, a
+    // pool and a training job (billed as training_t1) deleted at 10:30,
+    let engine = Engine::start_with(SledStore::open(&path).unwrap(), 1).await.unwrap();
+    setup(&engine, "1000").await;
+    engine.execute("buy", at(0), on_demand("p"), None).await.unwrap();
+    engine.execute("start", at(0), training("t1"), None).await.unwrap();
+    engine.execute("delete", at(30), Command::Delete { pool: "p".into() }, None).await.unwrap();
+    engine.execute("delete-job", at(30), Command::DeleteJob { job: "t1".into() }, None).await.unwrap();
+    let kept = engine.read(|p| p.state.pools.contains_key("p") && p.state.jobs.contains_key("t1")).await.unwrap();
+    assert!(kept, "kept until their last cycle is settled");
+    // when their cycle is settled at 11:00, they are forgotten, bill id and all;
+    engine.advance_to(at(60)).await.unwrap();
+    let live = engine.read(|p| (p.state.pools.len(), p.state.jobs.len(), p.state.bill_ids.len())).await.unwrap();
+    assert_eq!(live, (0, 0, 0));
+    // then commands that name them are refused in the words a state that kept them gives,
+    let words = [
+        (Command::Delete { pool: "p".into() }, Rule::R17, "pool \"p\" is already deleted"),
+        (on_demand("p"), Rule::R17, "pool \"p\" already exists"),
+        (Command::StopJob { job: "t1".into() }, Rule::R17, "job \"t1\" is already deleted"),
+        (training("t1"), Rule::R17, "job \"t1\" is already deleted"),
+        (on_demand("training_t1"), Rule::R5, "\"training_t1\" is the bill id of job \"t1\""),
+    ];
+    for (k, (command, rule, reason)) in words.iter().enumerate() {
+        assert_eq!(refusal(&engine, &format!("again-{k}"), at(61), command.clone()).await, (*rule, reason.to_string()));
+    }
+    // a read about one shows it, and a new id is still free.
+    let shown = engine.read_about(vec!["p".into()], |p| p.state.pools.get("p").map(|p| p.status)).await.unwrap();
+    assert_eq!(shown, Some(PoolStatus::Deleted));
+    assert_eq!(engine.execute("new", at(61), on_demand("q"), None).await.unwrap().outcome, Outcome::Accepted);
+    drop(engine);
+    // Opened again, from a snapshot without them: the same words.
+    let store = loop {
+        match SledStore::open(&path) {
+            Ok(store) => break store,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let engine = Engine::start(store).await.unwrap();
+    assert_eq!(engine.read(|p| p.state.pools.keys().cloned().collect::<Vec<_>>()).await.unwrap(), ["q"]);
+    for (k, (command, rule, reason)) in words.iter().enumerate() {
+        assert_eq!(refusal(&engine, &format!("reopened-{k}"), at(62), command.clone()).await, (*rule, reason.to_string()));
+    }
+}

@@ -232,9 +232,9 @@ impl Caller {
     }
 }
 
-/// The account owning a pool or job in `state`. Ids are never reused (R17: a resource, once
-/// created, stays in the state), so an owner read before submitting is still the owner when
-/// the command is decided.
+/// The account owning a pool or job in `state` (read with it recalled if it is gone). Ids are
+/// never reused (R17: a resource, once created, keeps its id for good), so an owner read
+/// before submitting is still the owner when the command is decided.
 fn owner(state: &DomainState, kind: &str, id: &str) -> Option<String> {
     match kind {
         "pool" => state.pools.get(id).map(|p| p.account.clone()),
@@ -257,7 +257,7 @@ async fn check_scope(caller: &Caller, engine: &Engine, command: &Command) -> Res
         return Ok(());
     }
     let (kind_owned, id_owned) = (kind.to_string(), id.to_string());
-    let owner = engine.read(move |p| owner(&p.state, &kind_owned, &id_owned)).await.map_err(|e| engine_problem(&e))?;
+    let owner = engine.read_about(vec![id.to_string()], move |p| owner(&p.state, &kind_owned, &id_owned)).await.map_err(|e| engine_problem(&e))?;
     match owner {
         Some(account) if caller.0.accounts.allows(&account) => Ok(()),
         _ => Err(Problem::new(Code::Forbidden, format!("{kind} {id:?} is not one of this token's accounts'"))),
@@ -517,7 +517,8 @@ async fn get_resource(
     let key = id.clone();
     let find = move |state: &DomainState| resource_view(state, &key);
     let view = match at {
-        None => app.engine.read(move |p| find(&p.state)).await.map_err(|e| engine_problem(&e))?,
+        // A gone resource is shown too: recalled if the engine forgot it.
+        None => app.engine.read_about(vec![id.clone()], move |p| find(&p.state)).await.map_err(|e| engine_problem(&e))?,
         Some(at) => {
             // State as of `at`, folded without the history (bills, refusals): memory follows
             // what was live then, not the length of the log.

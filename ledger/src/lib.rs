@@ -6,10 +6,11 @@
 //! The live engine, re-runs (audit, what-if, the property tests), replay, explain and timeline
 //! all go through it, so that what is decided live and what an auditor recomputes are the same
 //! steps by construction. No clock: every instant is given. The steps and the fold are pure;
-//! the few functions that take a store (`replay`, `load_live`, `check_snapshots`) read it only
+//! the few functions that take a store (`replay`, `load_live`, `check_snapshots`, `recall`) read it only
 //! through the `EventStore` trait.
 
 pub mod merkle;
+pub mod recall;
 pub mod snapshot;
 
 use poolbill_domain::{handle, tick, Command, Event, Instant, Rejection};
@@ -434,6 +435,18 @@ impl Ledger {
 
     pub fn into_projections(self) -> Projections {
         self.projections
+    }
+
+    /// Forget the gone resources with nothing left to settle (`State::forget_gone`), for a
+    /// live engine whose memory follows what is live. Returns how many records went.
+    pub fn forget_gone(&mut self) -> usize {
+        self.projections.state.forget_gone()
+    }
+
+    /// Bring back from `store` the gone resources among `ids` that were forgotten
+    /// ([`recall::recall`]), before a decision that looks them up. Returns how many came back.
+    pub fn recall(&mut self, store: &dyn EventStore, ids: &[String]) -> Result<usize, FoldError> {
+        recall::recall(store, &mut self.projections.state, ids)
     }
 
     /// Fold one event the log recorded at `position` and instant `at` (reading a log back).

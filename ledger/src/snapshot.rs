@@ -10,18 +10,18 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
 /// The format this build writes and reads. Another format is ignored, not upcast: a snapshot
-/// can always be made again from the log. 2: the state keeps its jobs' bill ids by id.
-pub const FORMAT: u32 = 2;
+/// can always be made again from the log. 2: the state keeps its jobs' bill ids by id. 3: gone
+/// resources with nothing left to settle are left out (`State::forget_gone`).
+pub const FORMAT: u32 = 3;
 
 /// How many events the engine lets pass between snapshots, at least (see [`due`]).
 pub const EVERY: u64 = 20_000;
 
 /// Whether a snapshot is due `events_since` the last one, given at least `every` between two
-/// and a state of `records` records. A snapshot costs in proportion to the state, and the
-/// state keeps every resource a store has seen (deleted ones too, for R17's unique ids): at
-/// least as many events as records pass between two, so that their cost per event stays
-/// bounded however long the history (with 200 jobs started and deleted a day, 36,000 jobs at
-/// 180 days, a snapshot every 20,000 events made derive quadratic).
+/// and a state of `records` records. A snapshot costs in proportion to the state: at least as
+/// many events as records pass between two, so that their cost per event stays bounded however
+/// large the state (a state that kept every deleted job, 36,000 at 180 days of 200 a day, made
+/// derive quadratic with a snapshot every 20,000 events).
 pub fn due(events_since: u64, every: u64, records: usize) -> bool {
     events_since >= every.max(records as u64)
 }
@@ -54,14 +54,18 @@ pub enum SnapshotError {
 }
 
 impl Snapshot {
-    /// The live part of `projections` (history is not kept in snapshots) and the versions.
+    /// The live part of `projections` and the versions: history is not kept in snapshots, nor
+    /// are gone resources with nothing left to settle (`State::forget_gone`: a live engine
+    /// recalls them from the log when a command names them).
     pub fn of(projections: &Projections, versions: &HashMap<String, u64>) -> Snapshot {
+        let mut state = projections.state.clone();
+        state.forget_gone();
         Snapshot {
             format: FORMAT,
             position: projections.last_position,
             instant: projections.last_instant,
             events: projections.events,
-            state: projections.state.clone(),
+            state,
             versions: versions.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         }
     }
@@ -82,8 +86,8 @@ impl Snapshot {
     }
 
     /// The bytes [`Snapshot::of`]`(projections, versions).encode()` gives, made from the
-    /// projections as they are: the state is not copied, and the text is made once, in place
-    /// (a state with a year of deleted jobs took 150 MB to snapshot the other way).
+    /// projections as they are, whose state has forgotten what is gone (the engine's does):
+    /// the state is not copied, and the text is made once, in place.
     pub fn encode_live(projections: &Projections, versions: &HashMap<String, u64>) -> Vec<u8> {
         /// [`Snapshot`]'s fields, in its order, borrowed.
         #[derive(Serialize)]

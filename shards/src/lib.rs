@@ -219,7 +219,7 @@ impl ShardedEngine {
             let id = resource.to_string();
             let known = shard
                 .engine
-                .read(move |p| p.state.pools.contains_key(&id) || p.state.jobs.contains_key(&id))
+                .read_about(vec![id.clone()], move |p| p.state.pools.contains_key(&id) || p.state.jobs.contains_key(&id))
                 .await
                 .map_err(|source| ShardError::Engine { shard: shard.spec.id.clone(), source })?;
             if known {
