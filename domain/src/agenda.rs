@@ -19,7 +19,10 @@ use std::collections::BTreeMap;
 
 /// The earliest instant at which something falls due, if anything does.
 pub fn next_due(state: &State) -> Option<Instant> {
-    let settlement = state.meters.values().filter_map(settlement_due).min();
+    // The next hour after the earliest unsettled instant: the earliest of the meters' next
+    // hours (`next_hour` never goes back, and gives Beijing's offset whatever it is given), at
+    // one calendar computation rather than one a meter — this runs before every command.
+    let settlement = state.meters.values().filter_map(Meter::unsettled_since).min().map(next_hour);
     let step = next_step(state).map(|(at, _)| at);
     settlement.into_iter().chain(step).min()
 }

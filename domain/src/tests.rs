@@ -1253,3 +1253,25 @@ fn a_command_names_the_ids_its_decision_looks_up() {
         assert_eq!(command.resource_ids(), ids, "{command:?}");
     }
 }
+
+#[test]
+fn the_next_settlement_is_the_earliest_of_every_meters_next_hour_r4() {
+    // (when each job starts, as written; the settlement due, in Beijing time)
+    let table: [(&[&str], &str); 3] = [
+        (&["2023-04-01T10:20:00+08:00", "2023-04-01T10:59:59+08:00"], "2023-04-01T11:00:00+08:00"),
+        // Given in UTC and in India's half-hour offset: Beijing's hours all the same (R4).
+        (&["2023-04-01T02:10:00+00:00", "2023-04-01T10:45:00+08:00"], "2023-04-01T11:00:00+08:00"),
+        (&["2023-04-01T11:00:00+08:00", "2023-04-01T08:59:00+05:30"], "2023-04-01T12:00:00+08:00"),
+    ];
+    for (starts, due) in table {
+        let mut w = World::new(dec!(10000));
+        for (k, start) in starts.iter().enumerate() {
+            w.ok(t(start), training(&format!("j{k}"), None));
+        }
+        let each: Vec<Instant> = w.state.meters.values().filter_map(|m| m.unsettled_since()).map(time::next_hour).collect();
+        let expected = t(due);
+        assert_eq!(each.iter().min(), Some(&expected), "{starts:?}");
+        let next = next_due(&w.state).expect("a settlement is due");
+        assert_eq!((next, next.offset().local_minus_utc()), (expected, 8 * 3600), "{starts:?}");
+    }
+}
