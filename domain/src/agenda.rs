@@ -159,12 +159,24 @@ enum PoolStep {
     Release,
 }
 
-/// The earliest step due (ties: accounts, then packages, then pools, each by id).
+/// The earliest step due (ties: accounts, then packages, then pools, each by id). It runs
+/// before every command: candidates are compared by reference, and only the step taken is made.
 fn next_step(state: &State) -> Option<(Instant, Step)> {
-    let arrears = state.accounts.values().filter_map(|a| arrears_due(state, a));
-    let packages = state.packages.values().filter(|p| !p.expired).map(|p| (p.expires_at, Step::PackageExpire(p.id.clone())));
-    let pools = state.pools.values().filter_map(|p| pool_due(state, p).map(|(at, step)| (at, Step::Pool(p.id.clone(), step))));
-    arrears.chain(packages).chain(pools).min_by_key(|(at, _)| *at)
+    enum Due<'s> {
+        Arrears(Step),
+        Package(&'s str),
+        Pool(&'s str, PoolStep),
+    }
+    let arrears = state.accounts.values().filter_map(|a| arrears_due(state, a)).map(|(at, step)| (at, Due::Arrears(step)));
+    let packages = state.packages.values().filter(|p| !p.expired).map(|p| (p.expires_at, Due::Package(&p.id)));
+    let pools = state.pools.values().filter_map(|p| pool_due(state, p).map(|(at, step)| (at, Due::Pool(&p.id, step))));
+    let (at, due) = arrears.chain(packages).chain(pools).min_by_key(|(at, _)| *at)?;
+    let step = match due {
+        Due::Arrears(step) => step,
+        Due::Package(id) => Step::PackageExpire(id.to_string()),
+        Due::Pool(id, step) => Step::Pool(id.to_string(), step),
+    };
+    Some((at, step))
 }
 
 /// R12: grace lasts G days from the start of the arrears, retention R more.
