@@ -478,8 +478,13 @@ pub fn verify(args: VerifyArgs) -> Result<(), Failure> {
                     .collect::<Result<Vec<_>, Failure>>()?;
                 digest_said = Some(crate::merkle::check_digest(&name, &leaves, digest, args.public_key.as_deref())?);
             }
+            // An older build's snapshots are never used (the log is replayed instead): said, not damage.
+            let older = match checked.other_format.as_slice() {
+                [] => String::new(),
+                others => format!(" ({} of a format this build does not read ignored: {others:?} as (position, format))", others.len()),
+            };
             print_out(&format!(
-                "{} streams, {} command records, {} snapshots checked, the Merkle index checked through position {hashed}, the tag index through position {tagged}\n",
+                "{} streams, {} command records, {} snapshots checked{older}, the Merkle index checked through position {hashed}, the tag index through position {tagged}\n",
                 report.streams,
                 report.commands,
                 checked.sound.len()

@@ -324,6 +324,9 @@ pub struct SnapshotsChecked {
     pub sound: Vec<u64>,
     /// Snapshots that cannot be read or disagree with the replay, and how.
     pub unsound: Vec<(u64, String)>,
+    /// Snapshots of a format this build does not read (an older build's): never used, so
+    /// neither sound nor damaged.
+    pub other_format: Vec<(u64, u32)>,
     /// The live projections of the whole log (a by-product of the one pass).
     pub projections: Projections,
 }
@@ -335,6 +338,7 @@ pub fn check_snapshots(store: &dyn EventStore) -> Result<SnapshotsChecked, FoldE
     for position in store.snapshot_positions()? {
         match store.snapshot_at_or_before(position)?.map(|(p, bytes)| Snapshot::decode(p, &bytes)) {
             Some(Ok(snapshot)) => kept.push(snapshot),
+            Some(Err(SnapshotError::Format(format))) => checked.other_format.push((position, format)),
             Some(Err(why)) => checked.unsound.push((position, why.to_string())),
             None => checked.unsound.push((position, "listed but not found".into())),
         }
@@ -350,7 +354,8 @@ pub fn check_snapshots(store: &dyn EventStore) -> Result<SnapshotsChecked, FoldE
         versions.insert(envelope.stream.clone(), envelope.version);
         while next.peek().is_some_and(|s| s.position == envelope.position) {
             let snapshot = next.next().expect("peeked");
-            results.push((snapshot.clone(), Snapshot::of(p, &versions)));
+            let replayed = Snapshot::in_format(p, &versions, snapshot.format);
+            results.push((snapshot, replayed));
         }
     })?;
     for (kept, replayed) in results {
@@ -367,7 +372,7 @@ pub fn check_snapshots(store: &dyn EventStore) -> Result<SnapshotsChecked, FoldE
 }
 
 fn compare(kept: &Snapshot, projections: &Projections, versions: &HashMap<String, u64>, checked: &mut SnapshotsChecked) {
-    if *kept == Snapshot::of(projections, versions) {
+    if *kept == Snapshot::in_format(projections, versions, kept.format) {
         checked.sound.push(kept.position);
     } else {
         checked.unsound.push((kept.position, "it disagrees with a replay of the log up to its position".into()));

@@ -9,10 +9,14 @@ use poolbill_projections::Projections;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
-/// The format this build writes and reads. Another format is ignored, not upcast: a snapshot
-/// can always be made again from the log. 2: the state keeps its jobs' bill ids by id. 3: gone
+/// The format this build writes. 2: the state keeps its jobs' bill ids by id. 3: gone
 /// resources with nothing left to settle are left out (`State::forget_gone`).
 pub const FORMAT: u32 = 3;
+
+/// The formats this build reads: a format 2 snapshot is one whose state has not forgotten the
+/// gone (the engine forgets them once it is loaded). Any other is ignored, not upcast: a
+/// snapshot can always be made again from the log.
+pub const READS: [u32; 2] = [2, FORMAT];
 
 /// How many events the engine lets pass between snapshots, at least (see [`due`]).
 pub const EVERY: u64 = 20_000;
@@ -47,7 +51,7 @@ pub enum SnapshotError {
     Short,
     #[error("the snapshot cannot be read")]
     Decode(#[from] serde_json::Error),
-    #[error("the snapshot is in format {0}, this build reads format {FORMAT}")]
+    #[error("the snapshot is in format {0}, this build reads formats {READS:?}")]
     Format(u32),
     #[error("the snapshot says position {found}, but it was kept under position {expected}")]
     Position { expected: u64, found: u64 },
@@ -58,10 +62,18 @@ impl Snapshot {
     /// are gone resources with nothing left to settle (`State::forget_gone`: a live engine
     /// recalls them from the log when a command names them).
     pub fn of(projections: &Projections, versions: &HashMap<String, u64>) -> Snapshot {
+        Snapshot::in_format(projections, versions, FORMAT)
+    }
+
+    /// [`Snapshot::of`] as a build writing `format` wrote it (before 3, with the gone kept):
+    /// what a kept snapshot of that format is checked against.
+    pub fn in_format(projections: &Projections, versions: &HashMap<String, u64>, format: u32) -> Snapshot {
         let mut state = projections.state.clone();
-        state.forget_gone();
+        if format >= 3 {
+            state.forget_gone();
+        }
         Snapshot {
-            format: FORMAT,
+            format,
             position: projections.last_position,
             instant: projections.last_instant,
             events: projections.events,
@@ -124,7 +136,7 @@ impl Snapshot {
             format: u32,
         }
         let format: Format = serde_json::from_slice(json)?;
-        if format.format != FORMAT {
+        if !READS.contains(&format.format) {
             return Err(SnapshotError::Format(format.format));
         }
         let snapshot: Snapshot = serde_json::from_slice(json)?;
