@@ -50,6 +50,10 @@ pub const RETRIES: u32 = 3;
 const MAX_BATCH: usize = 256;
 /// How many appends are written per flush at most (a long clock advance writes in parts).
 const MAX_CHAIN: usize = 1024;
+/// How many events a chain gathers before it is written, at most: what a batch holds in memory
+/// (each event encoded, with its tags and its step) stays bounded however many commands are in
+/// flight, and a batch of commands that each settle many hours is written in parts.
+const MAX_CHAIN_EVENTS: usize = 16_384;
 
 /// A handle on a running engine; clone it freely.
 #[derive(Clone)]
@@ -604,6 +608,8 @@ struct Actor {
     versions: HashMap<String, u64>,
     /// Appends decided but not yet written, numbered.
     pending: Vec<(u64, AppendRequest)>,
+    /// How many events those appends hold.
+    pending_events: usize,
     /// The tags of each pending request's events, in order (`projections::tags_of`).
     pending_tags: Vec<Vec<Vec<String>>>,
     /// The steps of the pending requests, in order: those that get written join `redo`.
@@ -649,6 +655,7 @@ impl Actor {
             ledger,
             versions,
             pending: Vec::new(),
+            pending_events: 0,
             pending_tags: Vec::new(),
             pending_steps: Vec::new(),
             redo: Vec::new(),
@@ -786,6 +793,7 @@ impl Actor {
                         let seq = self.decide(at, &command, index, id.clone(), now.clone());
                         seq_by_id.insert(id, (seq, now));
                         waiters.push(Waiter::Execute { seq, reply });
+                        self.flush_if_full();
                     } else {
                         waiters.push(Waiter::Execute { seq: u64::MAX, reply });
                     }
@@ -818,9 +826,7 @@ impl Actor {
             tracing::trace!(at = %step.at.to_rfc3339(), events = step.events.len(), "time-driven events");
             count += step.events.len() as u64;
             self.queue(step, serde_json::Value::Null, None);
-            if self.pending.len() >= MAX_CHAIN {
-                self.flush_pending();
-            }
+            self.flush_if_full();
         }
         match &self.broken {
             None => Ok(count),
@@ -980,6 +986,7 @@ impl Actor {
             tags.push(poolbill_projections::tags_of(event));
         }
         self.pending_tags.push(tags);
+        self.pending_events += events.len();
         self.pending_steps.push((at, events));
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -987,10 +994,19 @@ impl Actor {
         seq
     }
 
+    /// Write the pending chain once it is as long as one is let grow ([`MAX_CHAIN`] appends or
+    /// [`MAX_CHAIN_EVENTS`] events); the batch goes on deciding after it.
+    fn flush_if_full(&mut self) {
+        if self.pending.len() >= MAX_CHAIN || self.pending_events >= MAX_CHAIN_EVENTS {
+            self.flush_pending();
+        }
+    }
+
     /// Write the pending chain with one flush and note what became of each append. A failure
     /// rebuilds the state from the log and refuses the rest of the batch.
     fn flush_pending(&mut self) {
         let chain = std::mem::take(&mut self.pending);
+        self.pending_events = 0;
         let chain_tags = std::mem::take(&mut self.pending_tags);
         let chain_steps = std::mem::take(&mut self.pending_steps);
         if chain.is_empty() {
@@ -1068,6 +1084,7 @@ impl Actor {
     /// decision (it may hold more than was acknowledged).
     fn drop_speculation(&mut self) {
         self.pending.clear();
+        self.pending_events = 0;
         self.pending_tags.clear();
         self.pending_steps.clear();
         // What was written is read back by the next catch-up of the tag index instead.

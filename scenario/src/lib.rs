@@ -48,9 +48,11 @@ pub async fn run_with(engine: &Engine, scenario: &Scenario, mut done: impl FnMut
     Ok(())
 }
 
-/// How many commands are in flight at once: enough for group commits of many commands (on the
-/// region workload 64 derive as fast as 256, in half the memory: 96 MB against 201 MB).
-const IN_FLIGHT: usize = 64;
+/// How many commands are in flight at once: enough for group commits of many commands. A
+/// workload of many small commands (200 jobs started and deleted a day) derives 17–25% faster
+/// with 256 than with 64; what a batch holds stays bounded by the engine's chain of at most
+/// 16,384 events (on the region, 256 in flight without that bound peaked at 140 MB, not 80).
+const IN_FLIGHT: usize = 256;
 
 /// The scenario's commands submitted ahead in one [`Pipeline`], so that many share a group
 /// commit (the engine decides them in order, each on the state its predecessors leave, as
