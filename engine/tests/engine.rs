@@ -426,3 +426,39 @@ async fn gone_resources_are_forgotten_and_recalled_for_the_commands_that_name_th
         assert_eq!(refusal(&engine, &format!("reopened-{k}"), at(62), command.clone()).await, (*rule, reason.to_string()));
     }
 }
+
+/// A batch of commands whose settlements together pass the chain's bound (16,384 events) is
+/// written in parts within the batch: the log is event for event the one commands decided one
+/// at a time write, and each answer names its own positions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_longer_than_a_chain_is_written_in_parts_as_one_at_a_time_would_write_it() {
+    let hour = |h: i64| t("2023-04-01T00:30:00+08:00") + chrono::Duration::hours(h);
+    let mut commands = vec![
+        ("price".to_string(), hour(0), cmd::price("cpu", Some("3.50"), Some("1750.00"), None)),
+        ("open".to_string(), hour(0), cmd::open_account("a", "100000000")),
+    ];
+    // 80 pools billed every hour, then 240 top-ups an hour apart: each settles one hour.
+    commands.extend((0..80).map(|k| (format!("buy-{k}"), hour(0), on_demand(&format!("p{k}")))));
+    commands.extend((1..=240).map(|h| (format!("top-up-{h}"), hour(h), cmd::top_up("a", "1"))));
+    let one_at_a_time = Engine::temporary().await.unwrap();
+    for (id, at, command) in &commands {
+        one_at_a_time.execute(id.clone(), *at, command.clone(), None).await.unwrap();
+    }
+    let pipelined = Engine::temporary().await.unwrap();
+    let mut answers = Vec::new();
+    for (id, at, command) in &commands {
+        answers.push((id.clone(), pipelined.submit(id.clone(), *at, command.clone(), None).await.unwrap()));
+    }
+    for (id, answer) in answers {
+        let done = answer.answer().await.unwrap();
+        let first = pipelined.store().read_at(done.first_position.unwrap()).unwrap().unwrap();
+        assert_eq!(first.command_id.as_deref(), Some(id.as_str()), "{id}'s answer names its own first position");
+    }
+    let log = |engine: &Engine| -> Vec<(String, u64, String)> {
+        engine.store().read_all(1).map(|e| e.unwrap()).map(|e| (e.event_type, e.position, e.stream)).collect()
+    };
+    let (written, expected) = (log(&pipelined), log(&one_at_a_time));
+    assert!(written.len() > 20_000, "the settlements pass the chain's bound: {} events", written.len());
+    assert_eq!(written, expected);
+    assert_eq!(balance(&pipelined).await, balance(&one_at_a_time).await);
+}
