@@ -433,9 +433,8 @@ fn load(store: &dyn EventStore, snapshot_every: u64) -> Result<(Ledger, HashMap<
     Ok((ledger, loaded.versions))
 }
 
-/// Keep a snapshot of acknowledged state. It is only an optimisation: a failure is logged, not
-/// an error.
-/// The projections' state must have forgotten what is gone (`Ledger::forget_gone`).
+/// Keep a snapshot of acknowledged state, whose state has forgotten what is gone
+/// (`Ledger::forget_gone`). It is only an optimisation: a failure is logged, not an error.
 fn save_snapshot(store: &dyn EventStore, projections: &Projections, versions: &HashMap<String, u64>) {
     keep_snapshot(store, projections.last_position, Snapshot::encode_live(projections, versions));
 }
