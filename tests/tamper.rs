@@ -150,20 +150,25 @@ fn verify_checks_every_snapshot_against_a_replay_of_its_prefix_and_an_engine_ign
     let dir = tempfile::tempdir().unwrap();
     let store_path = stored(dir.path());
     let path = store_path.to_str().unwrap();
-    // A sound snapshot (the live projections of the first 12 events) is checked and passes.
-    {
-        let store = SledStore::open(&store_path).unwrap();
+    // The live projections of a store's first `n` events, and the streams' versions then.
+    let prefix = |store: &SledStore, n: usize| {
         let mut versions = std::collections::HashMap::new();
         let prefix = poolbill_ledger::fold_from(
             poolbill_projections::Projections::live(),
-            store.read_all(1).take(12),
+            store.read_all(1).take(n),
             poolbill_ledger::Upto::All,
             |_, e: &poolbill_store::Envelope, _| {
                 versions.insert(e.stream.clone(), e.version);
             },
         )
         .unwrap();
-        store.put_snapshot(12, &Snapshot::of(&prefix, &versions).encode()).unwrap();
+        (prefix, versions)
+    };
+    // A sound snapshot (the live projections of the first 12 events) is checked and passes.
+    {
+        let store = SledStore::open(&store_path).unwrap();
+        let (projections, versions) = prefix(&store, 12);
+        store.put_snapshot(12, &Snapshot::of(&projections, &versions).encode()).unwrap();
         store.flush().unwrap();
     }
     let r = run(&["verify", "--store", path]);
@@ -173,18 +178,9 @@ fn verify_checks_every_snapshot_against_a_replay_of_its_prefix_and_an_engine_ign
     // a format this build does not read is never used, so it is said, not damage.
     {
         let store = SledStore::open(&store_path).unwrap();
-        let mut versions = std::collections::HashMap::new();
-        let prefix = poolbill_ledger::fold_from(
-            poolbill_projections::Projections::live(),
-            store.read_all(1).take(10),
-            poolbill_ledger::Upto::All,
-            |_, e: &poolbill_store::Envelope, _| {
-                versions.insert(e.stream.clone(), e.version);
-            },
-        )
-        .unwrap();
-        store.put_snapshot(10, &Snapshot::in_format(&prefix, &versions, 2).encode()).unwrap();
-        store.put_snapshot(8, &Snapshot::in_format(&prefix, &versions, 1).encode()).unwrap();
+        let (projections, versions) = prefix(&store, 10);
+        store.put_snapshot(10, &Snapshot::in_format(&projections, &versions, 2).encode()).unwrap();
+        store.put_snapshot(8, &Snapshot::in_format(&projections, &versions, 1).encode()).unwrap();
         store.flush().unwrap();
     }
     let r = run(&["verify", "--store", path]);
