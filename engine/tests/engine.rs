@@ -404,6 +404,21 @@ async fn gone_resources_are_forgotten_and_recalled_for_the_commands_that_name_th
         (Command::StopJob { job: "t1".into() }, Rule::R17, "job \"t1\" is already deleted"),
         (training("t1"), Rule::R17, "job \"t1\" is already deleted"),
         (on_demand("training_t1"), Rule::R5, "\"training_t1\" is the bill id of job \"t1\""),
+        (
+            Command::BuyPackage {
+                account: "a".into(),
+                package: "t1".into(),
+                spec: "cpu".into(),
+                quantity: 1,
+                hours: 10,
+                valid_days: 30,
+                price: d("10"),
+                region: None,
+                alert_below: None,
+            },
+            Rule::R17,
+            "job \"t1\" already exists",
+        ),
     ];
     for (k, (command, rule, reason)) in words.iter().enumerate() {
         assert_eq!(refusal(&engine, &format!("again-{k}"), at(61), command.clone()).await, (*rule, reason.to_string()));
