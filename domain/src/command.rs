@@ -160,12 +160,10 @@ impl Command {
         }
     }
 
-    /// The ids its decision looks up among pools, jobs, packages and bill ids: its subject,
-    /// the id it creates, a job's pool and the id its bills would carry (R5, R17). A live
-    /// engine recalls the gone resources among them before deciding (`State::recall`).
-    pub fn resource_ids(&self) -> Vec<String> {
+    /// The resource it is about, if it is about one: the pool, job or package it acts on or
+    /// creates.
+    pub fn resource(&self) -> Option<&str> {
         match self {
-            Command::SetPrice { .. } | Command::SetPolicy { .. } | Command::OpenAccount { .. } | Command::TopUp { .. } => Vec::new(),
             Command::Purchase { pool, .. }
             | Command::Ready { pool }
             | Command::Delete { pool }
@@ -173,19 +171,27 @@ impl Command {
             | Command::SetAutoRenew { pool, .. }
             | Command::Convert { pool, .. }
             | Command::Scale { pool, .. }
-            | Command::Unsubscribe { pool } => vec![pool.clone()],
-            Command::BuyPackage { package, .. } => vec![package.clone()],
-            Command::StartJob { job, kind, pool, model, .. } => {
-                let mut ids = vec![job.clone()];
-                ids.extend(pool.iter().cloned());
-                let billed_as = crate::state::billing_id(*kind, job, model.as_deref());
-                if billed_as != *job {
-                    ids.push(billed_as);
-                }
-                ids
-            }
-            Command::StopJob { job } | Command::DeleteJob { job } => vec![job.clone()],
+            | Command::Unsubscribe { pool } => Some(pool),
+            Command::BuyPackage { package, .. } => Some(package),
+            Command::StartJob { job, .. } | Command::StopJob { job } | Command::DeleteJob { job } => Some(job),
+            Command::SetPrice { .. } | Command::SetPolicy { .. } | Command::OpenAccount { .. } | Command::TopUp { .. } => None,
         }
+    }
+
+    /// The ids its decision looks up among pools, jobs, packages and bill ids: its
+    /// [`resource`](Command::resource), and for a job its pool and the id its bills would carry
+    /// (R5, R17). A live engine recalls the gone resources among them before deciding
+    /// (`State::recall`).
+    pub fn resource_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.resource().map(str::to_string).into_iter().collect();
+        if let Command::StartJob { job, kind, pool, model, .. } = self {
+            ids.extend(pool.iter().cloned());
+            let billed_as = crate::state::billing_id(*kind, job, model.as_deref());
+            if billed_as != *job {
+                ids.push(billed_as);
+            }
+        }
+        ids
     }
 
     /// The command's type as the scenario format names it.

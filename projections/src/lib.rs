@@ -194,28 +194,10 @@ pub fn tags_of(event: &Event) -> Vec<String> {
         | Event::ArrearsFrozen { account }
         | Event::ArrearsReleased { account }
         | Event::ArrearsEnded { account } => vec![account_tag(account)],
-        Event::CommandReceived { command, .. } => command_target(command).map(resource).unwrap_or_default(),
+        Event::CommandReceived { command, .. } => command.resource().map(resource).unwrap_or_default(),
         Event::PriceSet { .. } | Event::PolicySet { .. } | Event::ToppedUp { .. } | Event::CycleSettled { .. } | Event::CommandRejected { .. } => {
             Vec::new()
         }
-    }
-}
-
-/// The resource a command is about, if it is about one.
-fn command_target(command: &poolbill_domain::Command) -> Option<&str> {
-    use poolbill_domain::Command as C;
-    match command {
-        C::Purchase { pool, .. }
-        | C::Ready { pool }
-        | C::Delete { pool }
-        | C::Renew { pool, .. }
-        | C::SetAutoRenew { pool, .. }
-        | C::Convert { pool, .. }
-        | C::Scale { pool, .. }
-        | C::Unsubscribe { pool } => Some(pool),
-        C::BuyPackage { package, .. } => Some(package),
-        C::StartJob { job, .. } | C::StopJob { job } | C::DeleteJob { job } => Some(job),
-        C::SetPrice { .. } | C::SetPolicy { .. } | C::OpenAccount { .. } | C::TopUp { .. } => None,
     }
 }
 
