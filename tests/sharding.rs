@@ -412,3 +412,30 @@ fn bad_shard_maps_and_owns_are_refused_and_create_nothing() {
     execute(&url, "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_namespace WHERE nspname LIKE 'shard_%') THEN RAISE EXCEPTION 'a shard schema was created'; END IF; END $$")
         .unwrap();
 }
+
+/// An engine forgets a gone resource (at its open at the latest): routing still finds it on its
+/// shard, recalled from that shard's log, and the command is refused there by the rules (R17),
+/// not sent to the first shard as an unknown id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gone_pool_forgotten_by_its_shards_engine_is_still_routed_to_its_shard() {
+    let url = fresh_database();
+    let map = map_of(&url, &url);
+    let both = ["s1".to_string(), "s2".to_string()];
+    let account = accounts_on_both(&map, 1).into_iter().find(|a| map.shard_of(a).id == "s2").unwrap();
+    {
+        let engine = ShardedEngine::start(map.clone(), &both, "engine-a").await.unwrap();
+        engine.execute("price", at_hour(0), cmd::price("cpu", Some("3.50"), Some("1750.00"), None), None).await.unwrap();
+        engine.execute("open", at_hour(0), cmd::open_account(&account, OPENING), None).await.unwrap();
+        engine.execute("buy", at_hour(0), cmd::purchase(&account, "gone-pool").spec("cpu").build(), None).await.unwrap();
+        engine.execute("delete", at_hour(1), Command::Delete { pool: "gone-pool".into() }, None).await.unwrap();
+        engine.advance_to(at_hour(3)).await.unwrap();
+    }
+    // Opened again: each engine forgets what is gone as it loads.
+    let engine = ShardedEngine::start(map.clone(), &both, "engine-a").await.unwrap();
+    let s2 = &engine.owned().iter().find(|s| s.spec.id == "s2").unwrap().engine;
+    assert!(!s2.read(|p| p.state.pools.contains_key("gone-pool")).await.unwrap(), "forgotten at open");
+    let results = engine.execute("delete-again", at_hour(4), Command::Delete { pool: "gone-pool".into() }, None).await.unwrap();
+    let outcomes: Vec<(String, Outcome)> = results.into_iter().map(|(shard, e)| (shard, e.outcome)).collect();
+    let refusal = Outcome::Rejected { rule: poolbill_domain::Rule::R17, reason: "pool \"gone-pool\" is already deleted".into() };
+    assert_eq!(outcomes, [("s2".to_string(), refusal)]);
+}
