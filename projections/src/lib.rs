@@ -776,3 +776,22 @@ mod detail_tests {
         assert_eq!(rows, expected);
     }
 }
+
+#[cfg(test)]
+mod tag_tests {
+    use super::*;
+
+    /// A bill's number is found by counting the lines of its month, then of its hours: stores
+    /// keep counts of exactly the tags under `COUNTED_TAGS`, so both must be among them, and no
+    /// tag of a resource (thousands a year) may be.
+    #[test]
+    fn the_bill_tags_and_only_they_are_counted_tags() {
+        use poolbill_store::COUNTED_TAGS;
+        let at = poolbill_domain::time::parse_instant("2023-04-01T10:30:00+08:00").unwrap();
+        assert!(bill_hour_tag(at).starts_with(COUNTED_TAGS) && BILL_HOUR.starts_with(COUNTED_TAGS));
+        assert!(BILL_MONTH.starts_with(COUNTED_TAGS));
+        for tag in [resource_tag("bill-1"), usage_tag("bill-1"), account_tag("bill-1")] {
+            assert!(!tag.starts_with(COUNTED_TAGS), "{tag}");
+        }
+    }
+}

@@ -17,7 +17,7 @@
 //! | `meta`         | `last_position` / `last_instant`            | `u64` BE / RFC 3339 text                     |
 //! | `meta`         | `log_first` / `log_end`                     | `u64` BE: the first position the log file holds / the end of its last frame indexed here |
 //! | `tags`         | `p`, tag bytes, `0x00`, window `u32` BE     | the tag's positions in that window of 65,536: a varint count, then varint gaps |
-//! | `tags`         | `n`, tag bytes                              | how many events carry the tag, `u64` BE (so that counting a tag's events reads one entry, not its postings) |
+//! | `tags`         | `n`, tag bytes                              | how many events carry the tag, `u64` BE, for the tags under `COUNTED_TAGS` (the bill lines' hours and months, counted to rank a bill: one entry read, not its postings); any other tag is counted from its postings when asked (a store written before keeps such counts, never read) |
 //! | `tags`         | `tagged_through` / `version`                | `u64` BE: every event up to it is indexed / `u32` BE: the tagging's version |
 //! | `tags`         | `counted_through`                           | `u64` BE: the counts hold every posting up to it; behind `tagged_through` (a store indexed before counts), they are counted again from the postings at open |
 //! | `merkle`       | `c`, chunk number `u64` BE                  | the root of that complete chunk of 256 leaves of the log's Merkle tree (32 bytes) |
@@ -56,7 +56,7 @@
 
 use poolbill_store::{
     merkle_chunk_root, one_line, AppendOutcome, AppendRequest, ChainOutcome, CommandRecord, Envelope, EventStore, Hash, Instant, Payload, StoreError,
-    VerifyReport, MERKLE_CHUNK,
+    VerifyReport, COUNTED_TAGS, MERKLE_CHUNK,
 };
 use std::collections::HashMap;
 use std::fmt;
@@ -1598,7 +1598,8 @@ impl EventStore for Opened {
     }
 
     fn tag_counts(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
-        if !self.counts_current()? {
+        // Counts are kept for the counted tags only (`COUNTED_TAGS`); the rest are added up.
+        if !prefix.starts_with(COUNTED_TAGS) || !self.counts_current()? {
             return self.count_postings(prefix);
         }
         self.read_counts(self.tags.scan_prefix(count_key(prefix.as_bytes())))
@@ -1608,7 +1609,7 @@ impl EventStore for Opened {
         if from >= to {
             return Ok(Vec::new());
         }
-        if !self.counts_current()? {
+        if !(from.starts_with(COUNTED_TAGS) && to.starts_with(COUNTED_TAGS) && self.counts_current()?) {
             return poolbill_store::counts_between_by_prefix(from, to, |prefix| self.count_postings(prefix));
         }
         self.read_counts(self.tags.range(count_key(from.as_bytes())..count_key(to.as_bytes())))
@@ -1675,7 +1676,7 @@ impl EventStore for Opened {
         // The counts move with the postings, in the same batch, where they are current (a store
         // indexed before them is counted at open).
         if self.counts_current()? {
-            for (tag, n) in added {
+            for (tag, n) in added.into_iter().filter(|(tag, _)| tag.starts_with(COUNTED_TAGS)) {
                 let key = count_key(tag.as_bytes());
                 let kept = match self.tags.get(&key).map_err(storage("reading a tag's count"))? {
                     Some(v) => decode_u64(&v).ok_or_else(|| corrupt(0, format!("the count of tag {tag:?} is not a u64")))?,
@@ -1960,7 +1961,7 @@ impl Opened {
             let (key, _) = entry.map_err(storage("scanning the tags' counts"))?;
             batch.remove(key);
         }
-        for (tag, count) in self.count_postings("")? {
+        for (tag, count) in self.count_postings(COUNTED_TAGS)? {
             batch.insert(count_key(tag.as_bytes()), &count.to_be_bytes()[..]);
         }
         batch.insert(COUNTED_THROUGH, &through.to_be_bytes()[..]);

@@ -414,49 +414,59 @@ fn a_cleared_index_is_rebuilt_and_a_damaged_one_is_refused() {
     assert!(matches!(store.tagged("t", 0, 10), Err(StoreError::Corrupt { .. })));
 }
 
-/// Each tag's count is kept beside its postings and answers as they do; a store indexed
-/// before counts (or further by a build without them) is answered from its postings and
-/// counted again when it opens.
+/// A counted tag's count (`COUNTED_TAGS`: the bill lines' hours and months) is kept beside its
+/// postings and answers as they do; any other tag is counted from its postings, and has no
+/// count of its own; a store indexed before counts (or further by a build without them) is
+/// answered from its postings and counted again when it opens.
 #[test]
 fn tag_counts_follow_the_postings_and_a_store_indexed_without_them_is_counted_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store");
-    let counted = vec![("t".to_string(), 3), ("t\0u".to_string(), 1), ("u".to_string(), 2)];
+    let (t, tu, u, v) = ("bill-t", "bill-t\0u", "bill-u", "bill-v");
+    let counted = vec![(t.to_string(), 3), (tu.to_string(), 1), (u.to_string(), 2)];
     let tags = |list: &[&str]| list.iter().map(|t| t.to_string()).collect::<Vec<String>>();
     {
         let store = SledStore::open(&path).unwrap();
         store.append(req(Some("c1"), (0..5).map(|i| ev("a", "x", T0, json!(i))).collect())).unwrap();
-        store.tag_existing(&[(1, tags(&["t", "u"])), (2, tags(&["t\0u", "t"]))]).unwrap();
-        store.tag_existing(&[(3, tags(&["u", "u"])), (4, vec![]), (5, tags(&["t"]))]).unwrap();
-        assert_eq!(store.tag_counts("").unwrap(), counted);
-        assert_eq!(store.opened().count_postings("").unwrap(), counted, "the counts say what the postings do");
-        assert_eq!(store.tag_counts("t").unwrap(), counted[..2].to_vec());
+        store.tag_existing(&[(1, tags(&[t, u, "r"])), (2, tags(&[tu, t]))]).unwrap();
+        store.tag_existing(&[(3, tags(&[u, u, "r"])), (4, vec![]), (5, tags(&[t]))]).unwrap();
+        assert_eq!(store.tag_counts("bill-").unwrap(), counted);
+        assert_eq!(store.opened().count_postings("bill-").unwrap(), counted, "the counts say what the postings do");
+        assert_eq!(store.tag_counts(t).unwrap(), counted[..2].to_vec());
         assert_eq!(store.opened().counted_through().unwrap(), Some(5));
+        // Another tag: no count of its own, answered from its postings, in every listing.
+        assert_eq!(store.opened().tags.scan_prefix([b'n']).count(), 3);
+        assert_eq!(store.tag_counts("r").unwrap(), vec![("r".to_string(), 2)]);
+        let mut all = counted.clone();
+        all.push(("r".to_string(), 2));
+        assert_eq!(store.tag_counts("").unwrap(), all);
+        assert_eq!(store.tag_counts_between("bill-u", "s").unwrap(), vec![(u.to_string(), 2), ("r".to_string(), 2)]);
         // As a build before counts leaves a store: no counts at all.
         let opened = store.opened();
         for key in opened.tags.scan_prefix([b'n']).keys() {
             opened.tags.remove(key.unwrap()).unwrap();
         }
         opened.tags.remove(COUNTED_THROUGH).unwrap();
-        assert_eq!(store.tag_counts("").unwrap(), counted, "read from the postings meanwhile");
-        assert_eq!(store.tag_counts_between("t", "u").unwrap(), counted[..2].to_vec());
+        assert_eq!(store.tag_counts("bill-").unwrap(), counted, "read from the postings meanwhile");
+        assert_eq!(store.tag_counts_between(t, u).unwrap(), counted[..2].to_vec());
     }
     {
         let store = SledStore::open(&path).unwrap();
         assert_eq!(store.opened().counted_through().unwrap(), Some(5), "counted at open");
         assert_eq!(store.opened().tags.scan_prefix([b'n']).count(), 3);
-        assert_eq!(store.tag_counts("").unwrap(), counted);
+        assert_eq!(store.tag_counts("bill-").unwrap(), counted);
         // Counts left behind the postings (a build without them indexed further): not trusted.
         store.opened().tags.insert(COUNTED_THROUGH, &3u64.to_be_bytes()[..]).unwrap();
-        store.opened().tags.insert(count_key(b"t"), &99u64.to_be_bytes()[..]).unwrap();
-        assert_eq!(store.tag_counts("").unwrap(), counted);
+        store.opened().tags.insert(count_key(t.as_bytes()), &99u64.to_be_bytes()[..]).unwrap();
+        assert_eq!(store.tag_counts("bill-").unwrap(), counted);
     }
     let store = SledStore::open(&path).unwrap();
-    assert_eq!(store.tag_counts("").unwrap(), counted, "counted again at open");
+    assert_eq!(store.tag_counts("bill-").unwrap(), counted, "counted again at open");
     store.append(req(Some("c2"), vec![ev("a", "x", T1, json!(5))])).unwrap();
-    store.tag_existing(&[(6, tags(&["u", "v"]))]).unwrap();
-    assert_eq!(store.tag_counts("u").unwrap(), vec![("u".to_string(), 3)]);
-    assert_eq!(store.tag_counts("v").unwrap(), vec![("v".to_string(), 1)]);
+    store.tag_existing(&[(6, tags(&[u, v, "r"]))]).unwrap();
+    assert_eq!(store.tag_counts(u).unwrap(), vec![(u.to_string(), 3)]);
+    assert_eq!(store.tag_counts(v).unwrap(), vec![(v.to_string(), 1)]);
+    assert_eq!(store.tag_counts("r").unwrap(), vec![("r".to_string(), 3)]);
     assert_eq!(store.opened().counted_through().unwrap(), Some(6));
 }
 

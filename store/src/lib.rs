@@ -259,6 +259,12 @@ impl StoreError {
     }
 }
 
+/// The tags whose counts answer rank questions — a bill's number, from the lines of each hour
+/// and month (`explain`) — and are kept as events are indexed. Any other tag's count a backend
+/// may add up from its posting lists when asked: `tag_counts` answers for every tag either way,
+/// and a store does not keep a count for each of the thousands of resources a year brings.
+pub const COUNTED_TAGS: &str = "bill-";
+
 /// The counts of the tags from `from` (included) to `to` (excluded), taken from `counts_of`
 /// the prefix the two share (cut back to a character's boundary).
 pub fn counts_between_by_prefix(
