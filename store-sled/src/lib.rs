@@ -98,10 +98,11 @@ const META_LAST_INSTANT: &[u8] = b"last_instant";
 /// a store written before it (whose earlier events stay in sled's `events` tree, never moved).
 const META_LOG_FIRST: &[u8] = b"log_first";
 /// The layout of sled's trees, `u32` BE (none: 1, the layout before it was recorded). 2: new
-/// offsets of the log in blocks, and each tag's count. A build refuses a store of a later
-/// layout rather than misread it; an earlier one is brought up to this one at open.
+/// offsets of the log in blocks, and each tag's count. 3: counts of the counted tags only
+/// (`COUNTED_TAGS`; an earlier build would read the others' as none). A build refuses a store
+/// of a later layout rather than misread it; an earlier one is brought up to this one at open.
 const META_LAYOUT: &[u8] = b"layout";
-const LAYOUT: u32 = 2;
+const LAYOUT: u32 = 3;
 /// The end of the log file's last frame that sled's trees reflect.
 const META_LOG_END: &[u8] = b"log_end";
 /// sled records where the log's first event and every this many positions' begin in the file;
@@ -919,6 +920,9 @@ impl Opened {
             return Err(StoreError::Newer { path: path.display().to_string(), layout, known: LAYOUT });
         }
         store.migrate_stream_index()?;
+        if layout < 3 {
+            store.drop_uncounted_counts()?;
+        }
         store.count_tags_if_behind()?;
         if layout < LAYOUT {
             store.meta.insert(META_LAYOUT, &LAYOUT.to_be_bytes()[..]).map_err(storage("recording the store's layout"))?;
@@ -1967,6 +1971,25 @@ impl Opened {
         batch.insert(COUNTED_THROUGH, &through.to_be_bytes()[..]);
         self.tags.apply_batch(batch).map_err(storage("writing the tags' counts"))?;
         self.db.flush().map(|_| ()).map_err(storage("flushing the tags' counts"))
+    }
+
+    /// A layout 2 store counted every tag: the counts of tags outside `COUNTED_TAGS` are dropped
+    /// (never read again: they are added up from the postings when asked), once.
+    fn drop_uncounted_counts(&self) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut dropped = 0;
+        for key in self.tags.scan_prefix([b'n']).keys() {
+            let key = key.map_err(storage("scanning the tags' counts"))?;
+            if !key[1..].starts_with(COUNTED_TAGS.as_bytes()) {
+                batch.remove(key);
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            tracing::info!(dropped, "dropping the counts of tags that are counted from their postings (once)");
+            self.tags.apply_batch(batch).map_err(storage("dropping the counts of uncounted tags"))?;
+        }
+        Ok(())
     }
 
     /// A store written before the postings keeps one `stream_index` entry per event: rewritten as

@@ -468,6 +468,16 @@ fn tag_counts_follow_the_postings_and_a_store_indexed_without_them_is_counted_at
     assert_eq!(store.tag_counts(v).unwrap(), vec![(v.to_string(), 1)]);
     assert_eq!(store.tag_counts("r").unwrap(), vec![("r".to_string(), 3)]);
     assert_eq!(store.opened().counted_through().unwrap(), Some(6));
+    // A layout 2 store counted every tag: the counts of the others are dropped at open, once.
+    store.opened().tags.insert(count_key(b"r"), &3u64.to_be_bytes()[..]).unwrap();
+    store.opened().meta.insert(META_LAYOUT, &2u32.to_be_bytes()[..]).unwrap();
+    store.flush().unwrap();
+    drop(store);
+    let store = SledStore::open(&path).unwrap();
+    assert_eq!(store.opened().meta.get(META_LAYOUT).unwrap().as_deref(), Some(&LAYOUT.to_be_bytes()[..]));
+    assert!(store.opened().tags.get(count_key(b"r")).unwrap().is_none());
+    assert_eq!(store.opened().tags.scan_prefix([b'n']).count(), 4, "the bill tags' counts stay");
+    assert_eq!(store.tag_counts("r").unwrap(), vec![("r".to_string(), 3)]);
 }
 
 /// Copies a store's directory as it stands, the store still open: what a crash would leave
