@@ -430,8 +430,9 @@ async fn a_gone_pool_forgotten_by_its_shards_engine_is_still_routed_to_its_shard
         engine.execute("delete", at_hour(1), Command::Delete { pool: "gone-pool".into() }, None).await.unwrap();
         engine.advance_to(at_hour(3)).await.unwrap();
     }
-    // Opened again: each engine forgets what is gone as it loads.
-    let engine = ShardedEngine::start(map.clone(), &both, "engine-a").await.unwrap();
+    // Opened again (taken over: the first engine's lease sessions may still be closing), each
+    // shard's engine forgets what is gone as it loads.
+    let engine = ShardedEngine::start_with(map.clone(), &both, "engine-b", poolbill_shards::Take::Over).await.unwrap();
     let s2 = &engine.owned().iter().find(|s| s.spec.id == "s2").unwrap().engine;
     assert!(!s2.read(|p| p.state.pools.contains_key("gone-pool")).await.unwrap(), "forgotten at open");
     let results = engine.execute("delete-again", at_hour(4), Command::Delete { pool: "gone-pool".into() }, None).await.unwrap();
