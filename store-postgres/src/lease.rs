@@ -125,6 +125,12 @@ impl Lease {
                             }
                         }
                     }
+                    if held {
+                        // Let go of the lock before the session closes: the server ends a
+                        // closed session a moment later, and until then the shard looked held
+                        // to an engine taking it right after this one stopped.
+                        let _ = client.batch_execute("SELECT pg_advisory_unlock_all()").await;
+                    }
                     drop(client);
                     let _ = connection.await;
                 });
